@@ -1,0 +1,22 @@
+//! Compiles `vendor-protos/` into Rust with protox (a pure-Rust protobuf compiler), so building
+//! the crate needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=vendor-protos");
+    let files = [
+        "buildkit/control.proto",
+        "buildkit/filesync.proto",
+        "buildkit/auth.proto",
+        "buildkit/secrets.proto",
+        "buildkit/ssh.proto",
+        "grpc/health.proto",
+    ];
+    let descriptors = protox::compile(files, ["vendor-protos"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Bytes fields that carry file data: `bytes::Bytes` lets chunks move without copies.
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! A connected BuildKit client and the daemon operations: workers, info, disk usage, prune.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::endpoint::{DockerHost, Endpoint};
+use super::error::{Error, Result};
+use super::proto::control::control_client::ControlClient;
+use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest};
+use super::proto::moby::buildkit::v1::types::WorkerRecord;
+use super::transport::{Dialer, EndpointDialer, TlsOptions, describe_io_error};
+
+/// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// How long a connection attempt may take before it fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected BuildKit client. Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Clone)]
+pub struct Client {
+    control: ControlClient<Channel>,
+    dialer: Arc<dyn Dialer>,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to an address (`tcp://`, `unix://`, `docker://`, `docker+unix://`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), pf_buildkit::buildkit::Error> {
+    /// use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
+    /// let endpoint: Endpoint = "unix:///run/buildkit/buildkitd.sock".parse()?;
+    /// let client = Client::connect(endpoint, &TlsOptions::default()).await?;
+    /// for worker in client.workers().await? {
+    ///     println!("{} {:?}", worker.id, worker.platforms);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the daemon cannot be reached within
+    /// [`CONNECT_TIMEOUT`]; [`Error::Tls`] for unusable TLS files; [`Error::NeedsDialer`] for
+    /// `kube-pod://`, which the fleet module connects.
+    pub async fn connect(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self> {
+        if matches!(endpoint, Endpoint::KubePod(_)) {
+            return Err(Error::NeedsDialer {
+                endpoint: endpoint.to_string(),
+            });
+        }
+        let dialer = EndpointDialer::new(endpoint, tls)?;
+        Self::connect_with_dialer(dialer).await
+    }
+
+    /// Connects over streams from a caller-supplied [`Dialer`]. The dialer is called again
+    /// whenever the connection must be re-established.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the first stream cannot be opened.
+    pub async fn connect_with_dialer(dialer: impl Dialer) -> Result<Self> {
+        let dialer: Arc<dyn Dialer> = Arc::new(dialer);
+        let endpoint = dialer.describe();
+        let connector_dialer = dialer.clone();
+        let connector = tower::service_fn(move |_uri: http::Uri| {
+            let dialer = connector_dialer.clone();
+            async move { dialer.dial().await.map(TokioIo::new) }
+        });
+        let builder = tonic::transport::Endpoint::from_static("http://buildkit")
+            .connect_timeout(CONNECT_TIMEOUT)
+            // grpc-go servers allow one ping per 5 minutes by default; more earns a GOAWAY.
+            .http2_keep_alive_interval(Duration::from_secs(300))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .http2_adaptive_window(true);
+        let channel = builder.connect_with_connector(connector);
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, channel).await {
+            Err(_) => {
+                return Err(Error::ConnectTimeout {
+                    endpoint,
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                });
+            }
+            Ok(Err(err)) => {
+                return Err(connect_error(&endpoint, &err));
+            }
+            Ok(Ok(channel)) => channel,
+        };
+        let control = ControlClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        Ok(Client {
+            control,
+            dialer,
+            endpoint,
+        })
+    }
+
+    /// The daemon's address, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The generated Control client, for calls this type does not wrap.
+    pub fn control(&self) -> ControlClient<Channel> {
+        self.control.clone()
+    }
+
+    /// The Docker Engine behind this client, if any (sessions then use `/session`).
+    pub fn docker_host(&self) -> Option<&DockerHost> {
+        self.dialer.docker_host()
+    }
+
+    /// The workers the daemon runs builds on.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails.
+    pub async fn workers(&self) -> Result<Vec<Worker>> {
+        let response = self
+            .first_call(
+                self.control().list_workers(ListWorkersRequest::default()),
+                "ListWorkers",
+            )
+            .await?;
+        Ok(response.record.into_iter().map(Worker::from).collect())
+    }
+
+    /// The daemon's version.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails.
+    pub async fn info(&self) -> Result<DaemonInfo> {
+        let response = self
+            .first_call(self.control().info(InfoRequest {}), "Info")
+            .await?;
+        let version = response.buildkit_version.unwrap_or_default();
+        Ok(DaemonInfo {
+            package: version.package,
+            version: version.version,
+            revision: version.revision,
+        })
+    }
+
+    /// The build cache records and their sizes.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails.
+    pub async fn disk_usage(&self) -> Result<Vec<CacheRecord>> {
+        let response = self
+            .first_call(
+                self.control()
+                    .disk_usage(pb_control::DiskUsageRequest::default()),
+                "DiskUsage",
+            )
+            .await?;
+        Ok(response.record.into_iter().map(CacheRecord::from).collect())
+    }
+
+    /// Frees build cache; returns the records the daemon deleted.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails.
+    pub async fn prune(&self, options: &PruneOptions) -> Result<Vec<CacheRecord>> {
+        let request = pb_control::PruneRequest {
+            filter: options.filters.clone(),
+            all: options.all,
+            keep_duration: options
+                .keep_duration
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            reserved_space: options
+                .keep_storage
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            ..Default::default()
+        };
+        let mut stream = self
+            .first_call(self.control().prune(request), "Prune")
+            .await?;
+        let mut freed = Vec::new();
+        while let Some(record) = stream.next().await {
+            let record = record.map_err(|s| Error::rpc(&self.endpoint, "Prune", s))?;
+            freed.push(CacheRecord::from(record));
+        }
+        Ok(freed)
+    }
+
+    /// Runs a call and maps its failure; the first call on a connection is also where an
+    /// unresponsive peer shows, so it is bounded by [`CONNECT_TIMEOUT`] until headers arrive.
+    async fn first_call<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        name: &'static str,
+    ) -> Result<T> {
+        match tokio::time::timeout(CONNECT_TIMEOUT * 3, call).await {
+            Err(_) => Err(Error::rpc(
+                &self.endpoint,
+                name,
+                tonic::Status::deadline_exceeded(format!(
+                    "no answer within {} s",
+                    (CONNECT_TIMEOUT * 3).as_secs()
+                )),
+            )),
+            Ok(result) => result
+                .map(tonic::Response::into_inner)
+                .map_err(|s| Error::rpc(&self.endpoint, name, s)),
+        }
+    }
+}
+
+fn connect_error(endpoint: &str, err: &tonic::transport::Error) -> Error {
+    // Find our own io::Error in the chain: it says what actually went wrong.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return Error::ConnectTimeout {
+                    endpoint: endpoint.to_owned(),
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                };
+            }
+            return Error::Connect {
+                endpoint: endpoint.to_owned(),
+                reason: describe_io_error(io),
+            };
+        }
+        if e.to_string().contains("timed out") {
+            return Error::ConnectTimeout {
+                endpoint: endpoint.to_owned(),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            };
+        }
+        next = e.source();
+    }
+    Error::Connect {
+        endpoint: endpoint.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// A BuildKit worker: where builds run, and for which platforms.
+#[derive(Debug, Clone, Serialize)]
+pub struct Worker {
+    /// Worker id.
+    pub id: String,
+    /// Platforms it can build for, as `os/arch[/variant]`.
+    pub platforms: Vec<String>,
+    /// Worker labels (executor, snapshotter, hostname, …).
+    pub labels: BTreeMap<String, String>,
+    /// Garbage-collection policies.
+    pub gc_policies: Vec<GcPolicy>,
+    /// The BuildKit version running the worker, when reported.
+    pub buildkit_version: Option<DaemonInfo>,
+}
+
+/// One garbage-collection rule of a worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcPolicy {
+    /// Applies to all records, not only unused ones.
+    pub all: bool,
+    /// Keep records used within this many seconds.
+    pub keep_duration_seconds: i64,
+    /// Keep at least this many bytes.
+    pub reserved_space: i64,
+    /// Keep at most this many bytes.
+    pub max_used_space: i64,
+    /// Keep this many bytes of the disk free.
+    pub min_free_space: i64,
+    /// Which records the rule covers.
+    pub filters: Vec<String>,
+}
+
+/// The daemon's version.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// Package, e.g. `github.com/moby/buildkit` or `github.com/docker/docker`.
+    pub package: String,
+    /// Version, e.g. `v0.13.2`.
+    pub version: String,
+    /// Source revision.
+    pub revision: String,
+}
+
+/// One record of the build cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheRecord {
+    /// Record id.
+    pub id: String,
+    /// Mutable (a working snapshot, such as a local source) rather than a committed layer.
+    pub mutable: bool,
+    /// Held by a running build.
+    pub in_use: bool,
+    /// Bytes on disk.
+    pub size: i64,
+    /// Shared with another record.
+    pub shared: bool,
+    /// Kind of record (`regular`, `source.local`, `exec.cachemount`, …).
+    pub record_type: String,
+    /// What created it.
+    pub description: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: Option<i64>,
+    /// Last use, seconds since the Unix epoch.
+    pub last_used_at: Option<i64>,
+    /// How often it was used.
+    pub usage_count: i64,
+    /// Parent record ids.
+    pub parents: Vec<String>,
+}
+
+/// What to prune.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Prune everything, not only records the GC would consider unused.
+    pub all: bool,
+    /// Keep records used more recently than this.
+    pub keep_duration: Option<Duration>,
+    /// Keep this many bytes of cache.
+    pub keep_storage: Option<u64>,
+    /// containerd-style filters.
+    pub filters: Vec<String>,
+}
+
+impl From<WorkerRecord> for Worker {
+    fn from(r: WorkerRecord) -> Self {
+        Worker {
+            id: r.id,
+            platforms: r.platforms.iter().map(format_platform).collect(),
+            labels: r.labels.into_iter().collect(),
+            gc_policies: r
+                .gc_policy
+                .into_iter()
+                .map(|p| GcPolicy {
+                    all: p.all,
+                    keep_duration_seconds: p.keep_duration / 1_000_000_000,
+                    reserved_space: p.reserved_space,
+                    max_used_space: p.max_used_space,
+                    min_free_space: p.min_free_space,
+                    filters: p.filters,
+                })
+                .collect(),
+            buildkit_version: r.buildkit_version.map(|v| DaemonInfo {
+                package: v.package,
+                version: v.version,
+                revision: v.revision,
+            }),
+        }
+    }
+}
+
+impl From<pb_control::UsageRecord> for CacheRecord {
+    fn from(r: pb_control::UsageRecord) -> Self {
+        CacheRecord {
+            id: r.id,
+            mutable: r.mutable,
+            in_use: r.in_use,
+            size: r.size,
+            shared: r.shared,
+            record_type: r.record_type,
+            description: r.description,
+            created_at: r.created_at.map(|t| t.seconds),
+            last_used_at: r.last_used_at.map(|t| t.seconds),
+            usage_count: r.usage_count,
+            parents: r.parents,
+        }
+    }
+}
+
+/// Formats a platform as `os/arch[/variant]`.
+pub fn format_platform(p: &super::proto::pb::Platform) -> String {
+    let mut s = format!("{}/{}", p.os, p.architecture);
+    if !p.variant.is_empty() {
+        s.push('/');
+        s.push_str(&p.variant);
+    }
+    s
+}

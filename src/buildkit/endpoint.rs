@@ -1,0 +1,350 @@
+//! BuildKit addresses: what `--addr` and `BUILDKIT_HOST` accept, parsed into a typed value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Where a BuildKit daemon listens.
+///
+/// ```
+/// use pf_buildkit::buildkit::Endpoint;
+///
+/// let ep: Endpoint = "tcp://buildkit.example:1234".parse().unwrap();
+/// assert_eq!(ep, Endpoint::Tcp { host: "buildkit.example".into(), port: 1234 });
+/// let ep: Endpoint = "unix:///run/buildkit/buildkitd.sock".parse().unwrap();
+/// assert_eq!(ep.to_string(), "unix:///run/buildkit/buildkitd.sock");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `tcp://HOST:PORT`: gRPC over HTTP/2 (cleartext, or TLS when TLS options are given).
+    Tcp {
+        /// Host name or IP address (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// `unix:///PATH`: a unix socket.
+    Unix(PathBuf),
+    /// `docker://` or `docker+unix:///PATH`: the Docker Engine's embedded BuildKit, reached
+    /// through the Engine API's `/grpc` and `/session` upgrades.
+    Docker(DockerHost),
+    /// `kube-pod://POD?namespace=NS&context=CTX&port=1234`: a pod's BuildKit through a
+    /// Kubernetes port-forward. The `buildkit` module cannot dial this itself; the fleet module
+    /// supplies the byte streams (see [`crate::buildkit::Client::connect_with_dialer`]).
+    KubePod(KubePod),
+}
+
+/// How to reach a Docker Engine's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// A unix socket, `/var/run/docker.sock` by default.
+    Unix(PathBuf),
+    /// A plain TCP Engine API (`DOCKER_HOST=tcp://HOST:PORT`).
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+/// A pod addressed by a `kube-pod://` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePod {
+    /// Pod name.
+    pub pod: String,
+    /// Namespace; `None` means the context's default.
+    pub namespace: Option<String>,
+    /// Kubeconfig context; `None` means the current one.
+    pub context: Option<String>,
+    /// The container port BuildKit listens on (1234 by default).
+    pub port: u16,
+}
+
+/// The default Docker Engine socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The port BuildKit listens on by convention.
+pub const DEFAULT_BUILDKIT_PORT: u16 = 1234;
+
+/// Why an address could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid BuildKit address {addr:?}: {reason}")]
+pub struct ParseEndpointError {
+    /// What was given.
+    pub addr: String,
+    /// What is wrong with it and what would be right.
+    pub reason: String,
+}
+
+impl Endpoint {
+    /// Parses an address, resolving `docker://` against `DOCKER_HOST` from the environment.
+    ///
+    /// # Errors
+    /// When the scheme is unknown or the rest of the address is malformed.
+    pub fn parse(addr: &str) -> Result<Self, ParseEndpointError> {
+        Self::parse_with_docker_host(addr, std::env::var("DOCKER_HOST").ok().as_deref())
+    }
+
+    /// Parses an address, resolving `docker://` against the given `DOCKER_HOST` value.
+    ///
+    /// # Errors
+    /// When the scheme is unknown or the rest of the address is malformed.
+    pub fn parse_with_docker_host(
+        addr: &str,
+        docker_host: Option<&str>,
+    ) -> Result<Self, ParseEndpointError> {
+        let fail = |reason: &str| ParseEndpointError {
+            addr: addr.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some((scheme, rest)) = addr.split_once("://") else {
+            return Err(fail(
+                "expected SCHEME://…, one of tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH, kube-pod://POD",
+            ));
+        };
+        match scheme {
+            "tcp" => {
+                let (host, port) = parse_host_port(rest).map_err(|r| fail(&r))?;
+                Ok(Endpoint::Tcp { host, port })
+            }
+            "unix" => Ok(Endpoint::Unix(parse_unix_path(rest).map_err(|r| fail(&r))?)),
+            "docker" => {
+                if !rest.is_empty() && rest != "/" {
+                    return Err(fail(
+                        "docker:// takes no host; the Engine is found through DOCKER_HOST (or use docker+unix:///PATH)",
+                    ));
+                }
+                match docker_host.filter(|h| !h.is_empty()) {
+                    None => Ok(Endpoint::Docker(DockerHost::Unix(
+                        DEFAULT_DOCKER_SOCKET.into(),
+                    ))),
+                    Some(h) => parse_docker_host(h)
+                        .map(Endpoint::Docker)
+                        .map_err(|reason| ParseEndpointError {
+                            addr: addr.to_owned(),
+                            reason: format!("DOCKER_HOST={h:?}: {reason}"),
+                        }),
+                }
+            }
+            "docker+unix" => Ok(Endpoint::Docker(DockerHost::Unix(
+                parse_unix_path(rest).map_err(|r| fail(&r))?,
+            ))),
+            "docker+tcp" => {
+                let (host, port) = parse_host_port(rest).map_err(|r| fail(&r))?;
+                Ok(Endpoint::Docker(DockerHost::Tcp { host, port }))
+            }
+            "kube-pod" => parse_kube_pod(rest)
+                .map(Endpoint::KubePod)
+                .map_err(|r| fail(&r)),
+            other => Err(fail(&format!(
+                "unknown scheme {other:?}; use tcp://, unix://, docker://, docker+unix:// or kube-pod://"
+            ))),
+        }
+    }
+
+    /// The host name TLS verifies by default: the host of a `tcp://` address.
+    pub fn tls_server_name(&self) -> Option<&str> {
+        match self {
+            Endpoint::Tcp { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ParseEndpointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Endpoint::parse(s)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+            Endpoint::Docker(DockerHost::Unix(path)) => {
+                write!(f, "docker+unix://{}", path.display())
+            }
+            Endpoint::Docker(DockerHost::Tcp { host, port }) => {
+                write!(f, "docker+tcp://{host}:{port}")
+            }
+            Endpoint::KubePod(p) => {
+                write!(f, "kube-pod://{}?port={}", p.pod, p.port)?;
+                if let Some(ns) = &p.namespace {
+                    write!(f, "&namespace={ns}")?;
+                }
+                if let Some(ctx) = &p.context {
+                    write!(f, "&context={ctx}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_docker_host(value: &str) -> Result<DockerHost, String> {
+    if let Some(rest) = value.strip_prefix("unix://") {
+        return parse_unix_path(rest).map(DockerHost::Unix);
+    }
+    if let Some(rest) = value.strip_prefix("tcp://") {
+        let (host, port) = parse_host_port(rest)?;
+        return Ok(DockerHost::Tcp { host, port });
+    }
+    Err("only unix:// and tcp:// Docker hosts are supported".into())
+}
+
+fn parse_unix_path(rest: &str) -> Result<PathBuf, String> {
+    if rest.is_empty() {
+        return Err("missing socket path (unix:///PATH)".into());
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn parse_host_port(rest: &str) -> Result<(String, u16), String> {
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('?') {
+        return Err("expected HOST:PORT with no path".into());
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| "unclosed '[' in IPv6 address".to_string())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "missing :PORT".to_string())?;
+        (host, port)
+    } else {
+        rest.rsplit_once(':')
+            .ok_or_else(|| "missing :PORT (BuildKit's conventional port is 1234)".to_string())?
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err("port 0 is not a port to connect to".into());
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn parse_kube_pod(rest: &str) -> Result<KubePod, String> {
+    let (pod, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let pod = pod.trim_end_matches('/');
+    if pod.is_empty() {
+        return Err("missing pod name (kube-pod://POD?namespace=NS)".into());
+    }
+    let mut out = KubePod {
+        pod: pod.to_owned(),
+        namespace: None,
+        context: None,
+        port: DEFAULT_BUILDKIT_PORT,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "namespace" => out.namespace = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "context" => out.context = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "port" => {
+                out.port = value
+                    .parse()
+                    .map_err(|_| format!("port {value:?} is not a number from 1 to 65535"))?
+            }
+            // buildctl's kube-pod:// accepts a container; a port-forward does not need one.
+            "container" => {}
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}; kube-pod:// takes namespace, context and port"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Endpoint, ParseEndpointError> {
+        Endpoint::parse_with_docker_host(s, None)
+    }
+
+    #[test]
+    fn parses_each_scheme() {
+        assert_eq!(
+            parse("tcp://10.0.0.1:1234").unwrap(),
+            Endpoint::Tcp {
+                host: "10.0.0.1".into(),
+                port: 1234
+            }
+        );
+        assert_eq!(
+            parse("tcp://[::1]:1234").unwrap(),
+            Endpoint::Tcp {
+                host: "::1".into(),
+                port: 1234
+            }
+        );
+        assert_eq!(
+            parse("unix:///run/b.sock").unwrap(),
+            Endpoint::Unix("/run/b.sock".into())
+        );
+        assert_eq!(
+            parse("docker://").unwrap(),
+            Endpoint::Docker(DockerHost::Unix(DEFAULT_DOCKER_SOCKET.into()))
+        );
+        assert_eq!(
+            Endpoint::parse_with_docker_host("docker://", Some("unix:///tmp/d.sock")).unwrap(),
+            Endpoint::Docker(DockerHost::Unix("/tmp/d.sock".into()))
+        );
+        assert_eq!(
+            parse("docker+unix:///tmp/d.sock").unwrap(),
+            Endpoint::Docker(DockerHost::Unix("/tmp/d.sock".into()))
+        );
+        assert_eq!(
+            parse("kube-pod://buildkit-amd64-0?namespace=buildkit&context=prod&port=1234").unwrap(),
+            Endpoint::KubePod(KubePod {
+                pod: "buildkit-amd64-0".into(),
+                namespace: Some("buildkit".into()),
+                context: Some("prod".into()),
+                port: 1234
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_addresses_with_a_reason() {
+        for (addr, needle) in [
+            ("ftp://x:1", "unknown scheme"),
+            ("localhost:1234", "expected SCHEME://"),
+            ("tcp://host", "missing :PORT"),
+            ("tcp://host:99999", "not a number"),
+            ("tcp://:1234", "missing host"),
+            ("unix://", "missing socket path"),
+            ("kube-pod://?namespace=x", "missing pod name"),
+            ("kube-pod://p?colour=blue", "unknown parameter"),
+        ] {
+            let err = parse(addr).unwrap_err().to_string();
+            assert!(err.contains(needle), "{addr}: {err}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for addr in [
+            "tcp://h:1234",
+            "unix:///a/b.sock",
+            "docker+unix:///x.sock",
+            "tcp://[::1]:5",
+        ] {
+            assert_eq!(parse(addr).unwrap().to_string(), addr);
+        }
+    }
+}

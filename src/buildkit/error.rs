@@ -1,0 +1,131 @@
+//! Errors of the BuildKit client.
+
+use super::endpoint::ParseEndpointError;
+use super::transport::TlsConfigError;
+
+/// Everything that can go wrong talking to BuildKit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address could not be parsed.
+    #[error(transparent)]
+    Endpoint(#[from] ParseEndpointError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// The daemon could not be reached.
+    #[error("cannot connect to BuildKit at {endpoint}: {reason}")]
+    Connect {
+        /// The address tried.
+        endpoint: String,
+        /// Why, in words a user can act on.
+        reason: String,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error(
+        "timed out after {seconds} s connecting to BuildKit at {endpoint}; is the address reachable?"
+    )]
+    ConnectTimeout {
+        /// The address tried.
+        endpoint: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The endpoint needs a dialer that this module does not have.
+    #[error(
+        "{endpoint} is reached through a Kubernetes port-forward; connect it with the fleet module"
+    )]
+    NeedsDialer {
+        /// The address given.
+        endpoint: String,
+    },
+    /// A call to the daemon failed.
+    #[error("BuildKit at {endpoint}: {call} failed: {message}")]
+    Rpc {
+        /// The daemon's address.
+        endpoint: String,
+        /// The gRPC method, e.g. `ListWorkers`.
+        call: &'static str,
+        /// What happened, in words a user can act on.
+        message: String,
+        /// The status the call ended with.
+        #[source]
+        status: Box<tonic::Status>,
+    },
+}
+
+/// The result type of the BuildKit client.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a failed call with words that say what most likely happened.
+    pub(crate) fn rpc(endpoint: &str, call: &'static str, status: tonic::Status) -> Self {
+        let message = describe_status(&status);
+        Error::Rpc {
+            endpoint: endpoint.to_owned(),
+            call,
+            message,
+            status: Box::new(status),
+        }
+    }
+}
+
+/// Turns a gRPC status into a message a user can act on.
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let raw = status.message().trim();
+    let chain = source_chain(status);
+    match status.code() {
+        tonic::Code::Unimplemented => format!(
+            "the peer does not implement this call: it is not BuildKit, or a BuildKit too old ({raw})"
+        ),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            if looks_like_transport(&chain) || looks_like_transport(raw) =>
+        {
+            if chain.contains("connection reset")
+                || chain.contains("broken pipe")
+                || chain.contains("connection closed")
+                || chain.contains("unexpected end")
+                || chain.contains("operation was canceled")
+            {
+                format!(
+                    "the daemon closed the connection ({})",
+                    first_non_empty(raw, &chain)
+                )
+            } else {
+                format!(
+                    "the peer did not answer as a gRPC server; is this address BuildKit? ({})",
+                    first_non_empty(raw, &chain)
+                )
+            }
+        }
+        _ if raw.is_empty() => format!("{:?}", status.code()),
+        _ => raw.to_owned(),
+    }
+}
+
+fn first_non_empty<'a>(a: &'a str, b: &'a str) -> &'a str {
+    if a.is_empty() { b } else { a }
+}
+
+fn looks_like_transport(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("transport")
+        || t.contains("connection")
+        || t.contains("h2 protocol")
+        || t.contains("frame")
+        || t.contains("broken pipe")
+        || t.contains("http2")
+        || t.contains("unexpected end")
+}
+
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = err.source();
+    while let Some(e) = next {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out.to_ascii_lowercase()
+}

@@ -1,0 +1,16 @@
+//! The BuildKit client: addresses, transports, the Control API and (in submodules) sessions,
+//! solves and progress. Knows nothing of Kubernetes: a port-forward arrives as a [`Dialer`].
+
+mod client;
+pub mod endpoint;
+mod error;
+pub mod proto;
+mod transport;
+
+pub use client::{
+    CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
+    Worker, format_platform,
+};
+pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
+pub use error::{Error, Result};
+pub use transport::{BoxedIo, Dialer, Io, TlsConfigError, TlsOptions};

@@ -1,0 +1,55 @@
+//! The generated BuildKit wire types and gRPC stubs (from `vendor-protos/`).
+//!
+//! The module tree mirrors the proto packages because prost refers across packages with
+//! `super::` paths.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `moby.*` packages.
+pub mod moby {
+    pub mod buildkit {
+        pub mod v1 {
+            tonic::include_proto!("moby.buildkit.v1");
+            pub mod types {
+                tonic::include_proto!("moby.buildkit.v1.types");
+            }
+        }
+        pub mod secrets {
+            pub mod v1 {
+                tonic::include_proto!("moby.buildkit.secrets.v1");
+            }
+        }
+    }
+    pub mod filesync {
+        pub mod v1 {
+            tonic::include_proto!("moby.filesync.v1");
+        }
+    }
+    pub mod sshforward {
+        pub mod v1 {
+            tonic::include_proto!("moby.sshforward.v1");
+        }
+    }
+}
+
+/// LLB types (`pb`).
+pub mod pb {
+    tonic::include_proto!("pb");
+}
+
+/// fsutil's file-transfer types.
+pub mod fsutil {
+    pub mod types {
+        tonic::include_proto!("fsutil.types");
+    }
+}
+
+/// gRPC's health service.
+pub mod grpc {
+    pub mod health {
+        pub mod v1 {
+            tonic::include_proto!("grpc.health.v1");
+        }
+    }
+}
+
+pub use moby::buildkit::v1 as control;

@@ -1,0 +1,385 @@
+//! Byte streams to a BuildKit daemon: TCP, unix sockets, TLS, the Docker Engine's HTTP/1.1
+//! upgrade, or any stream a caller hands in. Everything above this module sees only a
+//! [`Dialer`], so gRPC runs the same way over every transport.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::endpoint::{DockerHost, Endpoint};
+
+/// A connected, bidirectional byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed [`Io`].
+pub type BoxedIo = Pin<Box<dyn Io>>;
+
+/// Opens a fresh byte stream to one BuildKit daemon each time it is called.
+///
+/// Implement this to carry BuildKit's gRPC over a transport of your own (an SSH channel, a
+/// Kubernetes port-forward, an in-memory pipe). The stream must reach the daemon's gRPC
+/// listener directly: the client speaks HTTP/2 with prior knowledge on it.
+///
+/// ```no_run
+/// use pf_buildkit::buildkit::{BoxedIo, Client, Dialer};
+/// use futures_util::future::BoxFuture;
+///
+/// struct Relay;
+/// impl Dialer for Relay {
+///     fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxedIo>> {
+///         Box::pin(async {
+///             let s = tokio::net::TcpStream::connect("127.0.0.1:1234").await?;
+///             Ok(Box::pin(s) as BoxedIo)
+///         })
+///     }
+///     fn describe(&self) -> String { "relay to 127.0.0.1:1234".into() }
+/// }
+///
+/// # async fn run() -> Result<(), pf_buildkit::buildkit::Error> {
+/// let client = Client::connect_with_dialer(Relay).await?;
+/// println!("{:?}", client.workers().await?);
+/// # Ok(()) }
+/// ```
+pub trait Dialer: Send + Sync + 'static {
+    /// Opens one new connection.
+    fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>>;
+
+    /// Names the peer in messages, e.g. `tcp://10.0.0.5:1234`.
+    fn describe(&self) -> String;
+
+    /// The Docker Engine behind this dialer, when there is one: sessions then use the
+    /// Engine's `/session` upgrade rather than `Control.Session`.
+    fn docker_host(&self) -> Option<&DockerHost> {
+        None
+    }
+}
+
+/// TLS settings, as buildctl's `--tlscacert`, `--tlscert`, `--tlskey` and `--tlsservername`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of the CA that signs the daemon's certificate; the system roots when absent.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for mTLS (needs `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM client key, for mTLS (needs `cert`).
+    pub key: Option<PathBuf>,
+    /// The name to verify in the daemon's certificate; the address's host when absent.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Whether any TLS option was given, so TLS should be used at all.
+    pub fn is_enabled(&self) -> bool {
+        self.ca_cert.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.server_name.is_some()
+    }
+}
+
+/// Problems with TLS material, found before any connection is made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A file could not be read.
+    #[error("cannot read {what} {path}")]
+    Read {
+        /// Which option the file was given for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A file holds no usable PEM data.
+    #[error("{what} {path} holds no {expected}")]
+    Pem {
+        /// Which option the file was given for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the file should hold.
+        expected: &'static str,
+    },
+    /// Only one half of the client identity was given.
+    #[error("mTLS needs both --tlscert and --tlskey")]
+    HalfIdentity,
+    /// rustls refused the material.
+    #[error("invalid TLS material: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The server name is not a valid DNS name or IP address.
+    #[error("TLS server name {0:?} is not a valid host name")]
+    ServerName(String),
+    /// TLS on a transport that does not support it.
+    #[error("TLS options apply only to tcp:// addresses")]
+    NotTcp,
+}
+
+/// A dialer for one [`Endpoint`] (all but `kube-pod://`, which the fleet dials).
+pub(crate) struct EndpointDialer {
+    endpoint: Endpoint,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+impl EndpointDialer {
+    pub(crate) fn new(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self, TlsConfigError> {
+        let tls = if tls.is_enabled() {
+            let host = endpoint.tls_server_name().ok_or(TlsConfigError::NotTcp)?;
+            let name = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
+            let server_name =
+                ServerName::try_from(name.clone()).map_err(|_| TlsConfigError::ServerName(name))?;
+            Some((
+                tokio_rustls::TlsConnector::from(Arc::new(client_config(tls)?)),
+                server_name,
+            ))
+        } else {
+            None
+        };
+        Ok(EndpointDialer { endpoint, tls })
+    }
+}
+
+impl Dialer for EndpointDialer {
+    fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>> {
+        let endpoint = self.endpoint.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Tcp { host, port } => {
+                    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                    tcp.set_nodelay(true)?;
+                    match tls {
+                        None => Ok(Box::pin(tcp) as BoxedIo),
+                        Some((connector, name)) => {
+                            let stream = connector.connect(name, tcp).await?;
+                            Ok(Box::pin(stream) as BoxedIo)
+                        }
+                    }
+                }
+                Endpoint::Unix(path) => Ok(Box::pin(UnixStream::connect(path).await?) as BoxedIo),
+                Endpoint::Docker(host) => docker_upgrade(&host, "/grpc", &[]).await,
+                Endpoint::KubePod(_) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "kube-pod:// endpoints are dialled through the fleet module",
+                )),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.endpoint.to_string()
+    }
+
+    fn docker_host(&self) -> Option<&DockerHost> {
+        match &self.endpoint {
+            Endpoint::Docker(host) => Some(host),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a connection to the Docker Engine API and upgrades `POST {path}` to a raw stream
+/// (`/grpc`: we are the HTTP/2 client; `/session`: the Engine is).
+pub(crate) async fn docker_upgrade(
+    host: &DockerHost,
+    path: &str,
+    headers: &[(String, String)],
+) -> io::Result<BoxedIo> {
+    let (stream, host_header): (BoxedIo, String) = match host {
+        DockerHost::Unix(socket) => (
+            Box::pin(UnixStream::connect(socket).await?),
+            "docker".into(),
+        ),
+        DockerHost::Tcp { host, port } => {
+            let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+            tcp.set_nodelay(true)?;
+            (Box::pin(tcp), format!("{host}:{port}"))
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        // Ends when the upgrade hands the socket over, or when the request fails.
+        let _ = conn.with_upgrades().await;
+    });
+    let mut request = http::Request::post(path)
+        .header(http::header::HOST, host_header)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "h2c");
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(io::Error::other)?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)])
+            .trim()
+            .to_owned();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            UpgradeRefused {
+                path: path.to_owned(),
+                status,
+                body: text,
+            },
+        ));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(Box::pin(TokioIo::new(upgraded)))
+}
+
+/// The Docker Engine answered an upgrade request with something other than `101`.
+#[derive(Debug)]
+pub(crate) struct UpgradeRefused {
+    path: String,
+    status: http::StatusCode,
+    body: String,
+}
+
+impl fmt::Display for UpgradeRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the Docker Engine API refused the {} upgrade with HTTP {}",
+            self.path, self.status
+        )?;
+        if !self.body.is_empty() {
+            write!(f, " ({})", self.body)?;
+        }
+        f.write_str("; is this a Docker Engine with BuildKit (API 1.39 or newer)?")
+    }
+}
+
+impl std::error::Error for UpgradeRefused {}
+
+fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &opts.ca_cert {
+        Some(path) => {
+            let certs = read_certs(path, "--tlscacert")?;
+            for cert in certs {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            // As buildctl: no CA given means the system's roots.
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match (&opts.cert, &opts.key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert, "--tlscert")?;
+            let key = read_key(key)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(TlsConfigError::HalfIdentity),
+    };
+    // BuildKit is gRPC: HTTP/2 only, and grpc-go checks ALPN.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsConfigError> {
+    std::fs::read(path).map_err(|source| TlsConfigError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let pem = read_file(path, what)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsConfigError::Pem {
+            what,
+            path: path.to_owned(),
+            expected: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    let pem = read_file(path, "--tlskey")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsConfigError::Pem {
+        what: "--tlskey",
+        path: path.to_owned(),
+        expected: "PEM private key",
+    })
+}
+
+/// Describes why a connection attempt failed, in words a user can act on.
+pub(crate) fn describe_io_error(err: &io::Error) -> String {
+    if let Some(refused) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<UpgradeRefused>())
+    {
+        return refused.to_string();
+    }
+    if let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        return match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                "TLS: the daemon's certificate is not signed by the given CA (--tlscacert)".into()
+            }
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+            | rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            ) => "TLS: the daemon's certificate is not valid for this host name (set --tlsservername)".into(),
+            rustls::Error::AlertReceived(alert) => {
+                format!("TLS: the daemon refused the handshake ({alert:?}); does it need a client certificate (--tlscert, --tlskey)?")
+            }
+            other => format!("TLS: {other}"),
+        };
+    }
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused; is BuildKit running there?".into(),
+        io::ErrorKind::NotFound => "no such socket; is BuildKit running there?".into(),
+        io::ErrorKind::PermissionDenied => "permission denied opening the socket".into(),
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,146 @@
+//! Command-line flags and output formatting; every command is one library call.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
+
+mod daemon;
+mod units;
+
+/// How a command ended, for the exit code.
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1, the reason already printed.
+    #[allow(dead_code)]
+    Failure,
+    /// Exit 130.
+    Interrupted,
+}
+
+/// A native BuildKit client and Kubernetes BuildKit fleet tool.
+#[derive(Debug, Parser)]
+#[command(name = "pf-buildkit", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where BuildKit is and how to reach it.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// BuildKit address: tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH,
+    /// kube-pod://POD?namespace=NS&context=CTX&port=1234
+    #[arg(
+        long,
+        global = true,
+        env = "BUILDKIT_HOST",
+        default_value = "unix:///run/buildkit/buildkitd.sock"
+    )]
+    pub addr: String,
+    /// CA certificate (PEM) that signs the daemon's certificate
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key (PEM) for mTLS
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Name to verify in the daemon's certificate (default: the host of --addr)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tlsservername: Option<String>,
+}
+
+impl GlobalArgs {
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_cert: self.tlscacert.clone(),
+            cert: self.tlscert.clone(),
+            key: self.tlskey.clone(),
+            server_name: self.tlsservername.clone(),
+        }
+    }
+
+    /// Connects to `--addr`.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let endpoint: Endpoint = self.addr.parse()?;
+        Ok(Client::connect(endpoint, &self.tls()).await?)
+    }
+}
+
+/// Output format of the daemon commands.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people
+    #[default]
+    Table,
+    /// JSON for scripts
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the daemon's workers and their platforms
+    Workers(daemon::WorkersArgs),
+    /// Show the daemon's version
+    Info(daemon::InfoArgs),
+    /// Show the build cache's disk usage
+    Du(daemon::DuArgs),
+    /// Free build cache
+    Prune(daemon::PruneArgs),
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Workers(args) => daemon::workers(&cli.global, &args).await,
+        Command::Info(args) => daemon::info(&cli.global, &args).await,
+        Command::Du(args) => daemon::du(&cli.global, &args).await,
+        Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pf-buildkit",
+                &mut std::io::stdout(),
+            );
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// One line for an error: the message and its causes, each said once.
+pub fn format_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,17 @@
+//! pf-buildkit: a native BuildKit client and Kubernetes BuildKit fleet tool.
+//!
+//! The library is the product; the `pf-buildkit` binary is a thin skin over it. It talks to
+//! BuildKit over its gRPC API directly (no `buildctl`), over TCP, unix sockets, TLS, the Docker
+//! Engine's embedded BuildKit, or any byte stream you supply.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pf_buildkit::buildkit::Error> {
+//! use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
+//!
+//! let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+//! let info = client.info().await?;
+//! println!("BuildKit {} ({})", info.version, info.package);
+//! # Ok(()) }
+//! ```
+
+pub mod buildkit;

@@ -1,0 +1,60 @@
+//! The `pf-buildkit` binary: parse arguments, run one library call, print, exit.
+//! Exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PF_BUILDKIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pf-buildkit: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = cli::run(args) => result,
+            _ = tokio::signal::ctrl_c() => Ok(cli::Outcome::Interrupted),
+        }
+    });
+    // Do not wait for detached tasks (sessions, tunnels) beyond a moment: they are cancelled.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Failure) => ExitCode::FAILURE,
+        Ok(cli::Outcome::Interrupted) => {
+            eprintln!("pf-buildkit: interrupted");
+            ExitCode::from(130)
+        }
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("pf-buildkit: {}", cli::format_error(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,51 @@
+//! Shared helpers: the test environment's addresses and running the binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// An environment variable `scripts/testenv start` sets; a missing one fails the test with
+/// a message saying how to set it up.
+pub fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run `eval \"$(scripts/testenv start)\"` first (see README)"
+        ),
+    }
+}
+
+/// The Docker Engine socket path of the test environment.
+pub fn docker_socket() -> PathBuf {
+    let host = env("PF_TEST_DOCKER_HOST");
+    PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host))
+}
+
+/// `docker+unix://` address of the test environment's Engine.
+pub fn docker_addr() -> String {
+    format!("docker+unix://{}", docker_socket().display())
+}
+
+/// The binary under test with a clean environment: no ambient BuildKit, kube or docker config.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pf-buildkit"));
+    for var in ["BUILDKIT_HOST", "KUBECONFIG", "DOCKER_CONFIG", "DOCKER_HOST"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs the binary with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run pf-buildkit")
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
