@@ -47,8 +47,8 @@ pub enum Error {
         call: &'static str,
         /// What happened, in words a user can act on.
         message: String,
-        /// The status the call ended with.
-        #[source]
+        /// The status the call ended with (not a `#[source]`: its text is already in `message`,
+        /// and tonic's own rendering is meant for debugging).
         status: Box<tonic::Status>,
     },
 }
@@ -77,7 +77,10 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
         tonic::Code::Unimplemented => format!(
             "the peer does not implement this call: it is not BuildKit, or a BuildKit too old ({raw})"
         ),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+        tonic::Code::Unavailable
+        | tonic::Code::Unknown
+        | tonic::Code::Internal
+        | tonic::Code::Cancelled
             if looks_like_transport(&chain) || looks_like_transport(raw) =>
         {
             if chain.contains("connection reset")
@@ -86,10 +89,7 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
                 || chain.contains("unexpected end")
                 || chain.contains("operation was canceled")
             {
-                format!(
-                    "the daemon closed the connection ({})",
-                    first_non_empty(raw, &chain)
-                )
+                "the connection closed before the call finished; the daemon went away, or this address is not BuildKit".to_owned()
             } else {
                 format!(
                     "the peer did not answer as a gRPC server; is this address BuildKit? ({})",
