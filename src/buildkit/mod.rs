@@ -5,6 +5,7 @@ mod client;
 pub mod endpoint;
 mod error;
 pub mod proto;
+pub mod session;
 mod transport;
 
 pub use client::{
