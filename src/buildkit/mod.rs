@@ -4,8 +4,11 @@
 mod client;
 pub mod endpoint;
 mod error;
+pub mod progress;
 pub mod proto;
 pub mod session;
+mod solve;
+pub mod spec;
 mod transport;
 
 pub use client::{
@@ -14,4 +17,5 @@ pub use client::{
 };
 pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
+pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
 pub use transport::{BoxedIo, Dialer, Io, TlsConfigError, TlsOptions};
