@@ -70,6 +70,9 @@ pub struct BuildOptions {
     pub cache_imports: Vec<CacheSpec>,
     /// Serve registry credentials from the Docker configuration (`DOCKER_CONFIG`).
     pub registry_auth: bool,
+    /// On a Docker Engine, run the session as `Control.Session` rather than through the
+    /// Engine's `/session` upgrade.
+    pub session_via_control: bool,
 }
 
 impl BuildOptions {
@@ -281,6 +284,7 @@ impl BuildOptions {
             exports,
             docker_config,
             shared_key: shared_key_for(&self.context),
+            via_control: self.session_via_control,
         })
     }
 }

@@ -40,6 +40,7 @@ impl<W: Write + Send> PlainProgress<W> {
     }
 
     fn render(&mut self, status: &StatusResponse) -> std::io::Result<()> {
+        let mut touched = Vec::new();
         for v in &status.vertexes {
             let i = self.state.vertex(v);
             let step = &self.state.steps[i];
@@ -47,24 +48,7 @@ impl<W: Write + Send> PlainProgress<W> {
                 continue;
             }
             self.announce(i)?;
-            let step = &self.state.steps[i];
-            if let Some(done) = step.completed
-                && self.finished.insert(i)
-            {
-                let n = step.index;
-                if !step.error.is_empty() {
-                    if step.error.ends_with("context canceled") {
-                        writeln!(self.out, "#{n} CANCELED")?;
-                    } else {
-                        writeln!(self.out, "#{n} ERROR: {}", step.error)?;
-                    }
-                } else if step.cached {
-                    writeln!(self.out, "#{n} CACHED")?;
-                } else {
-                    let took = step.started.map_or(0.0, |s| (done - s).max(0.0));
-                    writeln!(self.out, "#{n} DONE {took:.1}s")?;
-                }
-            }
+            touched.push(i);
         }
         for s in &status.statuses {
             let i = self.state.index(&s.vertex);
@@ -110,6 +94,27 @@ impl<W: Write + Send> PlainProgress<W> {
             };
             for line in lines {
                 writeln!(self.out, "#{} {since} {line}", step.index)?;
+            }
+        }
+        // Endings come after the update's statuses and logs, as buildkit prints them.
+        for i in touched {
+            let step = &self.state.steps[i];
+            if let Some(done) = step.completed
+                && self.finished.insert(i)
+            {
+                let n = step.index;
+                if !step.error.is_empty() {
+                    if step.error.ends_with("context canceled") {
+                        writeln!(self.out, "#{n} CANCELED")?;
+                    } else {
+                        writeln!(self.out, "#{n} ERROR: {}", step.error)?;
+                    }
+                } else if step.cached {
+                    writeln!(self.out, "#{n} CACHED")?;
+                } else {
+                    let took = step.started.map_or(0.0, |s| (done - s).max(0.0));
+                    writeln!(self.out, "#{n} DONE {took:.1}s")?;
+                }
             }
         }
         for w in &status.warnings {

@@ -109,6 +109,9 @@ pub struct SessionOptions {
     /// The shared key: equal keys let the daemon reuse the last transfer of a directory, so
     /// an unchanged context sends no file data. See [`shared_key_for`].
     pub shared_key: String,
+    /// On a Docker Engine, use `Control.Session` over the `/grpc` connection instead of the
+    /// Engine's `/session` upgrade (both work; buildx uses the latter).
+    pub via_control: bool,
 }
 
 /// A problem opening or running a session.
@@ -147,12 +150,13 @@ impl Session {
         let stats = Arc::new(TransferStats::default());
         let failure = Arc::new(Mutex::new(None));
         let headers = tunnel::session_headers(&id, &options.shared_key, METHODS);
+        let via_control = options.via_control;
         let routes = routes(options, stats.clone());
         let client = client.clone();
         let failure_slot = failure.clone();
         let task = tokio::spawn(async move {
             let result = async {
-                let io = tunnel::open(&client, &headers).await?;
+                let io = tunnel::open(&client, &headers, via_control).await?;
                 tunnel::serve(io, routes).await
             }
             .await;
@@ -206,6 +210,7 @@ fn routes(options: SessionOptions, stats: Arc<TransferStats>) -> tonic::service:
         exports,
         docker_config,
         shared_key: _,
+        via_control: _,
     } = options;
     tonic::service::Routes::new(health::service())
         .add_service(filesync::service(dirs, stats))

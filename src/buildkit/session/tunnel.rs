@@ -53,9 +53,14 @@ pub(crate) fn session_headers(
     headers
 }
 
-/// Opens the byte stream the daemon will speak HTTP/2 over.
-pub(crate) async fn open(client: &Client, headers: &[(String, String)]) -> io::Result<BoxedIo> {
-    match client.docker_host() {
+/// Opens the byte stream the daemon will speak HTTP/2 over: the Engine's `/session` upgrade
+/// when the client talks to a Docker Engine (unless `via_control`), else `Control.Session`.
+pub(crate) async fn open(
+    client: &Client,
+    headers: &[(String, String)],
+    via_control: bool,
+) -> io::Result<BoxedIo> {
+    match client.docker_host().filter(|_| !via_control) {
         Some(host) => open_docker(host, headers).await,
         None => open_control(client, headers).await,
     }
