@@ -300,7 +300,7 @@ pub struct BuildResult {
     pub reference: String,
     /// The exporters' response (`containerimage.digest`, `image.name`, …).
     pub exporter_response: BTreeMap<String, String>,
-    /// What this client sent of its local directories.
+    /// What this client sent of the build context (the Dockerfile's own transfer excluded).
     pub transfer: TransferSummary,
 }
 
@@ -391,12 +391,14 @@ impl Client {
                 _ => status_open = false,
             }
         }
-        let stats = session.stats().clone();
-        let transfer = TransferSummary {
-            entries: stats.entries.load(Ordering::Relaxed),
-            files: stats.files.load(Ordering::Relaxed),
-            bytes: stats.bytes.load(Ordering::Relaxed),
-        };
+        let transfer = session
+            .stats("context")
+            .map(|stats| TransferSummary {
+                entries: stats.entries.load(Ordering::Relaxed),
+                files: stats.files.load(Ordering::Relaxed),
+                bytes: stats.bytes.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default();
         let session_failure = session.failure();
         session.close();
         match solved {

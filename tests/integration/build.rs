@@ -50,7 +50,6 @@ fn assert_ok(out: &std::process::Output) {
     );
 }
 
-#[allow(dead_code)]
 /// The `#0 context: sent N files, … (B bytes) in E entries` counters from plain progress.
 fn sent_counters(stderr: &str) -> (u64, u64) {
     let line = stderr
@@ -432,15 +431,181 @@ fn library_build_over_control_session_exports_a_tar() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-#[allow(dead_code)]
-fn mode_of(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+
+/// What a test compares of a file tree: per relative path, the kind, permission bits, and
+/// the content's hash or the link's target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir(u32),
+    File(u32, String),
+    Link(String),
 }
 
-#[allow(dead_code)]
+fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, Entry::Link(target.to_string_lossy().into_owned()));
+            } else if meta.is_dir() {
+                out.insert(rel, Entry::Dir(mode));
+                walk(root, &path, out);
+            } else {
+                let mut hasher = Sha256::new();
+                let mut file = std::fs::File::open(&path).unwrap();
+                std::io::copy(&mut file, &mut hasher).unwrap();
+                out.insert(rel, Entry::File(mode, format!("{:x}", hasher.finalize())));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so the big file needs no fixture.
+fn pattern_file(path: &Path, len: usize, seed: u64) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x = seed | 1;
+    let mut left = len;
+    while left > 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        let n = left.min(8);
+        file.write_all(&bytes[..n]).unwrap();
+        left -= n;
+    }
+    file.flush().unwrap();
+}
+
 fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[allow(dead_code)]
-fn tree(_: &BTreeMap<String, String>) {}
+#[test]
+fn context_tree_round_trips_through_local_and_tar_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    write(
+        &ctx.join(".dockerignore"),
+        "**/*.log\n!keep.log\nignored-dir\nsecret/**\n!secret/public\n",
+    );
+    write(&ctx.join("a/b/c/deep.txt"), "deep\n");
+    write(&ctx.join("a/b/sibling.txt"), "sib\n");
+    write(&ctx.join("a.txt"), "sorts after the a/ directory\n");
+    std::fs::create_dir_all(ctx.join("empty")).unwrap();
+    std::fs::create_dir_all(ctx.join("a/empty-inner")).unwrap();
+    write(&ctx.join("bin/run.sh"), "#!/bin/sh\necho run\n");
+    set_mode(&ctx.join("bin/run.sh"), 0o755);
+    write(&ctx.join("readonly.txt"), "ro\n");
+    set_mode(&ctx.join("readonly.txt"), 0o444);
+    set_mode(&ctx.join("a/b"), 0o750);
+    std::os::unix::fs::symlink("a/b/c/deep.txt", ctx.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", ctx.join("link-abs")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", ctx.join("link-dangling")).unwrap();
+    std::os::unix::fs::symlink("../../outside.txt", ctx.join("a/link-out")).unwrap();
+    write(&ctx.join("hard-1.txt"), "same inode\n");
+    std::fs::hard_link(ctx.join("hard-1.txt"), ctx.join("hard-2.txt")).unwrap();
+    write(&ctx.join("données/été.txt"), "accents\n");
+    write(&ctx.join("日本/名前.txt"), "kanji\n");
+    write(&ctx.join("x.log"), "excluded\n");
+    write(&ctx.join("a/y.log"), "excluded\n");
+    write(&ctx.join("keep.log"), "re-included\n");
+    write(&ctx.join("ignored-dir/z.txt"), "excluded\n");
+    write(&ctx.join("secret/private.txt"), "excluded\n");
+    write(&ctx.join("secret/public"), "re-included\n");
+    pattern_file(&ctx.join("big.bin"), (64 << 20) + 4099, 42);
+
+    let mut expected = snapshot(&ctx);
+    for gone in ["x.log", "a/y.log", "ignored-dir", "ignored-dir/z.txt", "secret/private.txt"] {
+        assert!(expected.remove(gone).is_some(), "{gone}");
+    }
+
+    let local = dir.path().join("local-out");
+    let tar = dir.path().join("out.tar");
+    let out = build(&[
+        "--context",
+        ctx.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--output",
+        &format!("type=local,dest={}", local.display()),
+        "--output",
+        &format!("type=tar,dest={}", tar.display()),
+    ]);
+    assert_ok(&out);
+    let stderr = util::stderr(&out);
+    let (_, bytes) = sent_counters(&stderr);
+    assert!(bytes >= 64 << 20, "{stderr}");
+
+    assert_eq!(snapshot(&local), expected);
+    let hard1 = std::fs::metadata(local.join("hard-1.txt")).unwrap();
+    let hard2 = std::fs::metadata(local.join("hard-2.txt")).unwrap();
+    assert_eq!(hard1.ino(), hard2.ino(), "hardlinks are kept");
+
+    let untarred = dir.path().join("untarred");
+    std::fs::create_dir_all(&untarred).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xpf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&untarred)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(snapshot(&untarred), expected);
+}
+
+#[test]
+fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    let dockerfile_dir = dir.path().join("df");
+    write(&dockerfile_dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    for i in 0..20_000 {
+        let content = format!("file {i}\n").repeat(1 + i % 7);
+        write(&ctx.join(format!("d{:02}/f{i:05}.txt", i % 50)), &content);
+    }
+    let tar = dir.path().join("out.tar");
+    let args = |progress: &'static str| {
+        vec![
+            "--context".to_owned(),
+            ctx.display().to_string(),
+            "--file".to_owned(),
+            dockerfile_dir.join("Dockerfile").display().to_string(),
+            "--progress".to_owned(),
+            progress.to_owned(),
+            "--output".to_owned(),
+            format!("type=tar,dest={}", tar.display()),
+        ]
+    };
+    let run = |progress| {
+        let a = args(progress);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = build(&refs);
+        assert_ok(&out);
+        sent_counters(&util::stderr(&out))
+    };
+    let (files, bytes) = run("plain");
+    assert_eq!(files, 20_000);
+    assert!(bytes > 20_000 * 7);
+
+    assert_eq!(run("plain"), (0, 0), "an unchanged context is sent again");
+
+    let mut edited_bytes = 0;
+    for i in (0..20_000).step_by(2000) {
+        let path = ctx.join(format!("d{:02}/f{i:05}.txt", i % 50));
+        let content = format!("edited {i}\n");
+        edited_bytes += content.len() as u64;
+        std::fs::write(path, content).unwrap();
+    }
+    assert_eq!(run("plain"), (10, edited_bytes));
+}

@@ -15,7 +15,7 @@ use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, Fil
 
 pub(super) fn service(
     dirs: BTreeMap<String, PathBuf>,
-    stats: Arc<fsutil::TransferStats>,
+    stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
 ) -> FileSyncServer<FileSyncService> {
     FileSyncServer::new(FileSyncService { dirs, stats })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -24,7 +24,7 @@ pub(super) fn service(
 
 pub(super) struct FileSyncService {
     dirs: BTreeMap<String, PathBuf>,
-    stats: Arc<fsutil::TransferStats>,
+    stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
 }
 
 type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, tonic::Status>> + Send>>;
@@ -53,7 +53,7 @@ impl FileSync for FileSyncService {
             tonic::Status::invalid_argument(format!("bad file patterns for {name}: {e}"))
         })?;
         let incoming = request.into_inner();
-        let stats = self.stats.clone();
+        let stats = self.stats.get(&name).cloned().unwrap_or_default();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(64);
         let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Packet, tonic::Status>>(64);
         let relay_tx = out_tx.clone();

@@ -130,7 +130,7 @@ pub enum SessionError {
 /// A running session. Dropping it (or [`Session::close`]) ends it.
 pub struct Session {
     id: String,
-    stats: Arc<TransferStats>,
+    stats: BTreeMap<String, Arc<TransferStats>>,
     failure: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
@@ -147,7 +147,13 @@ impl Session {
     /// same time (the daemon waits only 5 s for the session).
     pub fn start(client: &Client, options: SessionOptions) -> Session {
         let id = random_id();
-        let stats = Arc::new(TransferStats::default());
+        // One set of counters per directory, so the context's transfer is told apart from
+        // the Dockerfile's (which the daemon always fetches whole).
+        let stats: BTreeMap<String, Arc<TransferStats>> = options
+            .dirs
+            .keys()
+            .map(|name| (name.clone(), Arc::new(TransferStats::default())))
+            .collect();
         let failure = Arc::new(Mutex::new(None));
         let headers = tunnel::session_headers(&id, &options.shared_key, METHODS);
         let via_control = options.via_control;
@@ -180,9 +186,9 @@ impl Session {
         &self.id
     }
 
-    /// Counters of the context transferred to the daemon so far.
-    pub fn stats(&self) -> &Arc<TransferStats> {
-        &self.stats
+    /// Counters of what was sent of one local directory (by its name, e.g. `context`).
+    pub fn stats(&self, dir: &str) -> Option<&Arc<TransferStats>> {
+        self.stats.get(dir)
     }
 
     /// Why the session stream failed, if it did.
@@ -202,7 +208,10 @@ impl Drop for Session {
     }
 }
 
-fn routes(options: SessionOptions, stats: Arc<TransferStats>) -> tonic::service::Routes {
+fn routes(
+    options: SessionOptions,
+    stats: BTreeMap<String, Arc<TransferStats>>,
+) -> tonic::service::Routes {
     let SessionOptions {
         dirs,
         secrets,
