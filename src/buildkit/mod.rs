@@ -4,6 +4,7 @@
 mod client;
 pub mod endpoint;
 mod error;
+pub mod fsutil;
 pub mod progress;
 pub mod proto;
 pub mod session;
