@@ -431,7 +431,6 @@ fn library_build_over_control_session_exports_a_tar() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-
 /// What a test compares of a file tree: per relative path, the kind, permission bits, and
 /// the content's hash or the link's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,7 +445,11 @@ fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
         for entry in std::fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();
             let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.mode() & 0o7777;
             if meta.file_type().is_symlink() {
@@ -525,7 +528,13 @@ fn context_tree_round_trips_through_local_and_tar_exports() {
     pattern_file(&ctx.join("big.bin"), (64 << 20) + 4099, 42);
 
     let mut expected = snapshot(&ctx);
-    for gone in ["x.log", "a/y.log", "ignored-dir", "ignored-dir/z.txt", "secret/private.txt"] {
+    for gone in [
+        "x.log",
+        "a/y.log",
+        "ignored-dir",
+        "ignored-dir/z.txt",
+        "secret/private.txt",
+    ] {
         assert!(expected.remove(gone).is_some(), "{gone}");
     }
 
@@ -569,7 +578,10 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     let dockerfile_dir = dir.path().join("df");
-    write(&dockerfile_dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    write(
+        &dockerfile_dir.join("Dockerfile"),
+        "FROM scratch\nCOPY . /\n",
+    );
     for i in 0..20_000 {
         let content = format!("file {i}\n").repeat(1 + i % 7);
         write(&ctx.join(format!("d{:02}/f{i:05}.txt", i % 50)), &content);
@@ -608,4 +620,69 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
         std::fs::write(path, content).unwrap();
     }
     assert_eq!(run("plain"), (10, edited_bytes));
+}
+
+#[test]
+fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    let registry = util::env("PF_TEST_REGISTRY");
+    let tag = format!("c{}", std::process::id());
+    write(
+        &dir.path().join("Dockerfile"),
+        &format!("FROM {base}\nRUN echo {tag} > /tag\n"),
+    );
+    let oci = dir.path().join("oci.tar");
+    let docker = dir.path().join("docker.tar");
+    let cache_ref = format!("{registry}/pf-test/build-cache:{tag}");
+    let out = build(&[
+        "--context",
+        dir.path().to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--opt",
+        "force-network-mode=none",
+        "--output",
+        &format!("type=oci,dest={},name=pf-test/oci:1", oci.display()),
+        "--output",
+        &format!(
+            "type=docker,dest={},name=pf-test/docker:1",
+            docker.display()
+        ),
+        "--export-cache",
+        &format!("type=registry,ref={cache_ref},mode=max,registry.insecure=true"),
+    ]);
+    assert_ok(&out);
+    let list = |tar: &Path| {
+        let out = std::process::Command::new("tar")
+            .arg("tf")
+            .arg(tar)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let oci_files = list(&oci);
+    assert!(oci_files.lines().any(|l| l == "oci-layout") && oci_files.contains("index.json"));
+    let docker_files = list(&docker);
+    assert!(
+        docker_files.lines().any(|l| l == "manifest.json"),
+        "{docker_files}"
+    );
+    assert!(
+        registry_digest(&registry, "pf-test/build-cache", &tag).is_some(),
+        "no cache manifest in the registry"
+    );
+
+    // The cache imports from the registry (both as Cache.Imports and cache-imports).
+    let out = build(&[
+        "--context",
+        dir.path().to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--opt",
+        "force-network-mode=none",
+        "--import-cache",
+        &format!("type=registry,ref={cache_ref},registry.insecure=true"),
+    ]);
+    assert_ok(&out);
 }

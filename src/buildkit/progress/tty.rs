@@ -45,12 +45,19 @@ impl<W: Write + Send> TtyProgress<W> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let visible: Vec<_> = self
+        let mut visible: Vec<_> = self
             .state
             .steps
             .iter()
             .filter(|s| s.started.is_some() || s.cached)
             .collect();
+        // In the order the steps started, as buildx shows them.
+        visible.sort_by(|a, b| {
+            a.started
+                .unwrap_or(f64::MAX)
+                .total_cmp(&b.started.unwrap_or(f64::MAX))
+                .then(a.index.cmp(&b.index))
+        });
         let done = visible.iter().filter(|s| s.completed.is_some()).count();
         let phase = if finished { "Finished" } else { "Building" };
         let mut lines = vec![format!(
