@@ -172,7 +172,12 @@ struct Receiver {
     dirs: Vec<(PathBuf, Stat)>,
     validator: Validator,
     stats_done: bool,
+    /// This receiver's number in the process, for temporary names.
+    serial: u64,
 }
+
+/// Numbers the receivers of this process.
+static RECEIVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn system_time(ns: i64) -> SystemTime {
     if ns >= 0 {
@@ -240,6 +245,7 @@ impl Receiver {
             dirs: Vec::new(),
             validator: Validator::default(),
             stats_done: false,
+            serial: RECEIVERS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -311,12 +317,15 @@ impl Receiver {
         })
     }
 
-    fn tmp_path(path: &Path, id: u32) -> PathBuf {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        path.with_file_name(format!(".{name}.pf-tmp-{}-{id}", std::process::id()))
+    /// A temporary name beside `path`, unique across processes and concurrent receivers (the
+    /// local exporter runs one per platform, possibly into the same directory), and short
+    /// whatever the length of the final name.
+    fn tmp_path(&self, path: &Path, id: u32) -> PathBuf {
+        path.with_file_name(format!(
+            ".pf-tmp-{}-{}-{id}",
+            std::process::id(),
+            self.serial
+        ))
     }
 
     fn on_stat(&mut self, stat: Stat) -> Result<(), ReceiveError> {
@@ -326,17 +335,21 @@ impl Receiver {
         let is_dir = stat.mode & mode::DIR != 0;
         self.validator.check(&stat.path, is_dir)?;
         let path = self.dest.join(&stat.path);
-        let tmp = Self::tmp_path(&path, id);
+        let tmp = self.tmp_path(&path, id);
         let kind = stat.mode & mode::TYPE;
         let perms = mode::to_unix_permissions(stat.mode);
 
         if is_dir {
             if !make_room_for_dir(&path).map_err(Self::write_err(&path))? {
                 // Writable for now so that children can be created; the real mode comes last.
-                fs::DirBuilder::new()
-                    .mode(perms | 0o700)
-                    .create(&path)
-                    .map_err(Self::write_err(&path))?;
+                match fs::DirBuilder::new().mode(perms | 0o700).create(&path) {
+                    Ok(()) => {}
+                    // Another receiver into the same destination made it first.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => return Err(Self::write_err(&path)(e)),
+                }
             } else {
                 let current = fs::symlink_metadata(&path).map_err(Self::write_err(&path))?;
                 let m = current.permissions().mode();
@@ -480,7 +493,7 @@ impl Receiver {
         drop(p.file);
         replace(&p.tmp, &p.path).map_err(Self::write_err(&p.path))?;
         for link in &p.links {
-            let tmp = Self::tmp_path(link, id);
+            let tmp = self.tmp_path(link, id);
             let _ = fs::remove_file(&tmp);
             fs::hard_link(&p.path, &tmp).map_err(Self::write_err(link))?;
             replace(&tmp, link).map_err(Self::write_err(link))?;

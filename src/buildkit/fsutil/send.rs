@@ -331,13 +331,33 @@ fn walk_and_send(
 
 /// Opens a file of the walk for reading, never following a symlink, and only if it is still
 /// a regular file (`O_NONBLOCK` keeps a FIFO swapped in since the walk from blocking the open).
-fn open_regular(path: &Path) -> io::Result<File> {
+/// On Linux the path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the
+/// root, so no symlink anywhere on the path (even one swapped in after the walk) can lead
+/// outside the root.
+fn open_regular(root: &Path, rel: &str) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
-        Mode::empty(),
-    )?;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    #[cfg(target_os = "linux")]
+    let fd = {
+        use rustix::fs::ResolveFlags;
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), resolve) {
+            // Kernels before 5.6 have no openat2.
+            Err(rustix::io::Errno::NOSYS) => {
+                rustix::fs::open(root.join(rel), flags, Mode::empty())?
+            }
+            other => other?,
+        }
+    };
+    #[cfg(not(target_os = "linux"))]
+    let fd = rustix::fs::open(root.join(rel), flags, Mode::empty())?;
     let file = File::from(fd);
     if !file.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
@@ -376,7 +396,7 @@ fn send_file(
         data,
         ..Packet::default()
     };
-    match open_regular(&root.join(rel)) {
+    match open_regular(root, rel) {
         Ok(file) => {
             loop {
                 if stop.load(Ordering::Relaxed) {

@@ -740,3 +740,80 @@ async fn sender_rejects_unknown_file_ids() {
     let err = sending.await.unwrap().expect_err("should fail");
     assert!(matches!(err, SendError::UnknownFileId(0)), "{err}");
 }
+
+/// A socket is sent as a regular file (fsutil clears the socket bit) that cannot be opened, so
+/// it arrives as an empty file: the same result as with buildctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_arrive_as_empty_files() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(src.path().join("sock")).unwrap();
+    write(&src.path().join("z"), b"data");
+    let stats = walk_stats(src.path(), &Filter::all());
+    assert_eq!(stats[0].mode & mode::TYPE, 0, "socket bit cleared");
+    let (sent, _) = loopback(src.path(), dst.path(), Filter::all()).await;
+    let meta = fs::symlink_metadata(dst.path().join("sock")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), 0);
+    assert_eq!(fs::read(dst.path().join("z")).unwrap(), b"data");
+    assert_eq!(
+        sent.files.load(Ordering::Relaxed),
+        1,
+        "only z had data to send"
+    );
+}
+
+/// A walk error reaches the receiver as PACKET_ERR with the message, naming the file.
+#[tokio::test]
+async fn walk_errors_are_sent_as_packet_err() {
+    use std::os::unix::ffi::OsStrExt;
+    let src = tempfile::tempdir().unwrap();
+    write(&src.path().join("ok"), b"x");
+    fs::write(
+        src.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+        b"x",
+    )
+    .unwrap();
+    let (to_receiver, mut from_sender) = mpsc::channel::<Packet>(16);
+    let (_to_sender, from_receiver) = mpsc::channel::<Packet>(16);
+    let err = send(
+        src.path().to_path_buf(),
+        Filter::all(),
+        ReceiverStream::new(from_receiver).map(Ok),
+        to_receiver,
+        Arc::default(),
+    )
+    .await
+    .expect_err("should fail");
+    assert_eq!(
+        err.to_string(),
+        "cannot send bad\u{fffd}: its name is not valid UTF-8"
+    );
+    let mut last = None;
+    while let Some(p) = from_sender.recv().await {
+        last = Some(p);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.r#type, PacketType::PacketErr as i32);
+    assert_eq!(String::from_utf8_lossy(&last.data), err.to_string());
+}
+
+/// A context directory that does not exist is named in the error.
+#[tokio::test]
+async fn missing_root_is_a_clear_error() {
+    let (to_receiver, _from_sender) = mpsc::channel::<Packet>(1);
+    let (_to_sender, from_receiver) = mpsc::channel::<Packet>(1);
+    let err = send(
+        PathBuf::from("/nonexistent/pf-context"),
+        Filter::all(),
+        ReceiverStream::new(from_receiver).map(Ok),
+        to_receiver,
+        Arc::default(),
+    )
+    .await
+    .expect_err("should fail");
+    assert_eq!(
+        err.to_string(),
+        "cannot use /nonexistent/pf-context as a directory to send: no such file or directory"
+    );
+}
