@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::ExportTarget;
-use super::fsutil_shim as fsutil;
 use crate::buildkit::MAX_MESSAGE_SIZE;
+use crate::buildkit::fsutil;
 use crate::buildkit::proto::control::BytesMessage;
 use crate::buildkit::proto::fsutil::types::Packet;
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 
-use super::fsutil_shim as fsutil;
 use crate::buildkit::MAX_MESSAGE_SIZE;
+use crate::buildkit::fsutil;
 use crate::buildkit::proto::fsutil::types::Packet;
 use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
 

@@ -16,13 +16,12 @@ use crate::credentials::DockerConfig;
 mod auth;
 mod filesend;
 mod filesync;
-pub(crate) mod fsutil_shim;
 mod health;
 mod secrets;
 mod ssh;
 mod tunnel;
 
-pub use fsutil_shim::TransferStats;
+pub use super::fsutil::TransferStats;
 
 /// The gRPC methods this session serves, announced to the daemon.
 const METHODS: &[&str] = &[
