@@ -212,6 +212,34 @@ fn set_xattrs(path: &Path, stat: &Stat) {
     }
 }
 
+/// Special files the receiver can create.
+#[derive(Clone, Copy)]
+enum Node {
+    Fifo,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Creates a FIFO or device node (devices need privileges).
+#[cfg(target_os = "linux")]
+fn make_node(path: &Path, node: Node, perms: u32, major: i64, minor: i64) -> io::Result<()> {
+    use rustix::fs::{CWD, FileType, Mode};
+    let file_type = match node {
+        Node::Fifo => FileType::Fifo,
+        Node::CharDevice => FileType::CharacterDevice,
+        Node::BlockDevice => FileType::BlockDevice,
+    };
+    let dev = rustix::fs::makedev(major as u32, minor as u32);
+    rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(perms as _), dev)?;
+    Ok(())
+}
+
+/// Creates a FIFO or device node: not supported off Linux.
+#[cfg(not(target_os = "linux"))]
+fn make_node(_path: &Path, _node: Node, _perms: u32, _major: i64, _minor: i64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Removes whatever is at `path` unless it is a directory (which is kept and reused).
 fn make_room_for_dir(path: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(path) {
@@ -415,13 +443,12 @@ impl Receiver {
         }
 
         // Devices and FIFOs.
-        use rustix::fs::{CWD, FileType, Mode};
-        let file_type = if kind & mode::NAMED_PIPE != 0 {
-            FileType::Fifo
+        let node = if kind & mode::NAMED_PIPE != 0 {
+            Node::Fifo
         } else if kind & mode::CHAR_DEVICE != 0 {
-            FileType::CharacterDevice
+            Node::CharDevice
         } else if kind & mode::DEVICE != 0 {
-            FileType::BlockDevice
+            Node::BlockDevice
         } else {
             tracing::warn!(
                 path = stat.path,
@@ -430,24 +457,26 @@ impl Receiver {
             );
             return Ok(());
         };
-        let dev = rustix::fs::makedev(stat.devmajor as u32, stat.devminor as u32);
         let _ = fs::remove_file(&tmp);
-        match rustix::fs::mknodat(CWD, &tmp, file_type, Mode::from_raw_mode(perms as _), dev) {
+        match make_node(&tmp, node, perms, stat.devmajor, stat.devminor) {
             Ok(()) => {
                 set_times_nofollow(&tmp, stat.mod_time).map_err(Self::write_err(&path))?;
                 replace(&tmp, &path).map_err(Self::write_err(&path))
             }
-            Err(rustix::io::Errno::PERM) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                ) =>
+            {
                 tracing::warn!(
                     path = stat.path,
-                    "skipping a device file: creating devices needs privileges"
+                    "skipping a device or FIFO: {}",
+                    io_reason(&e)
                 );
                 Ok(())
             }
-            Err(e) => Err(ReceiveError::Write {
-                path,
-                source: e.into(),
-            }),
+            Err(source) => Err(ReceiveError::Write { path, source }),
         }
     }
 

@@ -172,6 +172,13 @@ fn pattern_table() {
         ("*", "a/b", true),
         ("?", "ab", false),
         ("[ä]", "ä", true),
+        ("[\\]a]", "]", true),
+        ("[x\\-]", "-", true),
+        ("[x\\-]", "z", false),
+        ("[a-ζ]*", "α", true),
+        ("[[]", "[", true),
+        ("x[&&]", "x&", true),
+        ("a\\<b", "a<b", true),
     ];
     for (pattern, path, want) in cases {
         assert_eq!(
@@ -412,6 +419,13 @@ fn stat_encoding() {
     assert_eq!(stats["link"].linkname, "exec");
     assert_eq!(stats["link"].size, 4);
     assert_eq!(stats["fifo"].mode & mode::TYPE, mode::NAMED_PIPE);
+    // /dev/null is character device 1:3 on every Linux system; an include pattern keeps the
+    // walk of /dev to that one entry.
+    let null = walk_stats(Path::new("/dev"), &filter(&["null"], &[], &[]));
+    assert_eq!(null.len(), 1);
+    assert_eq!(null[0].path, "null");
+    assert_eq!(null[0].mode, mode::DEVICE | mode::CHAR_DEVICE | 0o666);
+    assert_eq!((null[0].devmajor, null[0].devminor), (1, 3));
     assert_eq!(walk::dev_major(0x0801), 8);
     assert_eq!(walk::dev_minor(0x0801), 1);
     assert_eq!(walk::dev_minor(0x1234_5678), 0x12378);
@@ -816,4 +830,24 @@ async fn missing_root_is_a_clear_error() {
         err.to_string(),
         "cannot use /nonexistent/pf-context as a directory to send: no such file or directory"
     );
+}
+
+/// Many small files: REQs pile up far beyond any queue size while STATs still stream, and
+/// every file arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_many_small_files() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    for d in 0..100 {
+        for f in 0..200 {
+            write(
+                &src.path().join(format!("d{d:03}/f{f:03}")),
+                format!("{d}/{f}").as_bytes(),
+            );
+        }
+    }
+    let (sent, received) = loopback(src.path(), dst.path(), Filter::all()).await;
+    assert_eq!(sent.entries.load(Ordering::Relaxed), 20_100);
+    assert_eq!(received.files.load(Ordering::Relaxed), 20_000);
+    assert_eq!(fs::read(dst.path().join("d042/f199")).unwrap(), b"42/199");
 }
