@@ -25,6 +25,10 @@ impl Filter {
     /// Follow paths are resolved against the directory when the walk starts (symlinks on
     /// those paths are followed inside the root; each link and its final target become
     /// include patterns; missing paths are ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`PatternError`] for a malformed pattern (an unclosed `[`, a trailing `\`, a lone `!`).
     pub fn new(
         includes: Vec<String>,
         excludes: Vec<String>,
@@ -87,8 +91,8 @@ impl Filter {
 pub(crate) enum ResolveError {
     #[error(transparent)]
     Pattern(PatternError),
-    #[error("cannot resolve followpath {path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("cannot resolve followpath {path}: {}", super::io_reason(error))]
+    Io { path: String, error: io::Error },
 }
 
 /// The filter with follow paths resolved, ready for one walk.
@@ -273,7 +277,7 @@ impl Resolver<'_> {
     ) -> Result<Option<Vec<String>>, ResolveError> {
         let io_err = |source: io::Error| ResolveError::Io {
             path: p.to_string(),
-            source,
+            error: source,
         };
         let base = p.rsplit('/').next().unwrap_or(p);
         if allow_wildcard && contains_wildcards(base) {

@@ -24,12 +24,12 @@ use super::{Packet, PacketType, Stat, TransferStats, io_reason, mode};
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     /// Writing into the destination failed.
-    #[error("cannot write {path}: {}", io_reason(source))]
+    #[error("cannot write {path}: {}", io_reason(error))]
     Write {
         /// The path written to.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The sender sent a path that is not a clean relative path inside the destination.
     #[error("the sender sent an invalid path {path:?}: {reason}")]
@@ -79,6 +79,13 @@ pub enum ReceiveError {
 /// hardlinks, FIFOs and (when permitted) devices, with modes and modification times. Existing
 /// files in `dest` that are not in the stream are kept ("merge" mode); uid and gid are left
 /// as the local user's. Every regular file is requested. Answers with FIN when all is written.
+///
+/// # Errors
+///
+/// [`ReceiveError`] names the path that could not be written, rejects paths that would
+/// escape `dest` or break the walk order (as fsutil's validator does), and reports a sender's
+/// `PACKET_ERR` or a stream that ends early. On an error of its own it sends `PACKET_ERR`.
+#[tracing::instrument(level = "debug", skip_all, fields(dest = %dest.display()))]
 pub async fn receive<S>(
     dest: PathBuf,
     mut incoming: S,
@@ -92,7 +99,7 @@ where
         .await
         .map_err(|source| ReceiveError::Write {
             path: dest.clone(),
-            source,
+            error: source,
         })?;
 
     // Incoming packets go to the blocking applier through a small bounded queue (backpressure
@@ -280,7 +287,7 @@ impl Receiver {
     fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ReceiveError + '_ {
         move |source| ReceiveError::Write {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
@@ -476,7 +483,10 @@ impl Receiver {
                 );
                 Ok(())
             }
-            Err(source) => Err(ReceiveError::Write { path, source }),
+            Err(source) => Err(ReceiveError::Write {
+                path,
+                error: source,
+            }),
         }
     }
 

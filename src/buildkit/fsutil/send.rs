@@ -23,39 +23,39 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The directory to send cannot be used.
-    #[error("cannot use {path} as a directory to send: {}", io_reason(source))]
+    #[error("cannot use {path} as a directory to send: {}", io_reason(error))]
     Root {
         /// The directory as given.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The filter's patterns (with the follow paths added) do not compile.
     #[error(transparent)]
     Pattern(#[from] PatternError),
     /// A follow path could not be resolved.
-    #[error("cannot resolve followpath {path}: {}", io_reason(source))]
+    #[error("cannot resolve followpath {path}: {}", io_reason(error))]
     FollowPath {
         /// The path inside the directory.
         path: String,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// An entry of the directory could not be read.
-    #[error("cannot read {path}: {}", io_reason(source))]
+    #[error("cannot read {path}: {}", io_reason(error))]
     Read {
         /// The path inside the directory.
         path: String,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The extended attributes of an entry could not be read.
-    #[error("cannot read the extended attributes of {path}: {}", io_reason(source))]
+    #[error("cannot read the extended attributes of {path}: {}", io_reason(error))]
     Xattr {
         /// The path inside the directory.
         path: String,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A file name cannot travel in the protocol (its paths are UTF-8 strings).
     #[error("cannot send {path}: its name is not valid UTF-8")]
@@ -86,8 +86,8 @@ pub enum SendError {
 impl From<WalkError> for SendError {
     fn from(e: WalkError) -> Self {
         match e {
-            WalkError::Read { path, source } => SendError::Read { path, source },
-            WalkError::Xattr { path, source } => SendError::Xattr { path, source },
+            WalkError::Read { path, error } => SendError::Read { path, error },
+            WalkError::Xattr { path, error } => SendError::Xattr { path, error },
             WalkError::NotUtf8 { path } => SendError::NotUtf8 { path },
             WalkError::Stopped => SendError::OutgoingClosed,
         }
@@ -105,6 +105,14 @@ type FileTable = Arc<Mutex<HashMap<u32, String>>>;
 /// `incoming` carries the receiver's packets (REQ, FIN, ERR); `outgoing` takes this side's.
 /// Memory stays bounded whatever the size of the tree: file data moves in [`CHUNK_SIZE`]
 /// chunks through `outgoing`, and only the path of each not-yet-requested file is kept.
+///
+/// # Errors
+///
+/// [`SendError`] names the file when the walk cannot read something (permission denied, a
+/// name that is not UTF-8), and says which side stopped when the stream fails, the receiver
+/// aborts or asks for a file id it was never sent. A file that cannot be opened when the
+/// receiver asks for it is not an error: it is sent empty with a warning, as fsutil does.
+#[tracing::instrument(level = "debug", skip_all, fields(root = %root.display()))]
 pub async fn send<S>(
     root: PathBuf,
     filter: Filter,
@@ -119,17 +127,22 @@ where
         .await
         .map_err(|source| SendError::Root {
             path: root.clone(),
-            source,
+            error: source,
         })?;
     match tokio::fs::metadata(&root).await {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
             return Err(SendError::Root {
                 path: root,
-                source: io::Error::from(io::ErrorKind::NotADirectory),
+                error: io::Error::from(io::ErrorKind::NotADirectory),
             });
         }
-        Err(source) => return Err(SendError::Root { path: root, source }),
+        Err(source) => {
+            return Err(SendError::Root {
+                path: root,
+                error: source,
+            });
+        }
     }
 
     let files: FileTable = Arc::default();
@@ -293,7 +306,7 @@ fn walk_and_send(
 ) -> Result<(), SendError> {
     let resolved = filter.resolve(root).map_err(|e| match e {
         ResolveError::Pattern(e) => SendError::Pattern(e),
-        ResolveError::Io { path, source } => SendError::FollowPath { path, source },
+        ResolveError::Io { path, error } => SendError::FollowPath { path, error },
     })?;
     let mut next_id: u32 = 0;
     walk::walk(root, &resolved, &mut |stat| {
@@ -404,7 +417,7 @@ fn send_file(
                 }
                 let chunk = read_chunk(&file).map_err(|source| SendError::Read {
                     path: rel.to_string(),
-                    source,
+                    error: source,
                 })?;
                 if chunk.is_empty() {
                     break;

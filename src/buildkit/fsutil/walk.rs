@@ -19,10 +19,10 @@ use super::{io_reason, mode};
 /// Why the walk stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WalkError {
-    #[error("cannot read {path}: {}", io_reason(source))]
-    Read { path: String, source: io::Error },
-    #[error("cannot read the extended attributes of {path}: {}", io_reason(source))]
-    Xattr { path: String, source: io::Error },
+    #[error("cannot read {path}: {}", io_reason(error))]
+    Read { path: String, error: io::Error },
+    #[error("cannot read the extended attributes of {path}: {}", io_reason(error))]
+    Xattr { path: String, error: io::Error },
     #[error("cannot send {path}: its name is not valid UTF-8")]
     NotUtf8 { path: String },
     /// The consumer asked to stop (the other side went away).
@@ -105,7 +105,7 @@ pub(crate) fn make_stat(
         if ft.is_symlink() {
             let target = std::fs::read_link(abs).map_err(|source| WalkError::Read {
                 path: rel.to_string(),
-                source,
+                error: source,
             })?;
             stat.linkname = target
                 .to_str()
@@ -117,7 +117,7 @@ pub(crate) fn make_stat(
     }
     stat.xattrs = read_xattrs(abs).map_err(|source| WalkError::Xattr {
         path: rel.to_string(),
-        source,
+        error: source,
     })?;
     Ok(stat)
 }
@@ -213,7 +213,7 @@ impl Walker<'_> {
             } else {
                 rel.to_string()
             },
-            source,
+            error: source,
         };
         let mut entries: Vec<(OsString, bool)> = Vec::new();
         let listing = std::fs::read_dir(abs).and_then(|rd| {
@@ -261,7 +261,7 @@ impl Walker<'_> {
                         Err(source) => {
                             return Err(WalkError::Read {
                                 path: child_rel,
-                                source,
+                                error: source,
                             });
                         }
                     };
@@ -309,7 +309,7 @@ impl Walker<'_> {
             }
             let meta = std::fs::symlink_metadata(&frame.abs).map_err(|source| WalkError::Read {
                 path: frame.rel.clone(),
-                source,
+                error: source,
             })?;
             let stat = make_stat(&frame.abs, &frame.rel, &meta, &mut self.inodes)?;
             self.stack[i].emitted = true;
