@@ -851,3 +851,32 @@ async fn loopback_many_small_files() {
     assert_eq!(received.files.load(Ordering::Relaxed), 20_000);
     assert_eq!(fs::read(dst.path().join("d042/f199")).unwrap(), b"42/199");
 }
+
+/// Extended attributes travel with the file (Linux cannot hold the `com.apple.*` ones that
+/// fsutil skips, so that rule is not exercised here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xattrs_travel() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    write(&file, b"x");
+    let set = |name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(&file, name, value, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    set("user.pf", b"value");
+    set("user.empty", b"");
+    let stats = walk_stats(src.path(), &Filter::all());
+    let mut names: Vec<&String> = stats[0].xattrs.keys().collect();
+    names.sort();
+    assert_eq!(names, ["user.empty", "user.pf"]);
+    assert_eq!(&stats[0].xattrs["user.pf"][..], b"value");
+    loopback(src.path(), dst.path(), Filter::all()).await;
+    let mut value = Vec::with_capacity(16);
+    rustix::fs::lgetxattr(
+        dst.path().join("f"),
+        "user.pf",
+        rustix::buffer::spare_capacity(&mut value),
+    )
+    .unwrap();
+    assert_eq!(value, b"value");
+}
