@@ -686,3 +686,62 @@ fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
     ]);
     assert_ok(&out);
 }
+
+#[test]
+fn ssh_agent_is_offered_to_run_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    // A stand-in agent socket of our own: the daemon's CheckAgent connects to it.
+    let socket = dir.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stream.is_ok() && seen_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let ctx = dir.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {base}\nRUN --mount=type=ssh,id=deploy sh -c 'test -S \"$SSH_AUTH_SOCK\" && echo agent-mounted-at-$SSH_AUTH_SOCK'\n"
+        ),
+    );
+    let spec = format!("deploy={}", socket.display());
+    let out = build(&[
+        "--context",
+        ctx.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--no-cache",
+        "--opt",
+        "force-network-mode=none",
+        "--ssh",
+        &spec,
+    ]);
+    assert_ok(&out);
+    assert!(
+        util::stderr(&out).contains("agent-mounted-at-/"),
+        "{}",
+        util::stderr(&out)
+    );
+    assert!(
+        seen_rx.try_recv().is_ok(),
+        "the daemon never checked the agent"
+    );
+
+    // Without --ssh the step fails with a message naming the id.
+    let out = build(&[
+        "--context",
+        ctx.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--no-cache",
+        "--opt",
+        "force-network-mode=none",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(util::stderr(&out).contains("deploy"), "{}", util::stderr(&out));
+}

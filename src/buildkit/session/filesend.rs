@@ -114,35 +114,53 @@ async fn receive_file(
     dest: &Path,
     mut incoming: tonic::Streaming<Bytes>,
 ) -> Result<(), tonic::Status> {
-    let tmp = temp_path(dest);
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
+    let tmp = TempFile(Some(temp_path(dest)));
+    let tmp_path = tmp.path().to_owned();
+    let mut file = tokio::fs::File::create(&tmp_path)
+        .await
+        .map_err(|e| io_status("create", &tmp_path, &e))?;
+    while let Some(frame) = incoming.next().await {
+        let frame = frame?;
+        let message = BytesMessage::decode(frame)
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
+        file.write_all(&message.data)
             .await
-            .map_err(|e| io_status("create", &tmp, &e))?;
-        while let Some(frame) = incoming.next().await {
-            let frame = frame?;
-            let message = BytesMessage::decode(frame)
-                .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
-            file.write_all(&message.data)
-                .await
-                .map_err(|e| io_status("write", &tmp, &e))?;
+            .map_err(|e| io_status("write", &tmp_path, &e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| io_status("write", &tmp_path, &e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| io_status("write", &tmp_path, &e))?;
+    drop(file);
+    tokio::fs::rename(&tmp_path, dest)
+        .await
+        .map_err(|e| io_status("rename into place", dest, &e))?;
+    tmp.keep();
+    Ok(())
+}
+
+/// A temporary file removed when dropped (on failure, or when the build is cancelled and
+/// this service's future is dropped), unless kept.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
         }
-        file.flush()
-            .await
-            .map_err(|e| io_status("write", &tmp, &e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| io_status("write", &tmp, &e))?;
-        drop(file);
-        tokio::fs::rename(&tmp, dest)
-            .await
-            .map_err(|e| io_status("rename into place", dest, &e))
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
 }
 
 /// Runs the fsutil receiver into `dest`, translating frames to and from Packets.
