@@ -9,7 +9,8 @@
 #
 # Usage: eval "$(scripts/testenv start)"; scripts/bench-context.sh
 # Environment: PF_TEST_DOCKER_HOST (required), PF_BENCH_DIR (default /tmp/pf-bench),
-# PF_BENCH_RUNS (default 5), PF_BENCH_DOCKER (a docker CLI with buildx; default the test
+# PF_BENCH_RUNS (default 5), PF_BENCH_CASES (default "cold warm edit10"), PF_BENCH_TOOLS
+# (default "pf buildx"), PF_BENCH_DOCKER (a docker CLI with buildx; default the test
 # environment's wrapper /tmp/pf-buildkit-testenv/bin/docker, see `scripts/testenv install-buildx`).
 set -euo pipefail
 
@@ -19,6 +20,8 @@ SOCK=${PF_TEST_DOCKER_HOST#unix://}
 ADDR=docker+unix://$SOCK
 WORK=${PF_BENCH_DIR:-/tmp/pf-bench}
 RUNS=${PF_BENCH_RUNS:-5}
+CASES=${PF_BENCH_CASES:-cold warm edit10}
+TOOLS=${PF_BENCH_TOOLS:-pf buildx}
 DOCKER=${PF_BENCH_DOCKER:-/tmp/pf-buildkit-testenv/bin/docker}
 BIN=$PWD/target/release/pf-buildkit
 
@@ -92,7 +95,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 bench() { # $1 = tool (pf|buildx)
     local tool=$1 case state walls rss cpu line
-    for case in cold warm edit10; do
+    for case in $CASES; do
         walls=() rss=() cpu=()
         for r in $(seq 1 "$RUNS"); do
             if [[ $case == cold ]]; then
@@ -119,8 +122,10 @@ bench() { # $1 = tool (pf|buildx)
 }
 
 echo "context: $(find "$CTX" -type f | wc -l) files, $(du -sh "$CTX" | cut -f1); runs: $RUNS (medians)"
-bench pf
-if ((HAVE_BUILDX)); then
-    bench buildx
-fi
+for tool in $TOOLS; do
+    if [[ $tool == buildx ]] && ((!HAVE_BUILDX)); then
+        continue
+    fi
+    bench "$tool"
+done
 rm -rf "$WORK"/state.* "$WORK"/out-*.tar
