@@ -16,3 +16,4 @@
 
 pub mod buildkit;
 pub mod config;
+pub mod credentials;

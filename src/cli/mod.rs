@@ -6,6 +6,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
+mod build;
 mod daemon;
 mod units;
 
@@ -93,6 +94,8 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
+    /// Build a Dockerfile on one BuildKit
+    Build(Box<build::BuildArgs>),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -107,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Info(args) => daemon::info(&cli.global, &args).await,
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
