@@ -743,5 +743,9 @@ fn ssh_agent_is_offered_to_run_mounts() {
         "force-network-mode=none",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("deploy"), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("deploy"),
+        "{}",
+        util::stderr(&out)
+    );
 }
