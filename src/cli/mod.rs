@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 mod daemon;
+mod manifest;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -93,6 +94,8 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
+    /// Push or inspect multi-platform manifests in a registry
+    Manifest(manifest::ManifestArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -107,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Info(args) => daemon::info(&cli.global, &args).await,
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -165,14 +165,13 @@ impl Client {
     /// [`Error::NotFound`], a digest mismatch, or a registry/transport failure.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let part = reference_part(reference);
-        if let Some(d) = reference.digest() {
-            if !assemble::is_valid_digest(d) {
+        if let Some(d) = reference.digest()
+            && !assemble::is_valid_digest(d) {
                 return Err(Error::BadDigest {
                     what: reference.whole(),
                     digest: d.to_owned(),
                 });
             }
-        }
         let registry = reference.registry();
         let req = Request::new(
             Method::GET,
@@ -212,15 +211,13 @@ impl Client {
         if let Some(announced) = headers
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-        {
-            if announced.starts_with("sha256:") && announced != digest {
+            && announced.starts_with("sha256:") && announced != digest {
                 return Err(Error::DigestMismatch {
                     what: format!("{} (Docker-Content-Digest)", reference.whole()),
                     expected: announced.to_owned(),
                     actual: digest,
                 });
             }
-        }
         let media_type = headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -563,15 +560,13 @@ impl Client {
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-        {
-            if announced.starts_with("sha256:") && announced != digest {
+            && announced.starts_with("sha256:") && announced != digest {
                 return Err(Error::DigestMismatch {
                     what: format!("manifest pushed to {}", target.whole()),
                     expected: digest,
                     actual: announced.to_owned(),
                 });
             }
-        }
         Ok(digest)
     }
 

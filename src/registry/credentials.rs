@@ -190,11 +190,10 @@ impl DockerConfig {
         if let Some(helper) = self.file.cred_helpers.get(key) {
             return run_helper(helper, key);
         }
-        if let Some(entry) = self.find_auth(key) {
-            if let Some(found) = self.entry_credential(key, entry)? {
+        if let Some(entry) = self.find_auth(key)
+            && let Some(found) = self.entry_credential(key, entry)? {
                 return Ok(Some(found));
             }
-        }
         if let Some(store) = self.file.creds_store.as_deref().filter(|s| !s.is_empty()) {
             return run_helper(store, key);
         }

@@ -81,11 +81,10 @@ impl Scope {
     fn strings(&self) -> Vec<String> {
         let action = if self.push { "pull,push" } else { "pull" };
         let mut out = vec![format!("repository:{}:{action}", self.repository)];
-        if let Some(from) = &self.mount_from {
-            if from != &self.repository {
+        if let Some(from) = &self.mount_from
+            && from != &self.repository {
                 out.push(format!("repository:{from}:pull"));
             }
-        }
         out
     }
 }
@@ -215,11 +214,10 @@ impl Transport {
         if let Some(token) = state.tokens.get(&scope.strings()) {
             return bearer(token);
         }
-        if state.basic {
-            if let Some(Some(Credential::Basic { username, password })) = &state.credential {
+        if state.basic
+            && let Some(Some(Credential::Basic { username, password })) = &state.credential {
                 return basic(username, password);
             }
-        }
         None
     }
 
@@ -446,11 +444,10 @@ impl Transport {
                         }
                     }
                     let mut b = self.http.get(url);
-                    if let Some(Credential::Basic { username, password }) = other {
-                        if let Some(value) = basic(username, password) {
+                    if let Some(Credential::Basic { username, password }) = other
+                        && let Some(value) = basic(username, password) {
                             b = b.header(reqwest::header::AUTHORIZATION, value);
                         }
-                    }
                     b
                 }
             };
@@ -639,11 +636,10 @@ pub(crate) fn registry_message(body: &[u8]) -> String {
         #[serde(default)]
         message: String,
     }
-    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
-        if let Some(first) = env.errors.first() {
+    if let Ok(env) = serde_json::from_slice::<Envelope>(body)
+        && let Some(first) = env.errors.first() {
             return format!("{}: {}", first.code, first.message);
         }
-    }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let mut excerpt: String = text.chars().take(120).collect();

@@ -83,14 +83,14 @@ impl Platform {
     }
 
     /// Whether an image of platform `candidate` satisfies this requested platform: same os and
-    /// architecture, and the same variant when this one names a variant.
+    /// architecture, and the same variant when both name one (many image configs omit it).
     pub fn matches(&self, candidate: &Platform) -> bool {
         if self.os != candidate.os || self.architecture != candidate.architecture {
             return false;
         }
-        match self.variant.as_deref() {
-            None | Some("") => true,
-            Some(_) => self.normalized_variant() == candidate.normalized_variant(),
+        match (self.normalized_variant(), candidate.normalized_variant()) {
+            (Some(wanted), Some(has)) => wanted == has,
+            _ => true,
         }
     }
 
@@ -276,6 +276,8 @@ mod tests {
         assert!(p("linux/arm64/v8").matches(&p("linux/arm64")));
         assert!(p("linux/arm").matches(&p("linux/arm/v7")));
         assert!(!p("linux/arm/v6").matches(&p("linux/arm/v7")));
+        assert!(p("linux/arm/v7").matches(&p("linux/arm")));
+        assert!(!p("linux/arm64/v9").matches(&p("linux/arm64")));
         assert!(!p("linux/amd64").matches(&p("linux/arm64")));
         assert!(p("linux/arm64").same_as(&p("linux/arm64/v8")));
     }
