@@ -15,4 +15,5 @@
 //! ```
 
 pub mod buildkit;
+pub mod config;
 pub mod registry;
