@@ -57,7 +57,10 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// accepts, which also keeps digests safe to put in URL paths).
 pub fn is_valid_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -313,7 +316,11 @@ pub fn assemble_index(sources: &[ResolvedSource]) -> Result<AssembledIndex, Erro
     let mut children: Vec<Child> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (child, name) in images {
-        let platform = child.entry.platform.clone().unwrap_or_else(|| Platform::new("", ""));
+        let platform = child
+            .entry
+            .platform
+            .clone()
+            .unwrap_or_else(|| Platform::new("", ""));
         let mut duplicate = false;
         for (i, other) in children.iter().enumerate() {
             let Some(other_platform) = &other.entry.platform else {
@@ -457,8 +464,20 @@ mod tests {
     #[test]
     fn docker_sources_give_a_docker_manifest_list() {
         let out = assemble_index(&[
-            image("r.example/a:t-amd64", "linux/amd64", "linux/amd64", DOCKER_MANIFEST, 1),
-            image("r.example/a:t-arm64", "linux/arm64", "linux/arm64", DOCKER_MANIFEST, 2),
+            image(
+                "r.example/a:t-amd64",
+                "linux/amd64",
+                "linux/amd64",
+                DOCKER_MANIFEST,
+                1,
+            ),
+            image(
+                "r.example/a:t-arm64",
+                "linux/arm64",
+                "linux/arm64",
+                DOCKER_MANIFEST,
+                2,
+            ),
         ])
         .unwrap();
         assert_eq!(out.media_type, DOCKER_MANIFEST_LIST);
@@ -475,8 +494,20 @@ mod tests {
     #[test]
     fn any_oci_child_gives_an_oci_index() {
         let out = assemble_index(&[
-            image("r.example/a:t-amd64", "linux/amd64", "linux/amd64", DOCKER_MANIFEST, 1),
-            image("r.example/a:t-arm64", "linux/arm64", "linux/arm64", OCI_MANIFEST, 2),
+            image(
+                "r.example/a:t-amd64",
+                "linux/amd64",
+                "linux/amd64",
+                DOCKER_MANIFEST,
+                1,
+            ),
+            image(
+                "r.example/a:t-arm64",
+                "linux/arm64",
+                "linux/arm64",
+                OCI_MANIFEST,
+                2,
+            ),
         ])
         .unwrap();
         assert_eq!(out.media_type, OCI_INDEX);
@@ -532,7 +563,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(out.media_type, OCI_INDEX);
-        let digests: Vec<&str> = out.children.iter().map(|c| c.entry.digest.as_str()).collect();
+        let digests: Vec<&str> = out
+            .children
+            .iter()
+            .map(|c| c.entry.digest.as_str())
+            .collect();
         assert_eq!(digests, vec![digest(1), digest(2), digest(11), digest(12)]);
         let json = parsed(&out);
         assert_eq!(
@@ -560,8 +595,20 @@ mod tests {
     #[test]
     fn two_images_for_one_platform_are_rejected() {
         let err = assemble_index(&[
-            image("r.example/a:one", "linux/amd64", "linux/amd64", OCI_MANIFEST, 1),
-            image("r.example/a:two", "linux/amd64", "linux/amd64", OCI_MANIFEST, 2),
+            image(
+                "r.example/a:one",
+                "linux/amd64",
+                "linux/amd64",
+                OCI_MANIFEST,
+                1,
+            ),
+            image(
+                "r.example/a:two",
+                "linux/amd64",
+                "linux/amd64",
+                OCI_MANIFEST,
+                2,
+            ),
         ])
         .unwrap_err()
         .to_string();

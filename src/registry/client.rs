@@ -11,9 +11,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::assemble::{
-    self, AssembledIndex, DOCKER_SCHEMA1, Descriptor,
-    IndexDoc, ManifestDoc, OCI_INDEX, OCI_MANIFEST, Resolved, ResolvedContent, ResolvedSource,
-    is_image_manifest, is_index, sha256_digest, verify_digest,
+    self, AssembledIndex, DOCKER_SCHEMA1, Descriptor, IndexDoc, ManifestDoc, OCI_INDEX,
+    OCI_MANIFEST, Resolved, ResolvedContent, ResolvedSource, is_image_manifest, is_index,
+    sha256_digest, verify_digest,
 };
 use super::credentials::DockerConfig;
 use super::error::Error;
@@ -142,20 +142,27 @@ impl Client {
         let t = Transport::new(
             options.docker_config,
             options.insecure,
-            options.insecure_registries.into_iter().collect::<HashSet<_>>(),
+            options
+                .insecure_registries
+                .into_iter()
+                .collect::<HashSet<_>>(),
             options.retry,
         )?;
         Ok(Self { t: Arc::new(t) })
     }
 
     fn manifest_url(&self, r: &Reference, part: &str) -> Result<Url, Error> {
-        self.t
-            .url(r.registry(), &format!("/v2/{}/manifests/{part}", r.repository()))
+        self.t.url(
+            r.registry(),
+            &format!("/v2/{}/manifests/{part}", r.repository()),
+        )
     }
 
     fn blob_url(&self, r: &Reference, digest: &str) -> Result<Url, Error> {
-        self.t
-            .url(r.registry(), &format!("/v2/{}/blobs/{digest}", r.repository()))
+        self.t.url(
+            r.registry(),
+            &format!("/v2/{}/blobs/{digest}", r.repository()),
+        )
     }
 
     /// Fetches a manifest or index by tag or digest and checks its digest: against the
@@ -166,12 +173,13 @@ impl Client {
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let part = reference_part(reference);
         if let Some(d) = reference.digest()
-            && !assemble::is_valid_digest(d) {
-                return Err(Error::BadDigest {
-                    what: reference.whole(),
-                    digest: d.to_owned(),
-                });
-            }
+            && !assemble::is_valid_digest(d)
+        {
+            return Err(Error::BadDigest {
+                what: reference.whole(),
+                digest: d.to_owned(),
+            });
+        }
         let registry = reference.registry();
         let req = Request::new(
             Method::GET,
@@ -211,13 +219,15 @@ impl Client {
         if let Some(announced) = headers
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-            && announced.starts_with("sha256:") && announced != digest {
-                return Err(Error::DigestMismatch {
-                    what: format!("{} (Docker-Content-Digest)", reference.whole()),
-                    expected: announced.to_owned(),
-                    actual: digest,
-                });
-            }
+            && announced.starts_with("sha256:")
+            && announced != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("{} (Docker-Content-Digest)", reference.whole()),
+                expected: announced.to_owned(),
+                actual: digest,
+            });
+        }
         let media_type = headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -242,7 +252,11 @@ impl Client {
     }
 
     /// Reads a small blob (a config) whole and checks its digest.
-    async fn fetch_small_blob(&self, reference: &Reference, desc: &Descriptor) -> Result<Bytes, Error> {
+    async fn fetch_small_blob(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Bytes, Error> {
         if !assemble::is_valid_digest(&desc.digest) {
             return Err(Error::BadDigest {
                 what: format!("config of {}", reference.whole()),
@@ -346,7 +360,8 @@ impl Client {
     /// # Errors
     /// A registry or transport failure.
     pub async fn blob_exists(&self, reference: &Reference, digest: &str) -> Result<bool, Error> {
-        self.exists(reference, self.blob_url(reference, digest)?).await
+        self.exists(reference, self.blob_url(reference, digest)?)
+            .await
     }
 
     /// Whether a manifest exists (by tag or digest) in `reference`'s repository.
@@ -385,9 +400,10 @@ impl Client {
         mount_from: Option<&Reference>,
     ) -> Result<Option<Url>, Error> {
         let registry = target.registry();
-        let mut url = self
-            .t
-            .url(registry, &format!("/v2/{}/blobs/uploads/", target.repository()))?;
+        let mut url = self.t.url(
+            registry,
+            &format!("/v2/{}/blobs/uploads/", target.repository()),
+        )?;
         let mut scope = Scope::push(target.repository());
         if let Some(from) = mount_from {
             url.query_pairs_mut()
@@ -504,11 +520,18 @@ impl Client {
         let url = self.blob_url(source, &desc.digest)?;
         let response = self
             .t
-            .get_stream(source.registry(), url.clone(), Scope::pull(source.repository()))
+            .get_stream(
+                source.registry(),
+                url.clone(),
+                Scope::pull(source.repository()),
+            )
             .await?;
         if !response.status().is_success() {
             let req = Request::new(Method::GET, url, Scope::pull(source.repository()));
-            return Err(self.t.status_error(source.registry(), &req, response, 1).await);
+            return Err(self
+                .t
+                .status_error(source.registry(), &req, response, 1)
+                .await);
         }
         let size = response.content_length().unwrap_or(desc.size);
         if size != desc.size {
@@ -560,13 +583,15 @@ impl Client {
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
-            && announced.starts_with("sha256:") && announced != digest {
-                return Err(Error::DigestMismatch {
-                    what: format!("manifest pushed to {}", target.whole()),
-                    expected: digest,
-                    actual: announced.to_owned(),
-                });
-            }
+            && announced.starts_with("sha256:")
+            && announced != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest pushed to {}", target.whole()),
+                expected: digest,
+                actual: announced.to_owned(),
+            });
+        }
         Ok(digest)
     }
 
@@ -602,7 +627,11 @@ impl Client {
                 fetched.bytes
             }
         };
-        verify_digest(&format!("{}@{}", source.whole(), desc.digest), &desc.digest, &bytes)?;
+        verify_digest(
+            &format!("{}@{}", source.whole(), desc.digest),
+            &desc.digest,
+            &bytes,
+        )?;
         let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|e| Error::Unusable {
             reference: format!("{}@{}", source.whole(), desc.digest),
             problem: format!("invalid manifest: {e}"),
@@ -667,7 +696,10 @@ impl Client {
                         digest: c.entry.digest.clone(),
                         size: c.entry.size,
                     };
-                    async move { self.copy_image(&c.source, target, &desc, c.manifest.clone()).await }
+                    async move {
+                        self.copy_image(&c.source, target, &desc, c.manifest.clone())
+                            .await
+                    }
                 });
             futures_util::stream::iter(jobs)
                 .buffer_unordered(4)
@@ -772,7 +804,10 @@ mod tests {
 
     #[test]
     fn reference_parts() {
-        assert_eq!(reference_part(&parse_reference("r.example/a:t").unwrap()), "t");
+        assert_eq!(
+            reference_part(&parse_reference("r.example/a:t").unwrap()),
+            "t"
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
             reference_part(&parse_reference(&format!("r.example/a@{d}")).unwrap()),

@@ -191,9 +191,10 @@ impl DockerConfig {
             return run_helper(helper, key);
         }
         if let Some(entry) = self.find_auth(key)
-            && let Some(found) = self.entry_credential(key, entry)? {
-                return Ok(Some(found));
-            }
+            && let Some(found) = self.entry_credential(key, entry)?
+        {
+            return Ok(Some(found));
+        }
         if let Some(store) = self.file.creds_store.as_deref().filter(|s| !s.is_empty()) {
             return run_helper(store, key);
         }
@@ -222,7 +223,10 @@ impl DockerConfig {
         }
         if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
             let bad = || CredentialsError::BadAuth {
-                path: self.path.clone().unwrap_or_else(|| PathBuf::from("<memory>")),
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("<memory>")),
                 registry: key.to_owned(),
             };
             let decoded = base64::engine::general_purpose::STANDARD
@@ -303,8 +307,11 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, Creden
         }
         return Err(fail(format!("{program} exited with {}", out.status)));
     }
-    let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
-        .map_err(|_| fail(format!("{program} printed something other than credentials")))?;
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| {
+        fail(format!(
+            "{program} printed something other than credentials"
+        ))
+    })?;
     if answer.username == "<token>" {
         return Ok(Some(Credential::IdentityToken(answer.secret)));
     }
@@ -375,10 +382,9 @@ mod tests {
 
     #[test]
     fn missing_helper_is_a_clear_error() {
-        let cfg = DockerConfig::from_json(
-            r#"{"credHelpers":{"h.example":"pf-test-no-such-helper"}}"#,
-        )
-        .unwrap();
+        let cfg =
+            DockerConfig::from_json(r#"{"credHelpers":{"h.example":"pf-test-no-such-helper"}}"#)
+                .unwrap();
         let err = cfg.credentials("h.example").unwrap_err().to_string();
         assert!(
             err.contains("docker-credential-pf-test-no-such-helper") && err.contains("h.example"),

@@ -67,7 +67,9 @@ pub enum Error {
         had_credentials: bool,
     },
     /// The registry's `WWW-Authenticate` challenge or token answer is unusable.
-    #[error("registry {registry} sent an unusable auth challenge or token answer (realm {realm:?})")]
+    #[error(
+        "registry {registry} sent an unusable auth challenge or token answer (realm {realm:?})"
+    )]
     BadChallenge {
         /// The registry host.
         registry: String,

@@ -82,9 +82,10 @@ impl Scope {
         let action = if self.push { "pull,push" } else { "pull" };
         let mut out = vec![format!("repository:{}:{action}", self.repository)];
         if let Some(from) = &self.mount_from
-            && from != &self.repository {
-                out.push(format!("repository:{from}:pull"));
-            }
+            && from != &self.repository
+        {
+            out.push(format!("repository:{from}:pull"));
+        }
         out
     }
 }
@@ -215,9 +216,10 @@ impl Transport {
             return bearer(token);
         }
         if state.basic
-            && let Some(Some(Credential::Basic { username, password })) = &state.credential {
-                return basic(username, password);
-            }
+            && let Some(Some(Credential::Basic { username, password })) = &state.credential
+        {
+            return basic(username, password);
+        }
         None
     }
 
@@ -445,16 +447,21 @@ impl Transport {
                     }
                     let mut b = self.http.get(url);
                     if let Some(Credential::Basic { username, password }) = other
-                        && let Some(value) = basic(username, password) {
-                            b = b.header(reqwest::header::AUTHORIZATION, value);
-                        }
+                        && let Some(value) = basic(username, password)
+                    {
+                        b = b.header(reqwest::header::AUTHORIZATION, value);
+                    }
                     b
                 }
             };
             let response = match builder.send().await {
                 Ok(r) => r,
                 Err(err) if attempt < self.retry.attempts => {
-                    tracing::debug!(registry, error = &err as &dyn std::error::Error, "token request failed; retrying");
+                    tracing::debug!(
+                        registry,
+                        error = &err as &dyn std::error::Error,
+                        "token request failed; retrying"
+                    );
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     continue;
                 }
@@ -597,7 +604,11 @@ fn parse_challenge(header: &str) -> Challenge {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
@@ -637,9 +648,10 @@ pub(crate) fn registry_message(body: &[u8]) -> String {
         message: String,
     }
     if let Ok(env) = serde_json::from_slice::<Envelope>(body)
-        && let Some(first) = env.errors.first() {
-            return format!("{}: {}", first.code, first.message);
-        }
+        && let Some(first) = env.errors.first()
+    {
+        return format!("{}: {}", first.code, first.message);
+    }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let mut excerpt: String = text.chars().take(120).collect();
@@ -665,9 +677,7 @@ fn tls_config() -> rustls::ClientConfig {
         // The ring provider supports the default versions; this arm is not reachable in practice.
         Err(_) => rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS),
     };
-    let mut config = builder
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
@@ -720,7 +730,9 @@ mod tests {
     #[test]
     fn registry_messages_are_short() {
         assert_eq!(
-            registry_message(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
+            registry_message(
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+            ),
             "MANIFEST_UNKNOWN: manifest unknown"
         );
         assert_eq!(registry_message(b"<html>\nhi</html>"), "<html> hi</html>");

@@ -101,7 +101,11 @@ impl Layout {
             return Err(self.problem(format!("unsupported digest {:?}", desc.digest)));
         }
         let bytes = self.read_small(&Self::blob_name(&desc.digest)).await?;
-        verify_digest(&format!("{} in {}", desc.digest, self.path.display()), &desc.digest, &bytes)?;
+        verify_digest(
+            &format!("{} in {}", desc.digest, self.path.display()),
+            &desc.digest,
+            &bytes,
+        )?;
         Ok(bytes)
     }
 
@@ -121,7 +125,8 @@ impl Layout {
     fn blob_stream(
         &self,
         desc: &Descriptor,
-    ) -> Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static, Error> {
+    ) -> Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static, Error>
+    {
         let (offset, size) = self.check_blob(desc)?;
         let path = self.path.clone();
         let open = async move {

@@ -21,7 +21,10 @@ mod http;
 mod layout;
 pub mod platform;
 
-pub use assemble::{AssembledIndex, Descriptor, IndexEntry, Resolved, ResolvedContent, ResolvedSource, assemble_index};
+pub use assemble::{
+    AssembledIndex, Descriptor, IndexEntry, Resolved, ResolvedContent, ResolvedSource,
+    assemble_index,
+};
 pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source, parse_reference};
 pub use credentials::{Credential, DockerConfig};
 pub use error::Error;

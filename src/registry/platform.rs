@@ -130,7 +130,9 @@ impl FromStr for Platform {
         };
         let parts: Vec<&str> = s.trim().split('/').collect();
         if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
-            return Err(bad("expected os/architecture[/variant], e.g. linux/arm64".into()));
+            return Err(bad(
+                "expected os/architecture[/variant], e.g. linux/arm64".into()
+            ));
         }
         let os = parts[0].to_ascii_lowercase();
         if !KNOWN_OS.contains(&os.as_str()) {
@@ -256,7 +258,10 @@ mod tests {
         assert_eq!(p("linux/aarch64").architecture, "arm64");
         assert_eq!(p("linux/arm/v7").variant.as_deref(), Some("v7"));
         assert_eq!(p("linux/arm/v7").to_string(), "linux/arm/v7");
-        assert_eq!(parse_platforms("linux/amd64, linux/arm64").unwrap().len(), 2);
+        assert_eq!(
+            parse_platforms("linux/amd64, linux/arm64").unwrap().len(),
+            2
+        );
     }
 
     #[test]
@@ -322,6 +327,9 @@ mod tests {
     #[test]
     fn serialises_in_spec_order() {
         let json = serde_json::to_string(&p("linux/arm/v7")).unwrap();
-        assert_eq!(json, r#"{"architecture":"arm","os":"linux","variant":"v7"}"#);
+        assert_eq!(
+            json,
+            r#"{"architecture":"arm","os":"linux","variant":"v7"}"#
+        );
     }
 }

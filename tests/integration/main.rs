@@ -7,6 +7,7 @@
 
 mod cli;
 mod daemon;
+mod manifest;
 mod relay;
 mod tls;
 mod transports;
