@@ -1174,10 +1174,10 @@ async fn handle(
     let content_length = res.headers().get("content-length").cloned();
     let bytes = res.bytes().await.map_err(|_| Dropped)?;
     let mut response = respond(status, headers, bytes)?;
-    if method == "HEAD" {
-        if let Some(cl) = content_length {
-            response.headers_mut().insert("content-length", cl);
-        }
+    if method == "HEAD"
+        && let Some(cl) = content_length
+    {
+        response.headers_mut().insert("content-length", cl);
     }
     Ok(response)
 }
