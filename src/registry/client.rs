@@ -210,6 +210,7 @@ impl Client {
         let bytes = response.bytes().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
+            hint: String::new(),
             source,
         })?;
         let digest = sha256_digest(&bytes);
@@ -282,6 +283,7 @@ impl Client {
         let bytes = response.bytes().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
+            hint: String::new(),
             source,
         })?;
         verify_digest(

@@ -32,12 +32,14 @@ pub enum Error {
     #[error("cannot set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     /// No HTTP answer (refused, dropped, not HTTP) even after retries.
-    #[error("cannot talk to registry {registry} (after {attempts} attempt(s))")]
+    #[error("cannot talk to registry {registry} (after {attempts} attempt(s)){hint}")]
     Connect {
         /// The registry host.
         registry: String,
         /// Attempts made.
         attempts: u32,
+        /// What to try, when the failure suggests it (empty otherwise).
+        hint: String,
         /// The last failure.
         #[source]
         source: reqwest::Error,

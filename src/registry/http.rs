@@ -246,7 +246,8 @@ impl Transport {
             let response = match result {
                 Ok(response) => response,
                 Err(err) => {
-                    if attempt < self.retry.attempts {
+                    let hint = protocol_hint(&err, req.url.scheme());
+                    if attempt < self.retry.attempts && hint.is_empty() {
                         tracing::debug!(registry, url = %req.url, error = &err as &dyn std::error::Error, attempt, "request failed; retrying");
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
                         continue;
@@ -254,6 +255,7 @@ impl Transport {
                     return Err(Error::Connect {
                         registry: registry.to_owned(),
                         attempts: attempt,
+                        hint,
                         source: err,
                     });
                 }
@@ -304,6 +306,7 @@ impl Transport {
         let response = builder.send().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
+            hint: String::new(),
             source,
         })?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -469,6 +472,7 @@ impl Transport {
                     return Err(Error::Connect {
                         registry: registry.to_owned(),
                         attempts: attempt,
+                        hint: String::new(),
                         source,
                     });
                 }
@@ -490,6 +494,7 @@ impl Transport {
             let body = response.bytes().await.map_err(|source| Error::Connect {
                 registry: registry.to_owned(),
                 attempts: attempt,
+                hint: String::new(),
                 source,
             })?;
             if !status.is_success() {
@@ -564,6 +569,27 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A suggestion when HTTPS met a plain-HTTP server or the other way round; such failures are
+/// not retried.
+fn protocol_hint(err: &reqwest::Error, scheme: &str) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    let mut text = String::new();
+    while let Some(e) = source {
+        text.push_str(&e.to_string());
+        text.push(' ');
+        source = e.source();
+    }
+    if scheme == "https"
+        && (text.contains("InvalidContentType") || text.contains("corrupt message"))
+    {
+        return ": it answered HTTPS with plain HTTP; pass --insecure-registry for a plain-HTTP registry".into();
+    }
+    if scheme == "http" && text.contains("invalid HTTP version") {
+        return ": it did not answer in HTTP (is it a registry? if it needs HTTPS, drop --insecure-registry)".into();
+    }
+    String::new()
 }
 
 /// 5xx that may pass, and 429.

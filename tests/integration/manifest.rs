@@ -825,6 +825,28 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
         "{err}"
     );
 
+    assert!(err.contains("did not answer in HTTP"), "{err}");
+
+    // HTTPS to a plain-HTTP registry: no retries, and a hint.
+    let out = run_bin(
+        &[
+            "manifest",
+            "push",
+            "--platforms=linux/amd64",
+            &format!("--template={host}/{repo}:x-ARCH"),
+            &format!("--target={target}"),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(
+            "(after 1 attempt(s)): it answered HTTPS with plain HTTP; pass --insecure-registry"
+        ),
+        "{err}"
+    );
+
     assert!(
         raw.get_manifest(&dst, "x").await.is_none(),
         "nothing pushed"
