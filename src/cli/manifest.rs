@@ -86,9 +86,10 @@ async fn push(args: PushArgs) -> anyhow::Result<Outcome> {
 
 async fn inspect(args: InspectArgs) -> anyhow::Result<Outcome> {
     let reference = parse_reference(&args.reference)?;
-    let json = client(args.insecure_registry)?.inspect(&reference).await?;
+    let fetched = client(args.insecure_registry)?
+        .fetch_manifest(&reference)
+        .await?;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &json)?;
-    writeln!(out)?;
+    writeln!(out, "{}", fetched.to_pretty_json()?)?;
     Ok(Outcome::Success)
 }

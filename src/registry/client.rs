@@ -82,6 +82,87 @@ pub struct FetchedManifest {
     pub bytes: Bytes,
 }
 
+impl FetchedManifest {
+    /// The document pretty-printed (two-space indent) with its keys in the registry's order.
+    ///
+    /// # Errors
+    /// The bytes are not JSON.
+    pub fn to_pretty_json(&self) -> Result<String, Error> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&self.bytes).map_err(|e| {
+            Error::Unusable {
+                reference: self.digest.clone(),
+                problem: format!("not JSON: {e}"),
+            }
+        })?;
+        Ok(reindent(&String::from_utf8_lossy(&self.bytes)))
+    }
+}
+
+/// Re-indents valid JSON like `serde_json::to_string_pretty`, keeping key order and the
+/// exact text of every string and number.
+fn reindent(json: &str) -> String {
+    fn newline(out: &mut String, indent: usize) {
+        out.push('\n');
+        for _ in 0..indent {
+            out.push_str("  ");
+        }
+    }
+    let chars: Vec<char> = json.chars().collect();
+    let mut out = String::with_capacity(json.len() * 2);
+    let (mut indent, mut in_string, mut escaped) = (0usize, false, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                if chars.get(j) == Some(&close) {
+                    out.push(c);
+                    out.push(close);
+                    i = j + 1;
+                } else {
+                    indent += 1;
+                    out.push(c);
+                    newline(&mut out, indent);
+                }
+            }
+            '}' | ']' => {
+                indent = indent.saturating_sub(1);
+                newline(&mut out, indent);
+                out.push(c);
+            }
+            ',' => {
+                out.push(',');
+                newline(&mut out, indent);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A registry client; cheap to clone (clones share connections and tokens).
 ///
 /// ```no_run
@@ -802,6 +883,33 @@ mod tests {
             media_type_of(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{}}"#),
             Some(DOCKER_MANIFEST.to_owned())
         );
+    }
+
+    #[test]
+    fn pretty_json_keeps_key_order() {
+        let doc = br#"{"schemaVersion":2,"mediaType":"x","manifests":[{"digest":"a\"b,{","size":1,"platform":{"os":"linux","architecture":"amd64"},"annotations":{}}],"empty":[]}"#;
+        let fetched = FetchedManifest {
+            media_type: OCI_INDEX.into(),
+            digest: sha256_digest(doc),
+            bytes: Bytes::from_static(doc),
+        };
+        let pretty = fetched.to_pretty_json().unwrap();
+        let value: serde_json::Value = serde_json::from_slice(doc).unwrap();
+        // Same document, serde_json's layout, original key order.
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&pretty).unwrap(),
+            value
+        );
+        assert!(pretty.starts_with("{\n  \"schemaVersion\": 2,\n  \"mediaType\": \"x\",\n  \"manifests\": [\n    {\n      \"digest\": \"a\\\"b,{\","), "{pretty}");
+        assert!(
+            pretty.contains("\"annotations\": {}") && pretty.ends_with("\"empty\": []\n}"),
+            "{pretty}"
+        );
+        let bad = FetchedManifest {
+            bytes: Bytes::from_static(b"{nope"),
+            ..fetched
+        };
+        assert!(bad.to_pretty_json().is_err());
     }
 
     #[test]

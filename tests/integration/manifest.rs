@@ -394,7 +394,41 @@ async fn push_from_two_docker_tags_makes_a_docker_manifest_list() {
     assert!(out.status.success(), "{}", util::stderr(&out));
     let shown: Value = serde_json::from_str(&util::stdout(&out)).unwrap();
     assert_eq!(shown, index);
-    assert!(util::stdout(&out).contains("\n  "), "pretty-printed");
+    assert!(
+        util::stdout(&out).starts_with("{\n  \"schemaVersion\": 2,\n  \"mediaType\": "),
+        "pretty-printed in the registry's key order: {}",
+        util::stdout(&out)
+    );
+    // By digest too; and a missing tag is named.
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{host}/{repo}@{}", arm.digest),
+        ],
+        cfg.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let shown: Value = serde_json::from_str(&util::stdout(&out)).unwrap();
+    assert_eq!(shown["mediaType"], DOCKER_MANIFEST);
+    assert_eq!(shown["layers"][0]["digest"], arm.blobs[1].as_str());
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{host}/{repo}:nope"),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("{host}/{repo}:nope not found")),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -992,15 +1026,104 @@ async fn resolve_reports_platform_and_verifies_digests() {
         ResolvedContent::Image { platform, .. } => assert_eq!(platform.to_string(), "linux/arm64"),
         other => panic!("{other:?}"),
     }
-    // A digest reference whose content does not hash to it: the registry has no such
-    // manifest, so ask by a digest of another object and expect not found or a mismatch.
-    let wrong = format!("{host}/{repo}@{}", img.blobs[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_cover_the_mount_source() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("tok-src");
+    let dst = unique_repo("tok-dst");
+    let img = push_image(&raw, &src, "t-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        bearer_auth: Some(("ci".into(), "tok-pass".into())),
+        ..Default::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:tok-pass");
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let out = run_bin(
+        &[
+            "manifest",
+            "push",
+            "--platforms=linux/amd64",
+            &format!("--template={addr}/{src}:t-ARCH"),
+            &format!("--target={addr}/{dst}:t"),
+            "--insecure-registry",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    for blob in &img.blobs {
+        assert_eq!(raw.head_blob(&dst, blob).await, 200);
+    }
+    let log = proxy.log();
     assert!(
-        client
-            .resolve(&parse_reference(&wrong).unwrap())
-            .await
-            .is_err()
+        log.iter()
+            .any(|(m, p, s)| m == "POST" && p.contains("mount=") && *s == 201),
+        "mounted with a token: {log:#?}"
     );
+    let tokens = proxy.state.tokens.lock().unwrap().clone();
+    assert!(
+        tokens.iter().any(|(_, scopes)| scopes
+            == &vec![
+                format!("repository:{dst}:pull,push"),
+                format!("repository:{src}:pull")
+            ]),
+        "{tokens:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn altered_manifests_are_caught_by_their_digest() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("lying");
+    let img = push_image(&raw, &repo, "l-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        corrupt_manifests: true,
+        ..Default::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    let out = manifest_push(
+        &addr,
+        &repo,
+        "l",
+        &format!("{addr}/{repo}:l"),
+        "linux/amd64",
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!(
+            "digest mismatch for {addr}/{repo}:l-amd64 (Docker-Content-Digest): expected {}",
+            img.digest
+        )),
+        "{err}"
+    );
+    assert!(raw.get_manifest(&repo, "l").await.is_none());
+    // By digest, the reference itself is the claim.
+    let cfg = empty_docker_config();
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{addr}/{repo}@{}", img.digest),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(err.contains("digest mismatch"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1023,6 +1146,11 @@ struct ProxyConfig {
     basic_auth: Option<(String, String)>,
     /// Strip `mount=` so the registry opens an upload session instead (202).
     refuse_mounts: bool,
+    /// Demand bearer tokens from a token endpoint at `/token` that takes this user and
+    /// password, and check each request's repository and action against the token's scopes.
+    bearer_auth: Option<(String, String)>,
+    /// Alter manifest bodies served (keeping the announced digest), like a lying registry.
+    corrupt_manifests: bool,
 }
 
 struct ProxyState {
@@ -1032,6 +1160,8 @@ struct ProxyState {
     faults_served: AtomicUsize,
     log: Mutex<Vec<(String, String, u16)>>,
     http: reqwest::Client,
+    /// Issued tokens and their scopes.
+    tokens: Mutex<Vec<(String, Vec<String>)>>,
 }
 
 struct Proxy {
@@ -1057,6 +1187,7 @@ impl Proxy {
             faults_served: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             http: http_client(false),
+            tokens: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -1133,6 +1264,86 @@ async fn handle(
             Fault::Drop => Err(Dropped),
         };
     }
+    if let Some((user, pass)) = &st.config.bearer_auth {
+        let url = reqwest::Url::parse(&format!("http://{addr}{path}")).unwrap();
+        if url.path() == "/token" {
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            );
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if given != Some(expected.as_str()) {
+                return respond(401, vec![], Bytes::new());
+            }
+            let scopes: Vec<String> = url
+                .query_pairs()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            let mut tokens = st.tokens.lock().unwrap();
+            let token = format!("tok-{}", tokens.len());
+            tokens.push((token.clone(), scopes));
+            drop(tokens);
+            return respond(
+                200,
+                vec![],
+                Bytes::from(format!(r#"{{"token":"{token}"}}"#)),
+            );
+        }
+        // What this request needs: the action on its repository, plus pull on a mount source.
+        let mut needed = Vec::new();
+        if let Some(rest) = url.path().strip_prefix("/v2/") {
+            let repo = ["/manifests/", "/blobs/", "/tags/"]
+                .iter()
+                .find_map(|m| rest.find(m).map(|i| &rest[..i]))
+                .unwrap_or("");
+            let push = matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE");
+            if !repo.is_empty() {
+                needed.push((repo.to_owned(), if push { "push" } else { "pull" }));
+            }
+            if let Some((_, from)) = url.query_pairs().find(|(k, _)| k == "from") {
+                needed.push((from.into_owned(), "pull"));
+            }
+        }
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let granted = st
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, s)| s.clone());
+        let allowed = granted.is_some_and(|scopes| {
+            needed.iter().all(|(repo, action)| {
+                scopes.iter().any(|s| {
+                    s.strip_prefix(&format!("repository:{repo}:"))
+                        .is_some_and(|actions| actions.split(',').any(|a| a == *action))
+                })
+            })
+        });
+        if !allowed {
+            let scope = needed
+                .first()
+                .map(|(r, a)| format!(",scope=\"repository:{r}:{a}\""))
+                .unwrap_or_default();
+            return respond(
+                401,
+                vec![(
+                    "www-authenticate".to_owned(),
+                    format!(r#"Bearer realm="http://{addr}/token",service="pf-test"{scope}"#),
+                )],
+                Bytes::new(),
+            );
+        }
+    }
     if let Some((user, pass)) = &st.config.basic_auth {
         let expected = format!(
             "Basic {}",
@@ -1194,7 +1405,12 @@ async fn handle(
         })
         .collect();
     let content_length = res.headers().get("content-length").cloned();
-    let bytes = res.bytes().await.map_err(|_| Dropped)?;
+    let mut bytes = res.bytes().await.map_err(|_| Dropped)?;
+    if st.config.corrupt_manifests && method == "GET" && path.contains("/manifests/") {
+        let mut altered = bytes.to_vec();
+        altered.push(b' ');
+        bytes = Bytes::from(altered);
+    }
     let mut response = respond(status, headers, bytes)?;
     if method == "HEAD"
         && let Some(cl) = content_length
