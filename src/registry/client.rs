@@ -737,6 +737,7 @@ impl Client {
     ///
     /// # Errors
     /// A source that is missing, of the wrong platform, or duplicated; a registry failure.
+    #[tracing::instrument(skip_all, fields(target = %target.whole(), sources = sources.len()))]
     pub async fn push_index(
         &self,
         target: &Reference,
@@ -744,6 +745,12 @@ impl Client {
     ) -> Result<PushedIndex, Error> {
         if sources.is_empty() {
             return Err(Error::NoSources);
+        }
+        if target.digest().is_some() {
+            return Err(Error::Unusable {
+                reference: target.whole(),
+                problem: "the target must name a tag, not a digest".into(),
+            });
         }
         let resolved = futures_util::future::try_join_all(sources.iter().map(|s| async {
             Ok::<_, Error>(ResolvedSource {
@@ -753,6 +760,7 @@ impl Client {
         }))
         .await?;
         let index = assemble::assemble_index(&resolved)?;
+        tracing::debug!(media_type = %index.media_type, children = index.children.len(), "index assembled");
         self.copy_children(target, &index).await?;
         let tag = reference_part(target);
         let digest = self

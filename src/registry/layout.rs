@@ -164,6 +164,7 @@ impl Client {
     /// # Errors
     /// An unreadable or malformed tarball, a missing blob, a digest mismatch, or a registry
     /// failure.
+    #[tracing::instrument(skip_all, fields(tar = %tar.display(), target = %target.whole()))]
     pub async fn push_oci_layout(&self, tar: &Path, target: &Reference) -> Result<String, Error> {
         let path = tar.to_owned();
         let index = tokio::task::spawn_blocking({

@@ -545,6 +545,30 @@ async fn refused_mounts_fall_back_to_a_streaming_copy() {
     assert_eq!(uploads, 2, "config and layer streamed: {log:#?}");
     let (ct, _) = raw.get_manifest(&dst, "v3").await.unwrap();
     assert_eq!(ct, DOCKER_LIST);
+
+    // Sources on another registry host (the proxy) than the target (the registry itself):
+    // no mount is possible, so the blobs stream from one to the other.
+    let other = unique_repo("other-registry");
+    let out = manifest_push(
+        &proxy.addr.to_string(),
+        &src,
+        "v3",
+        &format!("{host}/{other}:v3"),
+        "linux/amd64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    for blob in &amd.blobs {
+        assert_eq!(raw.head_blob(&other, blob).await, 200);
+        assert!(
+            proxy
+                .log()
+                .iter()
+                .any(|(m, p, s)| m == "GET" && p.ends_with(&format!("/blobs/{blob}")) && *s == 200),
+            "{blob} read from the source registry"
+        );
+    }
+    assert!(raw.get_manifest(&other, &amd.digest).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]
