@@ -17,3 +17,4 @@
 pub mod buildkit;
 pub mod config;
 pub mod credentials;
+pub mod registry;

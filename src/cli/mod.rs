@@ -8,6 +8,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 mod build;
 mod daemon;
+mod manifest;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -96,6 +97,8 @@ pub enum Command {
     Prune(daemon::PruneArgs),
     /// Build a Dockerfile on one BuildKit
     Build(Box<build::BuildArgs>),
+    /// Push or inspect multi-platform manifests in a registry
+    Manifest(manifest::ManifestArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
         Command::Build(args) => build::build(&cli.global, &args).await,
+        Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -8,6 +8,7 @@
 mod build;
 mod cli;
 mod daemon;
+mod manifest;
 mod relay;
 mod tls;
 mod transports;
