@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod credentials;

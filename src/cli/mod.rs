@@ -9,6 +9,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 mod build;
 mod daemon;
 mod manifest;
+mod multibuild;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -59,7 +60,7 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    fn tls(&self) -> TlsOptions {
+    pub fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_cert: self.tlscacert.clone(),
             cert: self.tlscert.clone(),
