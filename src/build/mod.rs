@@ -132,7 +132,7 @@ pub enum MultiBuildError {
         arch: String,
         /// Its failure.
         #[source]
-        source: BuildError,
+        source: Box<BuildError>,
     },
     /// An architecture's build produced no image digest.
     #[error("{arch}: the daemon reported no image digest for {reference}")]
@@ -257,7 +257,7 @@ impl MultiPlatformBuild {
             .validate()
             .map_err(|source| MultiBuildError::Arch {
                 arch: arches.join(","),
-                source,
+                source: Box::new(source),
             })?;
         let registry = self.registry_client()?;
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
@@ -328,9 +328,9 @@ impl MultiPlatformBuild {
     ) -> Result<ArchImage, MultiBuildError> {
         let arch = builder.arch.as_str();
         let reference = self.arch_reference(arch);
-        let fail = |source| MultiBuildError::Arch {
+        let fail = |source: BuildError| MultiBuildError::Arch {
             arch: arch.to_owned(),
-            source,
+            source: Box::new(source),
         };
         if self.push == PushMode::Auto {
             let mut attrs = BTreeMap::from([
