@@ -153,7 +153,7 @@ pub async fn run(
         };
         let client = Client::connect(endpoint, &tls)
             .await
-            .with_context(|| format!("{arch}"))?;
+            .with_context(|| arch.clone())?;
         builders.push(Builder {
             arch: arch.clone(),
             client,
