@@ -9,6 +9,7 @@ mod build;
 mod cli;
 mod daemon;
 mod manifest;
+mod multiplatform;
 mod relay;
 mod tls;
 mod transports;
