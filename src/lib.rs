@@ -15,3 +15,4 @@
 //! ```
 
 pub mod buildkit;
+pub mod fleet;

@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 mod daemon;
+mod fleet;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -69,7 +70,8 @@ impl GlobalArgs {
     /// Connects to `--addr`.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let endpoint: Endpoint = self.addr.parse()?;
-        Ok(Client::connect(endpoint, &self.tls()).await?)
+        // kube-pod:// goes through a port-forward; the rest as the BuildKit client connects.
+        Ok(pf_buildkit::fleet::connect(endpoint, &self.tls()).await?)
     }
 }
 
@@ -93,6 +95,8 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
+    #[command(flatten)]
+    Fleet(fleet::FleetCommand),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -107,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Info(args) => daemon::info(&cli.global, &args).await,
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Fleet(command) => fleet::run(command).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

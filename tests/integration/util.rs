@@ -9,9 +9,9 @@ use std::process::{Command, Output};
 pub fn env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: run `eval \"$(scripts/testenv start)\"` first (see README)"
-        ),
+        _ => {
+            panic!("{name} is not set: run `eval \"$(scripts/testenv start)\"` first (see README)")
+        }
     }
 }
 
@@ -29,7 +29,12 @@ pub fn docker_addr() -> String {
 /// The binary under test with a clean environment: no ambient BuildKit, kube or docker config.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pf-buildkit"));
-    for var in ["BUILDKIT_HOST", "KUBECONFIG", "DOCKER_CONFIG", "DOCKER_HOST"] {
+    for var in [
+        "BUILDKIT_HOST",
+        "KUBECONFIG",
+        "DOCKER_CONFIG",
+        "DOCKER_HOST",
+    ] {
         cmd.env_remove(var);
     }
     cmd
