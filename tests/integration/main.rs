@@ -2,4 +2,6 @@
 //! Docker Engine with its embedded BuildKit and a registry. Kubernetes is an in-process API
 //! server. Addresses come from the environment that `scripts/testenv start` prints.
 
+mod fake_kube;
+mod fleet;
 mod util;
