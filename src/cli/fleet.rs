@@ -224,9 +224,6 @@ async fn scale_up_with(
     archs: &[Arch],
     wait: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let renderer = WaitRenderer::new();
-    let options = ScaleUpOptions { wait };
-    // Report the scale-up itself before waiting: run it without waiting first, then wait.
     let reports = fleet
         .scale_up(archs, &ScaleUpOptions::default(), &|_| {})
         .await?;
@@ -246,10 +243,10 @@ async fn scale_up_with(
             );
         }
     }
-    if options.wait.is_some() {
-        // Scaling again is a no-op now (replicas >= 1); it records the build once more and waits.
+    if let Some(timeout) = wait {
+        let renderer = WaitRenderer::new();
         let result = fleet
-            .scale_up(archs, &options, &|states| renderer.render(states))
+            .wait_available(archs, timeout, &|states| renderer.render(states))
             .await;
         renderer.finish();
         result?;

@@ -33,7 +33,7 @@ pub use address::{PodAddress, PodMetricsState};
 pub use cache::{CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
-pub use portforward::{ConnectError, PodDialer, connect};
+pub use portforward::{ConnectError, PodDialer, PortForwardStream, connect};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
 pub use tunnel::{Lease, LeaseOptions, RECORD_INTERVAL, Tunnel, TunnelOptions};
 

@@ -2,15 +2,22 @@
 //! connection (the v4 protocol carries one TCP connection per port), handed to the BuildKit
 //! client as a [`Dialer`]. Also [`connect`], which serves `kube-pod://` endpoints.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 
 use super::error::{Error, Result};
 use super::kube_client::Fleet;
 use crate::buildkit::{self, BoxedIo, Client, Dialer, Endpoint, TlsOptions};
+
+/// How long a new connection waits for the server's first bytes (see [`PodDialer`]'s dial).
+const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Opens a new port-forward to one pod's port each time BuildKit's client needs a connection.
 #[derive(Clone)]
@@ -50,7 +57,7 @@ impl PodDialer {
     /// # Errors
     /// [`Error::Forbidden`] naming `create` on `pods/portforward` when RBAC refuses; other API
     /// errors (404 pod, 400 pod without a node) as [`Error::Api`] or [`Error::NotFound`].
-    pub async fn open(&self) -> Result<tokio::io::DuplexStream> {
+    pub async fn open(&self) -> Result<PortForwardStream> {
         let mut forwarder = self
             .pods
             .portforward(&self.pod, &[self.port])
@@ -79,18 +86,90 @@ impl PodDialer {
         let errors = forwarder.take_error(self.port).ok_or_else(missing)?;
         let pod = self.pod.clone();
         let port = self.port;
-        // Keep the error future (dropping it would fail the forwarder on a later error) and
-        // join the forwarder once the stream is gone (join waits for that).
+        // join() waits for the stream to be dropped; it then ends the WebSocket.
         tokio::spawn(async move {
-            if let Some(message) = errors.await {
-                tracing::warn!(%pod, port, "port-forward failed: {message}");
-            }
             if let Err(err) = forwarder.join().await {
                 // SendAfterClosing after the server closed is the normal end.
                 tracing::debug!(%pod, port, "port-forward ended: {err}");
             }
         });
-        Ok(stream)
+        Ok(PortForwardStream {
+            pending: bytes::Bytes::new(),
+            inner: stream,
+            error: Some(Box::pin(errors)),
+            pod: self.pod.clone(),
+            port: self.port,
+        })
+    }
+}
+
+/// One port-forwarded connection. When the kubelet reports an error for the port (nothing
+/// listens, the pod's network is gone), reading ends with that error rather than a bare EOF,
+/// so the cause reaches the user.
+pub struct PortForwardStream {
+    /// Bytes read ahead by [`PodDialer::dial`], served before the rest.
+    pending: bytes::Bytes,
+    inner: DuplexStream,
+    error: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>>,
+    pod: String,
+    port: u16,
+}
+
+impl std::fmt::Debug for PortForwardStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortForwardStream({}:{})", self.pod, self.port)
+    }
+}
+
+impl AsyncRead for PortForwardStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            let chunk = self.pending.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() != before {
+            return polled;
+        }
+        // EOF. kube hands the error message over before it closes the stream, so a port that
+        // failed has its text ready here.
+        if let Some(error) = self.error.as_mut()
+            && let Poll::Ready(message) = error.as_mut().poll(cx)
+        {
+            self.error = None;
+            if let Some(message) = message {
+                return Poll::Ready(Err(io::Error::other(format!(
+                    "port-forward to pod {} port {} failed: {}",
+                    self.pod,
+                    self.port,
+                    message.trim()
+                ))));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PortForwardStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -98,10 +177,32 @@ impl Dialer for PodDialer {
     fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>> {
         let this = self.clone();
         Box::pin(async move {
-            match this.open().await {
-                Ok(stream) => Ok(Box::pin(stream) as BoxedIo),
-                // `Other`, so the BuildKit client reports our text rather than a generic kind.
-                Err(err) => Err(io::Error::other(err.to_string())),
+            // `Other`, so the BuildKit client reports our text rather than a generic kind.
+            let mut stream = this
+                .open()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // A port-forward is "open" even when nothing listens in the pod: the kubelet
+            // reports that later, on the error channel. BuildKit (an HTTP/2 server) speaks
+            // first, so wait briefly for its first bytes: a failure then surfaces here, with
+            // the kubelet's words, instead of as an unexplained broken connection mid-call.
+            let mut first = vec![0u8; 16 * 1024];
+            match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut first)).await {
+                Ok(Ok(0)) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "port-forward to pod {} port {}: the connection closed at once; is BuildKit listening there?",
+                        this.pod, this.port
+                    ),
+                )),
+                Ok(Ok(n)) => {
+                    first.truncate(n);
+                    stream.pending = first.into();
+                    Ok(Box::pin(stream) as BoxedIo)
+                }
+                Ok(Err(err)) => Err(err),
+                // A server that waits for the client to speak first: hand the stream over.
+                Err(_) => Ok(Box::pin(stream) as BoxedIo),
             }
         })
     }

@@ -250,7 +250,12 @@ impl Fleet {
         Ok(report)
     }
 
-    async fn wait_available(
+    /// Waits until each architecture's StatefulSet has an available replica, all against one
+    /// deadline `timeout` from now, calling `progress` after each look (every 2 s).
+    ///
+    /// # Errors
+    /// [`Error::ScaleUpTimeout`] naming the StatefulSets still without one; API errors.
+    pub async fn wait_available(
         &self,
         archs: &[Arch],
         timeout: Duration,

@@ -239,6 +239,6 @@ async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodD
     };
     match tokio::io::copy_bidirectional(&mut socket, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%peer, up, down, "tunnel connection closed"),
-        Err(err) => tracing::debug!(%peer, "tunnel connection ended: {err}"),
+        Err(err) => tracing::warn!("tunnel: connection from {peer}: {err}"),
     }
 }

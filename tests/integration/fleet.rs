@@ -349,6 +349,8 @@ async fn workers_through_a_kube_pod_endpoint_reach_the_real_buildkit() {
     let fake = Scenario::new()
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
         .dial("buildkit-amd64-0", engine())
+        // nothing listens on this one's port
+        .pod("buildkit-amd64-1", "Running", "10.0.0.11", true)
         .start()
         .await;
     // The `exec` context authenticates with an exec auth plugin.
@@ -403,6 +405,14 @@ async fn workers_through_a_kube_pod_endpoint_reach_the_real_buildkit() {
     assert!(
         assert_one_line_failure(&o)
             .contains("pod \"buildkit-amd64-9\" not found in namespace buildkit")
+    );
+    let o = fake
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-1"])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("port-forward to pod buildkit-amd64-1 port 1234 failed: error forwarding port 1234 to pod buildkit-amd64-1"),
+        "the kubelet's error text reaches the user: {e}"
     );
 }
 
