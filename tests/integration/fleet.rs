@@ -14,8 +14,9 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, Scenario, docker_engine};
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine};
 use crate::util;
+use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
     util::stdout(o)
@@ -351,6 +352,7 @@ async fn workers_through_a_kube_pod_endpoint_reach_the_real_buildkit() {
         .dial("buildkit-amd64-0", engine())
         // nothing listens on this one's port
         .pod("buildkit-amd64-1", "Running", "10.0.0.11", true)
+        .unscheduled_pod("buildkit-amd64-5")
         .start()
         .await;
     // The `exec` context authenticates with an exec auth plugin.
@@ -405,6 +407,12 @@ async fn workers_through_a_kube_pod_endpoint_reach_the_real_buildkit() {
     assert!(
         assert_one_line_failure(&o)
             .contains("pod \"buildkit-amd64-9\" not found in namespace buildkit")
+    );
+    let o = fake
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-5"])
+        .await;
+    assert!(
+        assert_one_line_failure(&o).contains("pod buildkit-amd64-5 does not have a host assigned")
     );
     let o = fake
         .run(&["workers", "--addr", "kube-pod://buildkit-amd64-1"])
@@ -489,16 +497,21 @@ async fn a_tunnel_carries_concurrent_grpc_connections_and_survives_one_dropping(
         host: "127.0.0.1".into(),
         port,
     };
+    // Connect one after the other, so that port-forward `probes` is a's and `probes + 1` b's.
     let a = Client::connect(endpoint(), &TlsOptions::default())
         .await
         .unwrap();
+    fake.wait_until("a's port-forward", |f| f.portforwards_opened() > probes)
+        .await;
     let b = Client::connect(endpoint(), &TlsOptions::default())
         .await
         .unwrap();
+    fake.wait_until("b's port-forward", |f| f.portforwards_opened() > probes + 1)
+        .await;
+    // Both connections carry calls at the same time.
     let (wa, wb) = tokio::join!(a.workers(), b.workers());
     assert!(!wa.unwrap().is_empty());
     assert!(!wb.unwrap().is_empty());
-    fake.wait_portforwards_open(2).await;
     assert_eq!(
         fake.portforwards_opened(),
         probes + 2,
@@ -753,4 +766,109 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
     assert!(!e.contains("Pruned"), "{e}");
     // The busy check went through a port-forward to that pod; no prune call followed it.
     assert!(fake.portforwards_opened() >= 1);
+}
+
+/// The library, connected to the fake through its kubeconfig's `fake` context.
+async fn fleet_for(fake: &FakeKube) -> Fleet {
+    let kubeconfig = kube::config::Kubeconfig::read_from(fake.kubeconfig()).unwrap();
+    let options = kube::config::KubeConfigOptions {
+        context: Some("fake".into()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    Fleet::from_config(config, false, Some("fake")).unwrap()
+}
+
+fn build_stamps(fake: &FakeKube, sts: &str) -> usize {
+    let path = format!("/apis/apps/v1/namespaces/buildkit/statefulsets/{sts}");
+    fake.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH" && r.path == path && r.body.contains("panfactum.com/last-build")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_lease_scales_up_connects_to_the_least_loaded_pod_and_keeps_recording_builds() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .cpu("buildkit-amd64-0", &[("buildkitd", "500m")])
+        .pod("buildkit-amd64-1", "Running", "10.0.0.11", true)
+        .cpu("buildkit-amd64-1", &[("buildkitd", "10m")])
+        .dial("buildkit-amd64-1", engine())
+        .start()
+        .await;
+    let fleet = fleet_for(&fake).await;
+    let options = LeaseOptions {
+        scale_up_wait: Some(Duration::from_secs(30)),
+        record_interval: Duration::from_secs(1),
+    };
+    let lease = fleet.lease(Arch::Amd64, &options).await.unwrap();
+    assert_eq!(lease.pod().pod, "buildkit-amd64-1");
+    assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 1);
+    assert!(!lease.client().workers().await.unwrap().is_empty());
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.path.ends_with("/pods/buildkit-amd64-1/portforward"))
+    );
+
+    // While held, builds keep being recorded.
+    let stamps = build_stamps(&fake, "buildkit-amd64");
+    fake.wait_until("another build stamp", |f| {
+        build_stamps(f, "buildkit-amd64") > stamps + 1
+    })
+    .await;
+    drop(lease);
+}
+
+#[tokio::test]
+async fn a_closed_tunnel_leaves_no_listener() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .start()
+        .await;
+    let fleet = fleet_for(&fake).await;
+    // A taken port is a clear error, not a tunnel elsewhere.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let options = TunnelOptions {
+        port,
+        ..Default::default()
+    };
+    let error = fleet.tunnel(Arch::Amd64, &options).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{error}"
+    );
+    drop(taken);
+
+    let tunnel = fleet
+        .tunnel(Arch::Amd64, &TunnelOptions::default())
+        .await
+        .unwrap();
+    let addr = tunnel.local_addr();
+    assert!(addr.ip().is_loopback());
+    let endpoint = Endpoint::Tcp {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let client = Client::connect(endpoint, &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!client.info().await.unwrap().version.is_empty());
+    tunnel.close().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // Its relayed connections are gone too: the port-forwards close.
+    fake.wait_until("the port-forwards to close", |f| f.portforwards_open() == 0)
+        .await;
 }

@@ -363,14 +363,21 @@ impl FakeKube {
 
     /// Waits until `n` port-forwards are open (an event the fake signals, not a sleep).
     pub async fn wait_portforwards_open(&self, n: usize) {
+        self.wait_until("port-forwards to open", |f| f.portforwards_open() >= n)
+            .await;
+    }
+
+    /// Waits until `done` holds, re-checking on each change the fake signals (writes,
+    /// port-forwards opening or closing); fails after 30 s.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&FakeKube) -> bool) {
         let mut changes = self.state.lock().unwrap().changes.subscribe();
         loop {
-            if self.portforwards_open() >= n {
+            if done(self) {
                 return;
             }
             tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed())
                 .await
-                .expect("port-forwards did not open in time")
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
                 .expect("fake alive");
         }
     }
