@@ -872,3 +872,102 @@ async fn a_closed_tunnel_leaves_no_listener() {
     fake.wait_until("the port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
 }
+
+/// The fake's port-forward frames, checked byte by byte with a plain WebSocket client (not
+/// kube), so the fake itself is held to the kubelet's `v4.channel.k8s.io` behaviour.
+#[tokio::test]
+async fn the_fake_speaks_the_kubelet_port_forward_framing() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    // A target that reads one message, answers "bye" and closes.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = target.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        socket.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        socket.write_all(b"bye").await.unwrap();
+    });
+    let dial: crate::fake_kube::DialFn = std::sync::Arc::new(move |_port| {
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(target_addr).await?;
+            Ok(Box::pin(s) as std::pin::Pin<Box<dyn crate::fake_kube::Stream>>)
+        })
+    });
+    let fake = Scenario::new()
+        .pod("bye-0", "Running", "10.0.0.10", true)
+        .dial("bye-0", dial)
+        .pod("refused-0", "Running", "10.0.0.11", true)
+        .start()
+        .await;
+
+    let open = |pod: &str| {
+        let url = format!(
+            "ws://{}/api/v1/namespaces/buildkit/pods/{pod}/portforward?&ports=8080",
+            fake.addr()
+        );
+        let mut request = url.into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "sec-websocket-protocol",
+            "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap(),
+        );
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", crate::fake_kube::TOKEN)
+                .parse()
+                .unwrap(),
+        );
+        let addr = fake.addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(request, tcp).await.unwrap()
+        }
+    };
+    let binary = |m: Message| match m {
+        Message::Binary(b) => b.to_vec(),
+        other => panic!("expected a binary message, got {other:?}"),
+    };
+
+    // 8080 = 0x1f90: announced little-endian on the data channel, then the error channel.
+    let (mut ws, response) = open("bye-0").await;
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    assert_eq!(binary(ws.next().await.unwrap().unwrap()), [0, 0x90, 0x1f]);
+    assert_eq!(binary(ws.next().await.unwrap().unwrap()), [1, 0x90, 0x1f]);
+    // Client bytes on the error channel are ignored; data goes to the target.
+    ws.send(Message::binary(b"\x01ignored".to_vec()))
+        .await
+        .unwrap();
+    ws.send(Message::binary(b"\x00hello".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(binary(ws.next().await.unwrap().unwrap()), b"\x00bye");
+    // The target closed: the port is done, so is the socket, with a normal close.
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected Close(1000), got {other:?}"),
+    }
+
+    // Nothing listens: announcements, then the error text on the error channel, then close.
+    let (mut ws, _) = open("refused-0").await;
+    assert_eq!(binary(ws.next().await.unwrap().unwrap()), [0, 0x90, 0x1f]);
+    assert_eq!(binary(ws.next().await.unwrap().unwrap()), [1, 0x90, 0x1f]);
+    let error = binary(ws.next().await.unwrap().unwrap());
+    assert_eq!(error[0], 1);
+    let text = String::from_utf8(error[1..].to_vec()).unwrap();
+    assert!(
+        text.starts_with("error forwarding port 8080 to pod refused-0"),
+        "{text}"
+    );
+    assert!(
+        matches!(ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode::Normal)
+    );
+}

@@ -252,6 +252,7 @@ impl Scenario {
         let server = tokio::spawn(rest::serve(listener, state.clone()));
         let kubeconfig = write_kubeconfig(dir.path(), &format!("http://{addr}"));
         FakeKube {
+            addr,
             state,
             dir,
             kubeconfig,
@@ -262,6 +263,7 @@ impl Scenario {
 
 /// A running fake API server.
 pub struct FakeKube {
+    addr: std::net::SocketAddr,
     state: Arc<Mutex<rest::State>>,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
@@ -275,6 +277,11 @@ impl Drop for FakeKube {
 }
 
 impl FakeKube {
+    /// The server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
     /// The kubeconfig file (contexts `fake`, current, and `exec`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
