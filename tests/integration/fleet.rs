@@ -317,6 +317,31 @@ async fn suspend_respects_its_timeout_and_treats_a_missing_annotation_as_idle() 
 }
 
 #[tokio::test]
+async fn suspend_never_undoes_a_build_recorded_while_it_decides() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 0, 0, None)
+        .build_recorded_during_next_scale("buildkit-amd64")
+        .start()
+        .await;
+    let o = fake.run(&["suspend", "--timeout", "600"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    // The scale request carried the version it was decided on; the API server refused it
+    // (409) and the fresh decision saw the new build.
+    assert_eq!(
+        fake.statefulset("buildkit-amd64")["spec"]["replicas"],
+        1,
+        "{}",
+        err(&o)
+    );
+    assert!(
+        err(&o).contains("amd64: Last build occurred less than 600 seconds ago"),
+        "{}",
+        err(&o)
+    );
+}
+
+#[tokio::test]
 async fn bad_arch_unknown_context_and_no_kubeconfig_fail_in_one_line() {
     let fake = Scenario::new().start().await;
     let o = fake.run(&["get-address", "--arch", "amd64x"]).await;
@@ -325,6 +350,8 @@ async fn bad_arch_unknown_context_and_no_kubeconfig_fail_in_one_line() {
             .contains("invalid architecture \"amd64x\": must be amd64 or arm64")
     );
 
+    let o = fake.run(&["clear-cache", "--context", "nope"]).await;
+    assert!(assert_one_line_failure(&o).contains("kubeconfig has no context \"nope\""));
     let o = fake.run(&["scale", "up", "--context", "nope"]).await;
     assert!(assert_one_line_failure(&o).contains("kubeconfig has no context \"nope\""));
 

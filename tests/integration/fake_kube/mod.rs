@@ -85,6 +85,7 @@ pub struct Scenario {
     pub(crate) forbidden: Vec<(String, String)>,
     pub(crate) dials: BTreeMap<String, DialFn>,
     pub(crate) auto_available: bool,
+    pub(crate) stamp_before_scale: Vec<String>,
 }
 
 impl Default for Scenario {
@@ -105,6 +106,7 @@ impl Scenario {
             forbidden: Vec::new(),
             dials: BTreeMap::new(),
             auto_available: false,
+            stamp_before_scale: Vec::new(),
         }
     }
 
@@ -238,6 +240,13 @@ impl Scenario {
     /// controller that is instantly done).
     pub fn auto_available(mut self) -> Self {
         self.auto_available = true;
+        self
+    }
+
+    /// Another client records a build on `statefulset` just before the next scale request for
+    /// it arrives (the race a scale-down must not lose).
+    pub fn build_recorded_during_next_scale(mut self, statefulset: &str) -> Self {
+        self.stamp_before_scale.push(statefulset.to_owned());
         self
     }
 

@@ -24,6 +24,7 @@ pub(crate) struct State {
     pub forbidden: Vec<(String, String)>,
     pub dials: BTreeMap<String, DialFn>,
     pub auto_available: bool,
+    pub stamp_before_scale: Vec<String>,
     pub resource_version: u64,
     pub log: Vec<Recorded>,
     pub portforwards: Vec<PortForward>,
@@ -39,6 +40,7 @@ impl State {
             forbidden: s.forbidden,
             dials: s.dials,
             auto_available: s.auto_available,
+            stamp_before_scale: s.stamp_before_scale,
             resource_version: 100,
             log: Vec::new(),
             portforwards: Vec::new(),
@@ -623,6 +625,17 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
                     Value::Null,
                 );
             };
+            if sub == Some("scale") && s.stamp_before_scale.iter().any(|x| x == n) {
+                s.stamp_before_scale.retain(|x| x != n);
+                let rv = s.bump();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let sts = s.objects.get_mut(coll).unwrap().get_mut(n).unwrap();
+                sts["metadata"]["annotations"]["panfactum.com/last-build"] = json!(now.to_string());
+                sts["metadata"]["resourceVersion"] = json!(rv);
+            }
             let current = s.get(coll, n).unwrap();
             if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
                 && current["metadata"]["resourceVersion"].as_str() != Some(rv)
