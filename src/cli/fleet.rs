@@ -291,7 +291,8 @@ impl WaitRenderer {
                 format!(
                     "{}: waiting {} more seconds for a BuildKit replica of {} to become available...",
                     s.arch,
-                    s.remaining.as_secs(),
+                    // Rounded up: "0 more seconds" only once time is up.
+                    s.remaining.as_millis().div_ceil(1000),
                     s.arch.statefulset()
                 )
             };
