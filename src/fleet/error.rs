@@ -87,6 +87,17 @@ pub enum Error {
         /// The namespace.
         namespace: String,
     },
+    /// A port-forward opened but its connection failed (nothing listening in the pod, the
+    /// pod's network going away).
+    #[error("port-forward to pod {pod} port {port} failed: {reason}")]
+    PortForwardFailed {
+        /// The pod.
+        pod: String,
+        /// The pod's port.
+        port: u16,
+        /// The kubelet's or the connection's words.
+        reason: String,
+    },
     /// A running pod has no IP yet.
     #[error("BuildKit pod {pod} has no IP address")]
     PodHasNoIp {

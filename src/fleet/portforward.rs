@@ -145,12 +145,7 @@ impl AsyncRead for PortForwardStream {
         {
             self.error = None;
             if let Some(message) = message {
-                return Poll::Ready(Err(io::Error::other(format!(
-                    "port-forward to pod {} port {} failed: {}",
-                    self.pod,
-                    self.port,
-                    message.trim()
-                ))));
+                return Poll::Ready(Err(io::Error::other(message.trim().to_owned())));
             }
         }
         Poll::Ready(Ok(()))
@@ -173,36 +168,49 @@ impl AsyncWrite for PortForwardStream {
     }
 }
 
+impl PodDialer {
+    /// Opens one port-forwarded connection and waits (briefly) until the pod's server has
+    /// spoken, so that a port with nothing listening fails here, in the kubelet's words.
+    ///
+    /// A port-forward is "open" even when nothing listens in the pod: the kubelet reports that
+    /// afterwards, on the error channel. BuildKit (an HTTP/2 server) sends its settings first,
+    /// so its first bytes arrive at once; a server that waits for the client to speak is
+    /// handed over after a short wait.
+    ///
+    /// # Errors
+    /// Errors of [`PodDialer::open`]; [`Error::PortForwardFailed`] when the connection fails
+    /// or closes before the server has said anything.
+    pub async fn open_checked(&self) -> Result<PortForwardStream> {
+        let mut stream = self.open().await?;
+        let failed = |reason: String| Error::PortForwardFailed {
+            pod: self.pod.clone(),
+            port: self.port,
+            reason,
+        };
+        let mut first = vec![0u8; 16 * 1024];
+        match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut first)).await {
+            Ok(Ok(0)) => Err(failed(
+                "the connection closed at once; is BuildKit listening there?".into(),
+            )),
+            Ok(Ok(n)) => {
+                first.truncate(n);
+                stream.pending = first.into();
+                Ok(stream)
+            }
+            Ok(Err(err)) => Err(failed(err.to_string())),
+            Err(_) => Ok(stream),
+        }
+    }
+}
+
 impl Dialer for PodDialer {
     fn dial(&self) -> BoxFuture<'static, io::Result<BoxedIo>> {
         let this = self.clone();
         Box::pin(async move {
-            // `Other`, so the BuildKit client reports our text rather than a generic kind.
-            let mut stream = this
-                .open()
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            // A port-forward is "open" even when nothing listens in the pod: the kubelet
-            // reports that later, on the error channel. BuildKit (an HTTP/2 server) speaks
-            // first, so wait briefly for its first bytes: a failure then surfaces here, with
-            // the kubelet's words, instead of as an unexplained broken connection mid-call.
-            let mut first = vec![0u8; 16 * 1024];
-            match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut first)).await {
-                Ok(Ok(0)) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "port-forward to pod {} port {}: the connection closed at once; is BuildKit listening there?",
-                        this.pod, this.port
-                    ),
-                )),
-                Ok(Ok(n)) => {
-                    first.truncate(n);
-                    stream.pending = first.into();
-                    Ok(Box::pin(stream) as BoxedIo)
-                }
-                Ok(Err(err)) => Err(err),
-                // A server that waits for the client to speak first: hand the stream over.
-                Err(_) => Ok(Box::pin(stream) as BoxedIo),
+            match this.open_checked().await {
+                Ok(stream) => Ok(Box::pin(stream) as BoxedIo),
+                // `Other`, so the BuildKit client reports our text rather than a generic kind.
+                Err(err) => Err(io::Error::other(err.to_string())),
             }
         })
     }

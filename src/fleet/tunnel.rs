@@ -157,8 +157,9 @@ impl Fleet {
     pub async fn tunnel(&self, arch: Arch, options: &TunnelOptions) -> Result<Tunnel> {
         let pod = self.get_address(arch).await?;
         let dialer = PodDialer::new(self, pod.pod.clone(), PORT);
-        // Fail now, not on the first client connection, when RBAC or the pod says no.
-        drop(dialer.open().await?);
+        // Fail now, not on the first client connection, when RBAC, the pod or its BuildKit
+        // says no.
+        drop(dialer.open_checked().await?);
         let addr = format!("127.0.0.1:{}", options.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -239,6 +240,9 @@ async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodD
     };
     match tokio::io::copy_bidirectional(&mut socket, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%peer, up, down, "tunnel connection closed"),
-        Err(err) => tracing::warn!("tunnel: connection from {peer}: {err}"),
+        Err(err) => tracing::warn!(
+            "tunnel: connection from {peer} to pod {}: {err}",
+            dialer.pod()
+        ),
     }
 }
