@@ -355,6 +355,22 @@ async fn bad_arch_unknown_context_and_no_kubeconfig_fail_in_one_line() {
     let o = fake.run(&["scale", "up", "--context", "nope"]).await;
     assert!(assert_one_line_failure(&o).contains("kubeconfig has no context \"nope\""));
 
+    // An exec auth plugin that cannot run.
+    let o = fake
+        .run(&[
+            "record-build",
+            "--arch",
+            "amd64",
+            "--context",
+            "broken-plugin",
+        ])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("cannot create the Kubernetes client") && e.contains("exec"),
+        "{e}"
+    );
+
     // No kubeconfig (HOME has none) and no service account.
     let home = tempfile::tempdir().unwrap();
     let mut cmd = fake.bin();

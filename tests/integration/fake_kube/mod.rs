@@ -5,7 +5,7 @@
 //! metrics.k8s.io, PVC deletes, `Status` errors with real texts and codes, RBAC 403s).
 //!
 //! Tests state their cluster with [`Scenario`] and run the real binary against the kubeconfig
-//! the fake writes (two contexts: `fake` with a token user, `exec` with an exec auth plugin).
+//! the fake writes (contexts `fake` with a token user, `exec` with an exec auth plugin).
 //!
 //! Deliberate simplifications (none of them used by the client under test): one namespace
 //! holds objects (others are empty); strategic-merge patches are applied as JSON merge
@@ -291,7 +291,7 @@ impl FakeKube {
         self.addr
     }
 
-    /// The kubeconfig file (contexts `fake`, current, and `exec`).
+    /// The kubeconfig file (contexts `fake`, current, `exec` and `broken-plugin`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
@@ -399,8 +399,9 @@ impl FakeKube {
     }
 }
 
-/// Writes a kubeconfig with two contexts: `fake` (current; token user, namespace `buildkit`)
-/// and `exec` (a user whose token comes from an exec auth plugin script).
+/// Writes a kubeconfig with the contexts `fake` (current; token user, namespace `buildkit`),
+/// `exec` (a user whose token comes from an exec auth plugin script) and `broken-plugin` (an
+/// exec auth plugin that does not exist).
 fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
     let plugin = dir.join("fake-auth-plugin.sh");
     std::fs::write(
@@ -430,6 +431,10 @@ contexts:
   context:
     cluster: fake
     user: exec-user
+- name: broken-plugin
+  context:
+    cluster: fake
+    user: broken-user
 users:
 - name: token-user
   user:
@@ -439,6 +444,12 @@ users:
     exec:
       apiVersion: client.authentication.k8s.io/v1
       command: ./fake-auth-plugin.sh
+      interactiveMode: Never
+- name: broken-user
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: ./no-such-auth-plugin.sh
       interactiveMode: Never
 "#
     );
