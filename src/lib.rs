@@ -17,4 +17,5 @@
 //! ```
 
 pub mod buildkit;
+pub mod config;
 pub mod fleet;

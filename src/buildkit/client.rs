@@ -101,11 +101,40 @@ impl Client {
         let control = ControlClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        Ok(Client {
+        let client = Client {
             control,
             dialer,
             endpoint,
-        })
+        };
+        client.probe().await?;
+        Ok(client)
+    }
+
+    /// Checks that the peer answers gRPC at all, within [`CONNECT_TIMEOUT`]: a TCP connection
+    /// can succeed to a peer that never speaks, and every later call would then hang.
+    async fn probe(&self) -> Result<()> {
+        let mut control = self.control();
+        let call = control.info(InfoRequest {});
+        match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+            Err(_) => Err(Error::ConnectTimeout {
+                endpoint: self.endpoint.clone(),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            }),
+            // Daemons older than v0.11 have no Info; they are still BuildKit.
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
+            Ok(Err(status)) => {
+                let mut error = Error::rpc(&self.endpoint, "connect", status);
+                if let (Error::Rpc { message, .. }, Some(hint)) =
+                    (&mut error, self.dialer.hint_on_close())
+                    && message.contains("closed")
+                {
+                    message.push_str("; ");
+                    message.push_str(hint);
+                }
+                Err(error)
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// The daemon's address, for messages.
@@ -195,26 +224,15 @@ impl Client {
         Ok(freed)
     }
 
-    /// Runs a call and maps its failure; the first call on a connection is also where an
-    /// unresponsive peer shows, so it is bounded by [`CONNECT_TIMEOUT`] until headers arrive.
+    /// Awaits a unary call (or a stream's headers) and maps its failure.
     async fn first_call<T>(
         &self,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
         name: &'static str,
     ) -> Result<T> {
-        match tokio::time::timeout(CONNECT_TIMEOUT * 3, call).await {
-            Err(_) => Err(Error::rpc(
-                &self.endpoint,
-                name,
-                tonic::Status::deadline_exceeded(format!(
-                    "no answer within {} s",
-                    (CONNECT_TIMEOUT * 3).as_secs()
-                )),
-            )),
-            Ok(result) => result
-                .map(tonic::Response::into_inner)
-                .map_err(|s| Error::rpc(&self.endpoint, name, s)),
-        }
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::rpc(&self.endpoint, name, s))
     }
 }
 

@@ -73,6 +73,15 @@ impl Error {
 pub(crate) fn describe_status(status: &tonic::Status) -> String {
     let raw = status.message().trim();
     let chain = source_chain(status);
+    tracing::debug!(?status, %chain, "call failed");
+    if let Some(at) = chain.find("fatal alert") {
+        // TLS 1.3 servers reject a missing or unknown client certificate after the handshake,
+        // so it shows on the first call rather than while connecting.
+        let alert = chain[at..].split(':').nth(1).map_or("", str::trim);
+        return format!(
+            "TLS: the daemon rejected the connection (alert {alert}); does it need a client certificate (--tlscert, --tlskey)?"
+        );
+    }
     match status.code() {
         tonic::Code::Unimplemented => format!(
             "the peer does not implement this call: it is not BuildKit, or a BuildKit too old ({raw})"
@@ -89,10 +98,10 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
                 || chain.contains("unexpected end")
                 || chain.contains("operation was canceled")
             {
-                "the connection closed before the call finished; the daemon went away, or this address is not BuildKit".to_owned()
+                "the connection closed before the call finished (the daemon went away, or this is not BuildKit)".to_owned()
             } else {
                 format!(
-                    "the peer did not answer as a gRPC server; is this address BuildKit? ({})",
+                    "the peer did not answer as a gRPC server: this is not BuildKit ({})",
                     first_non_empty(raw, &chain)
                 )
             }

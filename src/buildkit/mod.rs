@@ -13,4 +13,4 @@ pub use client::{
 };
 pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
-pub use transport::{BoxedIo, Dialer, Io, TlsConfigError, TlsOptions};
+pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsOptions};

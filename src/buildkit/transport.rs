@@ -65,6 +65,12 @@ pub trait Dialer: Send + Sync + 'static {
     fn docker_host(&self) -> Option<&DockerHost> {
         None
     }
+
+    /// A hint added when the peer closes the connection before answering, e.g. that it may
+    /// want a client certificate.
+    fn hint_on_close(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// TLS settings, as buildctl's `--tlscacert`, `--tlscert`, `--tlskey` and `--tlsservername`.
@@ -128,15 +134,21 @@ pub enum TlsConfigError {
     NotTcp,
 }
 
-/// A dialer for one [`Endpoint`] (all but `kube-pod://`, which the fleet dials).
-pub(crate) struct EndpointDialer {
+/// A dialer for one [`Endpoint`] (all but `kube-pod://`, which the fleet dials): opens raw
+/// streams that carry BuildKit's gRPC, e.g. to relay them elsewhere.
+pub struct EndpointDialer {
     endpoint: Endpoint,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    client_identity: bool,
 }
 
 impl EndpointDialer {
-    pub(crate) fn new(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self, TlsConfigError> {
-        let tls = if tls.is_enabled() {
+    /// Prepares a dialer; TLS files are read now, so bad ones fail before any connection.
+    ///
+    /// # Errors
+    /// When TLS files cannot be read or parsed, or TLS is asked for a non-TCP endpoint.
+    pub fn new(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self, TlsConfigError> {
+        let tls_connector = if tls.is_enabled() {
             let host = endpoint.tls_server_name().ok_or(TlsConfigError::NotTcp)?;
             let name = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
             let server_name =
@@ -148,7 +160,11 @@ impl EndpointDialer {
         } else {
             None
         };
-        Ok(EndpointDialer { endpoint, tls })
+        Ok(EndpointDialer {
+            endpoint,
+            tls: tls_connector,
+            client_identity: tls.cert.is_some(),
+        })
     }
 }
 
@@ -181,6 +197,13 @@ impl Dialer for EndpointDialer {
 
     fn describe(&self) -> String {
         self.endpoint.to_string()
+    }
+
+    fn hint_on_close(&self) -> Option<&'static str> {
+        // TLS 1.3 servers refuse a missing client certificate after the handshake, and the
+        // alert can be lost when the close wins the race.
+        (self.tls.is_some() && !self.client_identity)
+            .then_some("if the daemon requires mTLS, pass --tlscert and --tlskey")
     }
 
     fn docker_host(&self) -> Option<&DockerHost> {

@@ -1,7 +1,6 @@
 //! The fleet commands against the in-process fake Kubernetes API server, whose port-forwards
 //! reach the real BuildKit of the test environment (the Docker Engine's, through its `/grpc`
 //! upgrade).
-#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};

@@ -2,6 +2,14 @@
 //! Docker Engine with its embedded BuildKit and a registry. Kubernetes is an in-process API
 //! server. Addresses come from the environment that `scripts/testenv start` prints.
 
+// Test code may panic on anything unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod daemon;
 mod fake_kube;
 mod fleet;
+mod relay;
+mod tls;
+mod transports;
 mod util;

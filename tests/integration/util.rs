@@ -54,3 +54,8 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// [`bin`] for async tests, so servers in the test process keep running while it does.
+pub fn tokio_bin() -> tokio::process::Command {
+    tokio::process::Command::from(bin())
+}

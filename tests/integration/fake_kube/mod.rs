@@ -12,7 +12,7 @@
 //! patches, which is exact for the maps patched here (annotations, replicas); no watch; no
 //! exec; PVCs are deleted at once (no `pvc-protection` finalizer); no StatefulSet controller,
 //! except [`Scenario::auto_available`], which makes scaling set the available count at once.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code)]
 
 mod portforward;
 mod rest;
