@@ -13,10 +13,11 @@ use kube::api::Api;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 
 use super::error::{Error, Result};
-use super::kube_client::Fleet;
+use super::kube_client::{Fleet, with_retry};
 use crate::buildkit::{self, BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 
-/// How long a new connection waits for the server's first bytes (see [`PodDialer`]'s dial).
+/// How long a new connection waits for the server's first bytes (see
+/// [`PodDialer::open_checked`]).
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Opens a new port-forward to one pod's port each time BuildKit's client needs a connection.
@@ -58,9 +59,8 @@ impl PodDialer {
     /// [`Error::Forbidden`] naming `create` on `pods/portforward` when RBAC refuses; other API
     /// errors (404 pod, 400 pod without a node) as [`Error::Api`] or [`Error::NotFound`].
     pub async fn open(&self) -> Result<PortForwardStream> {
-        let mut forwarder = self
-            .pods
-            .portforward(&self.pod, &[self.port])
+        let ports = [self.port];
+        let mut forwarder = with_retry(|| self.pods.portforward(&self.pod, &ports))
             .await
             .map_err(|e| {
                 if matches!(&e, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound") {
