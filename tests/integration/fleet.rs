@@ -1022,3 +1022,72 @@ async fn the_fake_speaks_the_kubelet_port_forward_framing() {
         matches!(ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode::Normal)
     );
 }
+
+/// A minimal HTTP CONNECT proxy on 127.0.0.1; returns its port and the targets it was asked for.
+async fn connect_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(socket);
+                let mut request = String::new();
+                reader.read_line(&mut request).await.unwrap();
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).await.unwrap();
+                    if header == "\r\n" || header.is_empty() {
+                        break;
+                    }
+                }
+                let target = request.split_whitespace().nth(1).unwrap().to_owned();
+                assert!(request.starts_with("CONNECT "), "{request}");
+                log.lock().unwrap().push(target.clone());
+                let mut upstream = tokio::net::TcpStream::connect(&target).await.unwrap();
+                let mut client = reader.into_inner();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn the_api_server_is_reached_through_https_proxy() {
+    let fake = Scenario::new()
+        .pod("buildkit-arm64-0", "Running", "10.0.1.10", true)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .start()
+        .await;
+    let (port, seen) = connect_proxy().await;
+    let proxy = format!("http://127.0.0.1:{port}");
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = fake.bin();
+        cmd.env("HTTPS_PROXY", &proxy).args(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let o = run(&["get-address", "--arch", "arm64"]).await.unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "tcp://10-0-1-10.buildkit.pod.cluster.local:1234\n");
+    // Port-forwards (WebSocket upgrades) go through the proxy too.
+    let o = run(&["workers", "--addr", "kube-pod://buildkit-amd64-0"])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|t| *t == fake.addr().to_string()),
+        "{seen:?}"
+    );
+}
