@@ -500,6 +500,26 @@ async fn a_forbidden_portforward_names_the_missing_permission() {
     check(err(&o).lines().last().unwrap_or_default());
     assert!(out(&o).is_empty(), "no port printed: {}", out(&o));
     assert_eq!(fake.portforwards_opened(), 0);
+
+    // Other refusals name their permission the same way.
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .forbid("list", "pods")
+        .forbid("patch", "statefulsets")
+        .start()
+        .await;
+    let o = fake.run(&["get-address", "--arch", "amd64"]).await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("needs verb list on pods in namespace buildkit"),
+        "{e}"
+    );
+    let o = fake.run(&["record-build", "--arch", "amd64"]).await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("needs verb patch on statefulsets in namespace buildkit"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
