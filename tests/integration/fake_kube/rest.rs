@@ -737,3 +737,68 @@ fn scale_of(sts: &Value) -> Value {
         "status": { "replicas": sts["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selectors_follow_the_api_server_grammar() {
+        let labels = json!({ "app": "buildkit", "arch": "amd64", "tier": "build" });
+        for (selector, want) in [
+            ("app=buildkit", true),
+            ("app==buildkit,arch=amd64", true),
+            ("app!=buildkit", false),
+            ("arch in (amd64, arm64)", true),
+            ("arch notin (amd64)", false),
+            ("tier", true),
+            ("!tier", false),
+            ("!missing,app=buildkit", true),
+            ("arch in (arm64),app=buildkit", false),
+        ] {
+            assert_eq!(label_matches(&labels, selector), want, "{selector}");
+        }
+    }
+
+    #[test]
+    fn field_selectors_accept_only_the_whitelist() {
+        let pod = json!({ "metadata": { "name": "p" }, "status": { "phase": "Running" } });
+        assert_eq!(
+            field_matches("pods", &pod, "status.phase=Running"),
+            Ok(true)
+        );
+        assert_eq!(
+            field_matches("pods", &pod, "status.phase!=Running"),
+            Ok(false)
+        );
+        assert_eq!(
+            field_matches("pods", &pod, "status.hostIP=1"),
+            Err("field label not supported: status.hostIP".into())
+        );
+        assert!(field_matches("persistentvolumeclaims", &pod, "status.phase=Bound").is_err());
+    }
+
+    #[test]
+    fn merge_patches_follow_rfc_7386() {
+        let mut target = json!({ "a": { "b": 1, "c": 2 }, "d": [1, 2] });
+        merge_patch(
+            &mut target,
+            &json!({ "a": { "b": null, "e": 3 }, "d": [3] }),
+        );
+        assert_eq!(target, json!({ "a": { "c": 2, "e": 3 }, "d": [3] }));
+    }
+
+    #[test]
+    fn queries_decode_as_kube_sends_them() {
+        assert_eq!(
+            query_params("&fieldSelector=status.phase%3DRunning&labelSelector=a+in+%28b%29"),
+            [
+                (
+                    "fieldSelector".to_owned(),
+                    "status.phase=Running".to_owned()
+                ),
+                ("labelSelector".to_owned(), "a in (b)".to_owned())
+            ]
+        );
+    }
+}
