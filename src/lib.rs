@@ -18,4 +18,5 @@
 
 pub mod buildkit;
 pub mod config;
+pub mod credentials;
 pub mod fleet;

@@ -6,6 +6,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
+mod build;
 mod daemon;
 mod fleet;
 mod units;
@@ -95,6 +96,8 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
+    /// Build a Dockerfile on one BuildKit
+    Build(Box<build::BuildArgs>),
     #[command(flatten)]
     Fleet(fleet::FleetCommand),
     /// Print a shell completion script
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Info(args) => daemon::info(&cli.global, &args).await,
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Fleet(command) => fleet::run(command).await,
         Command::Completions { shell } => {
             clap_complete::generate(
