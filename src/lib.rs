@@ -20,3 +20,4 @@ pub mod buildkit;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
+pub mod registry;

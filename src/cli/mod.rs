@@ -9,6 +9,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 mod build;
 mod daemon;
 mod fleet;
+mod manifest;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -100,6 +101,8 @@ pub enum Command {
     Build(Box<build::BuildArgs>),
     #[command(flatten)]
     Fleet(fleet::FleetCommand),
+    /// Push or inspect multi-platform manifests in a registry
+    Manifest(manifest::ManifestArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
         Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Fleet(command) => fleet::run(command).await,
+        Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

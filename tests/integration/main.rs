@@ -10,6 +10,7 @@ mod cli;
 mod daemon;
 mod fake_kube;
 mod fleet;
+mod manifest;
 mod relay;
 mod tls;
 mod transports;

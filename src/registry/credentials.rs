@@ -1,0 +1,405 @@
+//! Registry credentials from the Docker CLI's config file (`$DOCKER_CONFIG/config.json` or
+//! `~/.docker/config.json`): `auths`, `credHelpers` and `credsStore`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use serde::Deserialize;
+
+/// The key Docker Hub's credentials are stored under in the docker config.
+const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The config file exists but cannot be read.
+    #[error("cannot read docker config {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON of the expected shape.
+    #[error("docker config {path} is not valid")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An `auth` entry is not base64 of `user:password`.
+    #[error("docker config {path}: the auth entry for {registry} is not base64 of user:password")]
+    BadAuth {
+        /// The file.
+        path: PathBuf,
+        /// The registry key of the entry.
+        registry: String,
+    },
+    /// A configured credential helper failed.
+    #[error("credential helper docker-credential-{helper} failed for {registry}: {message}")]
+    Helper {
+        /// The helper's suffix (`docker-credential-<helper>`).
+        helper: String,
+        /// The registry asked for.
+        registry: String,
+        /// What went wrong (never contains the secret).
+        message: String,
+    },
+}
+
+/// Credentials for one registry. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A user name and password (HTTP Basic, or the password grant of a token server).
+    Basic {
+        /// User name.
+        username: String,
+        /// Password or access token.
+        password: String,
+    },
+    /// An OAuth2 refresh token (`identitytoken`), exchanged at the registry's token server.
+    IdentityToken(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+impl fmt::Debug for AuthEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthEntry")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A parsed docker config: where each registry's credentials come from.
+///
+/// Credential helpers (`docker-credential-<name> get`) run only when the config names one,
+/// and only when a registry's credentials are asked for.
+#[derive(Debug, Default)]
+pub struct DockerConfig {
+    path: Option<PathBuf>,
+    file: ConfigFile,
+}
+
+impl DockerConfig {
+    /// An empty config: anonymous access everywhere.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The config the Docker CLI would use: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`. A missing file is an empty config.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn load() -> Result<Self, CredentialsError> {
+        let dir = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+            _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")),
+        };
+        match dir {
+            Some(dir) => Self::from_file(&dir.join("config.json")),
+            None => Ok(Self::empty()),
+        }
+    }
+
+    /// Reads one config file; a missing file is an empty config.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn from_file(path: &Path) -> Result<Self, CredentialsError> {
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty()),
+            Err(source) => {
+                return Err(CredentialsError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let file = serde_json::from_slice(&text).map_err(|source| CredentialsError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: Some(path.to_owned()),
+            file,
+        })
+    }
+
+    /// Parses config JSON held in memory (for tests and embedding).
+    ///
+    /// # Errors
+    /// The text is not a docker config.
+    pub fn from_json(text: &str) -> Result<Self, CredentialsError> {
+        let file = serde_json::from_str(text).map_err(|source| CredentialsError::Parse {
+            path: PathBuf::from("<memory>"),
+            source,
+        })?;
+        Ok(Self { path: None, file })
+    }
+
+    /// The credentials for `registry` (a host such as `ghcr.io` or `127.0.0.1:5000`), or `None`
+    /// for anonymous access. A `credHelpers` entry wins over `auths`, which wins over `credsStore`.
+    ///
+    /// # Errors
+    /// A malformed `auth` entry, or a configured helper that fails.
+    pub fn credentials(&self, registry: &str) -> Result<Option<Credential>, CredentialsError> {
+        let key = config_key(registry);
+        if let Some(helper) = self.file.cred_helpers.get(key) {
+            return run_helper(helper, key);
+        }
+        if let Some(entry) = self.find_auth(key)
+            && let Some(found) = self.entry_credential(key, entry)?
+        {
+            return Ok(Some(found));
+        }
+        if let Some(store) = self.file.creds_store.as_deref().filter(|s| !s.is_empty()) {
+            return run_helper(store, key);
+        }
+        Ok(None)
+    }
+
+    fn find_auth(&self, key: &str) -> Option<&AuthEntry> {
+        if let Some(entry) = self.file.auths.get(key) {
+            return Some(entry);
+        }
+        // Older configs store keys as URLs (`https://host/v1/`); match on the host part.
+        self.file
+            .auths
+            .iter()
+            .find(|(k, _)| host_of_key(k) == host_of_key(key))
+            .map(|(_, v)| v)
+    }
+
+    fn entry_credential(
+        &self,
+        key: &str,
+        entry: &AuthEntry,
+    ) -> Result<Option<Credential>, CredentialsError> {
+        if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credential::IdentityToken(token.to_owned())));
+        }
+        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            let bad = || CredentialsError::BadAuth {
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("<memory>")),
+                registry: key.to_owned(),
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|_| bad())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+            let (username, password) = decoded.split_once(':').ok_or_else(bad)?;
+            return Ok(Some(Credential::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            }));
+        }
+        match (&entry.username, &entry.password) {
+            (Some(username), Some(password)) if !username.is_empty() => {
+                Ok(Some(Credential::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The key a registry host is stored under (Docker Hub keeps its legacy URL).
+fn config_key(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB_KEY,
+        other => other,
+    }
+}
+
+/// `https://host/v1/` → `host`; `host` → `host`.
+fn host_of_key(key: &str) -> &str {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Runs `docker-credential-<helper> get` with the registry on stdin, as the Docker CLI does.
+fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, CredentialsError> {
+    let fail = |message: String| CredentialsError::Helper {
+        helper: helper.to_owned(),
+        registry: registry.to_owned(),
+        message,
+    };
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|err| fail(format!("cannot run {program}: {err}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(registry.as_bytes())
+            .map_err(|err| fail(format!("cannot write to {program}: {err}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|err| fail(format!("{program} did not finish: {err}")))?;
+    if !out.status.success() {
+        // The helper says "credentials not found in native keychain" on stdout when it has none.
+        let said = String::from_utf8_lossy(&out.stdout);
+        if said.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(fail(format!("{program} exited with {}", out.status)));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| {
+        fail(format!(
+            "{program} printed something other than credentials"
+        ))
+    })?;
+    if answer.username == "<token>" {
+        return Ok(Some(Credential::IdentityToken(answer.secret)));
+    }
+    Ok(Some(Credential::Basic {
+        username: answer.username,
+        password: answer.secret,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_field_is_base64_user_colon_password() {
+        let cfg = DockerConfig::from_json(
+            r#"{"auths":{"reg.example:5000":{"auth":"dXNlcjpwYTpzcw=="}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.credentials("reg.example:5000").unwrap(),
+            Some(Credential::Basic {
+                username: "user".into(),
+                password: "pa:ss".into()
+            })
+        );
+        assert_eq!(cfg.credentials("other.example").unwrap(), None);
+    }
+
+    #[test]
+    fn username_password_and_identity_token() {
+        let cfg = DockerConfig::from_json(
+            r#"{"auths":{"a.example":{"username":"u","password":"p"},
+                "https://b.example/v1/":{"identitytoken":"tok"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.credentials("a.example").unwrap(),
+            Some(Credential::Basic {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        assert_eq!(
+            cfg.credentials("b.example").unwrap(),
+            Some(Credential::IdentityToken("tok".into()))
+        );
+    }
+
+    #[test]
+    fn docker_hub_uses_its_legacy_key() {
+        let cfg = DockerConfig::from_json(
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            cfg.credentials("docker.io").unwrap(),
+            Some(Credential::Basic { username, .. }) if username == "hub"
+        ));
+    }
+
+    #[test]
+    fn bad_auth_is_an_error_naming_the_registry() {
+        let cfg = DockerConfig::from_json(r#"{"auths":{"x.example":{"auth":"!!!"}}}"#).unwrap();
+        let err = cfg.credentials("x.example").unwrap_err().to_string();
+        assert!(err.contains("x.example"), "{err}");
+    }
+
+    #[test]
+    fn missing_helper_is_a_clear_error() {
+        let cfg =
+            DockerConfig::from_json(r#"{"credHelpers":{"h.example":"pf-test-no-such-helper"}}"#)
+                .unwrap();
+        let err = cfg.credentials("h.example").unwrap_err().to_string();
+        assert!(
+            err.contains("docker-credential-pf-test-no-such-helper") && err.contains("h.example"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = Credential::Basic {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let t = Credential::IdentityToken("tok-secret".into());
+        assert!(!format!("{t:?}").contains("tok-secret"));
+    }
+}

@@ -1,0 +1,205 @@
+//! Errors of the registry client; each names the registry, reference, digest or file involved.
+
+use std::path::PathBuf;
+
+use reqwest::StatusCode;
+
+use super::credentials::CredentialsError;
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A reference that does not parse.
+    #[error("invalid image reference {reference:?}")]
+    InvalidReference {
+        /// What was given.
+        reference: String,
+        /// Why it does not parse.
+        #[source]
+        source: oci_client::ParseError,
+    },
+    /// A registry host that cannot form a URL.
+    #[error("invalid registry host {registry:?}")]
+    InvalidRegistry {
+        /// The host.
+        registry: String,
+    },
+    /// The docker config could not be read.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The HTTP client could not be built.
+    #[error("cannot set up the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    /// No HTTP answer (refused, dropped, not HTTP) even after retries.
+    #[error("cannot talk to registry {registry} (after {attempts} attempt(s)){hint}")]
+    Connect {
+        /// The registry host.
+        registry: String,
+        /// Attempts made.
+        attempts: u32,
+        /// What to try, when the failure suggests it (empty otherwise).
+        hint: String,
+        /// The last failure.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A status the operation cannot continue from.
+    #[error("registry {registry} answered {status} to {method} {path}{}{}", retried(*attempts), with_message(message))]
+    Status {
+        /// The registry host.
+        registry: String,
+        /// HTTP method.
+        method: String,
+        /// URL path.
+        path: String,
+        /// The status.
+        status: StatusCode,
+        /// Attempts made.
+        attempts: u32,
+        /// The registry's own error message, if any.
+        message: String,
+    },
+    /// 401 after presenting what the docker config holds.
+    #[error("{}", unauthorized(registry, *had_credentials))]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+        /// Whether credentials were sent (and rejected) or there were none.
+        had_credentials: bool,
+    },
+    /// The registry's `WWW-Authenticate` challenge or token answer is unusable.
+    #[error(
+        "registry {registry} sent an unusable auth challenge or token answer (realm {realm:?})"
+    )]
+    BadChallenge {
+        /// The registry host.
+        registry: String,
+        /// The token realm.
+        realm: String,
+    },
+    /// The manifest does not exist.
+    #[error("{reference} not found in its registry")]
+    NotFound {
+        /// The reference.
+        reference: String,
+    },
+    /// Content does not hash to the digest it was fetched by or announced with.
+    #[error("digest mismatch for {what}: expected {expected}, content hashes to {actual}")]
+    DigestMismatch {
+        /// What was checked.
+        what: String,
+        /// The claimed digest.
+        expected: String,
+        /// The computed digest.
+        actual: String,
+    },
+    /// A digest string that is not `sha256:<64 hex>`.
+    #[error("unsupported or malformed digest {digest:?} in {what}")]
+    BadDigest {
+        /// What held it.
+        what: String,
+        /// The digest.
+        digest: String,
+    },
+    /// A manifest or config the client cannot use.
+    #[error("{reference}: {problem}")]
+    Unusable {
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A source image is not the platform it was listed for.
+    #[error("{reference} is {actual}, not {expected}")]
+    PlatformMismatch {
+        /// The source.
+        reference: String,
+        /// The requested platform.
+        expected: String,
+        /// The image's platform.
+        actual: String,
+    },
+    /// A source index has no image for the requested platform.
+    #[error("{reference} is an index with no image for {platform}")]
+    NoMatchingPlatform {
+        /// The source.
+        reference: String,
+        /// The requested platform.
+        platform: String,
+    },
+    /// Two sources give the same platform.
+    #[error("platform {platform} is given twice ({first} and {second})")]
+    DuplicatePlatform {
+        /// The platform.
+        platform: String,
+        /// First source.
+        first: String,
+        /// Second source.
+        second: String,
+    },
+    /// A `--platforms` entry that is not `os/arch[/variant]` with a known os and architecture.
+    #[error("invalid platform {platform:?}: {problem}")]
+    InvalidPlatform {
+        /// What was given.
+        platform: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A template without `ARCH`, `OS` or `VARIANT`.
+    #[error(
+        "template {template:?} has no ARCH, OS or VARIANT placeholder, so every platform would use the same image"
+    )]
+    NoPlaceholder {
+        /// The template.
+        template: String,
+    },
+    /// No sources given.
+    #[error("no source images given")]
+    NoSources,
+    /// A local file (an OCI layout tarball) cannot be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An OCI layout tarball that is not what BuildKit's `oci` exporter writes.
+    #[error("{path} is not a usable OCI image layout: {problem}")]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn retried(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    }
+}
+
+fn with_message(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(" ({message})")
+    }
+}
+
+fn unauthorized(registry: &str, had_credentials: bool) -> String {
+    if had_credentials {
+        format!(
+            "registry {registry} rejected the credentials from the docker config (401 Unauthorized): check `docker login {registry}`"
+        )
+    } else {
+        format!(
+            "registry {registry} requires credentials and the docker config has none for it (401 Unauthorized): run `docker login {registry}`"
+        )
+    }
+}

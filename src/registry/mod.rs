@@ -1,0 +1,54 @@
+//! Registry API: credentials from the docker config, resolving images, multi-platform index
+//! assembly and push (`manifest push`), `manifest inspect`, and pushing OCI layout tarballs.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pf_buildkit::registry::Error> {
+//! use pf_buildkit::registry::{Client, ClientOptions, parse_reference, sources_from_template, parse_platforms};
+//!
+//! let client = Client::new(ClientOptions { insecure: true, ..ClientOptions::from_env()? })?;
+//! let platforms = parse_platforms("linux/amd64,linux/arm64")?;
+//! let sources = sources_from_template("127.0.0.1:5000/app:v1-ARCH", &platforms)?;
+//! let index = client.push_index(&parse_reference("127.0.0.1:5000/app:v1")?, &sources).await?;
+//! println!("{} ({})", index.digest, index.media_type);
+//! # Ok(()) }
+//! ```
+
+pub mod assemble;
+mod client;
+pub mod credentials;
+mod error;
+mod http;
+mod layout;
+pub mod platform;
+
+pub use assemble::{
+    AssembledIndex, Descriptor, IndexEntry, Resolved, ResolvedContent, ResolvedSource,
+    assemble_index,
+};
+pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source, parse_reference};
+pub use credentials::{Credential, DockerConfig};
+pub use error::Error;
+pub use http::RetryPolicy;
+pub use platform::{Platform, expand_template, has_placeholder, parse_platforms};
+
+/// The sources manifest-tool's `push from-args` would use: `template` with `ARCH`, `OS` and
+/// `VARIANT` replaced (as whole tokens) for each platform.
+///
+/// # Errors
+/// A template without a placeholder, or a name that is not a valid reference.
+pub fn sources_from_template(template: &str, platforms: &[Platform]) -> Result<Vec<Source>, Error> {
+    if !has_placeholder(template) {
+        return Err(Error::NoPlaceholder {
+            template: template.to_owned(),
+        });
+    }
+    platforms
+        .iter()
+        .map(|p| {
+            Ok(Source {
+                reference: parse_reference(&expand_template(template, p))?,
+                platform: p.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,1445 @@
+//! `manifest push` / `manifest inspect` and the registry library against the real registry at
+//! `$PF_TEST_REGISTRY`: index assembly, cross-repository copies, flattening, retries through a
+//! fault-injecting proxy, auth failures, bad input, and OCI layout tarball pushes.
+//!
+//! Source images are pushed with raw registry API calls here (not with the code under test).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::util;
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A plain reqwest client for the test's own raw calls (reqwest is built without a default
+/// crypto provider: the library configures ring itself; the test installs it process-wide).
+fn http_client(redirects: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder();
+    if !redirects {
+        b = b.redirect(reqwest::redirect::Policy::none());
+    }
+    b.build().unwrap()
+}
+
+fn registry() -> String {
+    util::env("PF_TEST_REGISTRY")
+}
+
+fn sha(bytes: &[u8]) -> String {
+    let h = Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// A repository name no other test (or earlier run) uses.
+fn unique_repo(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let tag = &sha(format!("{nanos}-{}-{n}", std::process::id()).as_bytes())[7..19];
+    format!("pf-test/manifest-{name}-{tag}")
+}
+
+/// Bytes that differ on every call (a fresh layer).
+fn random_bytes(len: usize) -> Vec<u8> {
+    let seed = unique_repo("seed");
+    let mut out = Vec::with_capacity(len);
+    let mut block = Sha256::digest(seed.as_bytes()).to_vec();
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = Sha256::digest(&block).to_vec();
+    }
+    out.truncate(len);
+    out
+}
+
+/// Raw registry calls against `host` (plain HTTP).
+struct Raw {
+    http: reqwest::Client,
+    host: String,
+}
+
+impl Raw {
+    fn new(host: &str) -> Self {
+        Self {
+            http: http_client(true),
+            host: host.to_owned(),
+        }
+    }
+
+    async fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha(data);
+        let res = self
+            .http
+            .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.host))
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let mut url = reqwest::Url::parse(&format!("http://{}/", self.host))
+            .unwrap()
+            .join(&location)
+            .unwrap();
+        url.query_pairs_mut().append_pair("digest", &digest);
+        let res = self
+            .http
+            .put(url)
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        digest
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> String {
+        let res = self
+            .http
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.host
+            ))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        sha(body)
+    }
+
+    /// (content type, bytes) of a manifest, or None on 404.
+    async fn get_manifest(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        let res = self
+            .http
+            .get(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.host
+            ))
+            .header("accept", ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 404 {
+            return None;
+        }
+        assert_eq!(res.status(), 200);
+        let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+        Some((ct, res.bytes().await.unwrap().to_vec()))
+    }
+
+    async fn head_blob(&self, repo: &str, digest: &str) -> u16 {
+        self.http
+            .head(format!("http://{}/v2/{repo}/blobs/{digest}", self.host))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// A pushed single-platform image.
+#[derive(Debug, Clone)]
+struct Image {
+    digest: String,
+    media_type: String,
+    size: u64,
+    blobs: Vec<String>,
+}
+
+/// Pushes a small image (one random layer) for `os/arch` under `repo:tag`.
+async fn push_image(raw: &Raw, repo: &str, tag: &str, os: &str, arch: &str, docker: bool) -> Image {
+    let layer = random_bytes(2048);
+    let layer_digest = raw.put_blob(repo, &layer).await;
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": os,
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "config": {}
+    }))
+    .unwrap();
+    let config_digest = raw.put_blob(repo, &config).await;
+    let (mt, cmt, lmt) = if docker {
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)
+    } else {
+        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
+    };
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2, "mediaType": mt,
+        "config": {"mediaType": cmt, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": lmt, "digest": layer_digest, "size": layer.len()}]
+    }))
+    .unwrap();
+    let digest = raw.put_manifest(repo, tag, mt, &manifest).await;
+    Image {
+        digest,
+        media_type: mt.into(),
+        size: manifest.len() as u64,
+        blobs: vec![config_digest, layer_digest],
+    }
+}
+
+/// Pushes an attestation manifest for `subject` (as BuildKit does: an OCI manifest with an
+/// in-toto layer) and returns it.
+async fn push_attestation(raw: &Raw, repo: &str, subject: &str) -> Image {
+    let statement = serde_json::to_vec(&json!({"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": {"sha256": &subject[7..]}}], "nonce": unique_repo("n")})).unwrap();
+    let layer_digest = raw.put_blob(repo, &statement).await;
+    let config = br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = raw.put_blob(repo, config).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": layer_digest, "size": statement.len(),
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}]
+    }))
+    .unwrap();
+    let digest = raw
+        .put_manifest(repo, &sha(&manifest), OCI_MANIFEST, &manifest)
+        .await;
+    Image {
+        digest,
+        media_type: OCI_MANIFEST.into(),
+        size: manifest.len() as u64,
+        blobs: vec![config_digest, layer_digest],
+    }
+}
+
+/// Pushes a per-arch build with an attestation as BuildKit does: an OCI index holding the
+/// image and its attestation manifest, tagged `repo:tag`.
+async fn push_index_with_attestation(
+    raw: &Raw,
+    repo: &str,
+    tag: &str,
+    arch: &str,
+) -> (Image, Image, String) {
+    let image = push_image(raw, repo, &format!("{tag}-img"), "linux", arch, false).await;
+    let att = push_attestation(raw, repo, &image.digest).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": image.size,
+             "platform": {"architecture": arch, "os": "linux"}},
+            {"mediaType": OCI_MANIFEST, "digest": att.digest, "size": att.size,
+             "platform": {"architecture": "unknown", "os": "unknown"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                             "vnd.docker.reference.digest": image.digest}}
+        ]
+    }))
+    .unwrap();
+    let digest = raw.put_manifest(repo, tag, OCI_INDEX, &index).await;
+    (image, att, digest)
+}
+
+/// An empty docker config folder, so no ambient credentials leak into a test.
+fn empty_docker_config() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+async fn run_bin(args: &[&str], docker_config: &Path) -> std::process::Output {
+    util::tokio_bin()
+        .args(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn manifest_push(
+    host: &str,
+    repo_src: &str,
+    tag: &str,
+    target: &str,
+    platforms: &str,
+) -> std::process::Output {
+    let cfg = empty_docker_config();
+    run_bin(
+        &[
+            "manifest",
+            "push",
+            "--platforms",
+            platforms,
+            "--template",
+            &format!("{host}/{repo_src}:{tag}-ARCH"),
+            "--target",
+            target,
+            "--insecure-registry",
+        ],
+        cfg.path(),
+    )
+    .await
+}
+
+fn assert_one_line_failure(out: &std::process::Output) -> String {
+    let err = util::stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        util::stdout(out).is_empty(),
+        "stdout: {}",
+        util::stdout(out)
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("pf-buildkit: "), "{err}");
+    err
+}
+
+/// Platforms of an index's entries, as `os/arch`, with digests.
+fn entries(index: &Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap(),
+                    m["platform"]["architecture"].as_str().unwrap()
+                ),
+                m["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_from_two_docker_tags_makes_a_docker_manifest_list() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("docker");
+    let amd = push_image(&raw, &repo, "v1-amd64", "linux", "amd64", true).await;
+    let arm = push_image(&raw, &repo, "v1-arm64", "linux", "arm64", true).await;
+
+    let out = manifest_push(
+        &host,
+        &repo,
+        "v1",
+        &format!("{host}/{repo}:v1"),
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let printed = util::stdout(&out).trim().to_owned();
+
+    let (ct, bytes) = raw.get_manifest(&repo, "v1").await.expect("index pushed");
+    assert_eq!(ct, DOCKER_LIST);
+    assert_eq!(printed, sha(&bytes), "printed digest is the index's");
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(index["mediaType"], DOCKER_LIST);
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(
+        entries(&index),
+        vec![
+            ("linux/amd64".to_owned(), amd.digest.clone()),
+            ("linux/arm64".to_owned(), arm.digest.clone())
+        ]
+    );
+    for (m, img) in index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([&amd, &arm])
+    {
+        assert_eq!(m["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(m["size"], img.size);
+        for blob in &img.blobs {
+            assert_eq!(raw.head_blob(&repo, blob).await, 200);
+        }
+    }
+
+    // `manifest inspect` shows the same document.
+    let cfg = empty_docker_config();
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            &format!("{host}/{repo}:v1"),
+            "--insecure-registry",
+        ],
+        cfg.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let shown: Value = serde_json::from_str(&util::stdout(&out)).unwrap();
+    assert_eq!(shown, index);
+    assert!(
+        util::stdout(&out).starts_with("{\n  \"schemaVersion\": 2,\n  \"mediaType\": "),
+        "pretty-printed in the registry's key order: {}",
+        util::stdout(&out)
+    );
+    // By digest too; and a missing tag is named.
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{host}/{repo}@{}", arm.digest),
+        ],
+        cfg.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let shown: Value = serde_json::from_str(&util::stdout(&out)).unwrap();
+    assert_eq!(shown["mediaType"], DOCKER_MANIFEST);
+    assert_eq!(shown["layers"][0]["digest"], arm.blobs[1].as_str());
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{host}/{repo}:nope"),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("{host}/{repo}:nope not found")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_or_mixed_sources_make_an_oci_index() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("mixed");
+    let amd = push_image(&raw, &repo, "m-amd64", "linux", "amd64", true).await;
+    let arm = push_image(&raw, &repo, "m-arm64", "linux", "arm64", false).await;
+    let out = manifest_push(
+        &host,
+        &repo,
+        "m",
+        &format!("{host}/{repo}:m"),
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let (ct, bytes) = raw.get_manifest(&repo, "m").await.unwrap();
+    assert_eq!(ct, OCI_INDEX);
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(index["manifests"][0]["mediaType"], amd.media_type);
+    assert_eq!(index["manifests"][1]["mediaType"], arm.media_type);
+
+    let repo = unique_repo("oci");
+    push_image(&raw, &repo, "o-amd64", "linux", "amd64", false).await;
+    push_image(&raw, &repo, "o-arm64", "linux", "arm64", false).await;
+    let out = manifest_push(
+        &host,
+        &repo,
+        "o",
+        &format!("{host}/{repo}:o"),
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert_eq!(raw.get_manifest(&repo, "o").await.unwrap().0, OCI_INDEX);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sources_in_another_repository_are_mounted_into_the_target() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("src");
+    let dst = unique_repo("dst");
+    let amd = push_image(&raw, &src, "v2-amd64", "linux", "amd64", false).await;
+    let arm = push_image(&raw, &src, "v2-arm64", "linux", "arm64", false).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+
+    let target = format!("{}/{dst}:v2", proxy.addr);
+    let out = manifest_push(
+        &proxy.addr.to_string(),
+        &src,
+        "v2",
+        &target,
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let (_, bytes) = raw.get_manifest(&dst, "v2").await.unwrap();
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        entries(&index).into_iter().map(|e| e.1).collect::<Vec<_>>(),
+        vec![amd.digest.clone(), arm.digest.clone()]
+    );
+    for img in [&amd, &arm] {
+        assert!(
+            raw.get_manifest(&dst, &img.digest).await.is_some(),
+            "child manifest in target repo"
+        );
+        for blob in &img.blobs {
+            assert_eq!(raw.head_blob(&dst, blob).await, 200);
+        }
+    }
+    // Every blob came by mount (201), none by upload.
+    let log = proxy.log();
+    let mounts = log
+        .iter()
+        .filter(|(m, p, s)| m == "POST" && p.contains("mount=") && *s == 201)
+        .count();
+    assert_eq!(mounts, 4, "{log:#?}");
+    assert!(
+        !log.iter()
+            .any(|(m, p, _)| m == "PUT" && p.contains("/blobs/uploads/")),
+        "no blob was uploaded: {log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_mounts_fall_back_to_a_streaming_copy() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("nomount-src");
+    let dst = unique_repo("nomount-dst");
+    let amd = push_image(&raw, &src, "v3-amd64", "linux", "amd64", true).await;
+    // The proxy strips `mount`, so the registry answers 202 (an upload session) as one that
+    // refuses the mount does.
+    let proxy = Proxy::start(ProxyConfig {
+        refuse_mounts: true,
+        ..Default::default()
+    })
+    .await;
+    let target = format!("{}/{dst}:v3", proxy.addr);
+    let out = manifest_push(&proxy.addr.to_string(), &src, "v3", &target, "linux/amd64").await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    for blob in &amd.blobs {
+        assert_eq!(raw.head_blob(&dst, blob).await, 200);
+    }
+    let log = proxy.log();
+    let uploads = log
+        .iter()
+        .filter(|(m, p, s)| m == "PUT" && p.contains("/blobs/uploads/") && *s == 201)
+        .count();
+    assert_eq!(uploads, 2, "config and layer streamed: {log:#?}");
+    let (ct, _) = raw.get_manifest(&dst, "v3").await.unwrap();
+    assert_eq!(ct, DOCKER_LIST);
+
+    // Sources on another registry host (the proxy) than the target (the registry itself):
+    // no mount is possible, so the blobs stream from one to the other.
+    let other = unique_repo("other-registry");
+    let out = manifest_push(
+        &proxy.addr.to_string(),
+        &src,
+        "v3",
+        &format!("{host}/{other}:v3"),
+        "linux/amd64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    for blob in &amd.blobs {
+        assert_eq!(raw.head_blob(&other, blob).await, 200);
+        assert!(
+            proxy
+                .log()
+                .iter()
+                .any(|(m, p, s)| m == "GET" && p.ends_with(&format!("/blobs/{blob}")) && *s == 200),
+            "{blob} read from the source registry"
+        );
+    }
+    assert!(raw.get_manifest(&other, &amd.digest).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn index_sources_are_flattened_keeping_attestations() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("idx-src");
+    let dst = unique_repo("idx-dst");
+    let (amd, amd_att, _) = push_index_with_attestation(&raw, &src, "b-amd64", "amd64").await;
+    let (arm, arm_att, _) = push_index_with_attestation(&raw, &src, "b-arm64", "arm64").await;
+
+    let out = manifest_push(
+        &host,
+        &src,
+        "b",
+        &format!("{host}/{dst}:b"),
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let (ct, bytes) = raw.get_manifest(&dst, "b").await.unwrap();
+    assert_eq!(
+        ct, OCI_INDEX,
+        "attestations are OCI, so the list is an OCI index"
+    );
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    let got = entries(&index);
+    assert_eq!(
+        got,
+        vec![
+            ("linux/amd64".to_owned(), amd.digest.clone()),
+            ("linux/arm64".to_owned(), arm.digest.clone()),
+            ("unknown/unknown".to_owned(), amd_att.digest.clone()),
+            ("unknown/unknown".to_owned(), arm_att.digest.clone()),
+        ]
+    );
+    assert_eq!(
+        index["manifests"][2]["annotations"]["vnd.docker.reference.type"],
+        "attestation-manifest"
+    );
+    assert_eq!(
+        index["manifests"][3]["annotations"]["vnd.docker.reference.digest"],
+        arm.digest.as_str()
+    );
+    for img in [&amd, &arm, &amd_att, &arm_att] {
+        assert!(raw.get_manifest(&dst, &img.digest).await.is_some());
+        for blob in &img.blobs {
+            assert_eq!(raw.head_blob(&dst, blob).await, 200, "{blob} in {dst}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_faults_are_retried() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("flaky-src");
+    let dst = unique_repo("flaky-dst");
+    push_image(&raw, &src, "f-amd64", "linux", "amd64", false).await;
+    push_image(&raw, &src, "f-arm64", "linux", "arm64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        // Every request's first try fails, alternating 500, 429 with Retry-After, and a
+        // connection dropped before any answer.
+        faults: vec![
+            Fault::Status(500),
+            Fault::RetryAfter(1),
+            Fault::Drop,
+            Fault::Status(503),
+            Fault::Drop,
+            Fault::Status(502),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let target = format!("{}/{dst}:f", proxy.addr);
+    let out = manifest_push(
+        &proxy.addr.to_string(),
+        &src,
+        "f",
+        &target,
+        "linux/amd64,linux/arm64",
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert_eq!(proxy.faults_served(), 6);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    let (_, bytes) = raw.get_manifest(&dst, "f").await.unwrap();
+    assert_eq!(util::stdout(&out).trim(), sha(&bytes));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_faults_give_a_clear_error_and_push_nothing() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("down");
+    push_image(&raw, &repo, "d-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        always: Some(Fault::Status(503)),
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let target = format!("{}/{repo}:d", proxy.addr);
+    let out = manifest_push(&proxy.addr.to_string(), &repo, "d", &target, "linux/amd64").await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!(
+            "registry {} answered 503 Service Unavailable",
+            proxy.addr
+        )) && err.contains("after 5 attempts"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded");
+    assert!(raw.get_manifest(&repo, "d").await.is_none());
+
+    let proxy = Proxy::start(ProxyConfig {
+        always: Some(Fault::Drop),
+        ..Default::default()
+    })
+    .await;
+    let target = format!("{}/{repo}:d", proxy.addr);
+    let out = manifest_push(&proxy.addr.to_string(), &repo, "d", &target, "linux/amd64").await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!(
+            "cannot talk to registry {} (after 5 attempt(s))",
+            proxy.addr
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_credentials_come_from_the_docker_config() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("auth");
+    push_image(&raw, &repo, "a-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        basic_auth: Some(("builder".into(), "s3cret-pw".into())),
+        ..Default::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    let args = |target: String| {
+        vec![
+            "manifest".to_owned(),
+            "push".into(),
+            "--platforms=linux/amd64".into(),
+            format!("--template={addr}/{repo}:a-ARCH"),
+            format!("--target={target}"),
+            "--insecure-registry".into(),
+        ]
+    };
+    let target = format!("{addr}/{repo}:a");
+    let run = |cfg: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+        let a = args(target.clone());
+        async move {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            run_bin(&a, dir.path()).await
+        }
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // No credentials.
+    let out = run("{}").await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("registry {addr} requires credentials")) && err.contains("401"),
+        "{err}"
+    );
+    // Wrong credentials: named registry, rejected, and the password never shown.
+    let out = run(&format!(
+        r#"{{"auths":{{"{addr}":{{"auth":"{}"}}}}}}"#,
+        b64("builder:wrong-pw")
+    ))
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("registry {addr} rejected the credentials")) && err.contains("401"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw"));
+    assert!(raw.get_manifest(&repo, "a").await.is_none());
+    // Right credentials (username/password form).
+    let out = run(&format!(
+        r#"{{"auths":{{"{addr}":{{"username":"builder","password":"s3cret-pw"}}}}}}"#
+    ))
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert!(raw.get_manifest(&repo, "a").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_in_one_line_and_pushes_nothing() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("bad");
+    push_image(&raw, &repo, "x-amd64", "linux", "amd64", false).await;
+    let dst = unique_repo("bad-dst");
+    let target = format!("{host}/{dst}:x");
+    let cfg = empty_docker_config();
+    let push = |platforms: &str, template: String, target: String| {
+        let platforms = platforms.to_owned();
+        let cfg = cfg.path().to_owned();
+        async move {
+            run_bin(
+                &[
+                    "manifest",
+                    "push",
+                    "--platforms",
+                    &platforms,
+                    "--template",
+                    &template,
+                    "--target",
+                    &target,
+                    "--insecure-registry",
+                ],
+                &cfg,
+            )
+            .await
+        }
+    };
+
+    let out = push(
+        "linux/amd64,linux/amd65",
+        format!("{host}/{repo}:x-ARCH"),
+        target.clone(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(err.contains("unknown architecture \"amd65\""), "{err}");
+
+    let out = push(
+        "linux/amd64",
+        format!("{host}/{repo}:ARCHIVE"),
+        target.clone(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains("has no ARCH, OS or VARIANT placeholder"),
+        "{err}"
+    );
+
+    // arm64 does not exist: named, and the amd64 image is not copied into the target either.
+    let out = push(
+        "linux/amd64,linux/arm64",
+        format!("{host}/{repo}:x-ARCH"),
+        target.clone(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("{host}/{repo}:x-arm64 not found")),
+        "{err}"
+    );
+    assert!(raw.get_manifest(&dst, "x").await.is_none());
+
+    // A source of the wrong platform.
+    let out = push(
+        "linux/arm64",
+        format!("{host}/{repo}:x-amd64-ARCH"),
+        target.clone(),
+    )
+    .await;
+    assert_one_line_failure(&out);
+    let out = push(
+        "linux/arm64",
+        format!("{host}/{repo}:x-amd64"),
+        target.clone(),
+    )
+    .await;
+    assert_one_line_failure(&out);
+
+    let out = push(
+        "linux/amd64",
+        format!("{host}/{repo}:x-ARCH"),
+        format!("{host}/Not Valid:x"),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(err.contains("invalid image reference"), "{err}");
+
+    // A server that answers garbage instead of HTTP.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gaddr = garbage.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in garbage.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2 not a registry\r\n\r\n");
+        }
+    });
+    let out = push(
+        "linux/amd64",
+        format!("{gaddr}/{repo}:x-ARCH"),
+        format!("{gaddr}/{dst}:x"),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!("cannot talk to registry {gaddr}")),
+        "{err}"
+    );
+
+    assert!(err.contains("did not answer in HTTP"), "{err}");
+
+    // HTTPS to a plain-HTTP registry: no retries, and a hint.
+    let out = run_bin(
+        &[
+            "manifest",
+            "push",
+            "--platforms=linux/amd64",
+            &format!("--template={host}/{repo}:x-ARCH"),
+            &format!("--target={target}"),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(
+            "(after 1 attempt(s)): it answered HTTPS with plain HTTP; pass --insecure-registry"
+        ),
+        "{err}"
+    );
+
+    assert!(
+        raw.get_manifest(&dst, "x").await.is_none(),
+        "nothing pushed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_layout_tarballs_are_pushed_blob_by_blob() {
+    use pf_buildkit::registry::{Client, ClientOptions, parse_reference};
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("layout");
+
+    // A layout like BuildKit's oci exporter writes for two platforms: index.json -> index ->
+    // two image manifests.
+    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut add = |bytes: Vec<u8>| {
+        let d = sha(&bytes);
+        let n = bytes.len();
+        blobs.insert(d.clone(), bytes);
+        (d, n)
+    };
+    let mut children = Vec::new();
+    let mut layer_digests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let (ld, ln) = add(random_bytes(300_000));
+        layer_digests.push(ld.clone());
+        let (cd, cn) = add(
+            serde_json::to_vec(&json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}}))
+                .unwrap(),
+        );
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": cd, "size": cn},
+            "layers": [{"mediaType": OCI_LAYER, "digest": ld, "size": ln}]
+        }))
+        .unwrap();
+        let (md, mn) = add(manifest);
+        children.push(json!({"mediaType": OCI_MANIFEST, "digest": md, "size": mn, "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let index = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}),
+    )
+    .unwrap();
+    let (idx_digest, idx_size) = add(index);
+    let top = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_INDEX, "digest": idx_digest, "size": idx_size,
+         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("out.tar");
+    {
+        let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        let mut append = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        append("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        append("index.json", &top);
+        for (d, bytes) in &blobs {
+            append(&format!("blobs/sha256/{}", &d[7..]), bytes);
+        }
+        builder.into_inner().unwrap();
+    }
+
+    let client = Client::new(ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let target = parse_reference(&format!("{host}/{repo}:t")).unwrap();
+    let digest = client.push_oci_layout(&tar_path, &target).await.unwrap();
+    assert_eq!(digest, idx_digest);
+    let (ct, bytes) = raw.get_manifest(&repo, "t").await.unwrap();
+    assert_eq!(ct, OCI_INDEX);
+    assert_eq!(sha(&bytes), idx_digest, "the exact bytes from the tarball");
+    for d in &layer_digests {
+        assert_eq!(raw.head_blob(&repo, d).await, 200);
+    }
+    // Pushing again skips what is there and gives the same digest.
+    assert_eq!(
+        client.push_oci_layout(&tar_path, &target).await.unwrap(),
+        idx_digest
+    );
+
+    // A tarball missing a blob is refused before the tag is written.
+    let broken = dir.path().join("broken.tar");
+    {
+        let mut builder = tar::Builder::new(std::fs::File::create(&broken).unwrap());
+        for (name, data) in [
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            ("index.json", top.clone()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, data.as_slice())
+                .unwrap();
+        }
+        builder.into_inner().unwrap();
+    }
+    let other = parse_reference(&format!("{host}/{repo}:broken")).unwrap();
+    let err = client
+        .push_oci_layout(&broken, &other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is missing") && err.contains("broken.tar"),
+        "{err}"
+    );
+    assert!(raw.get_manifest(&repo, "broken").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_reports_platform_and_verifies_digests() {
+    use pf_buildkit::registry::{Client, ClientOptions, ResolvedContent, parse_reference};
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("resolve");
+    let img = push_image(&raw, &repo, "r", "linux", "arm64", false).await;
+    let client = Client::new(ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let resolved = client
+        .resolve(&parse_reference(&format!("{host}/{repo}:r")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resolved.descriptor.digest, img.digest);
+    assert_eq!(resolved.descriptor.size, img.size);
+    assert_eq!(resolved.descriptor.media_type, OCI_MANIFEST);
+    match resolved.content {
+        ResolvedContent::Image { platform, .. } => assert_eq!(platform.to_string(), "linux/arm64"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_cover_the_mount_source() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let src = unique_repo("tok-src");
+    let dst = unique_repo("tok-dst");
+    let img = push_image(&raw, &src, "t-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        bearer_auth: Some(("ci".into(), "tok-pass".into())),
+        ..Default::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:tok-pass");
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let out = run_bin(
+        &[
+            "manifest",
+            "push",
+            "--platforms=linux/amd64",
+            &format!("--template={addr}/{src}:t-ARCH"),
+            &format!("--target={addr}/{dst}:t"),
+            "--insecure-registry",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    for blob in &img.blobs {
+        assert_eq!(raw.head_blob(&dst, blob).await, 200);
+    }
+    let log = proxy.log();
+    assert!(
+        log.iter()
+            .any(|(m, p, s)| m == "POST" && p.contains("mount=") && *s == 201),
+        "mounted with a token: {log:#?}"
+    );
+    let tokens = proxy.state.tokens.lock().unwrap().clone();
+    assert!(
+        tokens.iter().any(|(_, scopes)| scopes
+            == &vec![
+                format!("repository:{dst}:pull,push"),
+                format!("repository:{src}:pull")
+            ]),
+        "{tokens:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn altered_manifests_are_caught_by_their_digest() {
+    let host = registry();
+    let raw = Raw::new(&host);
+    let repo = unique_repo("lying");
+    let img = push_image(&raw, &repo, "l-amd64", "linux", "amd64", false).await;
+    let proxy = Proxy::start(ProxyConfig {
+        corrupt_manifests: true,
+        ..Default::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    let out = manifest_push(
+        &addr,
+        &repo,
+        "l",
+        &format!("{addr}/{repo}:l"),
+        "linux/amd64",
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(
+        err.contains(&format!(
+            "digest mismatch for {addr}/{repo}:l-amd64 (Docker-Content-Digest): expected {}",
+            img.digest
+        )),
+        "{err}"
+    );
+    assert!(raw.get_manifest(&repo, "l").await.is_none());
+    // By digest, the reference itself is the claim.
+    let cfg = empty_docker_config();
+    let out = run_bin(
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &format!("{addr}/{repo}@{}", img.digest),
+        ],
+        cfg.path(),
+    )
+    .await;
+    let err = assert_one_line_failure(&out);
+    assert!(err.contains("digest mismatch"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A proxy in front of the real registry that injects faults and can demand Basic auth.
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Status(u16),
+    RetryAfter(u64),
+    Drop,
+}
+
+#[derive(Default)]
+struct ProxyConfig {
+    /// Faults for the first requests, in order.
+    faults: Vec<Fault>,
+    /// A fault for every request.
+    always: Option<Fault>,
+    /// Demand this user and password.
+    basic_auth: Option<(String, String)>,
+    /// Strip `mount=` so the registry opens an upload session instead (202).
+    refuse_mounts: bool,
+    /// Demand bearer tokens from a token endpoint at `/token` that takes this user and
+    /// password, and check each request's repository and action against the token's scopes.
+    bearer_auth: Option<(String, String)>,
+    /// Alter manifest bodies served (keeping the announced digest), like a lying registry.
+    corrupt_manifests: bool,
+}
+
+struct ProxyState {
+    config: ProxyConfig,
+    upstream: String,
+    seen: AtomicUsize,
+    faults_served: AtomicUsize,
+    log: Mutex<Vec<(String, String, u16)>>,
+    http: reqwest::Client,
+    /// Issued tokens and their scopes.
+    tokens: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    async fn start(config: ProxyConfig) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState {
+            config,
+            upstream: registry(),
+            seen: AtomicUsize::new(0),
+            faults_served: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+            http: http_client(false),
+            tokens: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { handle(st, addr, req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Proxy { addr, state, task }
+    }
+
+    fn log(&self) -> Vec<(String, String, u16)> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    fn faults_served(&self) -> usize {
+        self.state.faults_served.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the test proxy")
+    }
+}
+impl std::error::Error for Dropped {}
+
+async fn handle(
+    st: Arc<ProxyState>,
+    addr: SocketAddr,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Dropped> {
+    let n = st.seen.fetch_add(1, Ordering::SeqCst);
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let fault = st.config.faults.get(n).copied().or(st.config.always);
+    let respond = |status: u16, headers: Vec<(String, String)>, body: Bytes| {
+        st.log
+            .lock()
+            .unwrap()
+            .push((method.clone(), path.clone(), status));
+        let mut b = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        Ok::<_, Dropped>(b.body(Full::new(body)).unwrap())
+    };
+    if let Some(fault) = fault {
+        st.faults_served.fetch_add(1, Ordering::SeqCst);
+        return match fault {
+            Fault::Status(code) => respond(code, vec![], Bytes::from_static(b"injected")),
+            Fault::RetryAfter(secs) => respond(
+                429,
+                vec![("retry-after".to_owned(), secs.to_string())],
+                Bytes::new(),
+            ),
+            Fault::Drop => Err(Dropped),
+        };
+    }
+    if let Some((user, pass)) = &st.config.bearer_auth {
+        let url = reqwest::Url::parse(&format!("http://{addr}{path}")).unwrap();
+        if url.path() == "/token" {
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            );
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if given != Some(expected.as_str()) {
+                return respond(401, vec![], Bytes::new());
+            }
+            let scopes: Vec<String> = url
+                .query_pairs()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            let mut tokens = st.tokens.lock().unwrap();
+            let token = format!("tok-{}", tokens.len());
+            tokens.push((token.clone(), scopes));
+            drop(tokens);
+            return respond(
+                200,
+                vec![],
+                Bytes::from(format!(r#"{{"token":"{token}"}}"#)),
+            );
+        }
+        // What this request needs: the action on its repository, plus pull on a mount source.
+        let mut needed = Vec::new();
+        if let Some(rest) = url.path().strip_prefix("/v2/") {
+            let repo = ["/manifests/", "/blobs/", "/tags/"]
+                .iter()
+                .find_map(|m| rest.find(m).map(|i| &rest[..i]))
+                .unwrap_or("");
+            let push = matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE");
+            if !repo.is_empty() {
+                needed.push((repo.to_owned(), if push { "push" } else { "pull" }));
+            }
+            if let Some((_, from)) = url.query_pairs().find(|(k, _)| k == "from") {
+                needed.push((from.into_owned(), "pull"));
+            }
+        }
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let granted = st
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, s)| s.clone());
+        let allowed = granted.is_some_and(|scopes| {
+            needed.iter().all(|(repo, action)| {
+                scopes.iter().any(|s| {
+                    s.strip_prefix(&format!("repository:{repo}:"))
+                        .is_some_and(|actions| actions.split(',').any(|a| a == *action))
+                })
+            })
+        });
+        if !allowed {
+            let scope = needed
+                .first()
+                .map(|(r, a)| format!(",scope=\"repository:{r}:{a}\""))
+                .unwrap_or_default();
+            return respond(
+                401,
+                vec![(
+                    "www-authenticate".to_owned(),
+                    format!(r#"Bearer realm="http://{addr}/token",service="pf-test"{scope}"#),
+                )],
+                Bytes::new(),
+            );
+        }
+    }
+    if let Some((user, pass)) = &st.config.basic_auth {
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            return respond(
+                401,
+                vec![(
+                    "www-authenticate".to_owned(),
+                    r#"Basic realm="pf-test""#.to_owned(),
+                )],
+                Bytes::from_static(
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                ),
+            );
+        }
+    }
+    let mut forward_path = path.clone();
+    if st.config.refuse_mounts && method == "POST" && forward_path.contains("mount=") {
+        forward_path = forward_path.split('?').next().unwrap().to_owned();
+    }
+    let mut upstream = st.http.request(
+        req.method().clone(),
+        format!("http://{}{forward_path}", st.upstream),
+    );
+    for (k, v) in req.headers() {
+        if k == "host" || k == "authorization" || k == "content-length" || k == "transfer-encoding"
+        {
+            continue;
+        }
+        upstream = upstream.header(k, v);
+    }
+    // The registry builds Location URLs from these, so uploads come back through the proxy.
+    upstream = upstream
+        .header("x-forwarded-host", addr.to_string())
+        .header("x-forwarded-proto", "http");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Dropped)?
+        .to_bytes();
+    let res = upstream.body(body).send().await.map_err(|_| Dropped)?;
+    let status = res.status().as_u16();
+    let headers: Vec<(String, String)> = res
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "transfer-encoding" && *k != "connection" && *k != "content-length")
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let content_length = res.headers().get("content-length").cloned();
+    let mut bytes = res.bytes().await.map_err(|_| Dropped)?;
+    if st.config.corrupt_manifests && method == "GET" && path.contains("/manifests/") {
+        let mut altered = bytes.to_vec();
+        altered.push(b' ');
+        bytes = Bytes::from(altered);
+    }
+    let mut response = respond(status, headers, bytes)?;
+    if method == "HEAD"
+        && let Some(cl) = content_length
+    {
+        response.headers_mut().insert("content-length", cl);
+    }
+    Ok(response)
+}
