@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod credentials;

@@ -61,6 +61,8 @@ pub struct BuildArgs {
     /// Cache import, e.g. type=registry,ref=R (repeatable)
     #[arg(long = "import-cache", value_name = "SPEC")]
     import_cache: Vec<String>,
+    #[command(flatten)]
+    multi: super::multibuild::MultiArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -157,6 +159,16 @@ impl TryFrom<&BuildArgs> for BuildOptions {
 
 pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outcome> {
     let options = BuildOptions::try_from(args)?;
+    if args.multi.repo.is_some() {
+        return super::multibuild::run(
+            global,
+            &args.multi,
+            options,
+            args.progress.into(),
+            args.metadata_file.as_ref(),
+        )
+        .await;
+    }
     if let Some(path) = &args.metadata_file
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()

@@ -10,6 +10,7 @@ mod build;
 mod daemon;
 mod fleet;
 mod manifest;
+mod multibuild;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -60,7 +61,7 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    fn tls(&self) -> TlsOptions {
+    pub fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_cert: self.tlscacert.clone(),
             cert: self.tlscert.clone(),

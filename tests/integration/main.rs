@@ -11,6 +11,7 @@ mod daemon;
 mod fake_kube;
 mod fleet;
 mod manifest;
+mod multiplatform;
 mod relay;
 mod tls;
 mod transports;
