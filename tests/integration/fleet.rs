@@ -1111,3 +1111,71 @@ async fn the_api_server_is_reached_through_https_proxy() {
         "{seen:?}"
     );
 }
+
+/// A multi-platform build whose builders are pods: each architecture's BuildKit is reached
+/// through its own port-forward (to the real BuildKit), and one index is pushed.
+#[tokio::test]
+async fn a_multi_platform_build_runs_on_kube_pod_builders() {
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .pod("buildkit-arm64-0", "Running", "10.0.1.10", true)
+        .dial("buildkit-arm64-0", engine())
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hi\n").unwrap();
+    let repo = format!("pf-test/fleet-builders-{:x}", now_nanos());
+    let mut cmd = fake.bin();
+    cmd.current_dir(dir.path()).args([
+        "build",
+        "--progress",
+        "plain",
+        "--repo",
+        &repo,
+        "--tag",
+        "v1",
+        "--registry",
+        &util::env("PF_TEST_REGISTRY"),
+        "--insecure-registry",
+        "--builder",
+        "amd64=kube-pod://buildkit-amd64-0?namespace=buildkit",
+        "--builder",
+        "arm64=kube-pod://buildkit-arm64-0?namespace=buildkit&context=fake",
+    ]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let digest = out(&o).trim().to_owned();
+    // The index is in the registry under the printed digest.
+    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = pf_buildkit::registry::parse_reference(&format!(
+        "{}/{repo}:v1",
+        util::env("PF_TEST_REGISTRY")
+    ))
+    .unwrap();
+    assert_eq!(
+        registry.fetch_manifest(&reference).await.unwrap().digest,
+        digest
+    );
+    // Each architecture went through a port-forward to its own pod.
+    let requests = fake.requests();
+    for pod in ["buildkit-amd64-0", "buildkit-arm64-0"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.path.ends_with(&format!("/pods/{pod}/portforward"))),
+            "{pod}"
+        );
+    }
+}
