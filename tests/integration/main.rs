@@ -8,6 +8,8 @@
 mod build;
 mod cli;
 mod daemon;
+mod fake_kube;
+mod fleet;
 mod manifest;
 mod multiplatform;
 mod relay;
