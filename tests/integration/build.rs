@@ -743,5 +743,29 @@ fn ssh_agent_is_offered_to_run_mounts() {
         "force-network-mode=none",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("deploy"), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("deploy"),
+        "{}",
+        util::stderr(&out)
+    );
+}
+
+#[test]
+fn tty_progress_draws_steps_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY Dockerfile /\n",
+    );
+    let out = build(&[
+        "--context",
+        dir.path().to_str().unwrap(),
+        "--progress",
+        "tty",
+    ]);
+    assert_ok(&out);
+    let stderr = util::stderr(&out);
+    assert!(stderr.contains("[+] Finished"), "{stderr}");
+    assert!(stderr.contains(" => [1/1] COPY Dockerfile /"), "{stderr}");
+    assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
 }
