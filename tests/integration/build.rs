@@ -751,21 +751,25 @@ fn ssh_agent_is_offered_to_run_mounts() {
 }
 
 #[test]
-fn tty_progress_draws_steps_and_finishes() {
+fn tty_progress_draws_steps_and_marks_cached_ones() {
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("Dockerfile"),
         "FROM scratch\nCOPY Dockerfile /\n",
     );
-    let out = build(&[
-        "--context",
-        dir.path().to_str().unwrap(),
-        "--progress",
-        "tty",
-    ]);
-    assert_ok(&out);
-    let stderr = util::stderr(&out);
+    let ctx = dir.path().to_str().unwrap();
+    let first = build(&["--context", ctx, "--progress", "tty"]);
+    assert_ok(&first);
+    let stderr = util::stderr(&first);
     assert!(stderr.contains("[+] Finished"), "{stderr}");
-    assert!(stderr.contains(" => [1/1] COPY Dockerfile /"), "{stderr}");
+    assert!(stderr.contains("[1/1] COPY Dockerfile /"), "{stderr}");
     assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
+    // The same build again comes from the cache.
+    let second = build(&["--context", ctx, "--progress", "tty"]);
+    assert_ok(&second);
+    let stderr = util::stderr(&second);
+    assert!(
+        stderr.contains(" => CACHED [1/1] COPY Dockerfile /"),
+        "{stderr}"
+    );
 }
