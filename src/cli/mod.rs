@@ -34,18 +34,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// BuildKit's default socket (buildctl's default on Linux).
+pub const DEFAULT_ADDR: &str = "unix:///run/buildkit/buildkitd.sock";
+
 /// Where BuildKit is and how to reach it.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// BuildKit address: tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH,
-    /// kube-pod://POD?namespace=NS&context=CTX&port=1234
-    #[arg(
-        long,
-        global = true,
-        env = "BUILDKIT_HOST",
-        default_value = "unix:///run/buildkit/buildkitd.sock"
-    )]
-    pub addr: String,
+    /// kube-pod://POD?namespace=NS&context=CTX&port=1234 [default:
+    /// unix:///run/buildkit/buildkitd.sock]
+    #[arg(long, global = true, env = "BUILDKIT_HOST")]
+    pub addr: Option<String>,
     /// CA certificate (PEM) that signs the daemon's certificate
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
@@ -70,9 +69,14 @@ impl GlobalArgs {
         }
     }
 
+    /// `--addr`, or BuildKit's default socket.
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or(DEFAULT_ADDR)
+    }
+
     /// Connects to `--addr`.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let endpoint: Endpoint = self.addr.parse()?;
+        let endpoint: Endpoint = self.addr().parse()?;
         // kube-pod:// goes through a port-forward; the rest as the BuildKit client connects.
         Ok(pf_buildkit::fleet::connect(endpoint, &self.tls()).await?)
     }

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -14,7 +17,8 @@ use pf_buildkit::buildkit::progress::{
     PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
 };
 use pf_buildkit::buildkit::{BuildOptions, Endpoint};
-use pf_buildkit::config::BuildkitConfig;
+use pf_buildkit::config::{BuildkitConfig, ConfigError};
+use pf_buildkit::fleet::{Arch, Fleet, Lease, LeaseOptions};
 use pf_buildkit::registry::DockerConfig;
 
 use super::{GlobalArgs, Outcome};
@@ -50,6 +54,14 @@ pub struct MultiArgs {
     /// Export each image to this client and push it from here, rather than from the daemon
     #[arg(long, requires = "repo")]
     pub push_from_client: bool,
+    /// Kubeconfig context of the BuildKit cluster (default: "cluster" in buildkit.json); used
+    /// for architectures without --builder when neither --addr nor BUILDKIT_HOST is set
+    #[arg(long, value_name = "CONTEXT", requires = "repo")]
+    pub kube_context: Option<String>,
+    /// Seconds to wait for the cluster's BuildKit to scale up (one deadline for all
+    /// architectures)
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "repo")]
+    pub timeout: u64,
 }
 
 /// What `--metadata-file` records for a multi-platform build.
@@ -91,11 +103,16 @@ pub async fn run(
     if !options.platforms.is_empty() {
         anyhow::bail!("--platform cannot be combined with --repo: use --arch");
     }
-    // Only read buildkit.json when it is needed, so --registry works outside a repository.
-    let config = if args.registry.is_none() {
-        Some(BuildkitConfig::discover(&std::env::current_dir()?)?)
-    } else {
-        None
+    // buildkit.json is required only when it must supply the registry; with --registry it may
+    // still name the cluster, but a repository without one is fine.
+    let config = match BuildkitConfig::discover(&std::env::current_dir()?) {
+        Ok(config) => Some(config),
+        Err(ConfigError::NoRepository { .. } | ConfigError::Missing { .. })
+            if args.registry.is_some() =>
+        {
+            None
+        }
+        Err(err) => return Err(err.into()),
     };
     let registry = match (&args.registry, &config) {
         (Some(registry), _) => registry.clone(),
@@ -143,13 +160,20 @@ pub async fn run(
     build.options.validate()?;
 
     // Connect every builder before building anything: a bad address fails the whole build
-    // up front. Architectures without --builder share --addr.
+    // up front. Architectures without --builder use --addr when it is given, else the cluster.
     let tls = global.tls();
     let mut builders = Vec::new();
+    let mut cluster_arches = Vec::new();
     for arch in &arches {
         let endpoint = match endpoints.remove(arch) {
             Some(endpoint) => endpoint,
-            None => global.addr.parse()?,
+            None if global.addr.is_some() || !cluster_configured(args, config.as_ref()) => {
+                global.addr().parse()?
+            }
+            None => {
+                cluster_arches.push(arch.clone());
+                continue;
+            }
         };
         // kube-pod:// builders connect through a port-forward.
         let client = pf_buildkit::fleet::connect(endpoint, &tls)
@@ -163,6 +187,32 @@ pub async fn run(
     if let Some(extra) = endpoints.keys().next() {
         anyhow::bail!("--builder {extra}=…: {extra} is not among the architectures built (--arch)");
     }
+    // Leases keep recording builds while held and close their port-forwards when dropped:
+    // at the end of this function, on failure, and on Ctrl-C alike.
+    let _leases = if cluster_arches.is_empty() {
+        Vec::new()
+    } else {
+        let context = match (&args.kube_context, &config) {
+            (Some(context), _) => context.clone(),
+            (None, Some(config)) => config.cluster()?.to_owned(),
+            (None, None) => anyhow::bail!(
+                "no BuildKit for {}: pass --builder, --addr or --kube-context",
+                cluster_arches.join(", ")
+            ),
+        };
+        let leases =
+            lease_cluster(&context, &cluster_arches, Duration::from_secs(args.timeout)).await?;
+        for (arch, lease) in cluster_arches.iter().zip(&leases) {
+            eprintln!("{arch}: building on pod {}", lease.pod().pod);
+            builders.push(Builder {
+                arch: arch.clone(),
+                client: lease.client().clone(),
+            });
+        }
+        leases
+    };
+    // Keep the requested order (amd64 before arm64) for progress and metadata.
+    builders.sort_by_key(|b| arches.iter().position(|a| *a == b.arch));
 
     let make_sink = move |arch: &str| -> Box<dyn ProgressSink> {
         match progress {
@@ -203,4 +253,41 @@ pub async fn run(
     }
     println!("{}", result.index.digest);
     Ok(Outcome::Success)
+}
+
+fn cluster_configured(args: &MultiArgs, config: Option<&BuildkitConfig>) -> bool {
+    args.kube_context.is_some()
+        || config.is_some_and(|c| c.cluster.as_deref().is_some_and(|s| !s.trim().is_empty()))
+}
+
+/// Scales the cluster's architectures up under one deadline, picks each one's least-loaded
+/// pod and connects to it through a port-forward (or straight to the pod in-cluster).
+async fn lease_cluster(
+    context: &str,
+    arches: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Lease>> {
+    let fleet = Fleet::connect(Some(context)).await?;
+    let options = LeaseOptions {
+        scale_up_wait: Some(timeout),
+        ..LeaseOptions::default()
+    };
+    let leases = try_join_all(arches.iter().map(|arch| {
+        let fleet = &fleet;
+        let options = &options;
+        async move {
+            let parsed: Arch = arch.parse()?;
+            eprintln!(
+                "{arch}: waiting for BuildKit in {context} (up to {} s)",
+                timeout.as_secs()
+            );
+            let lease = fleet
+                .lease(parsed, options)
+                .await
+                .with_context(|| arch.clone())?;
+            anyhow::Ok(lease)
+        }
+    }))
+    .await?;
+    Ok(leases)
 }

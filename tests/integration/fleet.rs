@@ -1179,3 +1179,112 @@ async fn a_multi_platform_build_runs_on_kube_pod_builders() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
+    // The cluster from buildkit.json, both StatefulSets at zero: the build scales them up,
+    // waits, picks the pods, builds through port-forwards to the real BuildKit, pushes to the
+    // real registry, and leaves no port-forward open.
+    let fake = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .statefulset("arm64", 0, 0, None)
+        .auto_available()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .pod("buildkit-arm64-0", "Running", "10.0.1.10", true)
+        .dial("buildkit-arm64-0", engine())
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        format!(
+            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
+            util::env("PF_TEST_REGISTRY")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hi\n").unwrap();
+    let repo = format!("pf-test/cluster-build-{:x}", now_nanos());
+    let before = now();
+    let mut cmd = fake.bin();
+    cmd.current_dir(dir.path()).args([
+        "build",
+        "--progress",
+        "plain",
+        "--repo",
+        &repo,
+        "--tag",
+        "v1",
+        "--insecure-registry",
+        "--timeout",
+        "60",
+    ]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let digest = out(&o).trim().to_owned();
+    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = pf_buildkit::registry::parse_reference(&format!(
+        "{}/{repo}:v1",
+        util::env("PF_TEST_REGISTRY")
+    ))
+    .unwrap();
+    assert_eq!(
+        registry.fetch_manifest(&reference).await.unwrap().digest,
+        digest
+    );
+    for arch in ["amd64", "arm64"] {
+        let sts = fake.statefulset(&format!("buildkit-{arch}"));
+        assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
+        let stamp = annotation(&sts).expect("build recorded");
+        assert!(stamp >= before, "{arch}: {stamp} < {before}");
+        assert!(
+            err(&o).contains(&format!("{arch}: building on pod buildkit-{arch}-0")),
+            "{}",
+            err(&o)
+        );
+    }
+    // The process has exited; the fake sees every port-forward closed.
+    fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
+        .await;
+    assert!(fake.portforwards_opened() >= 2);
+}
+
+#[tokio::test]
+async fn a_cluster_build_without_a_cluster_says_which_field_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        "{\"cluster\": \"\"}",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    let o = util::tokio_bin()
+        .current_dir(dir.path())
+        .args(["build", "--repo", "pf-test/x", "--tag", "v1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("buildkit.json") && e.contains("\"registry\" is missing or empty"),
+        "{e}"
+    );
+}
