@@ -575,6 +575,8 @@ fn context_tree_round_trips_through_local_and_tar_exports() {
 
 #[test]
 fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
+    // Asserts on what the daemon's cache holds: no full prune meanwhile.
+    let _cache = util::cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     let dockerfile_dir = dir.path().join("df");
@@ -624,6 +626,8 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
 
 #[test]
 fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
+    // Asserts on what the daemon's cache holds: no full prune meanwhile.
+    let _cache = util::cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let registry = util::env("PF_TEST_REGISTRY");
@@ -752,6 +756,8 @@ fn ssh_agent_is_offered_to_run_mounts() {
 
 #[test]
 fn tty_progress_draws_steps_and_marks_cached_ones() {
+    // Asserts on what the daemon's cache holds: no full prune meanwhile.
+    let _cache = util::cache_shared();
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("Dockerfile"),

@@ -60,3 +60,60 @@ async fn du_lists_records_with_sizes() {
         assert!(r["size"].as_i64().unwrap() >= 0);
     }
 }
+
+#[tokio::test]
+async fn prune_all_after_a_build_frees_what_du_reported() {
+    let _cache = util::cache_exclusive();
+    // A build with content no other test has, so its layer is certainly in the cache.
+    let dir = tempfile::tempdir().unwrap();
+    let unique: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ std::process::id() as u8)
+        .collect();
+    std::fs::write(dir.path().join("blob"), &unique).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY blob /\n").unwrap();
+    let tar = dir.path().join("out.tar");
+    let out = util::tokio_bin()
+        .args([
+            "--addr",
+            &util::docker_addr(),
+            "build",
+            "--progress",
+            "quiet",
+        ])
+        .args(["--context", dir.path().to_str().unwrap()])
+        .args(["--output", &format!("type=tar,dest={}", tar.display())])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let before = json(&["du"]).await;
+    let before = before.as_array().unwrap();
+    let reclaimable: Vec<&Value> = before.iter().filter(|r| r["in_use"] == false).collect();
+    let reclaimable_bytes: i64 = reclaimable
+        .iter()
+        .map(|r| r["size"].as_i64().unwrap())
+        .sum();
+    assert!(
+        reclaimable_bytes >= 1_000_000,
+        "du shows the build's layer: {before:?}"
+    );
+
+    let freed = json(&["prune", "--all"]).await;
+    let freed = freed.as_array().unwrap();
+    let freed_ids: Vec<&str> = freed.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let freed_bytes: i64 = freed.iter().map(|r| r["size"].as_i64().unwrap()).sum();
+    assert!(freed_bytes >= 1_000_000, "prune freed {freed_bytes} bytes");
+
+    // Everything du reported as reclaimable is gone, unless a build elsewhere in this run
+    // picked it up again in the meantime (then it is in use now).
+    let after = json(&["du"]).await;
+    for record in reclaimable {
+        let id = record["id"].as_str().unwrap();
+        let still = after.as_array().unwrap().iter().find(|r| r["id"] == id);
+        assert!(
+            freed_ids.contains(&id) || still.is_some_and(|r| r["in_use"] == true),
+            "{id} was reclaimable but neither freed nor in use: {record}"
+        );
+    }
+}

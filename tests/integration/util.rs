@@ -59,3 +59,22 @@ pub fn stderr(out: &Output) -> String {
 pub fn tokio_bin() -> tokio::process::Command {
     tokio::process::Command::from(bin())
 }
+
+/// The Engine's build cache is shared by every test in this process. Tests whose assertions
+/// depend on what the cache holds take it shared; a test that prunes everything takes it
+/// exclusively, so it never runs beside them.
+static BUILD_CACHE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Holds the build cache steady against a full prune for as long as the guard lives.
+pub fn cache_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    BUILD_CACHE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Excludes the tests that rely on the cache while the guard lives.
+pub fn cache_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    BUILD_CACHE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
