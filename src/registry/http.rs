@@ -152,7 +152,9 @@ impl Transport {
         retry: RetryPolicy,
     ) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config())
+            // Every registry plain HTTP: skip reading the system's certificate store (~150
+            // files), which is most of a short command's start-up time.
+            .tls_backend_preconfigured(tls_config(!plain_http_all))
             .user_agent(concat!("pf-buildkit/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(300))
@@ -688,12 +690,13 @@ pub(crate) fn registry_message(body: &[u8]) -> String {
 }
 
 /// rustls with the ring provider and the system's root certificates (no OpenSSL).
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config(load_roots: bool) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A certificate the store cannot parse is skipped, as every TLS client does.
-        let _ = roots.add(cert);
+    if load_roots {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A certificate the store cannot parse is skipped, as every TLS client does.
+            let _ = roots.add(cert);
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = match rustls::ClientConfig::builder_with_provider(provider)
