@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod build;
 pub mod buildkit;
 pub mod config;
+pub mod credentials;
 pub mod registry;

@@ -4,7 +4,12 @@
 mod client;
 pub mod endpoint;
 mod error;
+pub mod fsutil;
+pub mod progress;
 pub mod proto;
+pub mod session;
+mod solve;
+pub mod spec;
 mod transport;
 
 pub use client::{
@@ -13,4 +18,5 @@ pub use client::{
 };
 pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
+pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsOptions};

@@ -6,8 +6,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
+mod build;
 mod daemon;
 mod manifest;
+mod multibuild;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -58,7 +60,7 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    fn tls(&self) -> TlsOptions {
+    pub fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_cert: self.tlscacert.clone(),
             cert: self.tlscert.clone(),
@@ -94,6 +96,8 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
+    /// Build a Dockerfile on one BuildKit
+    Build(Box<build::BuildArgs>),
     /// Push or inspect multi-platform manifests in a registry
     Manifest(manifest::ManifestArgs),
     /// Print a shell completion script
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Info(args) => daemon::info(&cli.global, &args).await,
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
+        Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -81,7 +81,7 @@ impl fmt::Debug for Credential {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 struct ConfigFile {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
@@ -91,7 +91,7 @@ struct ConfigFile {
     creds_store: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
@@ -115,7 +115,7 @@ impl fmt::Debug for AuthEntry {
 ///
 /// Credential helpers (`docker-credential-<name> get`) run only when the config names one,
 /// and only when a registry's credentials are asked for.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DockerConfig {
     path: Option<PathBuf>,
     file: ConfigFile,

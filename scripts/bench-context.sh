@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Benchmarks context transfer: pf-buildkit against `docker buildx build` on the same Docker
+# Engine, same Dockerfile (FROM scratch + COPY . /) and same exporter (a tar file).
+#
+# Context: 20,000 files of 1-8 KiB and 4 files of 64 MiB, generated from a fixed seed.
+# Cases: cold (a new session shared key: everything is sent), warm (unchanged: nothing is
+# sent), edit10 (10 files edited before each run). Reports the median wall time of $RUNS runs,
+# the client's peak RSS, and on cold the client's CPU time (user+sys).
+#
+# Usage: eval "$(scripts/testenv start)"; scripts/bench-context.sh
+# Environment: PF_TEST_DOCKER_HOST (required), PF_BENCH_DIR (default /tmp/pf-bench),
+# PF_BENCH_RUNS (default 5), PF_BENCH_CASES (default "cold warm edit10"), PF_BENCH_TOOLS
+# (default "pf buildx"), PF_BENCH_DOCKER (a docker CLI with buildx; default the test
+# environment's wrapper /tmp/pf-buildkit-testenv/bin/docker, see `scripts/testenv install-buildx`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+: "${PF_TEST_DOCKER_HOST:?run eval \"\$(scripts/testenv start)\" first}"
+SOCK=${PF_TEST_DOCKER_HOST#unix://}
+ADDR=docker+unix://$SOCK
+WORK=${PF_BENCH_DIR:-/tmp/pf-bench}
+RUNS=${PF_BENCH_RUNS:-5}
+CASES=${PF_BENCH_CASES:-cold warm edit10}
+TOOLS=${PF_BENCH_TOOLS:-pf buildx}
+DOCKER=${PF_BENCH_DOCKER:-/tmp/pf-buildkit-testenv/bin/docker}
+BIN=$PWD/target/release/pf-buildkit
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+cargo build --release --quiet
+mkdir -p "$WORK"
+CTX=$WORK/ctx
+if [[ ! -f $WORK/ctx.done ]]; then
+    log "generating the context in $CTX"
+    rm -rf "$CTX"
+    python3 - "$CTX" <<'EOF'
+import os, random, sys
+root = sys.argv[1]
+rng = random.Random(20251128)
+for i in range(20000):
+    d = os.path.join(root, "d%02d" % (i % 100), "s%d" % (i % 7))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d.txt" % i), "wb") as f:
+        f.write(rng.randbytes(rng.randint(1024, 8192)))
+for i in range(4):
+    with open(os.path.join(root, "big%d.bin" % i), "wb") as f:
+        for _ in range(64):
+            f.write(rng.randbytes(1 << 20))
+EOF
+    touch "$WORK/ctx.done"
+fi
+mkdir -p "$WORK/df"
+printf 'FROM scratch\nCOPY . /\n' >"$WORK/df/Dockerfile"
+
+HAVE_BUILDX=0
+if [[ -x $DOCKER ]] && "$DOCKER" buildx version >/dev/null 2>&1; then
+    HAVE_BUILDX=1
+else
+    log "docker buildx is not available ($DOCKER); run scripts/testenv install-buildx to compare"
+fi
+
+# One timed run: prints "wall user sys maxrss_kb".
+timed() {
+    local out
+    out=$(mktemp)
+    /usr/bin/time -f '%e %U %S %M' -o "$out" "$@" >/dev/null 2>"$WORK/last.log" || {
+        cat "$WORK/last.log" >&2
+        rm -f "$out"
+        return 1
+    }
+    cat "$out"
+    rm -f "$out"
+}
+
+run_pf() { # $1 = cache home
+    XDG_CACHE_HOME=$1 timed "$BIN" --addr "$ADDR" build --context "$CTX" \
+        --file "$WORK/df/Dockerfile" --progress plain \
+        --output "type=tar,dest=$WORK/out-pf.tar"
+}
+
+run_buildx() { # $1 = buildx config dir
+    BUILDX_CONFIG=$1 timed "$DOCKER" buildx build --progress plain \
+        -f "$WORK/df/Dockerfile" --output "type=tar,dest=$WORK/out-buildx.tar" "$CTX"
+}
+
+edit_files() { # edits 10 files with new content of the same size range
+    local n=$1
+    for k in $(seq 0 9); do
+        local i=$(((n * 10 + k) * 1999 % 20000))
+        head -c $((1024 + (i * 37) % 7000)) /dev/urandom >"$CTX/d$(printf %02d $((i % 100)))/s$((i % 7))/f$(printf %05d $i).txt"
+    done
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+bench() { # $1 = tool (pf|buildx)
+    local tool=$1 case state walls rss cpu line
+    for case in $CASES; do
+        walls=() rss=() cpu=()
+        for r in $(seq 1 "$RUNS"); do
+            if [[ $case == cold ]]; then
+                state=$(mktemp -d "$WORK/state.XXXX")
+            elif [[ $r == 1 ]]; then
+                # Prime a key for the warm and edit cases.
+                state=$(mktemp -d "$WORK/state.XXXX")
+                "run_$tool" "$state" >/dev/null
+            fi
+            [[ $case == edit10 ]] && edit_files "$r"
+            line=$("run_$tool" "$state")
+            read -r wall user sys maxrss <<<"$line"
+            walls+=("$wall") rss+=("$maxrss")
+            cpu+=("$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')")
+        done
+        printf '%-7s %-7s wall %6ss  rss %7s KiB  cpu %6ss\n' "$tool" "$case" \
+            "$(printf '%s\n' "${walls[@]}" | median)" \
+            "$(printf '%s\n' "${rss[@]}" | median)" \
+            "$(printf '%s\n' "${cpu[@]}" | median)"
+        if [[ $tool == pf ]]; then
+            grep '^#0 context' "$WORK/last.log" >&2 || true
+        fi
+    done
+}
+
+echo "context: $(find "$CTX" -type f | wc -l) files, $(du -sh "$CTX" | cut -f1); runs: $RUNS (medians)"
+for tool in $TOOLS; do
+    if [[ $tool == buildx ]] && ((!HAVE_BUILDX)); then
+        continue
+    fi
+    bench "$tool"
+done
+rm -rf "$WORK"/state.* "$WORK"/out-*.tar

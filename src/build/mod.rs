@@ -1,0 +1,536 @@
+//! The multi-platform build: one Dockerfile solve per architecture, each on its own BuildKit
+//! and all at once, each image pushed as `REGISTRY/REPO:TAG-ARCH`; then one image index
+//! `REGISTRY/REPO:TAG` pushed through the registry API. If any architecture fails, the others
+//! are cancelled and no index is pushed.
+
+mod prefix;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use futures_util::future::try_join_all;
+
+use crate::buildkit::progress::ProgressSink;
+use crate::buildkit::spec::{CacheSpec, OutputSpec};
+use crate::buildkit::{BuildError, BuildOptions, Client};
+use crate::registry::{self, Platform, PushedIndex, Source};
+
+pub use prefix::PrefixedLines;
+
+/// The architectures a Panfactum fleet builds, in order.
+pub const DEFAULT_ARCHES: [&str; 2] = ["amd64", "arm64"];
+
+/// Architectures a Linux image can be built for.
+pub const KNOWN_ARCHES: [&str; 7] = [
+    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
+];
+
+/// One architecture's BuildKit.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    /// `amd64`, `arm64`, …
+    pub arch: String,
+    /// A connected client for that architecture's daemon.
+    pub client: Client,
+}
+
+/// How each architecture's image reaches the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PushMode {
+    /// The daemon pushes (`type=image,push=true`); when that fails for a reason the client can
+    /// route around (no image exporter, no route to the registry), the client pushes instead.
+    #[default]
+    Auto,
+    /// The daemon exports an OCI tarball over the session and the client pushes it.
+    FromClient,
+}
+
+/// An S3 layer cache, as Panfactum's `buildkit.json` configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Cache {
+    /// Bucket name.
+    pub bucket: String,
+    /// Bucket region.
+    pub region: String,
+}
+
+/// A multi-platform build.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use pf_buildkit::build::{Builder, MultiPlatformBuild};
+/// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+/// use pf_buildkit::buildkit::progress::QuietProgress;
+///
+/// let amd64 = Client::connect("tcp://buildkit-amd64:1234".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+/// let arm64 = Client::connect("tcp://buildkit-arm64:1234".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+/// let build = MultiPlatformBuild::new(BuildOptions::new("./app"), "registry.example.com", "team/app", "v1.2.3");
+/// let builders = vec![
+///     Builder { arch: "amd64".into(), client: amd64 },
+///     Builder { arch: "arm64".into(), client: arm64 },
+/// ];
+/// let result = build.run(&builders, &|_arch: &str| Box::new(QuietProgress)).await?;
+/// println!("{}", result.index.digest);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MultiPlatformBuild {
+    /// The build itself (context, Dockerfile, args, secrets …). Its outputs and platforms are
+    /// set per architecture; cache specs given here apply to every architecture.
+    pub options: BuildOptions,
+    /// Registry host (`host[:port]`).
+    pub registry: String,
+    /// Repository inside the registry.
+    pub repository: String,
+    /// The index tag; architecture images are tagged `TAG-ARCH`.
+    pub tag: String,
+    /// Speak plain HTTP to the registry (both the daemon and this client).
+    pub insecure_registry: bool,
+    /// How images reach the registry.
+    pub push: PushMode,
+    /// A per-architecture S3 layer cache (`name=REGISTRY/REPO-ARCH`, so architectures do not
+    /// overwrite each other's cache manifest).
+    pub s3_cache: Option<S3Cache>,
+    /// Registry client settings (credentials, retries) for the index and client-side pushes.
+    pub registry_credentials: registry::DockerConfig,
+    /// Where client-side pushes stage their OCI tarballs (default: the system temp dir).
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// What one architecture produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchImage {
+    /// `REGISTRY/REPO:TAG-ARCH`.
+    pub reference: String,
+    /// The pushed manifest's digest.
+    pub digest: String,
+    /// Whether the client pushed it (rather than the daemon).
+    pub pushed_by_client: bool,
+}
+
+/// What a multi-platform build produced.
+#[derive(Debug, Clone)]
+pub struct MultiPlatformResult {
+    /// The index `REGISTRY/REPO:TAG`.
+    pub index: PushedIndex,
+    /// The index reference.
+    pub reference: String,
+    /// Each architecture's image.
+    pub images: BTreeMap<String, ArchImage>,
+}
+
+/// Why a multi-platform build failed. Nothing is pushed as the index in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum MultiBuildError {
+    /// The request is unusable; nothing was built.
+    #[error("{0}")]
+    Invalid(String),
+    /// One architecture failed; the others were cancelled.
+    #[error("{arch}: {source}")]
+    Arch {
+        /// The architecture.
+        arch: String,
+        /// Its failure.
+        #[source]
+        source: Box<BuildError>,
+    },
+    /// An architecture's build produced no image digest.
+    #[error("{arch}: the daemon reported no image digest for {reference}")]
+    NoDigest {
+        /// The architecture.
+        arch: String,
+        /// The image.
+        reference: String,
+    },
+    /// A client-side push or the index push failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+}
+
+impl MultiPlatformBuild {
+    /// A build of `options` pushed to `registry/repository:tag`, daemons pushing.
+    pub fn new(
+        options: BuildOptions,
+        registry: impl Into<String>,
+        repository: impl Into<String>,
+        tag: impl Into<String>,
+    ) -> Self {
+        MultiPlatformBuild {
+            options,
+            registry: registry.into(),
+            repository: repository.into(),
+            tag: tag.into(),
+            insecure_registry: false,
+            push: PushMode::Auto,
+            s3_cache: None,
+            registry_credentials: registry::DockerConfig::empty(),
+            scratch_dir: None,
+        }
+    }
+
+    /// `REGISTRY/REPO:TAG`.
+    pub fn index_reference(&self) -> String {
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+
+    /// `REGISTRY/REPO:TAG-ARCH`.
+    pub fn arch_reference(&self, arch: &str) -> String {
+        format!("{}/{}:{}-{arch}", self.registry, self.repository, self.tag)
+    }
+
+    /// Checks the references and architectures before anything is built.
+    ///
+    /// # Errors
+    /// [`MultiBuildError::Invalid`] naming the problem.
+    pub fn validate(&self, arches: &[&str]) -> Result<(), MultiBuildError> {
+        let invalid = |m: String| Err(MultiBuildError::Invalid(m));
+        if arches.is_empty() {
+            return invalid("no architectures to build".into());
+        }
+        for arch in arches {
+            if !KNOWN_ARCHES.contains(arch) {
+                return invalid(format!(
+                    "unknown architecture {arch:?}; use one of {}",
+                    KNOWN_ARCHES.join(", ")
+                ));
+            }
+        }
+        if let Some(dup) = arches
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| arches[..i].contains(a).then_some(a))
+        {
+            return invalid(format!("architecture {dup} is given twice"));
+        }
+        if self.registry.is_empty() || self.registry.contains('/') {
+            return invalid(format!(
+                "--registry {:?} must be a host[:port] without a path",
+                self.registry
+            ));
+        }
+        if !valid_repository(&self.repository) {
+            return invalid(format!(
+                "--repo {:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app",
+                self.repository
+            ));
+        }
+        if !valid_tag(&self.tag) {
+            return invalid(format!(
+                "--tag {:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+                self.tag
+            ));
+        }
+        for arch in arches {
+            // The per-architecture tag must be valid too.
+            registry::parse_reference(&self.arch_reference(arch))?;
+        }
+        registry::parse_reference(&self.index_reference())?;
+        Ok(())
+    }
+
+    fn registry_client(&self) -> Result<registry::Client, registry::Error> {
+        registry::Client::new(registry::ClientOptions {
+            docker_config: self.registry_credentials.clone(),
+            insecure: self.insecure_registry,
+            ..Default::default()
+        })
+    }
+
+    /// Builds every architecture concurrently, then pushes the index.
+    ///
+    /// `progress` makes one sink per architecture. Dropping the returned future cancels every
+    /// build still running.
+    ///
+    /// # Errors
+    /// [`MultiBuildError::Arch`] naming the first architecture that failed (the others are
+    /// cancelled); [`MultiBuildError::Registry`] when a push fails. No index is pushed unless
+    /// every architecture succeeded.
+    #[tracing::instrument(skip_all, fields(target = %self.index_reference()))]
+    pub async fn run(
+        &self,
+        builders: &[Builder],
+        progress: &(dyn Fn(&str) -> Box<dyn ProgressSink> + Sync),
+    ) -> Result<MultiPlatformResult, MultiBuildError> {
+        let arches: Vec<&str> = builders.iter().map(|b| b.arch.as_str()).collect();
+        self.validate(&arches)?;
+        self.options
+            .validate()
+            .map_err(|source| MultiBuildError::Arch {
+                arch: arches.join(","),
+                source: Box::new(source),
+            })?;
+        let registry = self.registry_client()?;
+        // try_join_all drops (and so cancels) the remaining builds on the first failure.
+        let images = try_join_all(builders.iter().map(|builder| {
+            let mut sink = progress(&builder.arch);
+            let registry = &registry;
+            async move {
+                let image = self.build_arch(builder, registry, sink.as_mut()).await?;
+                Ok::<_, MultiBuildError>((builder.arch.clone(), image))
+            }
+        }))
+        .await?;
+        let sources = images
+            .iter()
+            .map(|(arch, image)| {
+                Ok(Source {
+                    reference: registry::parse_reference(&image.reference)?,
+                    platform: Platform::new("linux", arch),
+                })
+            })
+            .collect::<Result<Vec<_>, registry::Error>>()?;
+        let reference = self.index_reference();
+        let index = registry
+            .push_index(&registry::parse_reference(&reference)?, &sources)
+            .await?;
+        Ok(MultiPlatformResult {
+            index,
+            reference,
+            images: images.into_iter().collect(),
+        })
+    }
+
+    /// The build options for one architecture, exporting as `output`.
+    fn arch_options(&self, arch: &str, output: OutputSpec) -> BuildOptions {
+        let mut options = self.options.clone();
+        options.platforms = vec![format!("linux/{arch}")];
+        options.outputs = vec![output];
+        if let Some(cache) = &self.s3_cache {
+            let name = format!("{}/{}-{arch}", self.registry, self.repository);
+            let attrs = |mode: Option<&str>| {
+                let mut attrs = BTreeMap::from([
+                    ("region".to_owned(), cache.region.clone()),
+                    ("bucket".to_owned(), cache.bucket.clone()),
+                    ("name".to_owned(), name.clone()),
+                ]);
+                if let Some(mode) = mode {
+                    attrs.insert("mode".to_owned(), mode.to_owned());
+                }
+                attrs
+            };
+            options.cache_exports.push(CacheSpec {
+                kind: "s3".into(),
+                attrs: attrs(Some("max")),
+            });
+            options.cache_imports.push(CacheSpec {
+                kind: "s3".into(),
+                attrs: attrs(None),
+            });
+        }
+        options
+    }
+
+    async fn build_arch(
+        &self,
+        builder: &Builder,
+        registry: &registry::Client,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<ArchImage, MultiBuildError> {
+        let arch = builder.arch.as_str();
+        let reference = self.arch_reference(arch);
+        let fail = |source: BuildError| MultiBuildError::Arch {
+            arch: arch.to_owned(),
+            source: Box::new(source),
+        };
+        if self.push == PushMode::Auto {
+            let mut attrs = BTreeMap::from([
+                ("name".to_owned(), reference.clone()),
+                ("push".to_owned(), "true".to_owned()),
+            ]);
+            if self.insecure_registry {
+                attrs.insert("registry.insecure".to_owned(), "true".to_owned());
+            }
+            let output = OutputSpec {
+                kind: "image".into(),
+                attrs,
+                dest: None,
+            };
+            match builder
+                .client
+                .build(&self.arch_options(arch, output), progress)
+                .await
+            {
+                Ok(result) => {
+                    let digest = result
+                        .exporter_response
+                        .get("containerimage.digest")
+                        .cloned()
+                        .ok_or_else(|| MultiBuildError::NoDigest {
+                            arch: arch.to_owned(),
+                            reference: reference.clone(),
+                        })?;
+                    return Ok(ArchImage {
+                        reference,
+                        digest,
+                        pushed_by_client: false,
+                    });
+                }
+                Err(err) if daemon_cannot_push(&err) => {
+                    tracing::warn!(arch, error = %err, "the daemon could not push; pushing from the client");
+                }
+                Err(err) => return Err(fail(err)),
+            }
+        }
+        // Client-side push: the daemon streams an OCI tarball over the session.
+        let scratch = match &self.scratch_dir {
+            Some(dir) => tempfile::Builder::new()
+                .prefix("pf-buildkit-")
+                .tempdir_in(dir),
+            None => tempfile::Builder::new().prefix("pf-buildkit-").tempdir(),
+        }
+        .map_err(|e| {
+            fail(BuildError::Invalid(format!(
+                "cannot create a scratch directory: {e}"
+            )))
+        })?;
+        let tar = scratch.path().join(format!("{arch}.oci.tar"));
+        let output = OutputSpec {
+            kind: "oci".into(),
+            attrs: BTreeMap::from([("name".to_owned(), reference.clone())]),
+            dest: Some(tar.clone()),
+        };
+        builder
+            .client
+            .build(&self.arch_options(arch, output), progress)
+            .await
+            .map_err(fail)?;
+        let digest = registry
+            .push_oci_layout(&tar, &registry::parse_reference(&reference)?)
+            .await?;
+        Ok(ArchImage {
+            reference,
+            digest,
+            pushed_by_client: true,
+        })
+    }
+}
+
+/// Whether a failed daemon push is one the client can route around by pushing itself.
+fn daemon_cannot_push(err: &BuildError) -> bool {
+    let text = match err {
+        BuildError::Failed { report, .. } => report.message.to_ascii_lowercase(),
+        BuildError::Rpc(e) => e.to_string().to_ascii_lowercase(),
+        _ => return false,
+    };
+    [
+        "unknown exporter",
+        "exporter \"image\"",
+        "push is not supported",
+        "failed to push",
+        "failed to do request",
+        "no such host",
+        "connection refused",
+        "server gave http response to https client",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// A repository path: components of lowercase alphanumerics joined by `.`, `_`, `__` or `-`,
+/// separated by `/` (the distribution spec's grammar).
+fn valid_repository(repo: &str) -> bool {
+    !repo.is_empty()
+        && repo.split('/').all(|component| {
+            let bytes = component.as_bytes();
+            !bytes.is_empty()
+                && bytes[0].is_ascii_alphanumeric()
+                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+        })
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    let bytes = tag.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build() -> MultiPlatformBuild {
+        MultiPlatformBuild::new(BuildOptions::new("."), "127.0.0.1:5000", "team/app", "v1")
+    }
+
+    #[test]
+    fn references_follow_the_panfactum_scheme() {
+        let b = build();
+        assert_eq!(b.index_reference(), "127.0.0.1:5000/team/app:v1");
+        assert_eq!(
+            b.arch_reference("arm64"),
+            "127.0.0.1:5000/team/app:v1-arm64"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_part() {
+        let b = build();
+        assert!(b.validate(&["amd64", "arm64"]).is_ok());
+        for (arches, needle) in [
+            (&["amd64", "sparc"][..], "unknown architecture \"sparc\""),
+            (&["amd64", "amd64"][..], "given twice"),
+            (&[][..], "no architectures"),
+        ] {
+            let err = b.validate(arches).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut bad = build();
+        bad.repository = "Team/App".into();
+        assert!(
+            bad.validate(&["amd64"])
+                .unwrap_err()
+                .to_string()
+                .contains("--repo")
+        );
+        let mut bad = build();
+        bad.tag = "-v1".into();
+        assert!(
+            bad.validate(&["amd64"])
+                .unwrap_err()
+                .to_string()
+                .contains("--tag")
+        );
+        let mut bad = build();
+        bad.tag = "v1:2".into();
+        assert!(
+            bad.validate(&["amd64"])
+                .unwrap_err()
+                .to_string()
+                .contains("--tag")
+        );
+    }
+
+    #[test]
+    fn s3_cache_is_named_per_architecture() {
+        let mut b = build();
+        b.s3_cache = Some(S3Cache {
+            bucket: "bkt".into(),
+            region: "us-east-2".into(),
+        });
+        let out = OutputSpec {
+            kind: "image".into(),
+            attrs: BTreeMap::new(),
+            dest: None,
+        };
+        let amd = b.arch_options("amd64", out.clone());
+        let arm = b.arch_options("arm64", out);
+        assert_eq!(amd.platforms, ["linux/amd64"]);
+        assert_eq!(
+            amd.cache_exports[0].attrs["name"],
+            "127.0.0.1:5000/team/app-amd64"
+        );
+        assert_eq!(
+            arm.cache_imports[0].attrs["name"],
+            "127.0.0.1:5000/team/app-arm64"
+        );
+        assert_eq!(arm.cache_exports[0].attrs["mode"], "max");
+    }
+}

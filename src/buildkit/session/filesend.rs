@@ -1,0 +1,254 @@
+//! `moby.filesync.v1.FileSend/DiffCopy`: exporters sending results back. One method, two
+//! wire formats: the `local` exporter speaks fsutil Packets (we are the receiver), `tar`,
+//! `oci` and `docker` send raw file bytes in BytesMessages. So the path is served with a
+//! raw-bytes codec and the exporter (metadata `buildkit-attachable-exporter-id`) picks the
+//! decoding.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes};
+use futures_util::{Stream, StreamExt};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use super::ExportTarget;
+use crate::buildkit::MAX_MESSAGE_SIZE;
+use crate::buildkit::fsutil;
+use crate::buildkit::proto::control::BytesMessage;
+use crate::buildkit::proto::fsutil::types::Packet;
+
+pub(super) fn service(exports: Vec<ExportTarget>) -> FileSendService {
+    FileSendService {
+        exports: Arc::new(exports),
+    }
+}
+
+/// Serves `/moby.filesync.v1.FileSend/DiffCopy` by hand (the generated server has one fixed
+/// message type).
+#[derive(Clone)]
+pub(super) struct FileSendService {
+    exports: Arc<Vec<ExportTarget>>,
+}
+
+impl tonic::server::NamedService for FileSendService {
+    const NAME: &'static str = "moby.filesync.v1.FileSend";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type RawStream = Pin<Box<dyn Stream<Item = Result<Bytes, tonic::Status>> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for FileSendService
+where
+    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let exports = self.exports.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/moby.filesync.v1.FileSend/DiffCopy" {
+                return Ok(tonic::Status::unimplemented("").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .apply_max_message_size_config(Some(MAX_MESSAGE_SIZE), Some(MAX_MESSAGE_SIZE));
+            Ok(grpc.streaming(DiffCopy { exports }, req).await)
+        })
+    }
+}
+
+struct DiffCopy {
+    exports: Arc<Vec<ExportTarget>>,
+}
+
+impl tonic::server::StreamingService<Bytes> for DiffCopy {
+    type Response = Bytes;
+    type ResponseStream = RawStream;
+    type Future = BoxFuture<Result<tonic::Response<RawStream>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        let exports = self.exports.clone();
+        Box::pin(async move {
+            let index = match request.metadata().get("buildkit-attachable-exporter-id") {
+                None => 0,
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        tonic::Status::invalid_argument("invalid buildkit-attachable-exporter-id")
+                    })?,
+            };
+            let target = exports.get(index).cloned().unwrap_or(ExportTarget::None);
+            match target {
+                ExportTarget::None => Err(tonic::Status::not_found(format!(
+                    "exporter {index} does not send files to the client"
+                ))),
+                ExportTarget::File(path) => {
+                    receive_file(&path, request.into_inner()).await?;
+                    let empty: RawStream = Box::pin(futures_util::stream::empty());
+                    Ok(tonic::Response::new(empty))
+                }
+                ExportTarget::Directory(dir) => {
+                    Ok(tonic::Response::new(receive_dir(dir, request.into_inner())))
+                }
+            }
+        })
+    }
+}
+
+/// Streams BytesMessage chunks into a temporary file beside `dest`, renamed onto `dest` when
+/// the daemon ends the stream; removed on failure. Nothing is held in memory.
+async fn receive_file(
+    dest: &Path,
+    mut incoming: tonic::Streaming<Bytes>,
+) -> Result<(), tonic::Status> {
+    let tmp = TempFile(Some(temp_path(dest)));
+    let tmp_path = tmp.path().to_owned();
+    let mut file = tokio::fs::File::create(&tmp_path)
+        .await
+        .map_err(|e| io_status("create", &tmp_path, &e))?;
+    while let Some(frame) = incoming.next().await {
+        let frame = frame?;
+        let message = BytesMessage::decode(frame)
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
+        file.write_all(&message.data)
+            .await
+            .map_err(|e| io_status("write", &tmp_path, &e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| io_status("write", &tmp_path, &e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| io_status("write", &tmp_path, &e))?;
+    drop(file);
+    tokio::fs::rename(&tmp_path, dest)
+        .await
+        .map_err(|e| io_status("rename into place", dest, &e))?;
+    tmp.keep();
+    Ok(())
+}
+
+/// A temporary file removed when dropped (on failure, or when the build is cancelled and
+/// this service's future is dropped), unless kept.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Runs the fsutil receiver into `dest`, translating frames to and from Packets.
+fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>) -> RawStream {
+    let packets = incoming.map(|frame| {
+        frame.and_then(|bytes| {
+            Packet::decode(bytes)
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad fsutil packet: {e}")))
+        })
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(64);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, tonic::Status>>(64);
+    let stats = Arc::new(fsutil::TransferStats::default());
+    let relay_tx = out_tx.clone();
+    tokio::spawn(async move {
+        while let Some(packet) = rx.recv().await {
+            if relay_tx
+                .send(Ok(packet.encode_to_vec().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(err) = std::fs::create_dir_all(&dest) {
+            let _ = out_tx.send(Err(io_status("create", &dest, &err))).await;
+            return;
+        }
+        if let Err(err) = fsutil::receive(dest.clone(), Box::pin(packets), tx, stats).await {
+            let _ = out_tx
+                .send(Err(tonic::Status::internal(format!(
+                    "writing the export into {}: {err}",
+                    dest.display()
+                ))))
+                .await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    dest.with_file_name(format!(".{name}.pf-buildkit-{}.tmp", std::process::id()))
+}
+
+fn io_status(what: &str, path: &Path, err: &std::io::Error) -> tonic::Status {
+    tonic::Status::internal(format!("cannot {what} {}: {err}", path.display()))
+}
+
+/// A codec that passes message bytes through undecoded.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

@@ -1,0 +1,153 @@
+//! `moby.filesync.v1.FileSync/DiffCopy`: the daemon pulls a local directory (`context`,
+//! `dockerfile`, named contexts) from us with the fsutil protocol; we are the sender.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+
+use crate::buildkit::MAX_MESSAGE_SIZE;
+use crate::buildkit::fsutil;
+use crate::buildkit::proto::fsutil::types::Packet;
+use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
+
+pub(super) fn service(
+    dirs: BTreeMap<String, PathBuf>,
+    stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
+) -> FileSyncServer<FileSyncService> {
+    FileSyncServer::new(FileSyncService { dirs, stats })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+pub(super) struct FileSyncService {
+    dirs: BTreeMap<String, PathBuf>,
+    stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
+}
+
+type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FileSync for FileSyncService {
+    type DiffCopyStream = PacketStream;
+
+    async fn diff_copy(
+        &self,
+        request: tonic::Request<tonic::Streaming<Packet>>,
+    ) -> Result<tonic::Response<PacketStream>, tonic::Status> {
+        let metadata = request.metadata();
+        let name = values(metadata, "dir-name")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let root = self.dirs.get(&name).cloned().ok_or_else(|| {
+            tonic::Status::not_found(format!("no access allowed to dir {name:?}"))
+        })?;
+        let includes = values(metadata, "include-patterns");
+        let excludes = values(metadata, "exclude-patterns");
+        let follow = values(metadata, "followpaths");
+        tracing::debug!(dir = %name, root = %root.display(), ?includes, ?excludes, ?follow, "sending local directory");
+        let filter = fsutil::Filter::new(includes, excludes, follow).map_err(|e| {
+            tonic::Status::invalid_argument(format!("bad file patterns for {name}: {e}"))
+        })?;
+        let incoming = request.into_inner();
+        let stats = self.stats.get(&name).cloned().unwrap_or_default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(64);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Packet, tonic::Status>>(64);
+        let relay_tx = out_tx.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(packet) = rx.recv().await {
+                if relay_tx.send(Ok(packet)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let result = fsutil::send(root.clone(), filter, incoming, tx, stats).await;
+            // Every packet the sender queued goes out before the error does.
+            let _ = relay.await;
+            if let Err(err) = result {
+                let _ = out_tx
+                    .send(Err(tonic::Status::internal(format!(
+                        "sending {}: {err}",
+                        root.display()
+                    ))))
+                    .await;
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+
+    type TarStreamStream = PacketStream;
+
+    async fn tar_stream(
+        &self,
+        _request: tonic::Request<tonic::Streaming<Packet>>,
+    ) -> Result<tonic::Response<PacketStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "TarStream is not served; the daemon uses DiffCopy",
+        ))
+    }
+}
+
+/// All values of a metadata key; `<key>-encoded: 1` means each value is URL-query-escaped.
+fn values(metadata: &tonic::metadata::MetadataMap, key: &str) -> Vec<String> {
+    let encoded = metadata
+        .get(format!("{key}-encoded").as_str())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "1");
+    metadata
+        .get_all(key)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            if encoded {
+                query_unescape(v)
+            } else {
+                v.to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Undoes Go's `url.QueryEscape` (`+` is a space, `%XX` a byte).
+fn query_unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_unescape_handles_plus_percent_and_utf8() {
+        assert_eq!(query_unescape("a+b%2Fc"), "a b/c");
+        assert_eq!(query_unescape("%C3%A9t%C3%A9"), "été");
+        assert_eq!(query_unescape("100%"), "100%");
+        assert_eq!(query_unescape("%zz"), "%zz");
+    }
+}

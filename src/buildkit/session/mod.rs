@@ -1,0 +1,344 @@
+//! The client side of a BuildKit session: a gRPC server, run over the session's byte stream,
+//! that the daemon calls back for the build context (FileSync), exported results (FileSend),
+//! registry credentials (Auth), secrets and SSH agents, and health checks.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use super::Client;
+use crate::credentials::DockerConfig;
+
+mod auth;
+mod filesend;
+mod filesync;
+mod health;
+mod secrets;
+mod ssh;
+mod tunnel;
+
+pub use super::fsutil::TransferStats;
+
+/// The gRPC methods this session serves, announced to the daemon.
+const METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/moby.filesync.v1.FileSync/DiffCopy",
+    "/moby.filesync.v1.FileSend/DiffCopy",
+    "/moby.filesync.v1.Auth/Credentials",
+    "/moby.filesync.v1.Auth/FetchToken",
+    "/moby.filesync.v1.Auth/GetTokenAuthority",
+    "/moby.filesync.v1.Auth/VerifyTokenAuthority",
+    "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+    "/moby.sshforward.v1.SSH/CheckAgent",
+    "/moby.sshforward.v1.SSH/ForwardAgent",
+];
+
+/// Where a secret's value comes from. Values are read when the daemon asks, never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The contents of a file.
+    File(PathBuf),
+    /// The value of an environment variable.
+    Env(String),
+}
+
+/// buildkit's own limit on one secret's size.
+pub const MAX_SECRET_SIZE: u64 = 500 << 10;
+
+impl SecretSource {
+    /// Reads the value.
+    ///
+    /// # Errors
+    /// A message naming the file or variable (never the value) when it cannot be read, is
+    /// missing, or is larger than [`MAX_SECRET_SIZE`].
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            SecretSource::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                let mut data = Vec::new();
+                file.take(MAX_SECRET_SIZE + 1)
+                    .read_to_end(&mut data)
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                if data.len() as u64 > MAX_SECRET_SIZE {
+                    return Err(format!(
+                        "secret file {} is larger than {} KiB",
+                        path.display(),
+                        MAX_SECRET_SIZE >> 10
+                    ));
+                }
+                Ok(data)
+            }
+            SecretSource::Env(var) => std::env::var_os(var)
+                .map(|v| v.into_encoded_bytes())
+                .ok_or_else(|| format!("environment variable {var} is not set")),
+        }
+    }
+}
+
+/// Where the client writes what one exporter sends back over the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTarget {
+    /// The exporter sends nothing to the client (`image`, `moby`).
+    None,
+    /// A directory tree (the `local` exporter).
+    Directory(PathBuf),
+    /// One file (`tar`, `oci`, `docker`): written beside its final name, renamed on success.
+    File(PathBuf),
+}
+
+/// What a session offers the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Local directories by the name the frontend asks for (`context`, `dockerfile`, named
+    /// contexts).
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// Secrets by id.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// SSH agent sockets by id (`default` is the usual id).
+    pub ssh: BTreeMap<String, PathBuf>,
+    /// One entry per exporter of the solve, in the same order.
+    pub exports: Vec<ExportTarget>,
+    /// Serve registry credentials from the Docker configuration.
+    pub docker_config: Option<Arc<DockerConfig>>,
+    /// The shared key: equal keys let the daemon reuse the last transfer of a directory, so
+    /// an unchanged context sends no file data. See [`shared_key_for`].
+    pub shared_key: String,
+    /// On a Docker Engine, use `Control.Session` over the `/grpc` connection instead of the
+    /// Engine's `/session` upgrade (both work; buildx uses the latter).
+    pub via_control: bool,
+}
+
+/// A problem opening or running a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The session stream could not be opened or broke.
+    #[error("session with BuildKit at {endpoint} failed: {reason}")]
+    Stream {
+        /// The daemon.
+        endpoint: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A running session. Dropping it (or [`Session::close`]) ends it.
+pub struct Session {
+    id: String,
+    stats: BTreeMap<String, Arc<TransferStats>>,
+    failure: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
+impl Session {
+    /// Starts a session with the daemon behind `client`. Returns at once: the stream is
+    /// opened in the background, so that a Solve naming [`Session::id`] can be sent at the
+    /// same time (the daemon waits only 5 s for the session).
+    pub fn start(client: &Client, options: SessionOptions) -> Session {
+        let id = random_id();
+        // One set of counters per directory, so the context's transfer is told apart from
+        // the Dockerfile's (which the daemon always fetches whole).
+        let stats: BTreeMap<String, Arc<TransferStats>> = options
+            .dirs
+            .keys()
+            .map(|name| (name.clone(), Arc::new(TransferStats::default())))
+            .collect();
+        let failure = Arc::new(Mutex::new(None));
+        let headers = tunnel::session_headers(&id, &options.shared_key, METHODS);
+        let via_control = options.via_control;
+        let routes = routes(options, stats.clone());
+        let client = client.clone();
+        let failure_slot = failure.clone();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let io = tunnel::open(&client, &headers, via_control).await?;
+                tunnel::serve(io, routes).await
+            }
+            .await;
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "session ended with an error");
+                if let Ok(mut slot) = failure_slot.lock() {
+                    *slot = Some(err.to_string());
+                }
+            }
+        });
+        Session {
+            id,
+            stats,
+            failure,
+            task,
+        }
+    }
+
+    /// The session id to put in `SolveRequest.Session`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counters of what was sent of one local directory (by its name, e.g. `context`).
+    pub fn stats(&self, dir: &str) -> Option<&Arc<TransferStats>> {
+        self.stats.get(dir)
+    }
+
+    /// Why the session stream failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Ends the session: the stream closes and the daemon drops it.
+    pub fn close(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn routes(
+    options: SessionOptions,
+    stats: BTreeMap<String, Arc<TransferStats>>,
+) -> tonic::service::Routes {
+    let SessionOptions {
+        dirs,
+        secrets,
+        ssh,
+        exports,
+        docker_config,
+        shared_key: _,
+        via_control: _,
+    } = options;
+    tonic::service::Routes::new(health::service())
+        .add_service(filesync::service(dirs, stats))
+        .add_service(filesend::service(exports))
+        .add_service(auth::service(docker_config))
+        .add_service(secrets::service(secrets))
+        .add_service(ssh::service(ssh))
+}
+
+/// A random 25-character base-36 id, like buildkit's session ids.
+pub(crate) fn random_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let bytes = random_bytes::<25>();
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Random bytes from the OS; falls back to a hash of the time and process id, which is
+/// unique enough for ids, when `/dev/urandom` is unavailable.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .is_ok()
+    {
+        return out;
+    }
+    let seed = format!(
+        "{:?}{}{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let mut digest = Sha256::digest(seed.as_bytes()).to_vec();
+    while digest.len() < N {
+        let more = Sha256::digest(&digest).to_vec();
+        digest.extend(more);
+    }
+    out.copy_from_slice(&digest[..N]);
+    out
+}
+
+/// The shared key for a context directory: a hash of this machine's node id (a random value
+/// kept in the user's cache directory) and the directory's absolute path. Stable across
+/// builds, so the daemon diffs against its last copy and transfers only changed files.
+pub fn shared_key_for(dir: &Path) -> String {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    let node = node_id();
+    let mut hasher = Sha256::new();
+    hasher.update(node.as_bytes());
+    hasher.update([0]);
+    hasher.update(absolute.as_os_str().as_encoded_bytes());
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This machine's node id, created on first use in `$XDG_CACHE_HOME/pf-buildkit/node-id` (or
+/// `~/.cache/pf-buildkit/node-id`). Without a writable cache directory a per-user constant is
+/// used, which still keeps keys stable.
+fn node_id() -> String {
+    let Some(dir) = cache_dir() else {
+        return "no-cache-dir".to_owned();
+    };
+    let path = dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return id.to_owned();
+        }
+    }
+    let id: String = random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Write then rename, so a concurrent build never reads a half-written id.
+    let tmp = dir.join(format!("node-id.{}", std::process::id()));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, &id))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    // Another process may have won the race: use whatever is on disk.
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(id)
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("pf-buildkit"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|home| PathBuf::from(home).join(".cache").join("pf-buildkit"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_25_base36_chars_and_differ() {
+        let a = random_id();
+        assert_eq!(a.len(), 25);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_ne!(a, random_id());
+    }
+
+    #[test]
+    fn shared_key_is_stable_per_directory() {
+        let a = shared_key_for(Path::new("/tmp/a"));
+        assert_eq!(a, shared_key_for(Path::new("/tmp/a")));
+        assert_ne!(a, shared_key_for(Path::new("/tmp/b")));
+    }
+}

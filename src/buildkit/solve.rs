@@ -1,0 +1,681 @@
+//! A Dockerfile build on one BuildKit: [`BuildOptions`] become a `SolveRequest` for the
+//! `dockerfile.v0` frontend, run together with a session and the status stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use prost::Message;
+
+use super::Client;
+use super::progress::{FailureReport, ProgressSink, TransferSummary};
+use super::proto::control::{
+    CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
+};
+use super::session::{ExportTarget, SecretSource, Session, SessionOptions, shared_key_for};
+use super::spec::{CacheSpec, OutputSpec};
+use crate::credentials::{CredentialsError, DockerConfig};
+
+/// After Solve returns, how long the status stream may stay silent before we stop waiting
+/// for its end (buildctl's value).
+const STATUS_DRAIN: Duration = Duration::from_secs(5);
+
+/// Everything one Dockerfile build needs. Build it directly, or from CLI flags.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+/// use pf_buildkit::buildkit::progress::PlainProgress;
+///
+/// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+/// let mut options = BuildOptions::new("./app");
+/// options.outputs.push("type=tar,dest=app.tar".parse()?);
+/// let result = client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
+/// println!("sent {} bytes of context", result.transfer.bytes);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile; `<context>/Dockerfile` when `None`.
+    pub dockerfile: Option<PathBuf>,
+    /// The stage to build.
+    pub target: Option<String>,
+    /// `ARG` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Image labels.
+    pub labels: BTreeMap<String, String>,
+    /// Target platforms (`linux/amd64`, …); the daemon's own when empty.
+    pub platforms: Vec<String>,
+    /// Ignore the cache for every stage.
+    pub no_cache: bool,
+    /// Secrets by id.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// SSH agent sockets by id.
+    pub ssh: BTreeMap<String, PathBuf>,
+    /// Raw frontend attributes (`--opt`); they override the ones derived above.
+    pub frontend_attrs: BTreeMap<String, String>,
+    /// Named contexts that are local directories: `COPY --from=NAME` / `FROM NAME`.
+    pub named_contexts: BTreeMap<String, PathBuf>,
+    /// Exporters, in order.
+    pub outputs: Vec<OutputSpec>,
+    /// Cache exports.
+    pub cache_exports: Vec<CacheSpec>,
+    /// Cache imports.
+    pub cache_imports: Vec<CacheSpec>,
+    /// Serve registry credentials from the Docker configuration (`DOCKER_CONFIG`).
+    pub registry_auth: bool,
+    /// On a Docker Engine, run the session as `Control.Session` rather than through the
+    /// Engine's `/session` upgrade.
+    pub session_via_control: bool,
+}
+
+impl BuildOptions {
+    /// Options for a context directory, with registry credentials from the Docker config.
+    pub fn new(context: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            context: context.into(),
+            registry_auth: true,
+            ..Default::default()
+        }
+    }
+
+    /// The Dockerfile path used.
+    pub fn dockerfile_path(&self) -> PathBuf {
+        self.dockerfile
+            .clone()
+            .unwrap_or_else(|| self.context.join("Dockerfile"))
+    }
+
+    /// Checks what can be checked before contacting the daemon: directories and files exist,
+    /// secrets are readable, SSH agents are given, output destinations can be written.
+    ///
+    /// # Errors
+    /// [`BuildError::Invalid`] naming the first problem.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let invalid = |m: String| Err(BuildError::Invalid(m));
+        if !self.context.is_dir() {
+            return invalid(format!(
+                "build context {} is not a directory",
+                self.context.display()
+            ));
+        }
+        let dockerfile = self.dockerfile_path();
+        if !dockerfile.is_file() {
+            return invalid(format!(
+                "Dockerfile {} does not exist (set --file)",
+                dockerfile.display()
+            ));
+        }
+        for (name, dir) in &self.named_contexts {
+            if !dir.is_dir() {
+                return invalid(format!(
+                    "named context {name}: {} is not a directory",
+                    dir.display()
+                ));
+            }
+        }
+        for (id, source) in &self.secrets {
+            if let Err(reason) = source.read() {
+                return invalid(format!("secret {id}: {reason}"));
+            }
+        }
+        for (id, socket) in &self.ssh {
+            if !socket.exists() {
+                return invalid(format!(
+                    "ssh {id}: agent socket {} does not exist",
+                    socket.display()
+                ));
+            }
+        }
+        for output in &self.outputs {
+            let Some(dest) = &output.dest else { continue };
+            let parent = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            if output.kind == "local" {
+                if dest.exists() && !dest.is_dir() {
+                    return invalid(format!(
+                        "--output dest {} exists and is not a directory",
+                        dest.display()
+                    ));
+                }
+            } else if !parent.is_dir() {
+                return invalid(format!(
+                    "--output dest {}: directory {} does not exist",
+                    dest.display(),
+                    parent.display()
+                ));
+            } else if dest.is_dir() {
+                return invalid(format!(
+                    "--output dest {} is a directory; type={} writes a file",
+                    dest.display(),
+                    output.kind
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The frontend attributes of this build (without the session-specific ones).
+    pub fn frontend_attrs(&self) -> BTreeMap<String, String> {
+        let mut attrs = BTreeMap::new();
+        let dockerfile = self.dockerfile_path();
+        let filename = dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        attrs.insert("filename".into(), filename);
+        if let Some(target) = &self.target {
+            attrs.insert("target".into(), target.clone());
+        }
+        for (k, v) in &self.build_args {
+            attrs.insert(format!("build-arg:{k}"), v.clone());
+        }
+        for (k, v) in &self.labels {
+            attrs.insert(format!("label:{k}"), v.clone());
+        }
+        if !self.platforms.is_empty() {
+            attrs.insert("platform".into(), self.platforms.join(","));
+        }
+        if self.no_cache {
+            // Empty means every stage; a non-empty value would name stages.
+            attrs.insert("no-cache".into(), String::new());
+        }
+        for name in self.named_contexts.keys() {
+            attrs.insert(format!("context:{name}"), format!("local:{name}"));
+        }
+        if !self.cache_imports.is_empty() {
+            let imports: Vec<serde_json::Value> = self
+                .cache_imports
+                .iter()
+                .map(|c| serde_json::json!({"Type": c.kind, "Attrs": c.attrs}))
+                .collect();
+            attrs.insert(
+                "cache-imports".into(),
+                serde_json::Value::Array(imports).to_string(),
+            );
+        }
+        for (k, v) in &self.frontend_attrs {
+            attrs.insert(k.clone(), v.clone());
+        }
+        attrs
+    }
+
+    /// The `SolveRequest` for this build, given a build ref and a session id.
+    pub fn solve_request(&self, reference: &str, session_id: &str) -> SolveRequest {
+        let exporters: Vec<Exporter> = self
+            .outputs
+            .iter()
+            .map(|o| Exporter {
+                r#type: o.kind.clone(),
+                attrs: o.attrs.clone().into_iter().collect(),
+            })
+            .collect();
+        let entries = |specs: &[CacheSpec]| -> Vec<CacheOptionsEntry> {
+            specs
+                .iter()
+                .map(|c| CacheOptionsEntry {
+                    r#type: c.kind.clone(),
+                    attrs: c.attrs.clone().into_iter().collect(),
+                })
+                .collect()
+        };
+        SolveRequest {
+            r#ref: reference.to_owned(),
+            session: session_id.to_owned(),
+            frontend: "dockerfile.v0".into(),
+            frontend_attrs: self.frontend_attrs().into_iter().collect(),
+            // Daemons before v0.13 read only the deprecated single exporter.
+            exporter_deprecated: exporters
+                .first()
+                .map(|e| e.r#type.clone())
+                .unwrap_or_default(),
+            exporter_attrs_deprecated: exporters
+                .first()
+                .map(|e| e.attrs.clone())
+                .unwrap_or_default(),
+            exporters,
+            cache: Some(CacheOptions {
+                exports: entries(&self.cache_exports),
+                imports: entries(&self.cache_imports),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn session_options(&self) -> Result<SessionOptions, BuildError> {
+        let dockerfile = self.dockerfile_path();
+        let dockerfile_dir = match dockerfile.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let mut dirs = BTreeMap::new();
+        dirs.insert("context".to_owned(), absolute(&self.context));
+        dirs.insert("dockerfile".to_owned(), absolute(&dockerfile_dir));
+        for (name, dir) in &self.named_contexts {
+            dirs.insert(name.clone(), absolute(dir));
+        }
+        let exports = self
+            .outputs
+            .iter()
+            .map(|o| match (&o.dest, o.kind.as_str()) {
+                (Some(d), "local") => ExportTarget::Directory(absolute(d)),
+                (Some(d), _) => ExportTarget::File(absolute(d)),
+                (None, _) => ExportTarget::None,
+            })
+            .collect();
+        let docker_config = if self.registry_auth {
+            Some(Arc::new(DockerConfig::load()?))
+        } else {
+            None
+        };
+        Ok(SessionOptions {
+            dirs,
+            secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
+            exports,
+            docker_config,
+            shared_key: shared_key_for(&self.context),
+            via_control: self.session_via_control,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// What a finished build produced.
+#[derive(Debug, Clone, Default)]
+pub struct BuildResult {
+    /// The build's ref (its id in the daemon's history).
+    pub reference: String,
+    /// The exporters' response (`containerimage.digest`, `image.name`, …).
+    pub exporter_response: BTreeMap<String, String>,
+    /// What this client sent of the build context (the Dockerfile's own transfer excluded).
+    pub transfer: TransferSummary,
+}
+
+/// Why a build did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The options are unusable; nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Docker configuration could not be read.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The daemon ran the build and it failed (a step failed, a file was missing, …).
+    #[error("build failed: {}", .report.message)]
+    Failed {
+        /// What failed, with the failing step and Dockerfile lines when known.
+        report: FailureReport,
+        /// The daemon's status.
+        status: Box<tonic::Status>,
+    },
+    /// The daemon could not be talked to.
+    #[error(transparent)]
+    Rpc(#[from] super::Error),
+}
+
+impl Client {
+    /// Runs a Dockerfile build: opens a session serving the context, secrets and exports,
+    /// sends the Solve, and feeds the status stream to `progress`. Dropping the future
+    /// cancels the build on the daemon.
+    ///
+    /// # Errors
+    /// [`BuildError::Invalid`] for options that fail [`BuildOptions::validate`];
+    /// [`BuildError::Failed`] when the build fails; [`BuildError::Rpc`] when the daemon cannot
+    /// be reached.
+    #[tracing::instrument(skip_all, fields(endpoint = %self.endpoint(), context = %options.context.display()))]
+    pub async fn build(
+        &self,
+        options: &BuildOptions,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<BuildResult, BuildError> {
+        options.validate()?;
+        let session_options = options.session_options()?;
+        let session = Session::start(self, session_options);
+        let reference = super::session::random_id();
+        let request = options.solve_request(&reference, session.id());
+        tracing::debug!(reference, session = session.id(), "solving");
+
+        let mut control = self.control();
+        let solve = async move { control.solve(request).await };
+        let mut status_control = self.control();
+        let status_ref = reference.clone();
+        let (status_tx, mut status_rx) = tokio::sync::mpsc::channel(64);
+        // The status stream runs beside Solve; it ends on its own after the build.
+        let status_task = tokio::spawn(async move {
+            let Ok(response) = status_control
+                .status(StatusRequest { r#ref: status_ref })
+                .await
+            else {
+                return;
+            };
+            let mut stream = response.into_inner();
+            while let Some(Ok(update)) = stream.next().await {
+                if status_tx.send(update).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Stops the status task when the build is cancelled (this future dropped).
+        let _status_guard = AbortOnDrop(status_task);
+
+        tokio::pin!(solve);
+        let mut ticker = tokio::time::interval(Duration::from_millis(150));
+        let mut status_open = true;
+        let solved = loop {
+            tokio::select! {
+                result = &mut solve => break result,
+                update = status_rx.recv(), if status_open => match update {
+                    Some(update) => progress.update(&update),
+                    None => status_open = false,
+                },
+                _ = ticker.tick() => progress.tick(),
+            }
+        };
+        // Drain the rest of the status stream (the final vertex states) briefly.
+        while status_open {
+            match tokio::time::timeout(STATUS_DRAIN, status_rx.recv()).await {
+                Ok(Some(update)) => progress.update(&update),
+                _ => status_open = false,
+            }
+        }
+        let transfer = session
+            .stats("context")
+            .map(|stats| TransferSummary {
+                entries: stats.entries.load(Ordering::Relaxed),
+                files: stats.files.load(Ordering::Relaxed),
+                bytes: stats.bytes.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default();
+        let session_failure = session.failure();
+        session.close();
+        match solved {
+            Ok(response) => {
+                progress.finish(&transfer, None);
+                Ok(BuildResult {
+                    reference,
+                    exporter_response: response
+                        .into_inner()
+                        .exporter_response
+                        .into_iter()
+                        .collect(),
+                    transfer,
+                })
+            }
+            Err(status) => {
+                let mut report = failure_report(&status);
+                if let Some(reason) = session_failure {
+                    report.message = format!("{} (session: {reason})", report.message);
+                }
+                progress.finish(&transfer, Some(&report));
+                if is_transport_failure(&status) {
+                    return Err(BuildError::Rpc(super::Error::rpc(
+                        self.endpoint(),
+                        "Solve",
+                        status,
+                    )));
+                }
+                Err(BuildError::Failed {
+                    report,
+                    status: Box::new(status),
+                })
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unimplemented
+    )
+}
+
+/// `google.rpc.Status`, which BuildKit puts in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SourceDetail {
+    info: Option<SourceInfoJson>,
+    ranges: Vec<RangeJson>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SourceInfoJson {
+    filename: String,
+    data: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RangeJson {
+    start: PositionJson,
+    end: PositionJson,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct PositionJson {
+    line: i64,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct VertexDetail {
+    digest: String,
+}
+
+/// Reads BuildKit's error details: the failing step (`errdefs.Vertex`) and the Dockerfile
+/// lines (`errdefs.Source`), whose values are JSON despite the protobuf envelope.
+pub fn failure_report(status: &tonic::Status) -> FailureReport {
+    let mut report = FailureReport {
+        message: super::error::describe_status(status),
+        ..Default::default()
+    };
+    let Ok(details) = RpcStatus::decode(status.details()) else {
+        return report;
+    };
+    for any in details.details {
+        if any.type_url.ends_with("errdefs.Source+json") {
+            let Ok(source) = serde_json::from_slice::<SourceDetail>(&any.value) else {
+                continue;
+            };
+            if report.source.is_none()
+                && let Some(snippet) = source_snippet(&source)
+            {
+                report.source = Some(snippet);
+            }
+        } else if any.type_url.ends_with("errdefs.Vertex+json")
+            && let Ok(v) = serde_json::from_slice::<VertexDetail>(&any.value)
+            && !v.digest.is_empty()
+        {
+            report.vertex = Some(v.digest);
+        }
+    }
+    report
+}
+
+fn source_snippet(source: &SourceDetail) -> Option<(String, Vec<(u32, String)>)> {
+    let info = source.info.as_ref()?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(info.data.as_bytes())
+        .ok()?;
+    let text = String::from_utf8_lossy(&data);
+    let lines: Vec<&str> = text.lines().collect();
+    let range = source.ranges.first()?;
+    let first = usize::try_from(range.start.line).ok()?.max(1);
+    let last = usize::try_from(range.end.line).ok()?.max(first);
+    let snippet = (first..=last.min(lines.len()))
+        .map(|n| {
+            (
+                u32::try_from(n).unwrap_or(u32::MAX),
+                lines[n - 1].to_owned(),
+            )
+        })
+        .collect::<Vec<_>>();
+    if snippet.is_empty() {
+        return None;
+    }
+    Some((info.filename.clone(), snippet))
+}
+
+/// Writes the exporter response as a JSON object to `path` (through a temporary file, so a
+/// reader never sees half of it). `containerimage.descriptor` is decoded from base64 into
+/// JSON, as buildctl does.
+///
+/// # Errors
+/// The I/O error writing the file.
+pub fn write_metadata_file(
+    path: &Path,
+    response: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let mut out: HashMap<&str, serde_json::Value> = HashMap::new();
+    for (k, v) in response {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|j| j.is_object());
+        let value = match decoded {
+            Some(json) if k.ends_with(".descriptor") || k == "containerimage.descriptor" => json,
+            _ => serde_json::Value::String(v.clone()),
+        };
+        out.insert(k, value);
+    }
+    let sorted: BTreeMap<_, _> = out.into_iter().collect();
+    let text = serde_json::to_vec_pretty(&sorted).map_err(std::io::Error::other)?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> BuildOptions {
+        let mut o = BuildOptions::new("/ctx");
+        o.dockerfile = Some(PathBuf::from("/df/Build.dockerfile"));
+        o.target = Some("final".into());
+        o.build_args.insert("A".into(), "1".into());
+        o.labels.insert("org.x".into(), "y".into());
+        o.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        o.no_cache = true;
+        o.outputs.push("type=tar,dest=/out/a.tar".parse().unwrap());
+        o.outputs
+            .push("type=image,name=r/x:1,push=true".parse().unwrap());
+        o.cache_imports.push(
+            CacheSpec::parse(
+                "type=registry,ref=r/c",
+                super::super::spec::CacheDirection::Import,
+            )
+            .unwrap(),
+        );
+        o.frontend_attrs
+            .insert("force-network-mode".into(), "none".into());
+        o
+    }
+
+    #[test]
+    fn request_carries_attrs_exporters_and_caches() {
+        let req = options().solve_request("ref1", "sess1");
+        assert_eq!(req.frontend, "dockerfile.v0");
+        assert_eq!(req.session, "sess1");
+        let a = &req.frontend_attrs;
+        assert_eq!(a["filename"], "Build.dockerfile");
+        assert_eq!(a["target"], "final");
+        assert_eq!(a["build-arg:A"], "1");
+        assert_eq!(a["label:org.x"], "y");
+        assert_eq!(a["platform"], "linux/amd64,linux/arm64");
+        assert_eq!(a["no-cache"], "");
+        assert_eq!(a["force-network-mode"], "none");
+        assert_eq!(
+            a["cache-imports"],
+            r#"[{"Attrs":{"ref":"r/c"},"Type":"registry"}]"#
+        );
+        assert_eq!(req.exporters.len(), 2);
+        assert_eq!(req.exporters[0].r#type, "tar");
+        assert!(
+            req.exporters[0].attrs.is_empty(),
+            "dest stays on the client"
+        );
+        assert_eq!(req.exporter_deprecated, "tar");
+        assert_eq!(req.exporters[1].attrs["push"], "true");
+        assert_eq!(req.cache.unwrap().imports[0].attrs["ref"], "r/c");
+    }
+
+    #[test]
+    fn session_serves_context_and_dockerfile_dirs() {
+        let mut o = options();
+        o.registry_auth = false;
+        let s = o.session_options().unwrap();
+        assert_eq!(s.dirs["context"], PathBuf::from("/ctx"));
+        assert_eq!(s.dirs["dockerfile"], PathBuf::from("/df"));
+        assert_eq!(s.exports[0], ExportTarget::File("/out/a.tar".into()));
+        assert_eq!(s.exports[1], ExportTarget::None);
+    }
+
+    #[test]
+    fn source_details_give_the_failing_line() {
+        let source = serde_json::json!({
+            "info": {"filename": "Dockerfile", "data": base64::engine::general_purpose::STANDARD.encode("FROM x\nRUN false\n")},
+            "ranges": [{"start": {"line": 2}, "end": {"line": 2}}]
+        });
+        let status = RpcStatus {
+            code: 2,
+            message: "failed".into(),
+            details: vec![prost_types::Any {
+                type_url: "github.com/moby/buildkit/errdefs.Source+json".into(),
+                value: serde_json::to_vec(&source).unwrap(),
+            }],
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::Unknown,
+            "process did not complete successfully",
+            status.encode_to_vec().into(),
+        );
+        let report = failure_report(&status);
+        assert_eq!(
+            report.source,
+            Some(("Dockerfile".into(), vec![(2, "RUN false".into())]))
+        );
+    }
+}

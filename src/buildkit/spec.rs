@@ -1,0 +1,454 @@
+//! buildctl's CSV specs for `--output`, `--export-cache` and `--import-cache`, and the other
+//! `K=V` style build flags, parsed into typed values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A spec that could not be parsed; says which flag value and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {reason}")]
+pub struct SpecError {
+    /// Which kind of value (`--output`, `--secret`, …).
+    pub what: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl SpecError {
+    fn new(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        SpecError {
+            what,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Splits a CSV record as Go's `encoding/csv` does for one line: `,` separates fields, and a
+/// field in double quotes may hold commas (`""` is a literal quote).
+pub fn split_csv(s: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = s.chars().peekable();
+    let mut in_quotes = false;
+    let mut at_start = true;
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    in_quotes = false;
+                }
+            } else {
+                field.push(c);
+            }
+        } else if c == '"' && at_start {
+            in_quotes = true;
+            at_start = false;
+        } else if c == ',' {
+            fields.push(std::mem::take(&mut field));
+            at_start = true;
+        } else {
+            field.push(c);
+            at_start = false;
+        }
+    }
+    if in_quotes {
+        return Err("unterminated quote".into());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// Parses `k=v,k2=v2` into ordered pairs (keys lower-cased as buildctl does).
+fn parse_kv_csv(what: &'static str, s: &str) -> Result<Vec<(String, String)>, SpecError> {
+    let fields = split_csv(s).map_err(|r| SpecError::new(what, s, r))?;
+    let mut out = Vec::new();
+    for field in fields {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| SpecError::new(what, s, format!("{field:?} is not key=value")))?;
+        out.push((k.trim().to_ascii_lowercase(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+/// One `--output`: an exporter and where the client puts its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Exporter type: `image`, `local`, `tar`, `oci`, `docker`, `moby`.
+    pub kind: String,
+    /// Attributes sent to the daemon (client-side `dest` and `tar` removed).
+    pub attrs: BTreeMap<String, String>,
+    /// Where the client writes the result (`local`: a directory; `tar`/`oci`/`docker`: a file).
+    pub dest: Option<PathBuf>,
+}
+
+const OUTPUT_TYPES: &str = "image, local, tar, oci, docker or moby";
+
+impl FromStr for OutputSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        const WHAT: &str = "--output";
+        let mut kind = None;
+        let mut dest = None;
+        let mut attrs = BTreeMap::new();
+        let mut tar = None;
+        for (k, v) in parse_kv_csv(WHAT, s)? {
+            match k.as_str() {
+                "type" => kind = Some(v),
+                "dest" => dest = Some(v),
+                "tar" => tar = Some(v),
+                _ => {
+                    attrs.insert(k, v);
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| {
+            SpecError::new(WHAT, s, format!("type= is missing (one of {OUTPUT_TYPES})"))
+        })?;
+        match kind.as_str() {
+            "local" | "tar" | "oci" | "docker" => {
+                let dest = dest.filter(|d| !d.is_empty()).ok_or_else(|| {
+                    SpecError::new(WHAT, s, format!("type={kind} needs dest=PATH"))
+                })?;
+                if dest == "-" {
+                    return Err(SpecError::new(
+                        WHAT,
+                        s,
+                        "writing to stdout (dest=-) is not supported; give a file name",
+                    ));
+                }
+                if let Some(tar) = tar
+                    && kind != "local"
+                    && tar != "true"
+                {
+                    return Err(SpecError::new(
+                        WHAT,
+                        s,
+                        "only tar=true is supported (an OCI layout directory needs a content store)",
+                    ));
+                }
+                Ok(OutputSpec {
+                    kind,
+                    attrs,
+                    dest: Some(PathBuf::from(dest)),
+                })
+            }
+            "image" | "moby" => {
+                if dest.is_some() {
+                    return Err(SpecError::new(
+                        WHAT,
+                        s,
+                        format!("type={kind} takes no dest (it goes to a registry or the Engine)"),
+                    ));
+                }
+                if attrs.get("push").is_some_and(|p| p == "true")
+                    && attrs.get("name").is_none_or(|n| n.is_empty())
+                {
+                    return Err(SpecError::new(WHAT, s, "push=true needs name=REF"));
+                }
+                Ok(OutputSpec {
+                    kind,
+                    attrs,
+                    dest: None,
+                })
+            }
+            other => Err(SpecError::new(
+                WHAT,
+                s,
+                format!("unknown type {other:?} (expected {OUTPUT_TYPES})"),
+            )),
+        }
+    }
+}
+
+/// Whether a cache spec is for export or import (they accept different types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheDirection {
+    /// `--export-cache`.
+    Export,
+    /// `--import-cache`.
+    Import,
+}
+
+/// One `--export-cache` / `--import-cache` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// `registry`, `inline`, `s3`, `gha`, `azblob`.
+    pub kind: String,
+    /// The backend's attributes.
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl CacheSpec {
+    /// Parses buildctl's syntax: `type=registry,ref=R,mode=max`, or a bare reference meaning
+    /// `type=registry,ref=<it>`.
+    ///
+    /// # Errors
+    /// [`SpecError`] for a malformed spec, an unknown type, a missing `ref`, or `type=local`
+    /// (which needs a client content store this client does not serve).
+    pub fn parse(s: &str, direction: CacheDirection) -> Result<Self, SpecError> {
+        let what = match direction {
+            CacheDirection::Export => "--export-cache",
+            CacheDirection::Import => "--import-cache",
+        };
+        if !s.contains('=') && !s.trim().is_empty() {
+            return Ok(CacheSpec {
+                kind: "registry".into(),
+                attrs: BTreeMap::from([("ref".to_owned(), s.trim().to_owned())]),
+            });
+        }
+        let mut kind = None;
+        let mut attrs = BTreeMap::new();
+        for (k, v) in parse_kv_csv(what, s)? {
+            if k == "type" {
+                kind = Some(v);
+            } else {
+                attrs.insert(k, v);
+            }
+        }
+        let kind = kind.ok_or_else(|| SpecError::new(what, s, "type= is missing"))?;
+        match kind.as_str() {
+            "registry" => {
+                if attrs.get("ref").is_none_or(|r| r.is_empty()) {
+                    return Err(SpecError::new(what, s, "type=registry needs ref=REF"));
+                }
+            }
+            "inline" if direction == CacheDirection::Import => {
+                return Err(SpecError::new(
+                    what,
+                    s,
+                    "inline cache is imported with type=registry,ref=IMAGE",
+                ));
+            }
+            "inline" | "s3" | "gha" | "azblob" => {}
+            "local" => {
+                return Err(SpecError::new(
+                    what,
+                    s,
+                    "type=local needs a client-side content store, which pf-buildkit does not serve; use type=registry",
+                ));
+            }
+            other => {
+                return Err(SpecError::new(
+                    what,
+                    s,
+                    format!(
+                        "unknown type {other:?} (expected registry, inline, s3, gha or azblob)"
+                    ),
+                ));
+            }
+        }
+        if let Some(mode) = attrs.get("mode")
+            && mode != "min"
+            && mode != "max"
+        {
+            return Err(SpecError::new(what, s, "mode must be min or max"));
+        }
+        Ok(CacheSpec { kind, attrs })
+    }
+}
+
+/// Parses `KEY=VALUE` (build args, labels, frontend options). The value may be empty; the
+/// key may not.
+///
+/// # Errors
+/// [`SpecError`] when there is no `=` or the key is empty.
+pub fn parse_key_value(what: &'static str, s: &str) -> Result<(String, String), SpecError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| SpecError::new(what, s, "expected KEY=VALUE"))?;
+    if k.trim().is_empty() {
+        return Err(SpecError::new(what, s, "the key is empty"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// A parsed `--secret id=ID[,src=PATH|,env=VAR]` (`source=` is accepted for `src=`). Unlike
+/// buildctl, a source is required, so nothing is sent by accident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The id `RUN --mount=type=secret,id=ID` names.
+    pub id: String,
+    /// Where the value comes from.
+    pub source: crate::buildkit::session::SecretSource,
+}
+
+impl FromStr for SecretSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        use crate::buildkit::session::SecretSource;
+        const WHAT: &str = "--secret";
+        let mut id = None;
+        let mut source = None;
+        for (k, v) in parse_kv_csv(WHAT, s)? {
+            match k.as_str() {
+                "id" => id = Some(v),
+                "src" | "source" => source = Some(SecretSource::File(PathBuf::from(v))),
+                "env" => source = Some(SecretSource::Env(v)),
+                "type" if v == "file" || v == "env" => {}
+                other => {
+                    return Err(SpecError::new(
+                        WHAT,
+                        s,
+                        format!("unknown key {other:?} (expected id, src or env)"),
+                    ));
+                }
+            }
+        }
+        let id = id
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| SpecError::new(WHAT, s, "id= is missing"))?;
+        let source = source.ok_or_else(|| {
+            SpecError::new(WHAT, s, "give the value's source: src=FILE or env=VARIABLE")
+        })?;
+        Ok(SecretSpec { id, source })
+    }
+}
+
+/// A parsed `--ssh default|ID[=SOCKET]`: `ID` alone means `$SSH_AUTH_SOCK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSpec {
+    /// The id `RUN --mount=type=ssh,id=ID` names (`default` by default).
+    pub id: String,
+    /// The agent socket; `None` means `$SSH_AUTH_SOCK`.
+    pub socket: Option<PathBuf>,
+}
+
+impl FromStr for SshSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        const WHAT: &str = "--ssh";
+        let (id, socket) = match s.split_once('=') {
+            Some((id, path)) => {
+                if path.contains(',') {
+                    return Err(SpecError::new(
+                        WHAT,
+                        s,
+                        "only one agent socket per id is supported (no key files)",
+                    ));
+                }
+                (id, Some(PathBuf::from(path)))
+            }
+            None => (s, None),
+        };
+        if id.is_empty() || id.contains(',') {
+            return Err(SpecError::new(WHAT, s, "expected default or ID[=SOCKET]"));
+        }
+        Ok(SshSpec {
+            id: id.to_owned(),
+            socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buildkit::session::SecretSource;
+
+    #[test]
+    fn csv_honours_quotes() {
+        assert_eq!(
+            split_csv(r#"type=image,"name=a:1,b:2",push=true"#).unwrap(),
+            vec!["type=image", "name=a:1,b:2", "push=true"]
+        );
+        assert!(split_csv(r#""open"#).is_err());
+    }
+
+    #[test]
+    fn outputs_split_client_and_daemon_attrs() {
+        let o: OutputSpec = "type=local,dest=out".parse().unwrap();
+        assert_eq!(o.kind, "local");
+        assert_eq!(o.dest, Some(PathBuf::from("out")));
+        assert!(o.attrs.is_empty());
+        let o: OutputSpec = "type=oci,dest=a.tar,tar=true,name=x".parse().unwrap();
+        assert_eq!(o.attrs, BTreeMap::from([("name".into(), "x".into())]));
+        let o: OutputSpec = "type=image,name=r/x:y,push=true,registry.insecure=true"
+            .parse()
+            .unwrap();
+        assert_eq!(o.attrs.len(), 3);
+        assert!(o.dest.is_none());
+    }
+
+    #[test]
+    fn bad_outputs_say_why() {
+        for bad in [
+            "dest=x",
+            "type=local",
+            "type=tar,dest=-",
+            "type=nope,dest=x",
+            "type=image,push=true",
+            "type=local,dest",
+            "type=oci,dest=x,tar=false",
+        ] {
+            let err = bad.parse::<OutputSpec>().unwrap_err();
+            assert!(err.to_string().starts_with("invalid --output"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cache_specs() {
+        let c =
+            CacheSpec::parse("type=registry,ref=r/c:1,mode=max", CacheDirection::Export).unwrap();
+        assert_eq!(c.kind, "registry");
+        assert_eq!(c.attrs["mode"], "max");
+        let c = CacheSpec::parse("r/c:1", CacheDirection::Import).unwrap();
+        assert_eq!(c.attrs["ref"], "r/c:1");
+        assert!(CacheSpec::parse("type=registry", CacheDirection::Import).is_err());
+        assert!(CacheSpec::parse("type=registry,ref=x,mode=all", CacheDirection::Export).is_err());
+        assert!(CacheSpec::parse("type=local,dest=d", CacheDirection::Export).is_err());
+        assert!(CacheSpec::parse("type=inline", CacheDirection::Export).is_ok());
+    }
+
+    #[test]
+    fn secrets_need_an_id_and_a_source() {
+        let s: SecretSpec = "id=tok,src=/run/tok".parse().unwrap();
+        assert_eq!(s.source, SecretSource::File("/run/tok".into()));
+        let s: SecretSpec = "id=tok,env=TOKEN".parse().unwrap();
+        assert_eq!(s.source, SecretSource::Env("TOKEN".into()));
+        assert!("src=/x".parse::<SecretSpec>().is_err());
+        assert!("id=x".parse::<SecretSpec>().is_err());
+        assert!("id=x,bogus=1".parse::<SecretSpec>().is_err());
+    }
+
+    #[test]
+    fn ssh_specs() {
+        assert_eq!(
+            "default".parse::<SshSpec>().unwrap(),
+            SshSpec {
+                id: "default".into(),
+                socket: None
+            }
+        );
+        assert_eq!(
+            "git=/tmp/a.sock".parse::<SshSpec>().unwrap().socket,
+            Some(PathBuf::from("/tmp/a.sock"))
+        );
+        assert!("".parse::<SshSpec>().is_err());
+        assert!("x=/a,/b".parse::<SshSpec>().is_err());
+    }
+
+    #[test]
+    fn key_values() {
+        assert_eq!(
+            parse_key_value("--build-arg", "A=b=c").unwrap(),
+            ("A".into(), "b=c".into())
+        );
+        assert!(parse_key_value("--build-arg", "A").is_err());
+        assert!(parse_key_value("--build-arg", "=x").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! `build --repo R --tag T`: the multi-platform build and its flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+
+use pf_buildkit::build::{
+    Builder, DEFAULT_ARCHES, MultiPlatformBuild, PrefixedLines, PushMode, S3Cache,
+};
+use pf_buildkit::buildkit::progress::{
+    PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
+};
+use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint};
+use pf_buildkit::config::BuildkitConfig;
+use pf_buildkit::registry::DockerConfig;
+
+use super::{GlobalArgs, Outcome};
+
+/// Flags of the multi-platform build (active when `--repo` is given).
+#[derive(Debug, Args)]
+pub struct MultiArgs {
+    /// Repository to push to: builds every architecture and pushes REGISTRY/REPO:TAG-ARCH
+    /// images and the index REGISTRY/REPO:TAG
+    #[arg(long, value_name = "REPO", requires = "tag")]
+    pub repo: Option<String>,
+    /// Tag of the index (architecture images get TAG-ARCH)
+    #[arg(long, value_name = "TAG", requires = "repo")]
+    pub tag: Option<String>,
+    /// Registry host (default: "registry" in buildkit.json)
+    #[arg(long, value_name = "HOST", requires = "repo")]
+    pub registry: Option<String>,
+    /// BuildKit for one architecture, e.g. arm64=tcp://10.0.0.7:1234 (repeatable; default:
+    /// --addr for every architecture)
+    #[arg(long = "builder", value_name = "ARCH=ENDPOINT", requires = "repo")]
+    pub builders: Vec<String>,
+    /// Architectures to build (default: amd64,arm64, or those of --builder)
+    #[arg(
+        long = "arch",
+        value_name = "ARCH[,ARCH]",
+        value_delimiter = ',',
+        requires = "repo"
+    )]
+    pub arches: Vec<String>,
+    /// Talk plain HTTP to the registry
+    #[arg(long, requires = "repo")]
+    pub insecure_registry: bool,
+    /// Export each image to this client and push it from here, rather than from the daemon
+    #[arg(long, requires = "repo")]
+    pub push_from_client: bool,
+}
+
+/// What `--metadata-file` records for a multi-platform build.
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    index: IndexMetadata<'a>,
+    images: BTreeMap<&'a str, ImageMetadata<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct IndexMetadata<'a> {
+    reference: &'a str,
+    digest: &'a str,
+    #[serde(rename = "mediaType")]
+    media_type: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageMetadata<'a> {
+    reference: &'a str,
+    digest: &'a str,
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &MultiArgs,
+    options: BuildOptions,
+    progress: ProgressMode,
+    metadata_file: Option<&PathBuf>,
+) -> anyhow::Result<Outcome> {
+    let (Some(repo), Some(tag)) = (&args.repo, &args.tag) else {
+        anyhow::bail!("--repo and --tag go together");
+    };
+    if !options.outputs.is_empty() {
+        anyhow::bail!(
+            "--output cannot be combined with --repo: the images go to REGISTRY/REPO:TAG-ARCH"
+        );
+    }
+    if !options.platforms.is_empty() {
+        anyhow::bail!("--platform cannot be combined with --repo: use --arch");
+    }
+    // Only read buildkit.json when it is needed, so --registry works outside a repository.
+    let config = if args.registry.is_none() {
+        Some(BuildkitConfig::discover(&std::env::current_dir()?)?)
+    } else {
+        None
+    };
+    let registry = match (&args.registry, &config) {
+        (Some(registry), _) => registry.clone(),
+        (None, Some(config)) => config.registry()?.to_owned(),
+        (None, None) => {
+            anyhow::bail!("no registry: pass --registry or set \"registry\" in buildkit.json")
+        }
+    };
+
+    let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
+    for spec in &args.builders {
+        let (arch, addr) = spec.split_once('=').with_context(|| {
+            format!("--builder {spec:?}: expected ARCH=ENDPOINT, e.g. arm64=tcp://10.0.0.7:1234")
+        })?;
+        if endpoints.insert(arch.to_owned(), addr.parse()?).is_some() {
+            anyhow::bail!("--builder: architecture {arch} is given twice");
+        }
+    }
+    let arches: Vec<String> = if !args.arches.is_empty() {
+        args.arches.iter().map(|a| a.trim().to_owned()).collect()
+    } else if !endpoints.is_empty() {
+        endpoints.keys().cloned().collect()
+    } else {
+        DEFAULT_ARCHES.iter().map(|a| (*a).to_owned()).collect()
+    };
+
+    let mut build = MultiPlatformBuild::new(options, registry, repo, tag);
+    build.insecure_registry = args.insecure_registry;
+    build.push = if args.push_from_client {
+        PushMode::FromClient
+    } else {
+        PushMode::Auto
+    };
+    build.registry_credentials = DockerConfig::load()?;
+    if let Some(config) = &config
+        && let Some((bucket, region)) = config.s3_cache()?
+    {
+        build.s3_cache = Some(S3Cache {
+            bucket: bucket.to_owned(),
+            region: region.to_owned(),
+        });
+    }
+    let arch_refs: Vec<&str> = arches.iter().map(String::as_str).collect();
+    build.validate(&arch_refs)?;
+    build.options.validate()?;
+
+    // Connect every builder before building anything: a bad address fails the whole build
+    // up front. Architectures without --builder share --addr.
+    let tls = global.tls();
+    let mut builders = Vec::new();
+    for arch in &arches {
+        let endpoint = match endpoints.remove(arch) {
+            Some(endpoint) => endpoint,
+            None => global.addr.parse()?,
+        };
+        let client = Client::connect(endpoint, &tls)
+            .await
+            .with_context(|| arch.clone())?;
+        builders.push(Builder {
+            arch: arch.clone(),
+            client,
+        });
+    }
+    if let Some(extra) = endpoints.keys().next() {
+        anyhow::bail!("--builder {extra}=…: {extra} is not among the architectures built (--arch)");
+    }
+
+    let make_sink = move |arch: &str| -> Box<dyn ProgressSink> {
+        match progress {
+            ProgressMode::Quiet => Box::new(QuietProgress),
+            ProgressMode::RawJson => Box::new(RawJsonProgress::new(PrefixedLines::stderr(""))),
+            // Two live views cannot share one terminal; prefixed plain lines can.
+            _ => Box::new(PlainProgress::new(PrefixedLines::stderr(format!(
+                "{arch}: "
+            )))),
+        }
+    };
+    let result = build.run(&builders, &make_sink).await?;
+
+    if let Some(path) = metadata_file {
+        let metadata = Metadata {
+            index: IndexMetadata {
+                reference: &result.reference,
+                digest: &result.index.digest,
+                media_type: &result.index.media_type,
+            },
+            images: result
+                .images
+                .iter()
+                .map(|(arch, image)| {
+                    (
+                        arch.as_str(),
+                        ImageMetadata {
+                            reference: &image.reference,
+                            digest: &image.digest,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&metadata)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write --metadata-file {}", path.display()))?;
+    }
+    println!("{}", result.index.digest);
+    Ok(Outcome::Success)
+}
