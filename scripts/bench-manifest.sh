@@ -7,10 +7,10 @@
 # fresh target each run (every blob mounted). Prints the median of 5 wall times (hyperfine).
 #
 # Needs: a running test environment (`scripts/testenv start`), hyperfine, curl, sha256sum.
-# Measured 2026-11-28 on the 2-core dev machine, quiet-ish (ms, median of 5):
-#   2 platforms same-repo: pf-buildkit 37, buildx 126; cross-repo (re-run): 47 vs 174
-#   8 platforms same-repo: pf-buildkit 68, buildx 165; cross-repo (re-run): 90 vs 299
-#   fresh target, every blob mounted (under load): 2 platforms 122 vs 267, 8: 317 vs 612
+# Measured 2026-11-28 on the 2-core dev machine (load ~2.5), ms, median of 5,
+# pf-buildkit vs buildx 0.13.1:
+#   2 platforms: same-repo 13 vs 94; cross-repo re-run 29 vs 117; fresh target 40 vs 119
+#   8 platforms: same-repo 35 vs 112; cross-repo re-run 42 vs 180; fresh target 92 vs 211
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
