@@ -137,7 +137,7 @@ impl Request {
 /// The HTTP client shared by every registry operation.
 pub(crate) struct Transport {
     http: reqwest::Client,
-    config: DockerConfig,
+    config: Arc<DockerConfig>,
     plain_http_all: bool,
     plain_http: HashSet<String>,
     pub retry: RetryPolicy,
@@ -165,7 +165,7 @@ impl Transport {
             .map_err(Error::HttpClient)?;
         Ok(Self {
             http,
-            config,
+            config: Arc::new(config),
             plain_http_all,
             plain_http,
             retry,
@@ -195,14 +195,26 @@ impl Transport {
             })
     }
 
-    fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
         {
             let auth = lock(&self.auth);
             if let Some(Some(known)) = auth.get(registry).map(|a| a.credential.clone()) {
                 return Ok(known);
             }
         }
-        let found = self.config.credentials(registry)?;
+        // A credential helper is a program that may take a while (cloud helpers call their
+        // APIs): keep it off the async workers.
+        let config = self.config.clone();
+        let key = registry.to_owned();
+        let found = tokio::task::spawn_blocking(move || config.credentials(&key))
+            .await
+            .map_err(|e| {
+                Error::Credentials(super::credentials::CredentialsError::Helper {
+                    helper: "(credential helper)".into(),
+                    registry: registry.to_owned(),
+                    message: e.to_string(),
+                })
+            })??;
         lock(&self.auth)
             .entry(registry.to_owned())
             .or_default()
@@ -371,7 +383,7 @@ impl Transport {
             .and_then(|v| v.to_str().ok())
             .map(parse_challenge)
             .unwrap_or(Challenge::Unknown);
-        let credential = self.credential(registry)?;
+        let credential = self.credential(registry).await?;
         match challenge {
             Challenge::Basic => {
                 if !matches!(credential, Some(Credential::Basic { .. })) {
