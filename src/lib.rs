@@ -2,7 +2,9 @@
 //!
 //! The library is the product; the `pf-buildkit` binary is a thin skin over it. It talks to
 //! BuildKit over its gRPC API directly (no `buildctl`), over TCP, unix sockets, TLS, the Docker
-//! Engine's embedded BuildKit, or any byte stream you supply.
+//! Engine's embedded BuildKit, or any byte stream you supply. The [`fleet`] module runs a
+//! Kubernetes BuildKit fleet through the Kubernetes API (no `kubectl`): choosing and scaling
+//! pods, port-forwards (`kube-pod://` endpoints via [`fleet::connect`]), tunnels, cache clearing.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::buildkit::Error> {
@@ -18,4 +20,5 @@ pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod credentials;
+pub mod fleet;
 pub mod registry;

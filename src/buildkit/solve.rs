@@ -62,6 +62,10 @@ pub struct BuildOptions {
     pub frontend_attrs: BTreeMap<String, String>,
     /// Named contexts that are local directories: `COPY --from=NAME` / `FROM NAME`.
     pub named_contexts: BTreeMap<String, PathBuf>,
+    /// More local directories the session serves by name, with no attribute added (buildctl's
+    /// `--local NAME=DIR`; pair with `--opt context:X=local:NAME`). `context` and
+    /// `dockerfile` here replace the directories derived from `context` and `dockerfile`.
+    pub locals: BTreeMap<String, PathBuf>,
     /// Exporters, in order.
     pub outputs: Vec<OutputSpec>,
     /// Cache exports.
@@ -112,10 +116,10 @@ impl BuildOptions {
                 dockerfile.display()
             ));
         }
-        for (name, dir) in &self.named_contexts {
+        for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
             if !dir.is_dir() {
                 return invalid(format!(
-                    "named context {name}: {} is not a directory",
+                    "local directory {name}: {} is not a directory",
                     dir.display()
                 ));
             }
@@ -260,7 +264,7 @@ impl BuildOptions {
         let mut dirs = BTreeMap::new();
         dirs.insert("context".to_owned(), absolute(&self.context));
         dirs.insert("dockerfile".to_owned(), absolute(&dockerfile_dir));
-        for (name, dir) in &self.named_contexts {
+        for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
             dirs.insert(name.clone(), absolute(dir));
         }
         let exports = self

@@ -42,6 +42,10 @@ pub struct BuildArgs {
     /// SSH agent for RUN --mount=type=ssh: default, ID or ID=SOCKET (repeatable)
     #[arg(long = "ssh", value_name = "SPEC")]
     ssh: Vec<String>,
+    /// Extra local directory served to the daemon, as buildctl's --local; use it with
+    /// --opt context:NAME=local:NAME (repeatable)
+    #[arg(long = "local", value_name = "NAME=DIR")]
+    locals: Vec<String>,
     /// Raw frontend attribute, e.g. force-network-mode=none (repeatable)
     #[arg(long = "opt", value_name = "K=V")]
     opts: Vec<String>,
@@ -119,6 +123,10 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .map(str::to_owned)
             .collect();
         options.no_cache = args.no_cache;
+        options.locals = key_values("--local", &args.locals)?
+            .into_iter()
+            .map(|(name, dir)| (name, PathBuf::from(dir)))
+            .collect();
         for spec in &args.secrets {
             let secret: SecretSpec = spec.parse()?;
             options.secrets.insert(secret.id, secret.source);

@@ -8,6 +8,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 mod build;
 mod daemon;
+mod fleet;
 mod manifest;
 mod multibuild;
 mod units;
@@ -72,7 +73,8 @@ impl GlobalArgs {
     /// Connects to `--addr`.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let endpoint: Endpoint = self.addr.parse()?;
-        Ok(Client::connect(endpoint, &self.tls()).await?)
+        // kube-pod:// goes through a port-forward; the rest as the BuildKit client connects.
+        Ok(pf_buildkit::fleet::connect(endpoint, &self.tls()).await?)
     }
 }
 
@@ -98,6 +100,8 @@ pub enum Command {
     Prune(daemon::PruneArgs),
     /// Build a Dockerfile on one BuildKit
     Build(Box<build::BuildArgs>),
+    #[command(flatten)]
+    Fleet(fleet::FleetCommand),
     /// Push or inspect multi-platform manifests in a registry
     Manifest(manifest::ManifestArgs),
     /// Print a shell completion script
@@ -115,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Du(args) => daemon::du(&cli.global, &args).await,
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
         Command::Build(args) => build::build(&cli.global, &args).await,
+        Command::Fleet(command) => fleet::run(command).await,
         Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -13,7 +13,7 @@ use pf_buildkit::build::{
 use pf_buildkit::buildkit::progress::{
     PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
 };
-use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint};
+use pf_buildkit::buildkit::{BuildOptions, Endpoint};
 use pf_buildkit::config::BuildkitConfig;
 use pf_buildkit::registry::DockerConfig;
 
@@ -151,7 +151,8 @@ pub async fn run(
             Some(endpoint) => endpoint,
             None => global.addr.parse()?,
         };
-        let client = Client::connect(endpoint, &tls)
+        // kube-pod:// builders connect through a port-forward.
+        let client = pf_buildkit::fleet::connect(endpoint, &tls)
             .await
             .with_context(|| arch.clone())?;
         builders.push(Builder {

@@ -749,3 +749,73 @@ fn ssh_agent_is_offered_to_run_mounts() {
         util::stderr(&out)
     );
 }
+
+#[test]
+fn tty_progress_draws_steps_and_marks_cached_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY Dockerfile /\n",
+    );
+    let ctx = dir.path().to_str().unwrap();
+    let first = build(&["--context", ctx, "--progress", "tty"]);
+    assert_ok(&first);
+    let stderr = util::stderr(&first);
+    assert!(stderr.contains("[+] Finished"), "{stderr}");
+    assert!(stderr.contains("[1/1] COPY Dockerfile /"), "{stderr}");
+    assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
+    // The same build again comes from the cache.
+    let second = build(&["--context", ctx, "--progress", "tty"]);
+    assert_ok(&second);
+    let stderr = util::stderr(&second);
+    assert!(
+        stderr.contains(" => CACHED [1/1] COPY Dockerfile /"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn extra_local_directories_serve_named_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    let extra = dir.path().join("extra");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY --from=assets logo.txt /from-assets.txt\nCOPY Dockerfile /\n",
+    );
+    write(&extra.join("logo.txt"), "named context content\n");
+    let tar = dir.path().join("out.tar");
+    let local = format!("assets={}", extra.display());
+    let out = build(&[
+        "--context",
+        ctx.to_str().unwrap(),
+        "--progress",
+        "plain",
+        "--local",
+        &local,
+        "--opt",
+        "context:assets=local:assets",
+        "--output",
+        &format!("type=tar,dest={}", tar.display()),
+    ]);
+    assert_ok(&out);
+    let content = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("from-assets.txt")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&content.stdout),
+        "named context content\n"
+    );
+
+    let out = build(&[
+        "--context",
+        ctx.to_str().unwrap(),
+        "--local",
+        &format!("assets={}", dir.path().join("nope").display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(util::stderr(&out).contains("local directory assets"));
+}

@@ -8,7 +8,10 @@
 mod build;
 mod cli;
 mod daemon;
+mod fake_kube;
+mod fleet;
 mod manifest;
+mod multiplatform;
 mod relay;
 mod tls;
 mod transports;

@@ -211,7 +211,7 @@ pub(crate) fn write_failure(
     state: &State,
     failure: &FailureReport,
 ) -> std::io::Result<()> {
-    if let Some(step) = state.failed_step(failure) {
+    if let Some(step) = state.failed_step(failure).filter(|s| !s.lines.is_empty()) {
         writeln!(out, "------")?;
         writeln!(out, " > {}:", step.name)?;
         for line in &step.lines {

@@ -17,6 +17,7 @@ pub struct PlainProgress<W: Write + Send> {
     announced: HashSet<usize>,
     finished: HashSet<usize>,
     statuses_done: HashSet<(usize, String)>,
+    warnings: usize,
 }
 
 impl<W: Write + Send> PlainProgress<W> {
@@ -28,6 +29,7 @@ impl<W: Write + Send> PlainProgress<W> {
             announced: HashSet::new(),
             finished: HashSet::new(),
             statuses_done: HashSet::new(),
+            warnings: 0,
         }
     }
 
@@ -118,6 +120,7 @@ impl<W: Write + Send> PlainProgress<W> {
             }
         }
         for w in &status.warnings {
+            self.warnings += 1;
             let i = self.state.index(&w.vertex);
             self.announce(i)?;
             writeln!(
@@ -139,6 +142,9 @@ impl<W: Write + Send> ProgressSink for PlainProgress<W> {
 
     fn finish(&mut self, transfer: &TransferSummary, failure: Option<&FailureReport>) {
         let _ = writeln!(self.out, "{}", transfer_line(transfer));
+        if self.warnings > 0 {
+            let _ = writeln!(self.out, "{} warnings found", self.warnings);
+        }
         if let Some(failure) = failure {
             let _ = write_failure(&mut self.out, &self.state, failure);
         }

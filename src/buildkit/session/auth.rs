@@ -72,3 +72,50 @@ impl Auth for AuthService {
         Err(tonic::Status::unavailable("no token authority"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(json: &str) -> AuthService {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        AuthService {
+            config: Some(Arc::new(DockerConfig::load_from(&path).unwrap())),
+        }
+    }
+
+    async fn ask(service: &AuthService, host: &str) -> CredentialsResponse {
+        service
+            .credentials(tonic::Request::new(CredentialsRequest {
+                host: host.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    #[tokio::test]
+    async fn docker_hub_credentials_come_from_the_legacy_key() {
+        // base64("me:pw")
+        let s = service(r#"{"auths":{"https://index.docker.io/v1/":{"auth":"bWU6cHc="}}}"#);
+        let r = ask(&s, "registry-1.docker.io").await;
+        assert_eq!((r.username.as_str(), r.secret.as_str()), ("me", "pw"));
+        let r = ask(&s, "ghcr.io").await;
+        assert!(
+            r.username.is_empty() && r.secret.is_empty(),
+            "anonymous elsewhere"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_authority_is_unavailable_so_the_daemon_falls_back() {
+        let s = service("{}");
+        let err = s
+            .get_token_authority(tonic::Request::new(GetTokenAuthorityRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+}

@@ -267,8 +267,11 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 /// kept in the user's cache directory) and the directory's absolute path. Stable across
 /// builds, so the daemon diffs against its last copy and transfers only changed files.
 pub fn shared_key_for(dir: &Path) -> String {
+    shared_key_with_node(dir, &node_id())
+}
+
+fn shared_key_with_node(dir: &Path, node: &str) -> String {
     let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
-    let node = node_id();
     let mut hasher = Sha256::new();
     hasher.update(node.as_bytes());
     hasher.update([0]);
@@ -337,8 +340,9 @@ mod tests {
 
     #[test]
     fn shared_key_is_stable_per_directory() {
-        let a = shared_key_for(Path::new("/tmp/a"));
-        assert_eq!(a, shared_key_for(Path::new("/tmp/a")));
-        assert_ne!(a, shared_key_for(Path::new("/tmp/b")));
+        let a = shared_key_with_node(Path::new("/tmp/a"), "n1");
+        assert_eq!(a, shared_key_with_node(Path::new("/tmp/a"), "n1"));
+        assert_ne!(a, shared_key_with_node(Path::new("/tmp/b"), "n1"));
+        assert_ne!(a, shared_key_with_node(Path::new("/tmp/a"), "n2"));
     }
 }

@@ -36,3 +36,36 @@ impl Secrets for SecretsService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn known_ids_are_read_and_unknown_ones_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "value").unwrap();
+        let service = SecretsService {
+            secrets: BTreeMap::from([("a".to_owned(), SecretSource::File(file))]),
+        };
+        let got = service
+            .get_secret(tonic::Request::new(GetSecretRequest {
+                id: "a".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&got.data[..], b"value");
+        let err = service
+            .get_secret(tonic::Request::new(GetSecretRequest {
+                id: "b".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(!err.message().contains("value"));
+    }
+}

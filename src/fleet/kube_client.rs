@@ -1,0 +1,189 @@
+//! The connection to the Kubernetes API: kubeconfig (with `--context` and exec auth plugins) or
+//! the in-cluster service account, and a short, bounded retry around every call.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, KubeconfigError};
+use kube::{Client, Config};
+
+use super::NAMESPACE;
+use super::error::{Error, Result, describe_kube_error};
+
+/// How many times a call is tried when the API server answers 429, 503 or 504.
+pub const RETRY_ATTEMPTS: u32 = 4;
+
+/// The first pause between attempts; it doubles each time (0.25 s, 0.5 s, 1 s: under 2 s in all).
+const RETRY_BASE: Duration = Duration::from_millis(250);
+
+/// A connection to the cluster that runs the BuildKit fleet.
+///
+/// Cheap to clone: clones share the kube client.
+#[derive(Clone)]
+pub struct Fleet {
+    pub(crate) client: Client,
+    pub(crate) namespace: String,
+    pub(crate) in_cluster: bool,
+    pub(crate) context: Option<String>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("namespace", &self.namespace)
+            .field("in_cluster", &self.in_cluster)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Connects with the kubeconfig (`KUBECONFIG` or `~/.kube/config`) and `context` (its
+    /// current context when `None`), or with the pod's service account when there is no
+    /// kubeconfig and no context was asked for. Exec auth plugins named by the kubeconfig run.
+    ///
+    /// # Errors
+    /// [`Error::NoConfig`] when there is neither; [`Error::UnknownContext`] when the kubeconfig
+    /// lacks `context`; [`Error::Kubeconfig`] or [`Error::Client`] when it cannot be used.
+    pub async fn connect(context: Option<&str>) -> Result<Fleet> {
+        let (config, in_cluster) = load_config(context).await?;
+        Self::from_config(config, in_cluster, context)
+    }
+
+    /// Connects with an explicit kube [`Config`] (e.g. built from a kubeconfig file of your own).
+    ///
+    /// kube's own retry (up to 15 attempts over minutes) is switched off: every call here is
+    /// retried at most [`RETRY_ATTEMPTS`] times, within seconds.
+    ///
+    /// # Errors
+    /// [`Error::Client`] when the client cannot be built (e.g. an exec auth plugin failed).
+    pub fn from_config(
+        mut config: Config,
+        in_cluster: bool,
+        context: Option<&str>,
+    ) -> Result<Fleet> {
+        config.default_retry = false;
+        let client = Client::try_from(config).map_err(|e| Error::Client {
+            reason: describe_kube_error(&e),
+        })?;
+        Ok(Fleet {
+            client,
+            namespace: NAMESPACE.to_owned(),
+            in_cluster,
+            context: context.map(str::to_owned),
+        })
+    }
+
+    /// Uses `namespace` rather than [`NAMESPACE`] (for clusters that deviate, and for tests).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The namespace the fleet runs in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Whether this process runs inside the cluster (pods are then reached by their IPs).
+    pub fn in_cluster(&self) -> bool {
+        self.in_cluster
+    }
+
+    /// The kubeconfig context in use, when one was named.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
+    }
+
+    /// The underlying kube client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Loads the configuration: the kubeconfig first; the service account only when there is no
+/// kubeconfig at all (a broken kubeconfig is an error, not a reason to guess).
+async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    match Config::from_kubeconfig(&options).await {
+        Ok(config) => Ok((config, false)),
+        Err(err) => {
+            if let Some(missing) = missing_kubeconfig(&err) {
+                if let Some(context) = context {
+                    return Err(Error::NoKubeconfigForContext {
+                        context: context.to_owned(),
+                        reason: missing,
+                    });
+                }
+                return match Config::incluster() {
+                    Ok(config) => Ok((config, true)),
+                    Err(in_cluster) => Err(Error::NoConfig {
+                        kubeconfig: missing,
+                        in_cluster: in_cluster.to_string(),
+                    }),
+                };
+            }
+            match err {
+                KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
+                other => Err(Error::Kubeconfig {
+                    reason: error_chain(&other),
+                }),
+            }
+        }
+    }
+}
+
+/// `Some(why)` when the error means there is no kubeconfig file at all.
+fn missing_kubeconfig(err: &KubeconfigError) -> Option<String> {
+    match err {
+        KubeconfigError::FindPath => Some("no home directory to find ~/.kube/config in".into()),
+        KubeconfigError::ReadConfig(io, path) if io.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("{} does not exist", path.display()))
+        }
+        _ => None,
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// Whether an API answer is worth another try soon: throttling or an overloaded or
+/// unavailable server (aggregated APIs such as metrics answer 503 while restarting).
+fn retryable(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if matches!(status.code, 429 | 503 | 504))
+}
+
+/// Runs `call`, trying again at most [`RETRY_ATTEMPTS`] times in all on 429/503/504.
+pub(crate) async fn with_retry<T, F, Fut>(mut call: F) -> std::result::Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, kube::Error>>,
+{
+    let mut pause = RETRY_BASE;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if attempt < RETRY_ATTEMPTS && retryable(&err) => {
+                tracing::debug!(attempt, error = %describe_kube_error(&err), "retrying Kubernetes call");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Scaling the StatefulSets through their `scale` subresource (as `kubectl scale` does) and
+//! stamping builds with a merge patch of the last-build annotation.
+//!
+//! Both writes carry the `resourceVersion` they were decided on, so a scale-down never undoes a
+//! build recorded a moment earlier and a scale-up never lowers a count the HPA just raised: the
+//! API server answers 409 and the decision is made again on fresh state.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::error::{Error, Result};
+use super::kube_client::{Fleet, with_retry};
+use super::{Arch, LAST_BUILD_ANNOTATION};
+
+/// How often `scale up --wait` looks at the StatefulSets.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often a write is decided again after a 409 before giving up.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Options of [`Fleet::scale_up`].
+#[derive(Debug, Clone, Default)]
+pub struct ScaleUpOptions {
+    /// Wait until every architecture has an available replica, at most this long in all.
+    pub wait: Option<Duration>,
+}
+
+/// What [`Fleet::scale_up`] did for one architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleUpReport {
+    /// The architecture.
+    pub arch: Arch,
+    /// The replica count found.
+    pub replicas_before: i32,
+    /// Whether it was scaled from 0 to 1.
+    pub scaled: bool,
+}
+
+/// Progress of waiting for replicas, one per architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitState {
+    /// The architecture.
+    pub arch: Arch,
+    /// Available replicas seen.
+    pub available: i32,
+    /// Time left until the shared deadline.
+    pub remaining: Duration,
+}
+
+impl WaitState {
+    /// Whether this architecture has a replica to build on.
+    pub fn is_ready(&self) -> bool {
+        self.available >= 1
+    }
+}
+
+/// What [`Fleet::scale_down`] decided for one architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleDownReport {
+    /// The architecture.
+    pub arch: Arch,
+    /// The recorded last build, epoch seconds.
+    pub last_build: Option<u64>,
+    /// The annotation's text when it was not a number of seconds (treated as no build).
+    pub invalid_annotation: Option<String>,
+    /// The decision.
+    pub action: ScaleDownAction,
+    /// The idle time asked for.
+    pub timeout: Option<Duration>,
+}
+
+/// A scale-down decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleDownAction {
+    /// Scaled to 0.
+    ScaledDown,
+    /// A build was recorded within the timeout; left alone.
+    Skipped,
+    /// Already at 0 replicas.
+    AlreadyZero,
+}
+
+impl ScaleDownReport {
+    /// The decision in Panfactum's words, e.g.
+    /// `amd64: Last build occurred over 1800 seconds ago. Scaling down...`.
+    pub fn message(&self) -> String {
+        let arch = self.arch;
+        let timeout = self.timeout.map_or(0, |t| t.as_secs());
+        match self.action {
+            ScaleDownAction::AlreadyZero => format!("{arch}: Already scaled down."),
+            ScaleDownAction::Skipped => format!(
+                "{arch}: Last build occurred less than {timeout} seconds ago. Skipping scale down."
+            ),
+            ScaleDownAction::ScaledDown if self.timeout.is_none() => {
+                format!("{arch}: No --timeout given. Scaling down...")
+            }
+            ScaleDownAction::ScaledDown if self.last_build.is_none() => {
+                format!("{arch}: No builds recorded. Scaling down...")
+            }
+            ScaleDownAction::ScaledDown => {
+                format!("{arch}: Last build occurred over {timeout} seconds ago. Scaling down...")
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether an architecture counts as idle: no build recorded, or the last one more than
+/// `timeout` ago (strictly, as Panfactum). No timeout means scale down regardless.
+pub(crate) fn is_idle(last_build: Option<u64>, now: u64, timeout: Option<Duration>) -> bool {
+    match (timeout, last_build) {
+        (None, _) | (Some(_), None) => true,
+        (Some(timeout), Some(last)) => now.saturating_sub(last) > timeout.as_secs(),
+    }
+}
+
+fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 409)
+}
+
+impl Fleet {
+    fn statefulsets(&self) -> Api<StatefulSet> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn sts_error(
+        &self,
+        err: kube::Error,
+        arch: Arch,
+        action: &str,
+        perm: (&'static str, &'static str),
+    ) -> Error {
+        if matches!(&err, kube::Error::Api(s) if s.code == 404) {
+            return Error::NotFound {
+                kind: "StatefulSet",
+                name: arch.statefulset(),
+                namespace: self.namespace.clone(),
+            };
+        }
+        Error::from_kube(
+            err,
+            format!("{action} StatefulSet {}", arch.statefulset()),
+            perm,
+            &self.namespace,
+        )
+    }
+
+    /// Stamps the architecture's StatefulSet with the current time (annotation
+    /// [`LAST_BUILD_ANNOTATION`], epoch seconds), so the scale-to-zero job keeps it running.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the StatefulSet does not exist; [`Error::Forbidden`] without
+    /// `patch` on `statefulsets`.
+    pub async fn record_build(&self, arch: Arch) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": { LAST_BUILD_ANNOTATION: now_secs().to_string() } } });
+        let api = self.statefulsets();
+        let name = arch.statefulset();
+        let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
+        with_retry(|| api.patch(&name, &pp, &merge))
+            .await
+            .map_err(|e| {
+                self.sts_error(e, arch, "recording a build on", ("patch", "statefulsets"))
+            })?;
+        Ok(())
+    }
+
+    /// Scales each architecture from 0 to 1 replica (never lowering a higher count, which the
+    /// HPA owns), always records a build, and with [`ScaleUpOptions::wait`] waits until each has
+    /// an available replica, all architectures against one deadline. They run in parallel.
+    /// `progress` is called after each look at the StatefulSets while waiting.
+    ///
+    /// # Errors
+    /// [`Error::ScaleUpTimeout`] when the wait runs out; API errors as
+    /// [`Fleet::record_build`], plus `get`/`patch` on `statefulsets/scale`.
+    pub async fn scale_up(
+        &self,
+        archs: &[Arch],
+        options: &ScaleUpOptions,
+        progress: &(dyn Fn(&[WaitState]) + Send + Sync),
+    ) -> Result<Vec<ScaleUpReport>> {
+        let reports =
+            futures_util::future::try_join_all(archs.iter().map(|&arch| self.scale_up_one(arch)))
+                .await?;
+        if let Some(timeout) = options.wait {
+            self.wait_available(archs, timeout, progress).await?;
+        }
+        Ok(reports)
+    }
+
+    async fn scale_up_one(&self, arch: Arch) -> Result<ScaleUpReport> {
+        let api = self.statefulsets();
+        let name = arch.statefulset();
+        let mut report = None;
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let scale = with_retry(|| api.get_scale(&name)).await.map_err(|e| {
+                self.sts_error(
+                    e,
+                    arch,
+                    "reading the scale of",
+                    ("get", "statefulsets/scale"),
+                )
+            })?;
+            let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
+            if replicas != 0 {
+                report = Some(ScaleUpReport {
+                    arch,
+                    replicas_before: replicas,
+                    scaled: false,
+                });
+                break;
+            }
+            let patch = json!({
+                "metadata": { "resourceVersion": scale.metadata.resource_version },
+                "spec": { "replicas": 1 },
+            });
+            let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
+            match with_retry(|| api.patch_scale(&name, &pp, &merge)).await {
+                Ok(_) => {
+                    report = Some(ScaleUpReport {
+                        arch,
+                        replicas_before: 0,
+                        scaled: true,
+                    });
+                    break;
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => {
+                    return Err(self.sts_error(
+                        e,
+                        arch,
+                        "scaling up",
+                        ("patch", "statefulsets/scale"),
+                    ));
+                }
+            }
+        }
+        let report = report.ok_or_else(|| Error::Conflict {
+            statefulset: name.clone(),
+        })?;
+        self.record_build(arch).await?;
+        Ok(report)
+    }
+
+    /// Waits until each architecture's StatefulSet has an available replica, all against one
+    /// deadline `timeout` from now, calling `progress` after each look (every 2 s).
+    ///
+    /// # Errors
+    /// [`Error::ScaleUpTimeout`] naming the StatefulSets still without one; API errors.
+    pub async fn wait_available(
+        &self,
+        archs: &[Arch],
+        timeout: Duration,
+        progress: &(dyn Fn(&[WaitState]) + Send + Sync),
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let api = self.statefulsets();
+        loop {
+            let states = futures_util::future::try_join_all(archs.iter().map(|&arch| {
+                let api = api.clone();
+                async move {
+                    let name = arch.statefulset();
+                    let sts = with_retry(|| api.get(&name))
+                        .await
+                        .map_err(|e| self.sts_error(e, arch, "reading", ("get", "statefulsets")))?;
+                    let available = sts.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                    Ok::<_, Error>((arch, available))
+                }
+            }))
+            .await?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let states: Vec<WaitState> = states
+                .into_iter()
+                .map(|(arch, available)| WaitState {
+                    arch,
+                    available,
+                    remaining,
+                })
+                .collect();
+            progress(&states);
+            if states.iter().all(WaitState::is_ready) {
+                return Ok(());
+            }
+            if remaining.is_zero() {
+                let waiting: Vec<String> = states
+                    .iter()
+                    .filter(|s| !s.is_ready())
+                    .map(|s| s.arch.statefulset())
+                    .collect();
+                return Err(Error::ScaleUpTimeout {
+                    statefulsets: waiting.join(", "),
+                    seconds: timeout.as_secs(),
+                    namespace: self.namespace.clone(),
+                });
+            }
+            tokio::time::sleep(remaining.min(POLL_INTERVAL)).await;
+        }
+    }
+
+    /// Scales each architecture to 0 when it is idle: no build recorded, or the last one more
+    /// than `timeout` ago; without a timeout, regardless. Architectures go one after the other,
+    /// amd64 first. An annotation that is not a number counts as no build (and is reported).
+    ///
+    /// # Errors
+    /// API errors; [`Error::Conflict`] when builds keep being recorded during the decision.
+    pub async fn scale_down(&self, timeout: Option<Duration>) -> Result<Vec<ScaleDownReport>> {
+        let mut reports = Vec::new();
+        for arch in Arch::ALL {
+            reports.push(self.scale_down_one(arch, timeout).await?);
+        }
+        Ok(reports)
+    }
+
+    async fn scale_down_one(
+        &self,
+        arch: Arch,
+        timeout: Option<Duration>,
+    ) -> Result<ScaleDownReport> {
+        let api = self.statefulsets();
+        let name = arch.statefulset();
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let sts = with_retry(|| api.get(&name))
+                .await
+                .map_err(|e| self.sts_error(e, arch, "reading", ("get", "statefulsets")))?;
+            let annotation = sts
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LAST_BUILD_ANNOTATION))
+                .map(|v| v.trim().to_owned());
+            let last_build = annotation.as_deref().and_then(|v| v.parse::<u64>().ok());
+            let invalid_annotation = annotation.filter(|_| last_build.is_none());
+            let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let mut report = ScaleDownReport {
+                arch,
+                last_build,
+                invalid_annotation,
+                action: ScaleDownAction::Skipped,
+                timeout,
+            };
+            if replicas == 0 {
+                report.action = ScaleDownAction::AlreadyZero;
+                return Ok(report);
+            }
+            if !is_idle(last_build, now_secs(), timeout) {
+                return Ok(report);
+            }
+            // Decided on this version: a build recorded since makes the write fail with 409.
+            let patch = json!({
+                "metadata": { "resourceVersion": sts.metadata.resource_version },
+                "spec": { "replicas": 0 },
+            });
+            let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
+            match with_retry(|| api.patch_scale(&name, &pp, &merge)).await {
+                Ok(_) => {
+                    report.action = ScaleDownAction::ScaledDown;
+                    return Ok(report);
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => {
+                    return Err(self.sts_error(
+                        e,
+                        arch,
+                        "scaling down",
+                        ("patch", "statefulsets/scale"),
+                    ));
+                }
+            }
+        }
+        Err(Error::Conflict { statefulset: name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idleness_follows_panfactum_with_its_edge_fixed() {
+        let t = Some(Duration::from_secs(1800));
+        assert!(is_idle(None, 10_000, t), "no build recorded counts as idle");
+        assert!(is_idle(Some(1_000), 10_000, t));
+        assert!(
+            !is_idle(Some(8_200), 10_000, t),
+            "exactly the timeout is not over it"
+        );
+        assert!(is_idle(Some(8_199), 10_000, t));
+        // No timeout: scale down even if a build was stamped this very second.
+        assert!(is_idle(Some(10_000), 10_000, None));
+        // A stamp from the future (clock skew) is recent, not idle.
+        assert!(!is_idle(Some(20_000), 10_000, t));
+    }
+}

@@ -1,0 +1,248 @@
+//! A local TCP port that carries each connection over its own port-forward to one BuildKit pod,
+//! and a [`Lease`] on a pod for builds; both stamp the last-build annotation while open.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::address::PodAddress;
+use super::error::{Error, Result};
+use super::kube_client::Fleet;
+use super::portforward::PodDialer;
+use super::scale::ScaleUpOptions;
+use super::{Arch, PORT};
+use crate::buildkit::Client;
+
+/// How often an open tunnel or lease records a build: well inside the scale-to-zero job's
+/// 30 minutes, so a long build is never scaled away under its client.
+pub const RECORD_INTERVAL: Duration = Duration::from_secs(180);
+
+/// Options of [`Fleet::tunnel`].
+#[derive(Debug, Clone)]
+pub struct TunnelOptions {
+    /// Local port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// How often to record a build while the tunnel is open.
+    pub record_interval: Duration,
+}
+
+impl Default for TunnelOptions {
+    fn default() -> Self {
+        TunnelOptions {
+            port: 0,
+            record_interval: RECORD_INTERVAL,
+        }
+    }
+}
+
+/// An open tunnel: a listener on 127.0.0.1 relaying to one pod. Dropping it (or
+/// [`Tunnel::close`]) stops the listener, every relayed connection and the build stamps.
+#[derive(Debug)]
+pub struct Tunnel {
+    local_addr: SocketAddr,
+    pod: PodAddress,
+    accept: JoinHandle<()>,
+    recorder: JoinHandle<()>,
+}
+
+impl Tunnel {
+    /// The local address the tunnel listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The pod the tunnel relays to.
+    pub fn pod(&self) -> &PodAddress {
+        &self.pod
+    }
+
+    /// Runs until the listener fails (it does not end on its own otherwise).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.accept).await;
+    }
+
+    /// Closes the listener and every connection, and waits for them to be gone.
+    pub async fn close(mut self) {
+        self.accept.abort();
+        self.recorder.abort();
+        let _ = (&mut self.accept).await;
+        let _ = (&mut self.recorder).await;
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.recorder.abort();
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Options of [`Fleet::lease`].
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// Scale up and wait at most this long for a replica; `None` uses running pods only.
+    pub scale_up_wait: Option<Duration>,
+    /// How often to record a build while the lease is held.
+    pub record_interval: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            scale_up_wait: Some(Duration::from_secs(600)),
+            record_interval: RECORD_INTERVAL,
+        }
+    }
+}
+
+/// A BuildKit client on one chosen pod of the fleet, for a build. While held, the pod's
+/// architecture is stamped as building every [`LeaseOptions::record_interval`]; dropping it
+/// stops that (and the connection closes with the last clone of the client).
+#[derive(Debug)]
+pub struct Lease {
+    client: Client,
+    pod: PodAddress,
+    _recorder: AbortOnDrop,
+}
+
+impl Lease {
+    /// The connected BuildKit client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The chosen pod.
+    pub fn pod(&self) -> &PodAddress {
+        &self.pod
+    }
+}
+
+impl Fleet {
+    fn spawn_recorder(&self, arch: Arch, interval: Duration) -> JoinHandle<()> {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is immediate; the caller has just recorded
+            loop {
+                ticks.tick().await;
+                if let Err(err) = fleet.record_build(arch).await {
+                    tracing::warn!("cannot record a build for {arch}: {err}");
+                }
+            }
+        })
+    }
+
+    /// Chooses a pod of `arch` ([`Fleet::get_address`]), records a build, checks that a
+    /// port-forward to it is allowed, then listens on 127.0.0.1 and relays each accepted
+    /// connection over a new port-forward to the pod's BuildKit port. Builds are recorded
+    /// periodically while the tunnel is open. It does not scale up; call
+    /// [`Fleet::scale_up`] first.
+    ///
+    /// # Errors
+    /// Errors of [`Fleet::get_address`] and [`Fleet::record_build`]; [`Error::Forbidden`]
+    /// when port-forwarding is not allowed; [`Error::Bind`] when the port is taken.
+    pub async fn tunnel(&self, arch: Arch, options: &TunnelOptions) -> Result<Tunnel> {
+        let pod = self.get_address(arch).await?;
+        let dialer = PodDialer::new(self, pod.pod.clone(), PORT);
+        // Fail now, not on the first client connection, when RBAC, the pod or its BuildKit
+        // says no.
+        drop(dialer.open_checked().await?);
+        let addr = format!("127.0.0.1:{}", options.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        self.record_build(arch).await?;
+        let recorder = self.spawn_recorder(arch, options.record_interval);
+        let accept = tokio::spawn(accept_loop(listener, dialer));
+        Ok(Tunnel {
+            local_addr,
+            pod,
+            accept,
+            recorder,
+        })
+    }
+
+    /// Scales `arch` up if needed (waiting per `options`), chooses its least-loaded pod and
+    /// connects a BuildKit client to it; the returned lease keeps recording builds until
+    /// dropped. This is what a cluster build uses for each architecture.
+    ///
+    /// # Errors
+    /// Errors of [`Fleet::scale_up`], [`Fleet::get_address`], and [`Error::Buildkit`] when the
+    /// pod's BuildKit cannot be reached.
+    pub async fn lease(&self, arch: Arch, options: &LeaseOptions) -> Result<Lease> {
+        let scale = ScaleUpOptions {
+            wait: options.scale_up_wait,
+        };
+        if options.scale_up_wait.is_some() {
+            self.scale_up(&[arch], &scale, &|_| {}).await?;
+        } else {
+            self.record_build(arch).await?;
+        }
+        let pod = self.get_address(arch).await?;
+        let client = self.pod_client(&pod.pod, Some(&pod.ip)).await?;
+        let recorder = AbortOnDrop(self.spawn_recorder(arch, options.record_interval));
+        Ok(Lease {
+            client,
+            pod,
+            _recorder: recorder,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, dialer: PodDialer) {
+    // Connections live in a JoinSet so that aborting this task aborts them all.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let dialer = dialer.clone();
+                    connections.spawn(relay(socket, peer, dialer));
+                }
+                Err(err) => {
+                    tracing::warn!("tunnel: accept failed: {err}");
+                    // Transient (e.g. too many open files): back off briefly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodDialer) {
+    let _ = socket.set_nodelay(true);
+    let mut upstream = match dialer.open().await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!("tunnel: connection from {peer}: {err}");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut socket, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(%peer, up, down, "tunnel connection closed"),
+        Err(err) => tracing::warn!(
+            "tunnel: connection from {peer} to pod {}: {err}",
+            dialer.pod()
+        ),
+    }
+}
