@@ -392,7 +392,7 @@ mod tests {
     use super::*;
 
     fn reference(s: &str) -> Reference {
-        s.parse().unwrap()
+        crate::registry::parse_reference(s).unwrap()
     }
 
     fn digest(n: u8) -> String {

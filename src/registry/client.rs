@@ -189,18 +189,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Parses `registry/repository[:tag][@digest]`.
-///
-/// # Errors
-/// [`Error::InvalidReference`].
-pub fn parse_reference(s: &str) -> Result<Reference, Error> {
-    s.parse::<Reference>()
-        .map_err(|source| Error::InvalidReference {
-            reference: s.to_owned(),
-            source,
-        })
-}
-
 /// The tag or digest part of a reference for a URL path.
 fn reference_part(r: &Reference) -> String {
     match (r.digest(), r.tag()) {
@@ -875,6 +863,7 @@ pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::registry::assemble::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST};
+    use crate::registry::parse_reference;
 
     #[test]
     fn media_type_from_body() {

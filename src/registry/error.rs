@@ -11,13 +11,12 @@ use super::credentials::CredentialsError;
 #[non_exhaustive]
 pub enum Error {
     /// A reference that does not parse.
-    #[error("invalid image reference {reference:?}")]
+    #[error("invalid image reference {reference:?}: {problem}")]
     InvalidReference {
         /// What was given.
         reference: String,
         /// Why it does not parse.
-        #[source]
-        source: oci_client::ParseError,
+        problem: String,
     },
     /// A registry host that cannot form a URL.
     #[error("invalid registry host {registry:?}")]

@@ -137,7 +137,7 @@ impl Request {
 /// The HTTP client shared by every registry operation.
 pub(crate) struct Transport {
     http: reqwest::Client,
-    config: DockerConfig,
+    config: Arc<DockerConfig>,
     plain_http_all: bool,
     plain_http: HashSet<String>,
     pub retry: RetryPolicy,
@@ -152,7 +152,9 @@ impl Transport {
         retry: RetryPolicy,
     ) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config())
+            // Every registry plain HTTP: skip reading the system's certificate store (~150
+            // files), which is most of a short command's start-up time.
+            .tls_backend_preconfigured(tls_config(!plain_http_all))
             .user_agent(concat!("pf-buildkit/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(300))
@@ -163,7 +165,7 @@ impl Transport {
             .map_err(Error::HttpClient)?;
         Ok(Self {
             http,
-            config,
+            config: Arc::new(config),
             plain_http_all,
             plain_http,
             retry,
@@ -193,14 +195,26 @@ impl Transport {
             })
     }
 
-    fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
         {
             let auth = lock(&self.auth);
             if let Some(Some(known)) = auth.get(registry).map(|a| a.credential.clone()) {
                 return Ok(known);
             }
         }
-        let found = self.config.credentials(registry)?;
+        // A credential helper is a program that may take a while (cloud helpers call their
+        // APIs): keep it off the async workers.
+        let config = self.config.clone();
+        let key = registry.to_owned();
+        let found = tokio::task::spawn_blocking(move || config.credentials(&key))
+            .await
+            .map_err(|e| {
+                Error::Credentials(super::credentials::CredentialsError::Helper {
+                    helper: "(credential helper)".into(),
+                    registry: registry.to_owned(),
+                    message: e.to_string(),
+                })
+            })??;
         lock(&self.auth)
             .entry(registry.to_owned())
             .or_default()
@@ -369,7 +383,7 @@ impl Transport {
             .and_then(|v| v.to_str().ok())
             .map(parse_challenge)
             .unwrap_or(Challenge::Unknown);
-        let credential = self.credential(registry)?;
+        let credential = self.credential(registry).await?;
         match challenge {
             Challenge::Basic => {
                 if !matches!(credential, Some(Credential::Basic { .. })) {
@@ -688,12 +702,13 @@ pub(crate) fn registry_message(body: &[u8]) -> String {
 }
 
 /// rustls with the ring provider and the system's root certificates (no OpenSSL).
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config(load_roots: bool) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A certificate the store cannot parse is skipped, as every TLS client does.
-        let _ = roots.add(cert);
+    if load_roots {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A certificate the store cannot parse is skipped, as every TLS client does.
+            let _ = roots.add(cert);
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = match rustls::ClientConfig::builder_with_provider(provider)

@@ -20,16 +20,18 @@ mod error;
 mod http;
 mod layout;
 pub mod platform;
+mod reference;
 
 pub use assemble::{
     AssembledIndex, Descriptor, IndexEntry, Resolved, ResolvedContent, ResolvedSource,
     assemble_index,
 };
-pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source, parse_reference};
+pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source};
 pub use credentials::{Credential, DockerConfig};
 pub use error::Error;
 pub use http::RetryPolicy;
 pub use platform::{Platform, expand_template, has_placeholder, parse_platforms};
+pub use reference::parse_reference;
 
 /// The sources manifest-tool's `push from-args` would use: `template` with `ARCH`, `OS` and
 /// `VARIANT` replaced (as whole tokens) for each platform.

@@ -766,6 +766,50 @@ async fn registry_credentials_come_from_the_docker_config() {
     .await;
     assert!(out.status.success(), "{}", util::stderr(&out));
     assert!(raw.get_manifest(&repo, "a").await.is_some());
+
+    // A credential helper (`credHelpers`, then `credsStore`): the program gets the registry on
+    // stdin and answers with JSON, as docker-credential-* helpers do.
+    let helpers = tempfile::tempdir().unwrap();
+    let script = helpers.path().join("docker-credential-pftest");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread host\n[ \"$1\" = get ] && [ \"$host\" = \"{addr}\" ] || exit 1\necho '{{\"ServerURL\":\"{addr}\",\"Username\":\"builder\",\"Secret\":\"s3cret-pw\"}}'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        helpers.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (i, cfg) in [
+        format!(r#"{{"credHelpers":{{"{addr}":"pftest"}}}}"#),
+        r#"{"credsStore":"pftest"}"#.to_owned(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+        let target = format!("{addr}/{repo}:helper{i}");
+        let a = args(target);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = util::tokio_bin()
+            .args(&a)
+            .env("DOCKER_CONFIG", dir.path())
+            .env("PATH", &path)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", util::stderr(&out));
+        assert!(
+            raw.get_manifest(&repo, &format!("helper{i}"))
+                .await
+                .is_some()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
