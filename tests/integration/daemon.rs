@@ -84,7 +84,7 @@ fn prune_all_after_a_build_frees_what_du_reported() {
     std::fs::write(dir.path().join("blob"), &unique).unwrap();
     std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY blob /\n").unwrap();
     let tar = dir.path().join("out.tar");
-    let out = util::tokio_bin()
+    let out = util::bin()
         .args([
             "--addr",
             &util::docker_addr(),
@@ -95,7 +95,6 @@ fn prune_all_after_a_build_frees_what_du_reported() {
         .args(["--context", dir.path().to_str().unwrap()])
         .args(["--output", &format!("type=tar,dest={}", tar.display())])
         .output()
-        .await
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
