@@ -19,6 +19,5 @@
 pub mod build;
 pub mod buildkit;
 pub mod config;
-pub mod credentials;
 pub mod fleet;
 pub mod registry;

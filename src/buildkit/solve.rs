@@ -18,7 +18,8 @@ use super::proto::control::{
 };
 use super::session::{ExportTarget, SecretSource, Session, SessionOptions, shared_key_for};
 use super::spec::{CacheSpec, OutputSpec};
-use crate::credentials::{CredentialsError, DockerConfig};
+use crate::registry::DockerConfig;
+use crate::registry::credentials::CredentialsError;
 
 /// After Solve returns, how long the status stream may stay silent before we stop waiting
 /// for its end (buildctl's value).

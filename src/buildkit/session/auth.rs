@@ -10,7 +10,7 @@ use crate::buildkit::proto::moby::filesync::v1::{
     GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
     VerifyTokenAuthorityResponse,
 };
-use crate::credentials::DockerConfig;
+use crate::registry::{Credential, DockerConfig};
 
 pub(super) fn service(config: Option<Arc<DockerConfig>>) -> AuthServer<AuthService> {
     AuthServer::new(AuthService { config })
@@ -32,15 +32,21 @@ impl Auth for AuthService {
         };
         // Credential helpers are programs: keep them off the async threads.
         let lookup_host = host.clone();
-        let found = tokio::task::spawn_blocking(move || config.credentials_for(&lookup_host))
+        let found = tokio::task::spawn_blocking(move || config.credentials(&lookup_host))
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         match found {
-            Ok(Some(creds)) => {
+            Ok(Some(credential)) => {
                 tracing::debug!(%host, "serving registry credentials");
+                // BuildKit's convention: an identity token travels as the secret of an empty
+                // user name.
+                let (username, secret) = match credential {
+                    Credential::Basic { username, password } => (username, password),
+                    Credential::IdentityToken(token) => (String::new(), token),
+                };
                 Ok(tonic::Response::new(CredentialsResponse {
-                    username: creds.username,
-                    secret: creds.secret,
+                    username,
+                    secret,
                 }))
             }
             // Empty credentials mean anonymous access to the daemon.
@@ -78,11 +84,8 @@ mod tests {
     use super::*;
 
     fn service(json: &str) -> AuthService {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        std::fs::write(&path, json).unwrap();
         AuthService {
-            config: Some(Arc::new(DockerConfig::load_from(&path).unwrap())),
+            config: Some(Arc::new(DockerConfig::from_json(json).unwrap())),
         }
     }
 
@@ -107,6 +110,13 @@ mod tests {
             r.username.is_empty() && r.secret.is_empty(),
             "anonymous elsewhere"
         );
+    }
+
+    #[tokio::test]
+    async fn identity_tokens_travel_as_the_secret_of_an_empty_user() {
+        let s = service(r#"{"auths":{"r.example":{"identitytoken":"tok"}}}"#);
+        let r = ask(&s, "r.example").await;
+        assert_eq!((r.username.as_str(), r.secret.as_str()), ("", "tok"));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use super::Client;
-use crate::credentials::DockerConfig;
+use crate::registry::DockerConfig;
 
 mod auth;
 mod filesend;
