@@ -126,10 +126,12 @@ pub enum MultiBuildError {
     #[error("{0}")]
     Invalid(String),
     /// One architecture failed; the others were cancelled.
-    #[error("{arch}: {source}")]
+    #[error("{arch} (on {builder}): {source}")]
     Arch {
         /// The architecture.
         arch: String,
+        /// The BuildKit it ran on.
+        builder: String,
         /// Its failure.
         #[source]
         source: Box<BuildError>,
@@ -255,10 +257,7 @@ impl MultiPlatformBuild {
         self.validate(&arches)?;
         self.options
             .validate()
-            .map_err(|source| MultiBuildError::Arch {
-                arch: arches.join(","),
-                source: Box::new(source),
-            })?;
+            .map_err(|e| MultiBuildError::Invalid(e.to_string()))?;
         let registry = self.registry_client()?;
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
@@ -330,6 +329,7 @@ impl MultiPlatformBuild {
         let reference = self.arch_reference(arch);
         let fail = |source: BuildError| MultiBuildError::Arch {
             arch: arch.to_owned(),
+            builder: builder.client.endpoint().to_owned(),
             source: Box::new(source),
         };
         if self.push == PushMode::Auto {

@@ -1288,3 +1288,91 @@ async fn a_cluster_build_without_a_cluster_says_which_field_is_missing() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
+    use tokio::io::AsyncBufReadExt;
+
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        format!(
+            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
+            util::env("PF_TEST_REGISTRY")
+        ),
+    )
+    .unwrap();
+    // A step that runs for minutes; a unique marker keeps it out of the cache.
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY marker /\nRUN sleep 300\n",
+            util::env("PF_TEST_BASE_IMAGE")
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("marker"), format!("{}\n", now_nanos())).unwrap();
+    let repo = format!("pf-test/pod-dies-{:x}", now_nanos());
+    let mut cmd = tokio::process::Command::from(fake.bin());
+    cmd.current_dir(dir.path())
+        .args(["build", "--progress", "plain", "--arch", "amd64"])
+        .args(["--repo", &repo, "--tag", "v1", "--insecure-registry"])
+        .args(["--opt", "force-network-mode=none"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Once the long step runs, the pod "dies": its port-forward is cut.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line.clone());
+        if line.contains("RUN sleep 300") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("RUN sleep 300")),
+        "{seen:#?}"
+    );
+    let last_opened = fake.portforwards_opened() - 1;
+    fake.kill_portforward(last_opened);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(1), "{seen:#?}");
+    let last = seen.last().unwrap();
+    assert!(
+        last.starts_with("pf-buildkit: amd64 (on kube-pod://buildkit-amd64-0?namespace=buildkit"),
+        "{last}"
+    );
+    assert!(
+        last.contains("closed") || last.contains("connection"),
+        "{last}"
+    );
+    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let index = pf_buildkit::registry::parse_reference(&format!(
+        "{}/{repo}:v1",
+        util::env("PF_TEST_REGISTRY")
+    ))
+    .unwrap();
+    assert!(
+        !registry.manifest_exists(&index, "v1").await.unwrap(),
+        "no index"
+    );
+    fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
+        .await;
+}
