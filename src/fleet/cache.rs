@@ -177,7 +177,7 @@ impl Fleet {
             let outcome = match self.prune_pod(&name, ip.as_deref(), &options.prune).await {
                 Ok(outcome) => outcome,
                 Err(err) => PodPrune::Failed {
-                    error: crate_error_chain(&err),
+                    error: super::error::error_chain(&err),
                 },
             };
             report.pods.push((name, outcome));
@@ -228,20 +228,6 @@ impl Fleet {
                 .sum(),
         })
     }
-}
-
-fn crate_error_chain(err: &Error) -> String {
-    let mut out = err.to_string();
-    let mut next = std::error::Error::source(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

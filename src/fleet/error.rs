@@ -207,12 +207,21 @@ impl Error {
 
 /// kube's error text with its causes, minus its debug dumps.
 pub(crate) fn describe_kube_error(err: &kube::Error) -> String {
-    let mut out = match err {
+    let first = match err {
         kube::Error::Api(status) => return status.message.clone(),
         kube::Error::Service(e) => e.to_string(),
         other => other.to_string(),
     };
-    let mut next = std::error::Error::source(err);
+    append_causes(first, err)
+}
+
+/// An error's text followed by each cause that adds something, `: `-separated.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    append_causes(err.to_string(), err)
+}
+
+fn append_causes(mut out: String, err: &dyn std::error::Error) -> String {
+    let mut next = err.source();
     while let Some(e) = next {
         let text = e.to_string();
         if !out.contains(&text) {

@@ -129,7 +129,7 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
             match err {
                 KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
                 other => Err(Error::Kubeconfig {
-                    reason: error_chain(&other),
+                    reason: super::error::error_chain(&other),
                 }),
             }
         }
@@ -145,20 +145,6 @@ fn missing_kubeconfig(err: &KubeconfigError) -> Option<String> {
         }
         _ => None,
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 /// Whether an API answer is worth another try soon: throttling or an overloaded or

@@ -1180,6 +1180,45 @@ async fn a_multi_platform_build_runs_on_kube_pod_builders() {
     }
 }
 
+/// A repository whose buildkit.json names the local registry and the fake's `fake` context.
+fn cluster_repo(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        format!(
+            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
+            util::env("PF_TEST_REGISTRY")
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// The digest of `REGISTRY/repo:v1`, if it exists.
+async fn index_digest(repo: &str) -> Option<String> {
+    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = pf_buildkit::registry::parse_reference(&format!(
+        "{}/{repo}:v1",
+        util::env("PF_TEST_REGISTRY")
+    ))
+    .unwrap();
+    match registry.fetch_manifest(&reference).await {
+        Ok(manifest) => Some(manifest.digest),
+        Err(pf_buildkit::registry::Error::NotFound { .. }) => None,
+        Err(other) => panic!("{other}"),
+    }
+}
+
 #[tokio::test]
 async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
     // The cluster from buildkit.json, both StatefulSets at zero: the build scales them up,
@@ -1195,23 +1234,10 @@ async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
         .dial("buildkit-arm64-0", engine())
         .start()
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".git")).unwrap();
-    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
-    std::fs::write(
-        dir.path().join(".buildkit/buildkit.json"),
-        format!(
-            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
-            util::env("PF_TEST_REGISTRY")
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
+    let dir = cluster_repo(
         "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("hello.txt"), "hi\n").unwrap();
+        &[("hello.txt", "hi\n")],
+    );
     let repo = format!("pf-test/cluster-build-{:x}", now_nanos());
     let before = now();
     let mut cmd = fake.bin();
@@ -1232,20 +1258,7 @@ async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
         .unwrap();
     assert!(o.status.success(), "{}", err(&o));
     let digest = out(&o).trim().to_owned();
-    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let reference = pf_buildkit::registry::parse_reference(&format!(
-        "{}/{repo}:v1",
-        util::env("PF_TEST_REGISTRY")
-    ))
-    .unwrap();
-    assert_eq!(
-        registry.fetch_manifest(&reference).await.unwrap().digest,
-        digest
-    );
+    assert_eq!(index_digest(&repo).await, Some(digest));
     for arch in ["amd64", "arm64"] {
         let sts = fake.statefulset(&format!("buildkit-{arch}"));
         assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
@@ -1300,27 +1313,15 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
         .dial("buildkit-amd64-0", engine())
         .start()
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".git")).unwrap();
-    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
-    std::fs::write(
-        dir.path().join(".buildkit/buildkit.json"),
-        format!(
-            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
-            util::env("PF_TEST_REGISTRY")
-        ),
-    )
-    .unwrap();
     // A step that runs for minutes; a unique marker keeps it out of the cache.
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
+    let marker = format!("{}\n", now_nanos());
+    let dir = cluster_repo(
+        &format!(
             "FROM {}\nCOPY marker /\nRUN sleep 300\n",
             util::env("PF_TEST_BASE_IMAGE")
         ),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("marker"), format!("{}\n", now_nanos())).unwrap();
+        &[("marker", &marker)],
+    );
     let repo = format!("pf-test/pod-dies-{:x}", now_nanos());
     let mut cmd = tokio::process::Command::from(fake.bin());
     cmd.current_dir(dir.path())
@@ -1359,20 +1360,7 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
         last.contains("closed") || last.contains("connection"),
         "{last}"
     );
-    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let index = pf_buildkit::registry::parse_reference(&format!(
-        "{}/{repo}:v1",
-        util::env("PF_TEST_REGISTRY")
-    ))
-    .unwrap();
-    assert!(
-        !registry.manifest_exists(&index, "v1").await.unwrap(),
-        "no index"
-    );
+    assert_eq!(index_digest(&repo).await, None, "no index");
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
 }
