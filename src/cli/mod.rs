@@ -102,7 +102,7 @@ pub enum Command {
     Du(daemon::DuArgs),
     /// Free build cache
     Prune(daemon::PruneArgs),
-    /// Build a Dockerfile on one BuildKit
+    /// Build a Dockerfile; with --repo and --tag, every architecture and one multi-platform index
     Build(Box<build::BuildArgs>),
     #[command(flatten)]
     Fleet(fleet::FleetCommand),
