@@ -210,13 +210,13 @@ impl MultiPlatformBuild {
                 self.registry
             ));
         }
-        if !valid_repository(&self.repository) {
+        if !registry::valid_repository(&self.repository) {
             return invalid(format!(
                 "--repo {:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app",
                 self.repository
             ));
         }
-        if !valid_tag(&self.tag) {
+        if !registry::valid_tag(&self.tag) {
             return invalid(format!(
                 "--tag {:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
                 self.tag
@@ -426,32 +426,6 @@ fn daemon_cannot_push(err: &BuildError) -> bool {
     .any(|needle| text.contains(needle))
 }
 
-/// A repository path: components of lowercase alphanumerics joined by `.`, `_`, `__` or `-`,
-/// separated by `/` (the distribution spec's grammar).
-fn valid_repository(repo: &str) -> bool {
-    !repo.is_empty()
-        && repo.split('/').all(|component| {
-            let bytes = component.as_bytes();
-            !bytes.is_empty()
-                && bytes[0].is_ascii_alphanumeric()
-                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
-        })
-}
-
-/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(tag: &str) -> bool {
-    let bytes = tag.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +471,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--tag")
+        );
+        let mut bad = build();
+        bad.repository = "team/a..b".into();
+        assert!(
+            bad.validate(&["amd64"])
+                .unwrap_err()
+                .to_string()
+                .contains("--repo")
         );
         let mut bad = build();
         bad.tag = "v1:2".into();

@@ -18,5 +18,8 @@ pub use client::{
 };
 pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
-pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
+pub use solve::{
+    BuildError, BuildOptions, BuildResult, failure_report, write_file_atomically,
+    write_metadata_file,
+};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsOptions};

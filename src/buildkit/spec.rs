@@ -11,7 +11,8 @@ use std::str::FromStr;
 pub struct SpecError {
     /// Which kind of value (`--output`, `--secret`, …).
     pub what: &'static str,
-    /// The value given.
+    /// The value given, with credential-looking attributes (`secret_access_key=`,
+    /// `token=`, …) masked: error messages end up in CI logs.
     pub value: String,
     /// What is wrong and how to fix it.
     pub reason: String,
@@ -21,10 +22,36 @@ impl SpecError {
     fn new(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
         SpecError {
             what,
-            value: value.to_owned(),
+            value: redact_credentials(value),
             reason: reason.into(),
         }
     }
+}
+
+/// Masks the values of attributes whose names suggest a credential (cache backends take S3
+/// keys, session tokens, GitHub tokens and Azure account keys as attributes).
+fn redact_credentials(spec: &str) -> String {
+    spec.split(',')
+        .map(|field| match field.split_once('=') {
+            Some((key, _)) if is_credential_key(key) => format!("{key}=***"),
+            _ => field.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn is_credential_key(key: &str) -> bool {
+    let key = key.trim().trim_matches('"').to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "access_key",
+        "account_key",
+        "key_id",
+    ]
+    .iter()
+    .any(|needle| key.contains(needle))
 }
 
 /// Splits a CSV record as Go's `encoding/csv` does for one line: `,` separates fields, and a
@@ -358,6 +385,21 @@ impl FromStr for SshSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_show_credentials() {
+        let err = CacheSpec::parse(
+            "type=s3,bucket=b,access_key_id=AKIAX,secret_access_key=hunter2,session_token=t0k,mode=maxx",
+            CacheDirection::Export,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mode must be min or max"), "{err}");
+        for secret in ["AKIAX", "hunter2", "t0k"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+        assert!(err.contains("bucket=b"), "{err}");
+    }
     use crate::buildkit::session::SecretSource;
 
     #[test]

@@ -167,16 +167,6 @@ impl TryFrom<&BuildArgs> for BuildOptions {
 
 pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outcome> {
     let options = BuildOptions::try_from(args)?;
-    if args.multi.repo.is_some() {
-        return super::multibuild::run(
-            global,
-            &args.multi,
-            options,
-            args.progress.into(),
-            args.metadata_file.as_ref(),
-        )
-        .await;
-    }
     if let Some(path) = &args.metadata_file
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
@@ -186,6 +176,16 @@ pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outc
             path.display(),
             parent.display()
         );
+    }
+    if args.multi.repo.is_some() {
+        return super::multibuild::run(
+            global,
+            &args.multi,
+            options,
+            args.progress.into(),
+            args.metadata_file.as_ref(),
+        )
+        .await;
     }
     let client = global.connect().await?;
     let mut progress = ProgressMode::from(args.progress).stderr_sink();

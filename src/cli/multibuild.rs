@@ -248,7 +248,7 @@ pub async fn run(
                 .collect(),
         };
         let text = serde_json::to_string_pretty(&metadata)?;
-        std::fs::write(path, text + "\n")
+        pf_buildkit::buildkit::write_file_atomically(path, (text + "\n").as_bytes())
             .with_context(|| format!("cannot write --metadata-file {}", path.display()))?;
     }
     println!("{}", result.index.digest);

@@ -36,7 +36,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += number * seconds;
         rest = tail;
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// Parses a byte size (`1048576`, `512MB`, `10GiB`, `1.5gb`).
@@ -100,6 +100,7 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
     }
 
     #[test]

@@ -199,6 +199,10 @@ impl Fleet {
     async fn scale_up_one(&self, arch: Arch) -> Result<ScaleUpReport> {
         let api = self.statefulsets();
         let name = arch.statefulset();
+        // Stamp first: a scale-down deciding meanwhile then sees a fresh build, or fails its
+        // resourceVersion precondition and decides again. Stamping after the scale would leave
+        // a window where it sees one replica and an old stamp, and scales back to zero.
+        self.record_build(arch).await?;
         let mut report = None;
         for _ in 0..CONFLICT_ATTEMPTS {
             let scale = with_retry(|| api.get_scale(&name)).await.map_err(|e| {
@@ -243,11 +247,9 @@ impl Fleet {
                 }
             }
         }
-        let report = report.ok_or_else(|| Error::Conflict {
+        report.ok_or_else(|| Error::Conflict {
             statefulset: name.clone(),
-        })?;
-        self.record_build(arch).await?;
-        Ok(report)
+        })
     }
 
     /// Waits until each architecture's StatefulSet has an available replica, all against one

@@ -31,7 +31,7 @@ pub use credentials::{Credential, DockerConfig};
 pub use error::Error;
 pub use http::RetryPolicy;
 pub use platform::{Platform, expand_template, has_placeholder, parse_platforms};
-pub use reference::parse_reference;
+pub use reference::{parse_reference, valid_repository, valid_tag};
 
 /// The sources manifest-tool's `push from-args` would use: `template` with `ARCH`, `OS` and
 /// `VARIANT` replaced (as whole tokens) for each platform.

@@ -84,7 +84,8 @@ pub fn parse_reference(s: &str) -> Result<Reference, Error> {
     })
 }
 
-fn valid_tag(tag: &str) -> bool {
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -112,6 +113,11 @@ fn valid_registry(host: &str) -> bool {
     let port_ok =
         port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     name_ok && port_ok
+}
+
+/// A repository path: `/`-separated components, each [`valid_component`].
+pub fn valid_repository(repository: &str) -> bool {
+    !repository.is_empty() && repository.split('/').all(valid_component)
 }
 
 /// `[a-z0-9]+` runs joined by `.`, `_`, `__` or any number of `-`.

@@ -257,6 +257,18 @@ fn make_room_for_dir(path: &Path) -> io::Result<bool> {
     }
 }
 
+impl Drop for Receiver {
+    /// A transfer that ends early (an error, the daemon going away, Ctrl-C) leaves no
+    /// half-written temporary files in the destination.
+    fn drop(&mut self) {
+        for pending in self.pending.values() {
+            if pending.file.is_some() {
+                let _ = fs::remove_file(&pending.tmp);
+            }
+        }
+    }
+}
+
 /// Moves `tmp` to `path`, replacing what is there (a directory in the way is removed).
 fn replace(tmp: &Path, path: &Path) -> io::Result<()> {
     if let Ok(m) = fs::symlink_metadata(path)

@@ -880,3 +880,28 @@ async fn xattrs_travel() {
     .unwrap();
     assert_eq!(value, b"value");
 }
+
+#[tokio::test]
+async fn an_interrupted_transfer_leaves_no_temporary_files() {
+    let mut file = stat_packet("f", 0o644, "");
+    if let Some(stat) = file.stat.as_mut() {
+        stat.size = 10;
+    }
+    let end_of_stats = Packet {
+        r#type: PacketType::PacketStat as i32,
+        ..Packet::default()
+    };
+    let half = Packet {
+        r#type: PacketType::PacketData as i32,
+        id: 0,
+        data: bytes::Bytes::from_static(b"hello"),
+        ..Packet::default()
+    };
+    // The sender goes away after half the file: no EOF, no FIN.
+    let (r, out, _keep) = receive_script(vec![file, end_of_stats, half]).await;
+    assert!(r.is_err(), "an unfinished transfer is an error");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
