@@ -67,21 +67,10 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Formats bytes with decimal units, as docker and buildctl do (`1.23MB`).
+/// Formats bytes with decimal units, as docker and buildctl do (`1.23MB`), the same way the
+/// progress output does.
 pub fn format_bytes(bytes: i64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value.abs() >= 1000.0 && unit < units.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{bytes}B");
-    }
-    let number = format!("{value:.3}");
-    let number = number.trim_end_matches('0').trim_end_matches('.');
-    format!("{number}{}", units[unit])
+    pf_buildkit::buildkit::progress::human_bytes(u64::try_from(bytes).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -118,6 +107,7 @@ mod tests {
         assert_eq!(format_bytes(999), "999B");
         assert_eq!(format_bytes(1_000), "1kB");
         assert_eq!(format_bytes(1_234_567), "1.235MB");
+        assert_eq!(format_bytes(-5), "0B");
         assert_eq!(format_bytes(1_500_000_000), "1.5GB");
     }
 }
