@@ -36,9 +36,14 @@ pub use send::{SendError, send};
 /// buildctl sends 32 KiB chunks; BuildKit's receiver accepts any size well under gRPC's 16 MiB
 /// message limit. Larger chunks mean fewer messages (each one a protobuf encode, an HTTP/2
 /// frame header and a channel hop), which is what bounds throughput on a fast link. 256 KiB
-/// keeps the worst-case memory of a full outgoing channel small (capacity × chunk size: 64
-/// queued packets are 16 MiB) while cutting the message count 8-fold against buildctl.
+/// keeps the worst-case memory of a full outgoing queue small ([`SEND_QUEUE`] × chunk size)
+/// while cutting the message count 8-fold against buildctl.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Packets queued between the sender's threads and the outgoing stream. With [`CHUNK_SIZE`]
+/// this bounds the file data waiting to be encoded (16 × 256 KiB = 4 MiB); queued small files
+/// take only their own size.
+pub const SEND_QUEUE: usize = 16;
 
 /// How many files the sender reads and sends at once (fsutil uses 4 workers too).
 pub const SEND_CONCURRENCY: usize = 4;
