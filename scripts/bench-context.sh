@@ -4,8 +4,11 @@
 #
 # Context: 20,000 files of 1-8 KiB and 4 files of 64 MiB, generated from a fixed seed.
 # Cases: cold (a new session shared key: everything is sent), warm (unchanged: nothing is
-# sent), edit10 (10 files edited before each run). Reports the median wall time of $RUNS runs,
-# the client's peak RSS, and on cold the client's CPU time (user+sys).
+# sent), edit10 (10 files edited before each run). Reports, as medians of $RUNS runs, the
+# wall time, the client's peak RSS, the client's CPU time (user+sys), and how long the
+# context transfer took as the daemon reports it: the `[internal] load build context` step's
+# started-to-completed time from the plain progress (`#N DONE 1.2s`: both tools print the
+# daemon's timestamps there; buildx 0.13 has no rawjson progress).
 #
 # Usage: eval "$(scripts/testenv start)"; scripts/bench-context.sh
 # Environment: PF_TEST_DOCKER_HOST (required), PF_BENCH_DIR (default /tmp/pf-bench),
@@ -91,12 +94,19 @@ edit_files() { # edits 10 files with new content of the same size range
     done
 }
 
+# The daemon-reported duration of the context transfer in the last run's plain progress.
+transfer_time() {
+    awk '/^#[0-9]+ \[internal\] load build context$/ { id = $1 }
+         id != "" && $1 == id && $2 == "DONE" { t = $3; sub(/s$/, "", t) }
+         END { print (t == "" ? "-" : t) }' "$WORK/last.log"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 bench() { # $1 = tool (pf|buildx)
-    local tool=$1 case state walls rss cpu line
+    local tool=$1 case state walls rss cpu xfer line
     for case in $CASES; do
-        walls=() rss=() cpu=()
+        walls=() rss=() cpu=() xfer=()
         for r in $(seq 1 "$RUNS"); do
             if [[ $case == cold ]]; then
                 state=$(mktemp -d "$WORK/state.XXXX")
@@ -108,13 +118,14 @@ bench() { # $1 = tool (pf|buildx)
             [[ $case == edit10 ]] && edit_files "$r"
             line=$("run_$tool" "$state")
             read -r wall user sys maxrss <<<"$line"
-            walls+=("$wall") rss+=("$maxrss")
+            walls+=("$wall") rss+=("$maxrss") xfer+=("$(transfer_time)")
             cpu+=("$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')")
         done
-        printf '%-7s %-7s wall %6ss  rss %7s KiB  cpu %6ss\n' "$tool" "$case" \
+        printf '%-7s %-7s wall %6ss  rss %7s KiB  cpu %6ss  transfer %5ss\n' "$tool" "$case" \
             "$(printf '%s\n' "${walls[@]}" | median)" \
             "$(printf '%s\n' "${rss[@]}" | median)" \
-            "$(printf '%s\n' "${cpu[@]}" | median)"
+            "$(printf '%s\n' "${cpu[@]}" | median)" \
+            "$(printf '%s\n' "${xfer[@]}" | median)"
         if [[ $tool == pf ]]; then
             grep '^#0 context' "$WORK/last.log" >&2 || true
         fi

@@ -210,8 +210,12 @@ where
     // REQs queue up without a bound (one small entry per file at most), so that reading them
     // never waits for file data to drain: that could deadlock with a receiver that waits for
     // its REQs to be taken before it reads more data.
+    //
+    // The readers are long-lived blocking threads that take jobs until the queue closes: a
+    // blocking task per file cost a thread hand-off (and a wake-up) per file, which dominated
+    // the CPU time of a context of many small files.
     let (job_tx, job_rx) = mpsc::unbounded_channel::<(u32, String)>();
-    let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
+    let job_rx = Arc::new(Mutex::new(job_rx));
     let mut workers: JoinSet<Result<(), SendError>> = JoinSet::new();
     for _ in 0..SEND_CONCURRENCY {
         let (root, outgoing, stats, stop, job_rx) = (
@@ -221,19 +225,22 @@ where
             stop.clone(),
             job_rx.clone(),
         );
-        workers.spawn(async move {
+        workers.spawn_blocking(move || {
+            let opener = Opener::new(&root).map_err(|error| SendError::Root {
+                path: root.to_path_buf(),
+                error,
+            })?;
             loop {
-                let job = job_rx.lock().await.recv().await;
+                // Waiting for a job holds the lock, so idle readers queue on the mutex and
+                // exactly one of them sleeps in the channel.
+                let job = job_rx
+                    .lock()
+                    .map_err(|_| SendError::Interrupted("job queue poisoned".into()))?
+                    .blocking_recv();
                 let Some((id, rel)) = job else {
                     return Ok(());
                 };
-                let (root, outgoing, stats, stop) =
-                    (root.clone(), outgoing.clone(), stats.clone(), stop.clone());
-                tokio::task::spawn_blocking(move || {
-                    send_file(&root, id, &rel, &outgoing, &stats, &stop)
-                })
-                .await
-                .map_err(|e| SendError::Interrupted(e.to_string()))??;
+                send_file(&opener, id, &rel, &outgoing, &stats, &stop)?;
             }
         });
     }
@@ -342,46 +349,69 @@ fn walk_and_send(
         .map_err(|_| SendError::OutgoingClosed)
 }
 
-/// Opens a file of the walk for reading, never following a symlink, and only if it is still
-/// a regular file (`O_NONBLOCK` keeps a FIFO swapped in since the walk from blocking the open).
-/// On Linux the path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the
-/// root, so no symlink anywhere on the path (even one swapped in after the walk) can lead
-/// outside the root.
-fn open_regular(root: &Path, rel: &str) -> io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+/// Opens the files of the walk for reading, relative to the root. On Linux it holds the root
+/// open, so each file costs one `openat2` rather than an open of the root as well.
+struct Opener {
+    root: PathBuf,
     #[cfg(target_os = "linux")]
-    let fd = {
-        use rustix::fs::ResolveFlags;
-        let root_fd = rustix::fs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let resolve =
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), resolve) {
-            // Kernels before 5.6 have no openat2.
-            Err(rustix::io::Errno::NOSYS) => {
-                rustix::fs::open(root.join(rel), flags, Mode::empty())?
-            }
-            other => other?,
-        }
-    };
-    #[cfg(not(target_os = "linux"))]
-    let fd = rustix::fs::open(root.join(rel), flags, Mode::empty())?;
-    let file = File::from(fd);
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok(file)
+    root_fd: rustix::fd::OwnedFd,
 }
 
-/// Reads up to `CHUNK_SIZE` bytes, straight into the buffer that becomes the packet's data.
-fn read_chunk(file: &File) -> io::Result<Bytes> {
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
-    while buf.len() < CHUNK_SIZE {
+impl Opener {
+    fn new(root: &Path) -> io::Result<Opener> {
+        Ok(Opener {
+            root: root.to_owned(),
+            #[cfg(target_os = "linux")]
+            root_fd: rustix::fs::open(
+                root,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?,
+        })
+    }
+
+    /// Opens a file of the walk, never following a symlink, and only if it is still a regular
+    /// file (`O_NONBLOCK` keeps a FIFO swapped in since the walk from blocking the open).
+    /// On Linux the path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from
+    /// the root, so no symlink anywhere on the path (even one swapped in after the walk) can
+    /// lead outside the root.
+    /// Returns the file with its size at open.
+    fn open_regular(&self, rel: &str) -> io::Result<(File, u64)> {
+        use rustix::fs::{Mode, OFlags};
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+        #[cfg(target_os = "linux")]
+        let fd = {
+            use rustix::fs::ResolveFlags;
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&self.root_fd, rel, flags, Mode::empty(), resolve) {
+                // Kernels before 5.6 have no openat2.
+                Err(rustix::io::Errno::NOSYS) => {
+                    rustix::fs::open(self.root.join(rel), flags, Mode::empty())?
+                }
+                other => other?,
+            }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let fd = rustix::fs::open(self.root.join(rel), flags, Mode::empty())?;
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok((file, meta.len()))
+    }
+}
+
+/// Reads up to `len` bytes (stopping early only at the end of the file), straight into the
+/// buffer that becomes the packet's data. The buffer is exactly as large as asked, so a small
+/// file's packet does not hold a whole [`CHUNK_SIZE`] allocation while it is queued.
+fn read_chunk(file: &File, len: usize) -> io::Result<Bytes> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
         match rustix::io::read(file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
             Ok(_) => {}
@@ -392,11 +422,24 @@ fn read_chunk(file: &File) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Reads once into a small stack buffer: checks for the end of a file that has already given
+/// all the bytes it had when opened, without allocating (it has usually not grown).
+fn read_probe(file: &File) -> io::Result<Bytes> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match rustix::io::read(file, &mut buf) {
+            Ok(n) => return Ok(Bytes::copy_from_slice(&buf[..n])),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Sends one requested file: its data in chunks, then the empty EOF packet. A file that cannot
 /// be opened is sent as just the EOF packet, as fsutil does (the receiver gets an empty file);
 /// a read error part-way aborts the transfer.
 fn send_file(
-    root: &Path,
+    opener: &Opener,
     id: u32,
     rel: &str,
     outgoing: &mpsc::Sender<Packet>,
@@ -409,13 +452,21 @@ fn send_file(
         data,
         ..Packet::default()
     };
-    match open_regular(root, rel) {
-        Ok(file) => {
+    match opener.open_regular(rel) {
+        Ok((file, size)) => {
+            // Bytes still expected from the size at open; the file may shrink or grow since,
+            // so the end is always confirmed by a read that returns nothing.
+            let mut expected = size;
             loop {
                 if stop.load(Ordering::Relaxed) {
                     return Err(SendError::OutgoingClosed);
                 }
-                let chunk = read_chunk(&file).map_err(|source| SendError::Read {
+                let chunk = if expected > 0 {
+                    read_chunk(&file, expected.min(CHUNK_SIZE as u64) as usize)
+                } else {
+                    read_probe(&file)
+                }
+                .map_err(|source| SendError::Read {
                     path: rel.to_string(),
                     error: source,
                 })?;
@@ -423,6 +474,11 @@ fn send_file(
                     break;
                 }
                 let len = chunk.len() as u64;
+                expected = match expected.checked_sub(len) {
+                    Some(left) => left,
+                    // It grew: go on in whole chunks.
+                    None => CHUNK_SIZE as u64,
+                };
                 outgoing
                     .blocking_send(data_packet(chunk))
                     .map_err(|_| SendError::OutgoingClosed)?;

@@ -46,6 +46,12 @@ impl<W: Write + Send> PlainProgress<W> {
         for v in &status.vertexes {
             let i = self.state.vertex(v);
             let step = &self.state.steps[i];
+            // The daemon may complete a step and start it again (`[internal] load build
+            // context` completes its cache check at once, then transfers): its real end
+            // gets a DONE line too, with the time from the first start.
+            if step.completed.is_none() {
+                self.finished.remove(&i);
+            }
             if step.started.is_none() && !step.cached {
                 continue;
             }
@@ -149,5 +155,40 @@ impl<W: Write + Send> ProgressSink for PlainProgress<W> {
             let _ = write_failure(&mut self.out, &self.state, failure);
         }
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buildkit::proto::control::Vertex;
+
+    fn vertex(started: Option<i64>, completed: Option<i64>) -> StatusResponse {
+        let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        StatusResponse {
+            vertexes: vec![Vertex {
+                digest: "sha256:ctx".into(),
+                name: "[internal] load build context".into(),
+                started: started.map(at),
+                completed: completed.map(at),
+                ..Vertex::default()
+            }],
+            ..StatusResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_restarted_step_gets_a_done_line_for_its_real_end() {
+        let mut out = Vec::new();
+        let mut progress = PlainProgress::new(&mut out);
+        progress.update(&vertex(Some(100), Some(100)));
+        progress.update(&vertex(Some(100), None));
+        progress.update(&vertex(Some(100), Some(103)));
+        drop(progress);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "#1 [internal] load build context\n#1 DONE 0.0s\n#1 DONE 3.0s\n"
+        );
     }
 }

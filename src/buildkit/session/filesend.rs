@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BufMut, Bytes};
 use futures_util::{Stream, StreamExt};
 use prost::Message;
-use tokio::io::AsyncWriteExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::ExportTarget;
@@ -109,37 +108,62 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
 }
 
 /// Streams BytesMessage chunks into a temporary file beside `dest`, renamed onto `dest` when
-/// the daemon ends the stream; removed on failure. Nothing is held in memory.
+/// the daemon ends the stream; removed on failure. Only a few chunks are held in memory.
+///
+/// One blocking thread does all the writes (with `std::fs`): `tokio::fs` would hand every
+/// chunk to a new blocking task, a thread wake-up and a copy per message.
 async fn receive_file(
     dest: &Path,
     mut incoming: tonic::Streaming<Bytes>,
 ) -> Result<(), tonic::Status> {
     let tmp = TempFile(Some(temp_path(dest)));
     let tmp_path = tmp.path().to_owned();
-    let mut file = tokio::fs::File::create(&tmp_path)
-        .await
-        .map_err(|e| io_status("create", &tmp_path, &e))?;
-    while let Some(frame) = incoming.next().await {
-        let frame = frame?;
-        let message = BytesMessage::decode(frame)
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
-        file.write_all(&message.data)
+    // Created here, before the writer starts, so that the guard above always removes it: a
+    // writer still running after a cancellation writes to an unlinked file.
+    let file = {
+        let path = tmp_path.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::create(path))
             .await
-            .map_err(|e| io_status("write", &tmp_path, &e))?;
+            .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?
+            .map_err(|e| io_status("create", &tmp_path, &e))?
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = file;
+        while let Some(data) = rx.blocking_recv() {
+            file.write_all(&data)?;
+        }
+        file.sync_all()
+    });
+    let received = async {
+        while let Some(frame) = incoming.next().await {
+            let frame = frame?;
+            let message = BytesMessage::decode(frame)
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
+            if tx.send(message.data).await.is_err() {
+                // The writer stopped on an error, reported below.
+                break;
+            }
+        }
+        Ok::<(), tonic::Status>(())
     }
-    file.flush()
+    .await;
+    drop(tx);
+    let written = writer
         .await
-        .map_err(|e| io_status("write", &tmp_path, &e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| io_status("write", &tmp_path, &e))?;
-    drop(file);
+        .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?;
+    received?;
+    written.map_err(|e| io_status("write", &tmp_path, &e))?;
     tokio::fs::rename(&tmp_path, dest)
         .await
         .map_err(|e| io_status("rename into place", dest, &e))?;
     tmp.keep();
     Ok(())
 }
+
+/// Chunks of an exported file queued for the writer thread.
+const WRITE_QUEUE: usize = 16;
 
 /// A temporary file removed when dropped (on failure, or when the build is cancelled and
 /// this service's future is dropped), unless kept.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::buildkit::MAX_MESSAGE_SIZE;
 use crate::buildkit::fsutil;
@@ -54,32 +54,23 @@ impl FileSync for FileSyncService {
         })?;
         let incoming = request.into_inner();
         let stats = self.stats.get(&name).cloned().unwrap_or_default();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(64);
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Packet, tonic::Status>>(64);
-        let relay_tx = out_tx.clone();
-        let relay = tokio::spawn(async move {
-            while let Some(packet) = rx.recv().await {
-                if relay_tx.send(Ok(packet)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Packet>(fsutil::SEND_QUEUE);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<tonic::Status>();
         tokio::spawn(async move {
             let result = fsutil::send(root.clone(), filter, incoming, tx, stats).await;
-            // Every packet the sender queued goes out before the error does.
-            let _ = relay.await;
             if let Err(err) = result {
-                let _ = out_tx
-                    .send(Err(tonic::Status::internal(format!(
-                        "sending {}: {err}",
-                        root.display()
-                    ))))
-                    .await;
+                let _ = done_tx.send(tonic::Status::internal(format!(
+                    "sending {}: {err}",
+                    root.display()
+                )));
             }
         });
-        Ok(tonic::Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
-        )))
+        // The packets go straight from the sender's queue to the response; the error, if any,
+        // follows the last of them: the queue ends only once every sending thread has let go.
+        let failure = futures_util::stream::once(done_rx)
+            .filter_map(|done| async move { done.ok().map(Err) });
+        let packets = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(tonic::Response::new(Box::pin(packets.chain(failure))))
     }
 
     type TarStreamStream = PacketStream;

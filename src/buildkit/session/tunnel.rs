@@ -21,10 +21,12 @@ const TUNNEL_CHUNK: usize = 256 << 10;
 /// In-memory buffer between the h2 server and the tunnel pumps.
 const PIPE_BUFFER: usize = 1 << 20;
 
-/// HTTP/2 flow-control windows of the session server: large, so that exports (FileSend) and
-/// context transfers are not throttled by round trips.
-const STREAM_WINDOW: u32 = 16 << 20;
-const CONNECTION_WINDOW: u32 = 64 << 20;
+/// HTTP/2 flow-control windows of the session server: large enough that exports (FileSend)
+/// are not throttled by round trips (4 MiB per round trip), small enough that what the daemon
+/// may push ahead of our disk writes stays well inside the client's memory budget (with 16 MiB
+/// per stream, an exported tarball could queue 16 MiB in memory behind a slow disk).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
 
 /// The headers that announce a session, as `(name, value)` pairs; the grpc-method header is
 /// repeated once per served method.
