@@ -666,16 +666,17 @@ impl Client {
         Ok(digest)
     }
 
-    /// Makes image manifest `entry` (and its config and layers) present in `target`'s repository.
-    async fn copy_image(
+    /// Fetches (unless already known) and verifies the manifest of an image to be copied into
+    /// `target`'s repository, with the blobs it needs there; `None` when it is there already.
+    async fn prepare_image(
         &self,
         source: &Reference,
         target: &Reference,
         desc: &Descriptor,
         known: Option<Bytes>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<(Bytes, Vec<Descriptor>)>, Error> {
         if self.manifest_exists(target, &desc.digest).await? {
-            return Ok(());
+            return Ok(None);
         }
         let bytes = match known {
             Some(b) => b,
@@ -707,14 +708,8 @@ impl Client {
             reference: format!("{}@{}", source.whole(), desc.digest),
             problem: format!("invalid manifest: {e}"),
         })?;
-        let blobs: Vec<Descriptor> = std::iter::once(doc.config).chain(doc.layers).collect();
-        futures_util::stream::iter(blobs.iter().map(|b| self.copy_blob(source, target, b)))
-            .buffer_unordered(4)
-            .try_collect::<Vec<()>>()
-            .await?;
-        self.push_manifest(target, &desc.digest, &desc.media_type, bytes)
-            .await?;
-        Ok(())
+        let blobs = std::iter::once(doc.config).chain(doc.layers).collect();
+        Ok(Some((bytes, blobs)))
     }
 
     /// Resolves every source, assembles the index (see [`assemble::assemble_index`]), copies
@@ -762,27 +757,58 @@ impl Client {
     }
 
     async fn copy_children(&self, target: &Reference, index: &AssembledIndex) -> Result<(), Error> {
+        // Each distinct manifest living in another repository, fetched and verified.
+        let mut seen = HashSet::new();
+        let children: Vec<_> = index
+            .children
+            .iter()
+            .filter(|c| !same_repository(&c.source, target))
+            .filter(|c| seen.insert(c.entry.digest.clone()))
+            .collect();
+        let prepared = futures_util::stream::iter(children.iter().map(|c| async move {
+            let desc = Descriptor {
+                media_type: c.entry.media_type.clone(),
+                digest: c.entry.digest.clone(),
+                size: c.entry.size,
+            };
+            let prepared = self
+                .prepare_image(&c.source, target, &desc, c.manifest.clone())
+                .await?;
+            Ok::<_, Error>(prepared.map(|(bytes, blobs)| (*c, desc, bytes, blobs)))
+        }))
+        .buffer_unordered(4)
+        .try_collect::<Vec<_>>()
+        .await?;
+        let prepared: Vec<_> = prepared.into_iter().flatten().collect();
+
+        // Every blob once, before any manifest needs it: images often share layers and configs,
+        // and concurrent writes of one blob into one repository race in the registry's storage.
+        let mut seen = HashSet::new();
+        let blobs: Vec<_> = prepared
+            .iter()
+            .flat_map(|(c, _, _, blobs)| blobs.iter().map(move |b| (&c.source, b)))
+            .filter(|(_, b)| seen.insert(b.digest.clone()))
+            .collect();
+        futures_util::stream::iter(
+            blobs
+                .into_iter()
+                .map(|(source, b)| self.copy_blob(source, target, b)),
+        )
+        .buffer_unordered(4)
+        .try_collect::<Vec<()>>()
+        .await?;
+
         // Images before attestations: an attestation's subject should exist first.
         for attestations in [false, true] {
-            let jobs = index
-                .children
+            let pushes = prepared
                 .iter()
-                .filter(|c| c.entry.is_attestation() == attestations)
-                .filter(|c| !same_repository(&c.source, target))
-                .map(|c| {
-                    let desc = Descriptor {
-                        media_type: c.entry.media_type.clone(),
-                        digest: c.entry.digest.clone(),
-                        size: c.entry.size,
-                    };
-                    async move {
-                        self.copy_image(&c.source, target, &desc, c.manifest.clone())
-                            .await
-                    }
+                .filter(|(c, ..)| c.entry.is_attestation() == attestations)
+                .map(|(_, desc, bytes, _)| {
+                    self.push_manifest(target, &desc.digest, &desc.media_type, bytes.clone())
                 });
-            futures_util::stream::iter(jobs)
+            futures_util::stream::iter(pushes)
                 .buffer_unordered(4)
-                .try_collect::<Vec<()>>()
+                .try_collect::<Vec<String>>()
                 .await?;
         }
         Ok(())
