@@ -456,38 +456,18 @@ mod tests {
             let err = b.validate(arches).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
-        let mut bad = build();
-        bad.repository = "Team/App".into();
-        assert!(
-            bad.validate(&["amd64"])
-                .unwrap_err()
-                .to_string()
-                .contains("--repo")
-        );
-        let mut bad = build();
-        bad.tag = "-v1".into();
-        assert!(
-            bad.validate(&["amd64"])
-                .unwrap_err()
-                .to_string()
-                .contains("--tag")
-        );
-        let mut bad = build();
-        bad.repository = "team/a..b".into();
-        assert!(
-            bad.validate(&["amd64"])
-                .unwrap_err()
-                .to_string()
-                .contains("--repo")
-        );
-        let mut bad = build();
-        bad.tag = "v1:2".into();
-        assert!(
-            bad.validate(&["amd64"])
-                .unwrap_err()
-                .to_string()
-                .contains("--tag")
-        );
+        for (repository, tag, flag) in [
+            ("Team/App", "v1", "--repo"),
+            ("team/a..b", "v1", "--repo"),
+            ("team/app", "-v1", "--tag"),
+            ("team/app", "v1:2", "--tag"),
+        ] {
+            let mut bad = build();
+            bad.repository = repository.into();
+            bad.tag = tag.into();
+            let err = bad.validate(&["amd64"]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{repository}:{tag}: {err}");
+        }
     }
 
     #[test]

@@ -35,26 +35,23 @@ fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-async fn multi_build(dir: &Path, repo: &str, extra: &[&str]) -> Output {
+/// `pf-buildkit --addr <the test Engine> build ARGS…` run in `dir`.
+async fn build_in(dir: &Path, args: &[&str]) -> Output {
     util::tokio_bin()
         .current_dir(dir)
-        .args([
-            "--addr",
-            &util::docker_addr(),
-            "build",
-            "--progress",
-            "plain",
-        ])
-        .args(["--repo", repo, "--tag", "v1"])
-        .args([
-            "--registry",
-            &util::env("PF_TEST_REGISTRY"),
-            "--insecure-registry",
-        ])
-        .args(extra)
+        .args(["--addr", &util::docker_addr(), "build"])
+        .args(args)
         .output()
         .await
         .unwrap()
+}
+
+async fn multi_build(dir: &Path, repo: &str, extra: &[&str]) -> Output {
+    let registry = util::env("PF_TEST_REGISTRY");
+    let mut args = vec!["--progress", "plain", "--repo", repo, "--tag", "v1"];
+    args.extend(["--registry", &registry, "--insecure-registry"]);
+    args.extend(extra);
+    build_in(dir, &args).await
 }
 
 async fn exists(reference: &str) -> bool {
@@ -240,21 +237,9 @@ async fn bad_input_is_one_line_and_pushes_nothing() {
         ("Bad/Repo", "v1", "--repo"),
         ("pf-test/ok", "v1:x", "--tag"),
     ] {
-        let out = util::tokio_bin()
-            .current_dir(dir.path())
-            .args([
-                "--addr",
-                &util::docker_addr(),
-                "build",
-                "--repo",
-                repo,
-                "--tag",
-                tag,
-            ])
-            .args(["--registry", &util::env("PF_TEST_REGISTRY")])
-            .output()
-            .await
-            .unwrap();
+        let registry = util::env("PF_TEST_REGISTRY");
+        let args = ["--repo", repo, "--tag", tag, "--registry", &registry];
+        let out = build_in(dir.path(), &args).await;
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
@@ -267,20 +252,7 @@ async fn registry_comes_from_buildkit_json() {
     let dir = context("FROM scratch\nCOPY hello.txt /\n", &[("hello.txt", "hi\n")]);
     std::fs::create_dir(dir.path().join(".git")).unwrap();
     // No buildkit.json yet: the message names the file and what to put in it.
-    let out = util::tokio_bin()
-        .current_dir(dir.path())
-        .args([
-            "--addr",
-            &util::docker_addr(),
-            "build",
-            "--repo",
-            "pf-test/cfg",
-            "--tag",
-            "v1",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = build_in(dir.path(), &["--repo", "pf-test/cfg", "--tag", "v1"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(".buildkit/buildkit.json"),
@@ -298,27 +270,12 @@ async fn registry_comes_from_buildkit_json() {
     )
     .unwrap();
     let repo = unique_repo("cfg");
-    let out = util::tokio_bin()
-        .current_dir(dir.path())
-        .args([
-            "--addr",
-            &util::docker_addr(),
-            "build",
-            "--progress",
-            "quiet",
-        ])
-        .args([
-            "--repo",
-            &repo,
-            "--tag",
-            "v1",
-            "--insecure-registry",
-            "--arch",
-            "arm64",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let args = ["--progress", "quiet", "--repo", &repo, "--tag", "v1"];
+    let out = build_in(
+        dir.path(),
+        &[&args[..], &["--insecure-registry", "--arch", "arm64"]].concat(),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_index(&repo, stdout(&out).trim(), &["arm64"]).await;
 }
