@@ -22,6 +22,22 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// How long a connection attempt may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Receive window of each stream of the Control connection. The session stream
+/// (`Control.Session`) carries exported files to us, so this is what one round trip can
+/// bring: 4 MiB keeps a local export fast over a port-forward too.
+const CONTROL_STREAM_WINDOW: u32 = 4 << 20;
+
+/// Receive window of the whole Control connection, fixed (not hyper's adaptive window) because
+/// it sizes h2's DATA-frame budget: h2 charges `256 - len` for each DATA frame under 256
+/// bytes not yet read by us and ends the connection with GOAWAY `ENHANCE_YOUR_CALM
+/// "too_many_data_frames"` past half the connection window. The session stream brings one
+/// small frame per message of the daemon (a REQ, a window update: ~20 bytes at the least),
+/// and the adaptive window starts at 64 KiB, a budget of about 140 such frames: any pause of
+/// the reader on a busy machine ended the session. With 128 MiB (a 64 MiB budget), even a
+/// whole [`CONTROL_STREAM_WINDOW`] of 20-byte frames left unread (~49 MiB) fits, so no
+/// scheduling delay can end it; each stream still holds at most its own window.
+const CONTROL_CONNECTION_WINDOW: u32 = 128 << 20;
+
 /// A connected BuildKit client. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
@@ -84,7 +100,8 @@ impl Client {
             // grpc-go servers allow one ping per 5 minutes by default; more earns a GOAWAY.
             .http2_keep_alive_interval(Duration::from_secs(300))
             .keep_alive_timeout(Duration::from_secs(20))
-            .http2_adaptive_window(true);
+            .initial_stream_window_size(CONTROL_STREAM_WINDOW)
+            .initial_connection_window_size(CONTROL_CONNECTION_WINDOW);
         let channel = builder.connect_with_connector(connector);
         let channel = match tokio::time::timeout(CONNECT_TIMEOUT, channel).await {
             Err(_) => {
