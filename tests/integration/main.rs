@@ -10,6 +10,7 @@ mod cli;
 mod daemon;
 mod fake_kube;
 mod fleet;
+mod flood;
 mod manifest;
 mod multiplatform;
 mod relay;

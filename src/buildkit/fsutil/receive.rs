@@ -2,10 +2,9 @@
 //! directory in fsutil's "merge" mode, asks for every regular file and writes the data as it
 //! arrives.
 //!
-//! Packets are read off the stream as soon as they arrive (see [`receive`] for why and how
-//! memory stays bounded) and applied on a blocking thread (every step is a system call); REQs
-//! and the final FIN go out through an unbounded queue so that asking for data never waits on
-//! the sender reading, which could otherwise deadlock against a sender blocked on sending data.
+//! Packets are applied on a blocking thread (every step is a system call); REQs and the final
+//! FIN go out through an unbounded queue so that asking for data never waits on the sender
+//! reading, which could otherwise deadlock against a sender blocked on sending data.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, FileTimes, Permissions};
@@ -17,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use super::{Packet, PacketType, Stat, TransferStats, io_reason, mode};
 
@@ -103,71 +102,25 @@ where
             error: source,
         })?;
 
-    // Why the session must read this stream promptly, and how memory stays bounded anyway:
-    //
-    // The daemon sends one small gRPC message per STAT, per EOF and per piece of a small file,
-    // each in its own HTTP/2 DATA frame. h2 charges every DATA frame under 256 bytes that sits
-    // unread in its buffers against a per-connection budget (half the connection window) and
-    // tears the whole session down with GOAWAY `ENHANCE_YOUR_CALM "too_many_data_frames"` once
-    // it is spent. If packets waited in h2 whenever the disk is slower than the daemon (which
-    // sends all its STATs unasked, as fast as it walks), a few tens of thousands of entries
-    // would end every large export. So:
-    // - the pump below takes every packet off the stream at once. STATs queue without a bound
-    //   of their own: they are the protocol's unrequested part, one per entry, and the receiver
-    //   needs each of them anyway (fsutil's Go receiver keeps them all too);
-    // - file data is what can be large, and it only comes when asked for: the pump stops
-    //   reading (leaving flow control to hold the daemon back) only while more than
-    //   `QUEUED_DATA` bytes of file data wait for the disk, and the REQs this side sends are
-    //   paced so that at most `REQS_IN_FLIGHT` files are requested and unfinished. That is the
-    //   backpressure, at the fsutil level: while the pump waits, what h2 holds is bounded by the
-    //   stream window, mostly in large frames, plus at most two small frames per file in flight.
-    let data_budget = Arc::new(Semaphore::new(QUEUED_DATA));
-    let req_slots = Arc::new(Semaphore::new(REQS_IN_FLIGHT));
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
-    let pump = {
-        let req_slots = req_slots.clone();
-        tokio::spawn(async move {
-            while let Some(item) = incoming.next().await {
-                let mut permit = None;
-                if let Ok(p) = &item
-                    && p.r#type == PacketType::PacketData as i32
-                {
-                    if p.data.is_empty() {
-                        // An EOF: that file is no longer in flight.
-                        req_slots.add_permits(1);
-                    } else {
-                        let cost = p.data.len().min(QUEUED_DATA) as u32;
-                        match data_budget.clone().acquire_many_owned(cost).await {
-                            Ok(p) => permit = Some(p),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                if in_tx.send((item, permit)).is_err() {
-                    break;
-                }
+    // Incoming packets go to the blocking applier through a small bounded queue (backpressure
+    // on the sender); this side's REQs and FIN go out unbounded.
+    let (in_tx, in_rx) = mpsc::channel::<Result<Packet, tonic::Status>>(64);
+    let pump = tokio::spawn(async move {
+        while let Some(item) = incoming.next().await {
+            if in_tx.send(item).await.is_err() {
+                break;
             }
-        })
-    };
+        }
+    });
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
-    let forwarder = {
-        let req_slots = req_slots.clone();
-        tokio::spawn(async move {
-            while let Some(p) = out_rx.recv().await {
-                if p.r#type == PacketType::PacketReq as i32 {
-                    match req_slots.acquire().await {
-                        Ok(slot) => slot.forget(),
-                        // The applier has stopped: nothing more will be written.
-                        Err(_) => continue,
-                    }
-                }
-                if outgoing.send(p).await.is_err() {
-                    return Err(ReceiveError::OutgoingClosed);
-                }
+    let forwarder = tokio::spawn(async move {
+        while let Some(p) = out_rx.recv().await {
+            if outgoing.send(p).await.is_err() {
+                return Err(ReceiveError::OutgoingClosed);
             }
-            Ok(())
-        })
-    };
+        }
+        Ok(())
+    });
 
     let applier = tokio::task::spawn_blocking(move || {
         let mut r = Receiver::new(dest, out_tx, stats);
@@ -190,9 +143,6 @@ where
         .await
         .map_err(|e| ReceiveError::Interrupted(e.to_string()))
         .and_then(|r| r);
-    // REQs still waiting for a slot are moot once the applier has stopped (on success there
-    // are none: FIN follows the last file's EOF).
-    req_slots.close();
     // The applier dropped its end of the queue; the forwarder drains what is left.
     let forwarded = forwarder
         .await
@@ -202,18 +152,6 @@ where
     result?;
     forwarded
 }
-
-/// Bytes of file data that may wait in memory for the disk before the pump stops reading.
-const QUEUED_DATA: usize = 8 << 20;
-
-/// Files requested whose EOF has not arrived yet. fsutil's sender serves REQs with 4 workers,
-/// so a few hundred keep it busy; the bound limits what the daemon may send us unasked-for
-/// in small frames (a small file's data and its EOF) while the disk is behind.
-const REQS_IN_FLIGHT: usize = 512;
-
-/// A packet on its way to the applier, with the share of [`QUEUED_DATA`] it holds until
-/// applied.
-type Inbound = (Result<Packet, tonic::Status>, Option<OwnedSemaphorePermit>);
 
 /// A regular file whose data is still coming.
 struct Pending {
@@ -369,10 +307,12 @@ impl Receiver {
         self.out.send(p).map_err(|_| ReceiveError::OutgoingClosed)
     }
 
-    fn run(&mut self, mut incoming: mpsc::UnboundedReceiver<Inbound>) -> Result<(), ReceiveError> {
+    fn run(
+        &mut self,
+        mut incoming: mpsc::Receiver<Result<Packet, tonic::Status>>,
+    ) -> Result<(), ReceiveError> {
         let mut finished = false;
-        // The permit is released once the packet is applied (at the end of the iteration).
-        while let Some((item, _permit)) = incoming.blocking_recv() {
+        while let Some(item) = incoming.blocking_recv() {
             let packet = item.map_err(ReceiveError::Transport)?;
             match PacketType::try_from(packet.r#type) {
                 Ok(PacketType::PacketStat) => match packet.stat {

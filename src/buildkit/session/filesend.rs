@@ -127,18 +127,11 @@ async fn receive_file(
             .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?
             .map_err(|e| io_status("create", &tmp_path, &e))?
     };
-    // The exporter writes one message per write of its tar writer: 512-byte headers, but also
-    // a small file's bytes and the padding after it, each a DATA frame of its own. Chunks are
-    // therefore taken off the stream as they come and queued by size, not by count: a count
-    // would stop the reading after a few small chunks and leave the rest in h2's buffer, where
-    // frames under 256 bytes spend the connection's DATA-frame budget (see `session::tunnel`).
-    let budget = Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES));
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Bytes, tokio::sync::OwnedSemaphorePermit)>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
         let mut file = file;
-        while let Some((data, _permit)) = rx.blocking_recv() {
+        while let Some(data) = rx.blocking_recv() {
             file.write_all(&data)?;
         }
         file.sync_all()
@@ -148,12 +141,7 @@ async fn receive_file(
             let frame = frame?;
             let message = BytesMessage::decode(frame)
                 .map_err(|e| tonic::Status::invalid_argument(format!("bad BytesMessage: {e}")))?;
-            // Each chunk also holds a queue slot and a `Bytes` handle: charge those too.
-            let cost = (message.data.len() + 64).min(WRITE_QUEUE_BYTES) as u32;
-            let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
-                break;
-            };
-            if tx.send((message.data, permit)).is_err() {
+            if tx.send(message.data).await.is_err() {
                 // The writer stopped on an error, reported below.
                 break;
             }
@@ -174,8 +162,8 @@ async fn receive_file(
     Ok(())
 }
 
-/// Bytes of an exported file queued for the writer thread.
-const WRITE_QUEUE_BYTES: usize = 8 << 20;
+/// Chunks of an exported file queued for the writer thread.
+const WRITE_QUEUE: usize = 16;
 
 /// A temporary file removed when dropped (on failure, or when the build is cancelled and
 /// this service's future is dropped), unless kept.

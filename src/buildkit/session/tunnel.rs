@@ -26,18 +26,21 @@ const PIPE_BUFFER: usize = 1 << 20;
 
 /// HTTP/2 flow-control window of each stream of the session server: what the daemon may send
 /// on one stream (an exported file, a local export) before we read it. 1 MiB per round trip
-/// does not throttle an export on a local or cluster link, and bounds what a stream can leave
-/// in h2's buffer while the receiver waits for a slow disk.
+/// does not throttle an export on a local or cluster link, and it is all that a stream can
+/// leave in memory while its receiver waits for a slow disk: that wait is the backpressure on
+/// the daemon (fsutil has none of its own for STATs, which the sender sends unasked).
 const STREAM_WINDOW: u32 = 1 << 20;
 
 /// The connection window of the session server. Each stream is held to [`STREAM_WINDOW`], so
-/// this mostly sizes h2's DATA-frame budget, which is half of it: a frame under 256 bytes left
-/// unread costs `256 - len`. A local export's receiver stops reading only while file data waits
-/// for the disk, and then what h2 holds of that stream is at most a stream window of STATs
-/// (each at least ~26 bytes on the wire: ~9 MiB of budget for 1 MiB) plus two small frames per
-/// requested file (`fsutil::receive` keeps 512 in flight: 0.25 MiB). A 32 MiB budget lets
-/// several such streams wait at once without the session ever being torn down.
-const CONNECTION_WINDOW: u32 = 64 << 20;
+/// this sizes h2's DATA-frame budget, which is half of it: every frame under 256 bytes that a
+/// stream leaves unread costs `256 - len`, and past the budget h2 ends the session with GOAWAY
+/// `ENHANCE_YOUR_CALM "too_many_data_frames"`. A local export's receiver reads a packet only
+/// when the previous one is on disk, so behind a slow disk a stream fills its window with
+/// whatever the daemon sends: STATs (26 bytes and more), small files' data and EOFs (10
+/// bytes for file ids from 128 on). A whole window of EOFs costs under 26 MiB, so a 64 MiB
+/// budget lets two such streams wait at once and the budget never ends a well-behaved
+/// session, however slow the disk.
+const CONNECTION_WINDOW: u32 = 128 << 20;
 
 /// The headers that announce a session, as `(name, value)` pairs; the grpc-method header is
 /// repeated once per served method.
