@@ -2,7 +2,6 @@
 //! the HTTP/2 gRPC server that runs over it: the daemon is the HTTP/2 client, we serve.
 
 use std::io;
-
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -142,17 +141,17 @@ const INBOUND_MESSAGE_COST: usize = 64;
 /// reads, without ever letting that server's pace stop the reading of the outer stream.
 ///
 /// Why: the outer stream is one HTTP/2 stream of the Control connection, and every message on
-/// it arrives as its own small DATA frame (the daemon writes one message per flush of the
-/// inner connection: often a single fsutil REQ, ~30 bytes). h2 counts each received DATA frame
-/// smaller than 256 bytes against a connection budget (`256 - len` each, half the connection
-/// window, which the adaptive window starts at 64 KiB) until the application takes the frame,
-/// and sends GOAWAY `ENHANCE_YOUR_CALM "too_many_data_frames"` when it runs out. The inner
-/// server stops reading its input whenever its own output cannot be written (h2 reads the next
-/// frame only once its write buffer has room), which is normal while the context is being
-/// uploaded: the daemon's REQs then pile up. A writer blocked on the pipe here would leave
-/// them in h2's buffer and end the session after a few hundred. So the reader takes every
-/// message at once into an unbounded queue, charged against [`INBOUND_LIMIT`] bytes, and a
-/// second task writes the queue into the pipe at the server's pace.
+/// it arrives as its own small DATA frame (the daemon writes one message per write of the
+/// inner connection: often a single fsutil REQ, ~30 bytes). h2 charges each DATA frame under
+/// 256 bytes that the application has not taken yet against a connection budget (`256 - len`
+/// each, half the connection window: see `CONTROL_CONNECTION_WINDOW` in `client.rs`) and
+/// sends GOAWAY `ENHANCE_YOUR_CALM "too_many_data_frames"` when it runs out. The inner server
+/// stops reading its input whenever its own output cannot be written (h2 reads the next frame
+/// only once its write buffer has room), which is normal while a context is being uploaded:
+/// the daemon's REQs then pile up. Before this reader existed, a writer blocked on the pipe
+/// left them in h2's buffer and a 40,000-file context ended after about a thousand files. So
+/// the reader takes every message at once into a queue charged against [`INBOUND_LIMIT`]
+/// bytes, and a second task writes the queue into the pipe at the server's pace.
 async fn pump_inbound(
     mut inbound: tonic::Streaming<BytesMessage>,
     mut to_server: tokio::io::WriteHalf<tokio::io::DuplexStream>,
