@@ -25,7 +25,8 @@
 # PF_BENCH_DIR (default /tmp/pf-bench), PF_BENCH_RUNS (default 5), PF_BENCH_CASES (default
 # "cold warm edit10 cold200k warm200k export100k"), PF_BENCH_TOOLS (default "pf pf-sa buildx"),
 # PF_BENCH_DOCKER (a docker CLI with buildx; default the test environment's wrapper
-# $PF_TESTENV_DIR/bin/docker, see `scripts/testenv install-buildx`).
+# $PF_TESTENV_DIR/bin/docker, see `scripts/testenv install-buildx`), PF_BENCH_NO_BUILD (set: use
+# the release binary as it is, without `cargo build --release`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ BIN=$PWD/target/release/pf-buildkit
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
-cargo build --release --quiet
+[[ -n ${PF_BENCH_NO_BUILD:-} ]] || cargo build --release --quiet
 mkdir -p "$WORK"
 CTX=$WORK/ctx
 if [[ ! -f $WORK/ctx.done ]]; then
