@@ -11,6 +11,7 @@ mod daemon;
 mod fleet;
 mod manifest;
 mod multibuild;
+mod prefix;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -135,6 +136,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Success)
         }
     }
+}
+
+/// Writes one line of a result to stdout. Unlike `println!`, a closed stdout (`… | true`)
+/// is an error the caller returns, and `main` ends quietly on it rather than panicking.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 /// One line for an error: the message and its causes, each said once.

@@ -234,8 +234,8 @@ async fn bad_input_is_one_line_and_pushes_nothing() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
     for (repo, tag, needle) in [
-        ("Bad/Repo", "v1", "--repo"),
-        ("pf-test/ok", "v1:x", "--tag"),
+        ("Bad/Repo", "v1", "repository \"Bad/Repo\""),
+        ("pf-test/ok", "v1:x", "tag \"v1:x\""),
     ] {
         let registry = util::env("PF_TEST_REGISTRY");
         let args = ["--repo", repo, "--tag", tag, "--registry", &registry];
