@@ -127,12 +127,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Fleet(command) => fleet::run(command).await,
         Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "pf-buildkit",
-                &mut std::io::stdout(),
-            );
+            // Generated into memory: clap_complete panics when its writer fails, and a closed
+            // stdout must end quietly like every other result.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pf-buildkit", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
             Ok(Outcome::Success)
         }
     }

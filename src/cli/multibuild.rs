@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 
-use pf_buildkit::buildkit::BuildOptions;
 use pf_buildkit::buildkit::progress::{
     PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
 };
+use pf_buildkit::buildkit::{BuildOptions, Endpoint};
 use pf_buildkit::multiplatform::{BuildRequest, Event, Metadata, PushMode};
 
 use super::prefix::PrefixedLines;
@@ -30,8 +29,8 @@ pub struct MultiArgs {
     pub registry: Option<String>,
     /// BuildKit for one architecture, e.g. arm64=tcp://10.0.0.7:1234 (repeatable; default:
     /// --addr for every architecture)
-    #[arg(long = "builder", value_name = "ARCH=ENDPOINT", requires = "repo")]
-    pub builders: Vec<String>,
+    #[arg(long = "builder", value_name = "ARCH=ENDPOINT", requires = "repo", value_parser = parse_builder)]
+    pub builders: Vec<(String, Endpoint)>,
     /// Architectures to build (default: amd64,arm64, or those of --builder)
     #[arg(
         long = "arch",
@@ -54,6 +53,15 @@ pub struct MultiArgs {
     /// architectures)
     #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "repo")]
     pub timeout: u64,
+}
+
+/// `ARCH=ENDPOINT`; clap reports a malformed one as a usage error (exit 2).
+fn parse_builder(spec: &str) -> Result<(String, Endpoint), String> {
+    let (arch, addr) = spec
+        .split_once('=')
+        .ok_or_else(|| "expected ARCH=ENDPOINT, e.g. arm64=tcp://10.0.0.7:1234".to_owned())?;
+    let endpoint = addr.parse::<Endpoint>().map_err(|e| e.to_string())?;
+    Ok((arch.to_owned(), endpoint))
 }
 
 /// Parses the flags into a [`BuildRequest`], runs it with the binary's progress and
@@ -79,13 +87,10 @@ pub async fn run(
     let mut request = BuildRequest::new(options, repo, tag);
     request.registry = args.registry.clone();
     request.arches = args.arches.clone();
-    for spec in &args.builders {
-        let (arch, addr) = spec.split_once('=').with_context(|| {
-            format!("--builder {spec:?}: expected ARCH=ENDPOINT, e.g. arm64=tcp://10.0.0.7:1234")
-        })?;
+    for (arch, endpoint) in &args.builders {
         if request
             .builders
-            .insert(arch.to_owned(), addr.parse()?)
+            .insert(arch.clone(), endpoint.clone())
             .is_some()
         {
             anyhow::bail!("--builder: architecture {arch} is given twice");
