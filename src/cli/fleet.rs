@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
-    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ScaleUpOptions,
-    TunnelOptions, WaitState,
+    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ReadyProgress,
+    ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
@@ -223,22 +223,7 @@ async fn scale_up_with(
     let reports = fleet
         .scale_up(archs, &ScaleUpOptions::default(), &|_| {})
         .await?;
-    for r in &reports {
-        if r.scaled {
-            eprintln!(
-                "{}: scaled StatefulSet {} from 0 to 1 replica",
-                r.arch,
-                r.arch.statefulset()
-            );
-        } else {
-            eprintln!(
-                "{}: StatefulSet {} has {} replica(s); left as is",
-                r.arch,
-                r.arch.statefulset(),
-                r.replicas_before
-            );
-        }
-    }
+    reports.iter().for_each(print_scaled);
     if let Some(timeout) = wait {
         let renderer = WaitRenderer::new();
         let result = fleet
@@ -248,6 +233,23 @@ async fn scale_up_with(
         result?;
     }
     Ok(())
+}
+
+fn print_scaled(r: &ScaleUpReport) {
+    if r.scaled {
+        eprintln!(
+            "{}: scaled StatefulSet {} from 0 to 1 replica",
+            r.arch,
+            r.arch.statefulset()
+        );
+    } else {
+        eprintln!(
+            "{}: StatefulSet {} has {} replica(s); left as is",
+            r.arch,
+            r.arch.statefulset(),
+            r.replicas_before
+        );
+    }
 }
 
 /// Shows one line per architecture with the time left, redrawn in place on a terminal and
@@ -327,12 +329,21 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
     let arch = args.arch;
     let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
-    scale_up_with(&fleet, &[arch], Some(timeout)).await?;
     let options = TunnelOptions {
         port: args.port,
+        scale_up_wait: Some(timeout),
         ..Default::default()
     };
-    let mut tunnel = fleet.tunnel(arch, &options).await?;
+    let renderer = WaitRenderer::new();
+    let tunnel = fleet
+        .tunnel(arch, &options, &|progress| match progress {
+            ReadyProgress::Scaled(report) => print_scaled(report),
+            ReadyProgress::Waiting(states) => renderer.render(states),
+            _ => {}
+        })
+        .await;
+    renderer.finish();
+    let mut tunnel = tunnel?;
     let port = tunnel.local_addr().port();
     // The port on stdout is the "ready" signal for scripts: it is printed once the listener
     // is bound and the port-forward permission is confirmed.

@@ -303,14 +303,13 @@ impl Plan {
                         context,
                         wait: self.scale_up_wait,
                     });
-                    let lease =
-                        fleet
-                            .lease(arch, options)
-                            .await
-                            .map_err(|source| Error::Lease {
-                                arch: name.to_owned(),
-                                source: Box::new(source),
-                            })?;
+                    let lease = fleet
+                        .lease(arch, options, &|_| {})
+                        .await
+                        .map_err(|source| Error::Lease {
+                            arch: name.to_owned(),
+                            source: Box::new(source),
+                        })?;
                     Ok::<_, Error>((name, lease))
                 }
             }))

@@ -883,7 +883,7 @@ async fn a_lease_scales_up_connects_to_the_least_loaded_pod_and_keeps_recording_
         scale_up_wait: Some(Duration::from_secs(30)),
         record_interval: Duration::from_secs(1),
     };
-    let lease = fleet.lease(Arch::Amd64, &options).await.unwrap();
+    let lease = fleet.lease(Arch::Amd64, &options, &|_| {}).await.unwrap();
     assert_eq!(lease.pod().pod, "buildkit-amd64-1");
     assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 1);
     assert!(!lease.client().workers().await.unwrap().is_empty());
@@ -918,7 +918,10 @@ async fn a_closed_tunnel_leaves_no_listener() {
         port,
         ..Default::default()
     };
-    let error = fleet.tunnel(Arch::Amd64, &options).await.unwrap_err();
+    let error = fleet
+        .tunnel(Arch::Amd64, &options, &|_| {})
+        .await
+        .unwrap_err();
     assert!(
         error
             .to_string()
@@ -928,7 +931,7 @@ async fn a_closed_tunnel_leaves_no_listener() {
     drop(taken);
 
     let tunnel = fleet
-        .tunnel(Arch::Amd64, &TunnelOptions::default())
+        .tunnel(Arch::Amd64, &TunnelOptions::default(), &|_| {})
         .await
         .unwrap();
     let addr = tunnel.local_addr();
