@@ -16,7 +16,7 @@ pub use client::{
     CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
     Worker, format_platform,
 };
-pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
+pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
 pub use solve::{
     BuildError, BuildOptions, BuildResult, failure_report, write_file_atomically,

@@ -44,8 +44,9 @@ pub use tunnel::{
 pub const NAMESPACE: &str = "buildkit";
 /// The BuildKit container of each pod.
 pub const CONTAINER: &str = "buildkitd";
-/// The TCP port buildkitd listens on in each pod.
-pub const PORT: u16 = 1234;
+/// The TCP port buildkitd listens on in each pod: BuildKit's conventional port, defined once
+/// in [`crate::buildkit`].
+pub const PORT: u16 = crate::buildkit::DEFAULT_BUILDKIT_PORT;
 /// The StatefulSet annotation holding the epoch seconds of the last build.
 pub const LAST_BUILD_ANNOTATION: &str = "panfactum.com/last-build";
 
