@@ -7,6 +7,10 @@
 //! [`CONTAINER`], port [`PORT`], and the annotation [`LAST_BUILD_ANNOTATION`] holding the epoch
 //! seconds of the last build as a decimal string.
 //!
+//! Border: owns everything Kubernetes. It may use [`crate::buildkit`] (it hands BuildKit
+//! connections up as dialers) and must not import `multiplatform` or `config`
+//! (`tests/integration/borders.rs` checks this).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::fleet::Error> {
 //! use pf_buildkit::fleet::{Arch, Fleet};
