@@ -30,13 +30,22 @@ pub enum Error {
         /// The timeout.
         seconds: u64,
     },
-    /// The endpoint needs a dialer that this module does not have.
-    #[error(
-        "{endpoint} is reached through a Kubernetes port-forward; connect it with the fleet module"
-    )]
-    NeedsDialer {
+    /// The registered scheme of the endpoint could not make a dialer for it.
+    #[error("{endpoint}")]
+    Scheme {
         /// The address given.
         endpoint: String,
+        /// The scheme's reason.
+        #[source]
+        source: super::SchemeError,
+    },
+    /// The endpoint's scheme is no longer registered (it was when the address was parsed).
+    #[error("{endpoint}: no scheme {scheme}:// is registered")]
+    UnknownScheme {
+        /// The address given.
+        endpoint: String,
+        /// The scheme.
+        scheme: String,
     },
     /// A call to the daemon failed.
     #[error("BuildKit at {endpoint}: {call} failed: {message}")]

@@ -202,7 +202,7 @@ pub enum Error {
         arch: String,
         /// Why.
         #[source]
-        source: Box<crate::fleet::ConnectError>,
+        source: Box<crate::buildkit::Error>,
     },
     /// The fleet's cluster cannot be used (kubeconfig, context, credentials).
     #[error("cluster {context}")]
