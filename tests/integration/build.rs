@@ -188,6 +188,36 @@ fn failing_run_exits_1_with_its_output_and_line(tier: Tier) {
     );
 }
 
+/// The daemon's own error is shown as it is, whatever words it contains: "connection" in a
+/// file name once turned it into "this is not BuildKit".
+fn missing_copy_source_keeps_the_daemons_text(tier: Tier) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY connection.py /app/\n",
+    );
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "plain",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    let stderr = util::stderr(&out);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("pf-buildkit: build failed:"), "{last}");
+    assert!(
+        last.contains("connection.py") && last.contains("not found"),
+        "{last}"
+    );
+    for wrong in ["not BuildKit", "went away", "HTTP/2"] {
+        assert!(!last.contains(wrong), "{wrong:?} in {last}");
+    }
+}
+
 /// Reads one manifest's digest from the registry (plain HTTP on loopback).
 fn registry_digest(registry: &str, repo: &str, tag: &str) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(registry).unwrap();
@@ -846,6 +876,7 @@ fn extra_local_directories_serve_named_contexts(tier: Tier) {
 }
 
 tier_tests!(
+    missing_copy_source_keeps_the_daemons_text,
     run_with_secret_and_build_args_never_shows_the_secret,
     failing_run_exits_1_with_its_output_and_line,
     pushes_to_the_registry_and_writes_metadata,
