@@ -227,3 +227,11 @@ macro_rules! tier_tests {
         }
     )+};
 }
+
+/// Checks that `out` is a usage error (exit 2, as clap reports one) and returns its stderr.
+pub fn assert_usage_error(out: &Output) -> String {
+    let text = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {text}");
+    assert!(text.starts_with("error: "), "{text}");
+    text
+}
