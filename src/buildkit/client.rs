@@ -142,17 +142,11 @@ impl Client {
             }),
             // Daemons older than v0.11 have no Info; they are still BuildKit.
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
-            Ok(Err(status)) => {
-                let mut error = Error::rpc(&self.endpoint, "connect", status);
-                if let (Error::Rpc { message, .. }, Some(hint)) =
-                    (&mut error, self.dialer.hint_on_close())
-                    && message.contains("closed")
-                {
-                    message.push_str("; ");
-                    message.push_str(hint);
-                }
-                Err(error)
-            }
+            Ok(Err(status)) => Err(Error::probe(
+                &self.endpoint,
+                status,
+                self.dialer.hint_on_close(),
+            )),
             Ok(Ok(_)) => Ok(()),
         }
     }
