@@ -14,6 +14,7 @@ mod build;
 mod cli;
 mod daemon;
 mod fake_kube;
+mod faults;
 mod fleet;
 mod manifest;
 mod multiplatform;
