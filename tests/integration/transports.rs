@@ -198,9 +198,10 @@ async fn silent_peer_times_out_instead_of_hanging() {
     let started = std::time::Instant::now();
     let out = workers(&["--addr", &format!("tcp://127.0.0.1:{port}")]).await;
     assert_fails_with(&out, &[&format!("tcp://127.0.0.1:{port}"), "timed out"]);
-    // The promise to users is "fails within 10 s, never hangs"; allow process start-up on top.
+    // The promise to users is "fails within 10 s, never hangs": one deadline for connecting
+    // and the first call together (two would make 20 s). Allow process start-up on top.
     assert!(
-        started.elapsed().as_secs() < 20,
+        started.elapsed() < std::time::Duration::from_secs(12),
         "took {:?}",
         started.elapsed()
     );
