@@ -6,27 +6,16 @@
 //! (`ENHANCE_YOUR_CALM "too_many_data_frames"`). Before the fix a 40,000-file context failed
 //! after about a thousand files, and exports of 30,000 files failed every time.
 //!
-//! The tests need the standalone tier (`PF_TEST_BUILDKIT_ADDR`); without it they say so on
-//! stderr and pass without running, as the tier is optional on a machine without the daemon.
+//! The tests need the standalone tier; without it they say so on stderr (`Tier::present`).
 
 use std::path::{Path, PathBuf};
 
-use crate::util;
+use crate::util::{self, Tier};
 
 /// The standalone daemon's address, or `None` (with a line on stderr saying why the test does
 /// not run) when the tier is absent.
 fn standalone(test: &str) -> Option<String> {
-    match std::env::var("PF_TEST_BUILDKIT_ADDR") {
-        Ok(addr) if !addr.is_empty() => Some(addr),
-        _ => {
-            eprintln!(
-                "{test}: skipped, the standalone BuildKit tier is not running \
-                 (PF_TEST_BUILDKIT_ADDR is not set; `scripts/testenv start` sets it when \
-                 ../shared/buildkit/ holds buildkitd)"
-            );
-            None
-        }
-    }
+    Tier::Standalone.present(test).map(Tier::addr)
 }
 
 /// Writes `count` small files under `root`, 200 to a directory: `dNNN/fNNNNNN` holding `"N\n"`.
@@ -88,6 +77,7 @@ fn local_export_of_60000_files_keeps_the_session_up() {
     let Some(addr) = standalone("local_export_of_60000_files_keeps_the_session_up") else {
         return;
     };
+    let _cache = Tier::Standalone.cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     many_files(&ctx.join("files"), FILES);
@@ -130,6 +120,7 @@ fn cold_context_of_100000_files_and_its_tar_export() {
     let Some(addr) = standalone("cold_context_of_100000_files_and_its_tar_export") else {
         return;
     };
+    let _cache = Tier::Standalone.cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     many_files(&ctx, FILES);
