@@ -10,6 +10,8 @@ mod cli;
 mod daemon;
 mod fake_kube;
 mod fleet;
+mod hostile;
+mod hostile_peer;
 mod manifest;
 mod multiplatform;
 mod relay;
