@@ -289,7 +289,13 @@ impl DiffCopy {
     /// The next packet from the client: `None` when the client ended the call cleanly,
     /// `Some(Err)` with the status it ended it with.
     pub async fn recv(&mut self) -> Option<Result<Packet, tonic::Status>> {
-        match tokio::time::timeout(PEER_WAIT, self.rx.next()).await {
+        self.recv_within(PEER_WAIT).await
+    }
+
+    /// [`DiffCopy::recv`] with another bound, for a client with a long job to finish before
+    /// it answers (writing 100,000 files, say).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Result<Packet, tonic::Status>> {
+        match tokio::time::timeout(wait, self.rx.next()).await {
             Ok(item) => item,
             Err(_) => Some(Err(tonic::Status::deadline_exceeded(
                 "the client sent nothing in time",
