@@ -20,6 +20,13 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::Stat;
 
+/// How directories used only as a starting point are opened: `O_PATH` where it exists (no
+/// read permission needed, nothing read), else read-only.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const LOOKUP_ONLY: OFlags = OFlags::PATH;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const LOOKUP_ONLY: OFlags = OFlags::RDONLY;
+
 /// Why a path was refused before any system call: it is not a clean relative path.
 fn bad_name(reason: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, reason.to_owned())
@@ -102,7 +109,7 @@ impl Root {
     pub(super) fn open(path: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(
             path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            LOOKUP_ONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         Ok(Root { fd })
@@ -137,7 +144,7 @@ impl Root {
     /// Opens `rel` one component at a time, each with `O_NOFOLLOW`: the components are
     /// checked names (no `..`), so no step can leave the root or follow a link.
     fn walk(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
-        let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let step = LOOKUP_ONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut parts = rel.split('/').peekable();
         let mut current: Option<OwnedFd> = None;
         while let Some(part) = parts.next() {
@@ -158,7 +165,7 @@ impl Root {
         if dir.is_empty() {
             return Ok((DirFd::Root(self.fd.as_fd()), name));
         }
-        Ok((DirFd::Sub(self.open_dir(dir, OFlags::PATH)?), name))
+        Ok((DirFd::Sub(self.open_dir(dir, LOOKUP_ONLY)?), name))
     }
 
     /// Opens the directory at `rel` for reading, to change its own metadata.
@@ -168,7 +175,7 @@ impl Root {
 
     /// Opens the directory at `rel` as a path only (needs no read permission).
     pub(super) fn open_dir_path(&self, rel: &str) -> io::Result<OwnedFd> {
-        self.open_dir(rel, OFlags::PATH)
+        self.open_dir(rel, LOOKUP_ONLY)
     }
 }
 
