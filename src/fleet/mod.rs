@@ -7,6 +7,10 @@
 //! [`CONTAINER`], port [`PORT`], and the annotation [`LAST_BUILD_ANNOTATION`] holding the epoch
 //! seconds of the last build as a decimal string.
 //!
+//! Border: owns everything Kubernetes. It may use [`crate::buildkit`] (it hands BuildKit
+//! connections up as dialers) and must not import `multiplatform` or `config`
+//! (`tests/integration/borders.rs` checks this).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::fleet::Error> {
 //! use pf_buildkit::fleet::{Arch, Fleet};
@@ -21,6 +25,7 @@ mod address;
 mod cache;
 mod error;
 mod kube_client;
+mod kube_pod;
 mod portforward;
 pub mod quantity;
 mod scale;
@@ -33,16 +38,21 @@ pub use address::{PodAddress, PodMetricsState};
 pub use cache::{CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
-pub use portforward::{ConnectError, PodDialer, PortForwardStream, connect};
+pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodScheme, connect, register_kube_pod};
+pub use portforward::{PodDialer, PortForwardStream};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
-pub use tunnel::{Lease, LeaseOptions, RECORD_INTERVAL, Tunnel, TunnelOptions};
+pub use tunnel::{
+    DEFAULT_SCALE_UP_WAIT, Lease, LeaseOptions, RECORD_INTERVAL, ReadyProgress, Tunnel,
+    TunnelOptions,
+};
 
 /// The namespace the fleet runs in.
 pub const NAMESPACE: &str = "buildkit";
 /// The BuildKit container of each pod.
 pub const CONTAINER: &str = "buildkitd";
-/// The TCP port buildkitd listens on in each pod.
-pub const PORT: u16 = 1234;
+/// The TCP port buildkitd listens on in each pod: BuildKit's conventional port, defined once
+/// in [`crate::buildkit`].
+pub const PORT: u16 = crate::buildkit::DEFAULT_BUILDKIT_PORT;
 /// The StatefulSet annotation holding the epoch seconds of the last build.
 pub const LAST_BUILD_ANNOTATION: &str = "panfactum.com/last-build";
 

@@ -1,6 +1,6 @@
 //! The fleet commands against the in-process fake Kubernetes API server, whose port-forwards
-//! reach the real BuildKit of the test environment (the Docker Engine's, through its `/grpc`
-//! upgrade).
+//! reach the real BuildKit of the test environment: the standalone buildkitd (what the pods
+//! run) when the environment has it, else the Docker Engine's, through its `/grpc` upgrade.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
@@ -13,8 +13,8 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine};
-use crate::util;
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp};
+use crate::util::{self, Tier};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
@@ -41,8 +41,20 @@ fn assert_one_line_failure(o: &Output) -> String {
     text
 }
 
+/// The port-forwards' target: the daemon of [`Tier::preferred`], the one [`daemon_addr`] names.
 fn engine() -> crate::fake_kube::DialFn {
-    docker_engine(util::docker_socket())
+    match Tier::preferred() {
+        Tier::Standalone => tcp(Tier::Standalone
+            .addr()
+            .trim_start_matches("tcp://")
+            .to_owned()),
+        Tier::Engine => docker_engine(util::docker_socket()),
+    }
+}
+
+/// The address of the daemon behind the fake's port-forwards, for direct connections.
+fn daemon_addr() -> String {
+    Tier::preferred().addr()
 }
 
 fn annotation(sts: &serde_json::Value) -> Option<u64> {
@@ -218,7 +230,7 @@ async fn scale_up_from_zero_sets_one_replica_and_records_a_build() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(fake.statefulset("buildkit-arm64")["spec"]["replicas"], 3);
     let o = fake.run(&["record-build", "--arch", "x86"]).await;
-    assert!(assert_one_line_failure(&o).contains("invalid architecture \"x86\""));
+    assert!(util::assert_usage_error(&o).contains("invalid architecture \"x86\""));
 }
 
 #[tokio::test]
@@ -273,7 +285,11 @@ async fn scale_up_wait_times_out_with_a_clear_message() {
     let o = fake
         .run(&["scale", "up", "--wait", "--timeout", "soon"])
         .await;
-    assert!(assert_one_line_failure(&o).contains("invalid --timeout \"soon\""));
+    let text = util::assert_usage_error(&o);
+    assert!(
+        text.contains("--timeout") && text.contains("\"soon\" must be a whole number of seconds"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -345,7 +361,7 @@ async fn bad_arch_unknown_context_and_no_kubeconfig_fail_in_one_line() {
     let fake = Scenario::new().start().await;
     let o = fake.run(&["get-address", "--arch", "amd64x"]).await;
     assert!(
-        assert_one_line_failure(&o)
+        util::assert_usage_error(&o)
             .contains("invalid architecture \"amd64x\": must be amd64 or arm64")
     );
 
@@ -761,7 +777,13 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         .expect("the busy step did not start in time")
         .expect("status stream ended before the step started")
         .expect("status");
-        if let Some(v) = next.vertexes.iter().find(|v| v.digest == exec_digest) {
+        // By name as well as digest: newer daemons (the standalone v0.32) pin the image
+        // source before solving, which changes the digests of the ops below it.
+        if let Some(v) = next
+            .vertexes
+            .iter()
+            .find(|v| v.digest == exec_digest || v.name.contains(&nonce))
+        {
             assert!(v.error.is_empty(), "busy build failed: {}", v.error);
             if v.started.is_some() && v.completed.is_none() {
                 return solve;
@@ -794,7 +816,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         .pvc("buildkitd-buildkit-arm64-1")
         .start()
         .await;
-    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(daemon_addr().parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;
@@ -879,7 +901,7 @@ async fn a_lease_scales_up_connects_to_the_least_loaded_pod_and_keeps_recording_
         scale_up_wait: Some(Duration::from_secs(30)),
         record_interval: Duration::from_secs(1),
     };
-    let lease = fleet.lease(Arch::Amd64, &options).await.unwrap();
+    let lease = fleet.lease(Arch::Amd64, &options, &|_| {}).await.unwrap();
     assert_eq!(lease.pod().pod, "buildkit-amd64-1");
     assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 1);
     assert!(!lease.client().workers().await.unwrap().is_empty());
@@ -914,7 +936,10 @@ async fn a_closed_tunnel_leaves_no_listener() {
         port,
         ..Default::default()
     };
-    let error = fleet.tunnel(Arch::Amd64, &options).await.unwrap_err();
+    let error = fleet
+        .tunnel(Arch::Amd64, &options, &|_| {})
+        .await
+        .unwrap_err();
     assert!(
         error
             .to_string()
@@ -924,7 +949,7 @@ async fn a_closed_tunnel_leaves_no_listener() {
     drop(taken);
 
     let tunnel = fleet
-        .tunnel(Arch::Amd64, &TunnelOptions::default())
+        .tunnel(Arch::Amd64, &TunnelOptions::default(), &|_| {})
         .await
         .unwrap();
     let addr = tunnel.local_addr();
@@ -1298,6 +1323,26 @@ async fn a_cluster_build_without_a_cluster_says_which_field_is_missing() {
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     assert!(
         e.contains("buildkit.json") && e.contains("\"registry\" is missing or empty"),
+        "{e}"
+    );
+
+    // With a registry but an empty cluster, and no --builder or --addr, the cluster is named.
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        "{\"registry\": \"127.0.0.1:1\", \"cluster\": \"\"}",
+    )
+    .unwrap();
+    let o = util::tokio_bin()
+        .current_dir(dir.path())
+        .args(["build", "--repo", "pf-test/x", "--tag", "v1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("buildkit.json") && e.contains("\"cluster\" is missing or empty"),
         "{e}"
     );
 }
