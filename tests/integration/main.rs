@@ -18,6 +18,8 @@ mod fake_kube;
 mod faults;
 mod fleet;
 mod flood;
+mod hostile;
+mod hostile_peer;
 mod manifest;
 mod multiplatform;
 mod relay;
