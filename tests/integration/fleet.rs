@@ -475,11 +475,12 @@ async fn a_forbidden_portforward_names_the_missing_permission() {
         .forbid("create", "pods/portforward")
         .start()
         .await;
+    // The API server refuses the WebSocket upgrade with an empty reason (`pods "NAME" is
+    // forbidden: `), so the client names the permission itself.
     let check = |e: &str| {
         assert!(
             e.starts_with("pf-buildkit: ")
-                && e.contains("permission denied")
-                && e.contains("cannot create resource \"pods/portforward\"")
+                && e.contains("permission denied (pods \"buildkit-amd64-0\" is forbidden)")
                 && e.contains(
                     "needs verb create (and get) on pods/portforward in namespace buildkit"
                 ),
@@ -831,12 +832,133 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
     );
     assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
     assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running"),
-        "{e}"
+        e.contains(
+            "Skipped pod buildkit-amd64-0: a build is running (1 in progress by build history)"
+        ),
+        "the Engine's BuildKit has the history API and lists the running build: {e}"
     );
     assert!(!e.contains("Pruned"), "{e}");
     // The busy check went through a port-forward to that pod; no prune call followed it.
     assert!(fake.portforwards_opened() >= 1);
+    assert_user_agent(&fake);
+}
+
+/// Every request the fake saw, port-forward upgrades included, named the client.
+fn assert_user_agent(fake: &FakeKube) {
+    let requests = fake.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(
+            r.user_agent,
+            pf_buildkit::USER_AGENT,
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    assert!(pf_buildkit::USER_AGENT.starts_with("pf-buildkit/"));
+}
+
+#[tokio::test]
+async fn cache_clear_takes_claim_names_from_the_statefulsets_templates() {
+    // A deployment whose claim template is `cache`, not Panfactum's `buildkitd`.
+    let fake = Scenario::new()
+        .claim_template("cache")
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 2, 0, None)
+        .pod("buildkit-amd64-0", "Pending", "", false)
+        // A pod on its way out still mounts its claim, already Terminating.
+        .pod("buildkit-amd64-3", "Pending", "", false)
+        .terminating_pvc("cache-buildkit-amd64-3")
+        .pvc("cache-buildkit-amd64-0")
+        .pvc("cache-buildkit-amd64-1")
+        // arm64 wants two replicas whose pods do not exist yet: both claims are kept.
+        .pvc("cache-buildkit-arm64-0")
+        .pvc("cache-buildkit-arm64-1")
+        .pvc("cache-buildkit-arm64-2")
+        // Named like Panfactum's template, which these StatefulSets do not have.
+        .pvc("buildkitd-buildkit-arm64-0")
+        .start()
+        .await;
+    let o = fake.run(&["cache", "clear"]).await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(
+        fake.pvc_names(),
+        [
+            "cache-buildkit-amd64-0",
+            "cache-buildkit-amd64-3",
+            "cache-buildkit-arm64-0",
+            "cache-buildkit-arm64-1"
+        ],
+        "{e}"
+    );
+    for line in [
+        "PVC in use: cache-buildkit-amd64-0",
+        "Deleted unused PVC: cache-buildkit-amd64-1",
+        "PVC already being deleted (Terminating): cache-buildkit-amd64-3",
+        "PVC of a wanted replica, kept: cache-buildkit-arm64-0",
+        "PVC of a wanted replica, kept: cache-buildkit-arm64-1",
+        "Deleted unused PVC: cache-buildkit-arm64-2",
+        "Deleted unused PVC: buildkitd-buildkit-arm64-0",
+    ] {
+        assert!(e.lines().any(|l| l == line), "{line:?} missing: {e}");
+    }
+    let deletes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "buildkitd-buildkit-arm64-0",
+            "cache-buildkit-amd64-1",
+            "cache-buildkit-arm64-2"
+        ],
+        "a Terminating claim is not deleted again"
+    );
+    assert_user_agent(&fake);
+}
+
+#[tokio::test]
+async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
+    // What the real API server does with a delete: 200 with the object, now carrying a
+    // deletionTimestamp and the pvc-protection finalizer, and the claim stays while mounted.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Pending", "", false)
+        .pvc("buildkitd-buildkit-amd64-0")
+        .start()
+        .await;
+    let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        kube::Api::namespaced(fleet_for(&fake).await.client().clone(), "buildkit");
+    let answer = pvcs
+        .delete("buildkitd-buildkit-amd64-0", &Default::default())
+        .await
+        .unwrap();
+    let pvc = answer.left().expect("the object, not a Status");
+    assert!(pvc.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        pvc.metadata.finalizers.as_deref(),
+        Some(&["kubernetes.io/pvc-protection".to_owned()][..])
+    );
+    // Still there, Terminating; cache clear reports it and leaves it alone.
+    assert_eq!(fake.pvc_names(), ["buildkitd-buildkit-amd64-0"]);
+    let o = fake.run(&["cache", "clear"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("PVC already being deleted (Terminating): buildkitd-buildkit-amd64-0"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count(),
+        1
+    );
 }
 
 /// The library, connected to the fake through its kubeconfig's `fake` context.
