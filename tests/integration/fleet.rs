@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use pf_buildkit::buildkit::proto::control::{SolveRequest, StatusRequest};
+use pf_buildkit::buildkit::proto::control::{BuildHistoryRequest, SolveRequest, StatusRequest};
 use pf_buildkit::buildkit::proto::pb::Definition;
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
@@ -154,6 +154,77 @@ async fn get_address_without_a_metrics_api_takes_the_first_running_pod_and_warns
         .filter(|r| r.path.starts_with("/apis/metrics.k8s.io"))
         .count();
     assert_eq!(metric_calls as u32, pf_buildkit::fleet::RETRY_ATTEMPTS);
+}
+
+#[tokio::test]
+async fn a_metrics_api_this_account_may_not_read_is_403_and_falls_back() {
+    // The real API server authorizes before it looks the group up: without rights on
+    // metrics.k8s.io the absent API is 403, not 404.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .no_metrics_api()
+        .forbid("list", "pods.metrics.k8s.io")
+        .start()
+        .await;
+    let o = fake.run(&["get-address", "--arch", "amd64"]).await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(out(&o), "tcp://10-0-0-10.buildkit.pod.cluster.local:1234\n");
+    assert!(
+        e.contains("warning: the metrics API (metrics.k8s.io) may not be read by this account")
+            && e.contains("needs verb list on pods.metrics.k8s.io in namespace buildkit"),
+        "{e}"
+    );
+    let metrics: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/metrics.k8s.io"))
+        .collect();
+    assert_eq!(metrics.len(), 1, "a 403 is not retried");
+    // The same account may still list pods: only the metrics group is refused.
+    assert_user_agent(&fake);
+}
+
+#[tokio::test]
+async fn diagnostics_follow_the_log_level_and_carry_no_colour_off_a_terminal() {
+    // A 503 from the metrics API makes kube log an ERROR event for each failed call before
+    // the client warns and falls back.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .metrics_unavailable()
+        .start()
+        .await;
+    let mut cmd = fake.bin();
+    cmd.env_remove("PF_BUILDKIT_LOG")
+        .env_remove("RUST_LOG")
+        .args(["get-address", "--arch", "amd64"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(e.lines().count(), 1, "only the warning, by default: {e}");
+    assert!(e.starts_with("pf-buildkit: warning: "), "{e}");
+    assert!(!e.contains("ERROR") && !e.contains('\x1b'), "{e}");
+
+    // Asked for, the diagnostics print, still without colour (stderr is a pipe here).
+    for var in ["PF_BUILDKIT_LOG", "RUST_LOG"] {
+        let mut cmd = fake.bin();
+        cmd.env_remove("PF_BUILDKIT_LOG")
+            .env_remove("RUST_LOG")
+            .env(var, "error")
+            .args(["get-address", "--arch", "amd64"]);
+        let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let e = err(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(
+            e.lines().any(|l| l.contains("ERROR") && l.contains("503")),
+            "{var}=error shows kube's errors: {e}"
+        );
+        assert!(!e.contains('\x1b'), "no colour codes: {e:?}");
+    }
 }
 
 #[tokio::test]
@@ -678,9 +749,9 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
-/// sleeping step has started (a progress event), so BuildKit holds cache records in use.
-async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
+/// A build of one RUN step, `script` in the base image, under a fresh ref; returns the
+/// request and the step's digest.
+fn run_step_request(script: &str) -> (SolveRequest, String) {
     let platform = Platform {
         architecture: match std::env::consts::ARCH {
             "aarch64" => "arm64",
@@ -697,6 +768,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         ..Default::default()
     }
     .encode_to_vec();
+    // A unique marker keeps the step out of the cache.
     let nonce = format!("{:?}", SystemTime::now());
     let exec = Op {
         inputs: vec![Input {
@@ -705,11 +777,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         }],
         exec: Some(ExecOp {
             meta: Some(Meta {
-                args: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    format!("sleep 300 # {nonce}"),
-                ],
+                args: vec!["/bin/sh".into(), "-c".into(), format!("{script} # {nonce}")],
                 env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
                 cwd: "/".into(),
             }),
@@ -733,14 +801,21 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         ..Default::default()
     }
     .encode_to_vec();
-    let reference = format!("pf-fleet-busy-{}", now_nanos());
     let request = SolveRequest {
-        r#ref: reference.clone(),
+        r#ref: format!("pf-fleet-{}", now_nanos()),
         definition: Some(Definition {
             def: vec![source.into(), exec.into(), terminal.into()],
         }),
         ..Default::default()
     };
+    (request, exec_digest)
+}
+
+/// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
+/// sleeping step has started (a progress event), so BuildKit holds cache records in use.
+async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
+    let (request, exec_digest) = run_step_request("sleep 300");
+    let reference = request.r#ref.clone();
     let mut control = client.control();
     let solve = tokio::spawn(async move {
         // Ends (cancelling the build) when the task is aborted.
@@ -769,6 +844,96 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
             }
         }
     }
+}
+
+/// Waits until the daemon runs no build, following its build history's events (the Engine is
+/// shared with tests that build in parallel); fails after 120 s.
+async fn wait_until_no_build_runs(client: &Client) {
+    let mut control = client.control();
+    let mut events = control
+        .listen_build_history(BuildHistoryRequest {
+            active_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("build history")
+        .into_inner();
+    // Subscribed first, so no build ending between a check and the next event is missed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.active_builds().await.unwrap() != Some(Vec::new()) {
+        tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.next(),
+        )
+        .await
+        .expect("builds still running after 120 s")
+        .expect("history stream ended")
+        .expect("history event");
+    }
+}
+
+#[tokio::test]
+async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", engine())
+        .start()
+        .await;
+    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    // A real failed build on the daemon behind the port-forward.
+    let (request, _) = run_step_request("exit 3");
+    let reference = request.r#ref.clone();
+    let failed = client.control().solve(request).await;
+    assert!(failed.is_err(), "the build must fail: {failed:?}");
+    // The daemon's history keeps it, finished.
+    let mut history = client
+        .control()
+        .listen_build_history(BuildHistoryRequest {
+            r#ref: reference.clone(),
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let record = history
+        .next()
+        .await
+        .expect("the failed build is in the history")
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(record.r#ref, reference);
+    assert!(record.completed_at.is_some());
+
+    // Other tests build on the same Engine: try again when one of theirs was running.
+    let mut attempts = 0;
+    let e = loop {
+        attempts += 1;
+        wait_until_no_build_runs(&client).await;
+        // The prune is limited to a record that does not exist: the Engine is shared.
+        let o = fake
+            .run(&[
+                "cache",
+                "clear",
+                "--filter",
+                "id==pf-fleet-test-no-such-record",
+            ])
+            .await;
+        let e = err(&o);
+        assert!(o.status.success(), "{e}");
+        if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
+            break e;
+        }
+    };
+    assert!(
+        e.contains("Pruned the cache of pod buildkit-amd64-0 (idle by build history): 0 records"),
+        "{e}"
+    );
+    assert_user_agent(&fake);
 }
 
 fn now_nanos() -> u128 {
@@ -831,10 +996,10 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         "{e}"
     );
     assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
+    // Other tests may build on the shared Engine too: at least this one is in progress.
     assert!(
-        e.contains(
-            "Skipped pod buildkit-amd64-0: a build is running (1 in progress by build history)"
-        ),
+        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+            && e.contains(" in progress by build history)"),
         "the Engine's BuildKit has the history API and lists the running build: {e}"
     );
     assert!(!e.contains("Pruned"), "{e}");
