@@ -15,4 +15,5 @@ mod multiplatform;
 mod relay;
 mod tls;
 mod transports;
+mod user_agent;
 mod util;
