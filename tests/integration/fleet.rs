@@ -872,68 +872,98 @@ async fn wait_until_no_build_runs(client: &Client) {
     }
 }
 
+/// The BuildKit daemons a fleet pod can stand for: the Engine's embedded one, and upstream's
+/// standalone daemon (the production fleet's) when the test environment runs it
+/// (`PF_TEST_BUILDKIT_ADDR`): name, address, port-forward dial.
+fn pod_daemons() -> Vec<(&'static str, String, crate::fake_kube::DialFn)> {
+    let mut daemons = vec![("Docker Engine", util::docker_addr(), engine())];
+    match std::env::var("PF_TEST_BUILDKIT_ADDR") {
+        Ok(addr) if !addr.is_empty() => {
+            daemons.push((
+                "standalone buildkitd",
+                addr.clone(),
+                crate::fake_kube::tcp(&addr),
+            ));
+        }
+        _ => eprintln!("standalone BuildKit not tested: PF_TEST_BUILDKIT_ADDR is not set"),
+    }
+    daemons
+}
+
 #[tokio::test]
 async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() {
-    let fake = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial("buildkit-amd64-0", engine())
-        .start()
-        .await;
-    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
-        .await
-        .unwrap();
-    // A real failed build on the daemon behind the port-forward.
-    let (request, _) = run_step_request("exit 3");
-    let reference = request.r#ref.clone();
-    let failed = client.control().solve(request).await;
-    assert!(failed.is_err(), "the build must fail: {failed:?}");
-    // The daemon's history keeps it, finished.
-    let mut history = client
-        .control()
-        .listen_build_history(BuildHistoryRequest {
-            r#ref: reference.clone(),
-            early_exit: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let record = history
-        .next()
-        .await
-        .expect("the failed build is in the history")
-        .unwrap()
-        .record
-        .unwrap();
-    assert_eq!(record.r#ref, reference);
-    assert!(record.completed_at.is_some());
-
-    // Other tests build on the same Engine: try again when one of theirs was running.
-    let mut attempts = 0;
-    let e = loop {
-        attempts += 1;
-        wait_until_no_build_runs(&client).await;
-        // The prune is limited to a record that does not exist: the Engine is shared.
-        let o = fake
-            .run(&[
-                "cache",
-                "clear",
-                "--filter",
-                "id==pf-fleet-test-no-such-record",
-            ])
+    for (daemon, addr, dial) in pod_daemons() {
+        let fake = Scenario::new()
+            .statefulset("amd64", 1, 1, None)
+            .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+            .dial("buildkit-amd64-0", dial)
+            .start()
             .await;
-        let e = err(&o);
-        assert!(o.status.success(), "{e}");
-        if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
-            break e;
-        }
-    };
-    assert!(
-        e.contains("Pruned the cache of pod buildkit-amd64-0 (idle by build history): 0 records"),
-        "{e}"
-    );
-    assert_user_agent(&fake);
+        let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+            .await
+            .unwrap();
+        // A real failed build on the daemon behind the port-forward.
+        let (request, _) = run_step_request("exit 3");
+        let reference = request.r#ref.clone();
+        let failed = client.control().solve(request).await;
+        assert!(failed.is_err(), "{daemon}: the build must fail: {failed:?}");
+        // The daemon's history keeps it, finished.
+        let mut history = client
+            .control()
+            .listen_build_history(BuildHistoryRequest {
+                r#ref: reference.clone(),
+                early_exit: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let record = history
+            .next()
+            .await
+            .expect("the failed build is in the history")
+            .unwrap()
+            .record
+            .unwrap();
+        assert_eq!(record.r#ref, reference);
+        assert!(record.completed_at.is_some());
+        let in_use = client
+            .disk_usage()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.in_use)
+            .count();
+        eprintln!("{daemon}: {in_use} cache records in use after the failed build");
+
+        // Other tests build on the same daemon: try again when one of theirs was running.
+        let mut attempts = 0;
+        let e = loop {
+            attempts += 1;
+            wait_until_no_build_runs(&client).await;
+            // The prune is limited to a record that does not exist: the daemon is shared.
+            let o = fake
+                .run(&[
+                    "cache",
+                    "clear",
+                    "--filter",
+                    "id==pf-fleet-test-no-such-record",
+                ])
+                .await;
+            let e = err(&o);
+            assert!(o.status.success(), "{daemon}: {e}");
+            if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
+                break e;
+            }
+        };
+        assert!(
+            e.contains(
+                "Pruned the cache of pod buildkit-amd64-0 (idle by build history): 0 records"
+            ),
+            "{daemon}: {e}"
+        );
+        assert_user_agent(&fake);
+    }
 }
 
 fn now_nanos() -> u128 {

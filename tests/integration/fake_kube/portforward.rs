@@ -333,3 +333,16 @@ pub fn docker_engine(socket: PathBuf) -> DialFn {
         })
     })
 }
+
+/// Port-forwards to a BuildKit listening on TCP (`tcp://HOST:PORT` or `HOST:PORT`), such as
+/// the standalone daemon of the test environment.
+pub fn tcp(addr: &str) -> DialFn {
+    let addr = addr.strip_prefix("tcp://").unwrap_or(addr).to_owned();
+    Arc::new(move |_port| {
+        let addr = addr.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            Ok(Box::pin(stream) as std::pin::Pin<Box<dyn Stream>>)
+        })
+    })
+}
