@@ -750,7 +750,8 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 /// A build of one RUN step, `script` in the base image, under a fresh ref; returns the
-/// request and the step's digest.
+/// request and the step's unique command line (the name its progress vertex carries: BuildKit
+/// v0.32 reports vertices under digests of its own normalised ops, not the client's).
 fn run_step_request(script: &str) -> (SolveRequest, String) {
     let platform = Platform {
         architecture: match std::env::consts::ARCH {
@@ -792,10 +793,10 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
         ..Default::default()
     }
     .encode_to_vec();
-    let exec_digest = digest(&exec);
+    let command = format!("/bin/sh -c {script} # {nonce}");
     let terminal = Op {
         inputs: vec![Input {
-            digest: exec_digest.clone(),
+            digest: digest(&exec),
             index: 0,
         }],
         ..Default::default()
@@ -808,13 +809,13 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
         }),
         ..Default::default()
     };
-    (request, exec_digest)
+    (request, command)
 }
 
 /// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
 /// sleeping step has started (a progress event), so BuildKit holds cache records in use.
 async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
-    let (request, exec_digest) = run_step_request("sleep 300");
+    let (request, command) = run_step_request("sleep 300");
     let reference = request.r#ref.clone();
     let mut control = client.control();
     let solve = tokio::spawn(async move {
@@ -837,7 +838,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         .expect("the busy step did not start in time")
         .expect("status stream ended before the step started")
         .expect("status");
-        if let Some(v) = next.vertexes.iter().find(|v| v.digest == exec_digest) {
+        if let Some(v) = next.vertexes.iter().find(|v| v.name == command) {
             assert!(v.error.is_empty(), "busy build failed: {}", v.error);
             if v.started.is_some() && v.completed.is_none() {
                 return solve;
@@ -975,67 +976,69 @@ fn now_nanos() -> u128 {
 
 #[tokio::test]
 async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
-    let fake = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .statefulset("arm64", 1, 0, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial("buildkit-amd64-0", engine())
-        // mounted by a pod that is not running yet: still in use
-        .pod("buildkit-amd64-2", "Pending", "", false)
-        .pvc("buildkitd-buildkit-amd64-0")
-        .pvc("buildkitd-buildkit-amd64-1")
-        .pvc("buildkitd-buildkit-amd64-2")
-        // arm64 wants one replica whose pod is not created yet: its claim is kept
-        .pvc("buildkitd-buildkit-arm64-0")
-        .pvc("buildkitd-buildkit-arm64-1")
-        .start()
-        .await;
-    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
-        .await
-        .unwrap();
-    let build = start_busy_build(&client).await;
+    for (daemon, addr, dial) in pod_daemons() {
+        let fake = Scenario::new()
+            .statefulset("amd64", 1, 1, None)
+            .statefulset("arm64", 1, 0, None)
+            .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+            .dial("buildkit-amd64-0", dial)
+            // mounted by a pod that is not running yet: still in use
+            .pod("buildkit-amd64-2", "Pending", "", false)
+            .pvc("buildkitd-buildkit-amd64-0")
+            .pvc("buildkitd-buildkit-amd64-1")
+            .pvc("buildkitd-buildkit-amd64-2")
+            // arm64 wants one replica whose pod is not created yet: its claim is kept
+            .pvc("buildkitd-buildkit-arm64-0")
+            .pvc("buildkitd-buildkit-arm64-1")
+            .start()
+            .await;
+        let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+            .await
+            .unwrap();
+        let build = start_busy_build(&client).await;
 
-    // The Engine is shared with the other tests: should the busy check ever fail, the prune it
-    // lets through is limited to a record that does not exist (and the test fails below).
-    let o = fake
-        .run(&[
-            "cache",
-            "clear",
-            "--filter",
-            "id==pf-fleet-test-no-such-record",
-        ])
-        .await;
-    build.abort();
-    let e = err(&o);
-    assert!(o.status.success(), "{e}");
-    assert_eq!(
-        fake.pvc_names(),
-        [
-            "buildkitd-buildkit-amd64-0",
-            "buildkitd-buildkit-amd64-2",
-            "buildkitd-buildkit-arm64-0"
-        ],
-        "{e}"
-    );
-    assert!(
-        e.contains("Deleted unused PVC: buildkitd-buildkit-amd64-1"),
-        "{e}"
-    );
-    assert!(
-        e.contains("Deleted unused PVC: buildkitd-buildkit-arm64-1"),
-        "{e}"
-    );
-    assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
-    // Other tests may build on the shared Engine too: at least this one is in progress.
-    assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
-            && e.contains(" in progress by build history)"),
-        "the Engine's BuildKit has the history API and lists the running build: {e}"
-    );
-    assert!(!e.contains("Pruned"), "{e}");
-    // The busy check went through a port-forward to that pod; no prune call followed it.
-    assert!(fake.portforwards_opened() >= 1);
-    assert_user_agent(&fake);
+        // The Engine is shared with the other tests: should the busy check ever fail, the prune it
+        // lets through is limited to a record that does not exist (and the test fails below).
+        let o = fake
+            .run(&[
+                "cache",
+                "clear",
+                "--filter",
+                "id==pf-fleet-test-no-such-record",
+            ])
+            .await;
+        build.abort();
+        let e = err(&o);
+        assert!(o.status.success(), "{daemon}: {e}");
+        assert_eq!(
+            fake.pvc_names(),
+            [
+                "buildkitd-buildkit-amd64-0",
+                "buildkitd-buildkit-amd64-2",
+                "buildkitd-buildkit-arm64-0"
+            ],
+            "{e}"
+        );
+        assert!(
+            e.contains("Deleted unused PVC: buildkitd-buildkit-amd64-1"),
+            "{e}"
+        );
+        assert!(
+            e.contains("Deleted unused PVC: buildkitd-buildkit-arm64-1"),
+            "{e}"
+        );
+        assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
+        // Other tests may build on the shared Engine too: at least this one is in progress.
+        assert!(
+            e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+                && e.contains(" in progress by build history)"),
+            "{daemon} has the history API and lists the running build: {e}"
+        );
+        assert!(!e.contains("Pruned"), "{e}");
+        // The busy check went through a port-forward to that pod; no prune call followed it.
+        assert!(fake.portforwards_opened() >= 1);
+        assert_user_agent(&fake);
+    }
 }
 
 /// Every request the fake saw, port-forward upgrades included, named the client.
