@@ -13,7 +13,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine};
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, without_build_history};
 use crate::util;
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
@@ -1157,6 +1157,39 @@ async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
+    // The real Engine behind a relay that answers ListenBuildHistory as a daemon without the
+    // history API does (UNIMPLEMENTED).
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", without_build_history(engine()))
+        .start()
+        .await;
+    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    let build = start_busy_build(&client).await;
+    let o = fake
+        .run(&[
+            "cache",
+            "clear",
+            "--filter",
+            "id==pf-fleet-test-no-such-record",
+        ])
+        .await;
+    build.abort();
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+            && e.contains(" cache records in use; no build history API)"),
+        "{e}"
+    );
+    assert!(!e.contains("Pruned"), "{e}");
 }
 
 /// The library, connected to the fake through its kubeconfig's `fake` context.
