@@ -207,6 +207,30 @@ async fn diagnostics_follow_the_log_level_and_carry_no_colour_off_a_terminal() {
     assert!(e.starts_with("pf-buildkit: warning: "), "{e}");
     assert!(!e.contains("ERROR") && !e.contains('\x1b'), "{e}");
 
+    // A port-forward upgrade that fails at the connection (the API server is gone): kube logs
+    // an ERROR event; by default only the one-line error prints.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let config = fake.dir().join("gone-kubeconfig");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(fake.kubeconfig())
+            .unwrap()
+            .replace(&fake.addr().to_string(), &gone.to_string()),
+    )
+    .unwrap();
+    let mut cmd = fake.bin();
+    cmd.env_remove("PF_BUILDKIT_LOG")
+        .env_remove("RUST_LOG")
+        .env("KUBECONFIG", &config)
+        .args(["workers", "--addr", "kube-pod://buildkit-amd64-0"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let e = assert_one_line_failure(&o);
+    assert!(!e.contains("ERROR") && !e.contains('\x1b'), "{e}");
+
     // Asked for, the diagnostics print, still without colour (stderr is a pipe here).
     for var in ["PF_BUILDKIT_LOG", "RUST_LOG"] {
         let mut cmd = fake.bin();
