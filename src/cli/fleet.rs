@@ -377,14 +377,14 @@ async fn cache_clear(args: CacheClearArgs) -> anyhow::Result<Outcome> {
                 bytes,
                 signal,
             } => eprintln!(
-                "Pruned the cache of pod {pod} (idle by {signal}): {records} records, {} freed",
+                "Pruned the cache of pod {pod} (idle, by {signal}): {records} records, {} freed",
                 format_bytes(i64::try_from(*bytes).unwrap_or(i64::MAX))
             ),
             PodPrune::Busy {
                 signal: BusySignal::BuildHistory,
                 count,
             } => eprintln!(
-                "Skipped pod {pod}: a build is running ({count} in progress by build history)"
+                "Skipped pod {pod}: a build is running ({count} in progress, by build history)"
             ),
             PodPrune::Busy {
                 signal: BusySignal::RecordsInUse,

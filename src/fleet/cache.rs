@@ -3,10 +3,10 @@
 //! pod whose BuildKit is building.
 //!
 //! "Building" is asked of BuildKit's build history: `ListenBuildHistory` with `activeOnly` and
-//! `earlyExit` lists the builds in progress. Cache records "in use" are not that signal: on
-//! BuildKit v0.32 a failed build's history record keeps its records held, so an idle daemon
-//! looks busy for good. Records in use remain the fallback for daemons without the history
-//! API. Prune never deletes in-use records anyway, but pruning everything else under a
+//! `earlyExit` lists the builds in progress. Cache records "in use" are not that signal: the
+//! build history can keep a finished (or failed) build's records held, so an idle daemon looks
+//! busy for good (the Docker Engine 26.1's BuildKit, idle, showed two records in use). Records
+//! in use remain the fallback for daemons without the history API. Prune never deletes in-use records anyway, but pruning everything else under a
 //! running build throws away the cache it is about to reuse, so such a pod is skipped whole.
 //!
 //! Which PVC belongs to which replica comes from each StatefulSet's `volumeClaimTemplates`:
@@ -68,7 +68,7 @@ impl std::fmt::Display for BusySignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             BusySignal::BuildHistory => "build history",
-            BusySignal::RecordsInUse => "cache records in use (no build history API)",
+            BusySignal::RecordsInUse => "cache records (no build history API)",
         })
     }
 }

@@ -983,7 +983,7 @@ async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() 
         };
         assert!(
             e.contains(
-                "Pruned the cache of pod buildkit-amd64-0 (idle by build history): 0 records"
+                "Pruned the cache of pod buildkit-amd64-0 (idle, by build history): 0 records"
             ),
             "{daemon}: {e}"
         );
@@ -1055,7 +1055,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         // Other tests may build on the shared Engine too: at least this one is in progress.
         assert!(
             e.contains("Skipped pod buildkit-amd64-0: a build is running (")
-                && e.contains(" in progress by build history)"),
+                && e.contains(" in progress, by build history)"),
             "{daemon} has the history API and lists the running build: {e}"
         );
         assert!(!e.contains("Pruned"), "{e}");
