@@ -433,6 +433,7 @@ async fn suspend_never_undoes_a_build_recorded_while_it_decides() {
         "{}",
         err(&o)
     );
+    assert_eq!(fake.conflicts(), 1, "one stale write refused with 409");
 }
 
 #[tokio::test]

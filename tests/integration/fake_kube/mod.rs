@@ -386,6 +386,11 @@ impl FakeKube {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// How many patches were refused with 409 for a stale `metadata.resourceVersion`.
+    pub fn conflicts(&self) -> usize {
+        self.state.lock().unwrap().conflicts
+    }
+
     /// How many port-forwards were upgraded (101) so far.
     pub fn portforwards_opened(&self) -> usize {
         self.state.lock().unwrap().portforwards.len()

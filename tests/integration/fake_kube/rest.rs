@@ -28,6 +28,8 @@ pub(crate) struct State {
     pub resource_version: u64,
     pub log: Vec<Recorded>,
     pub portforwards: Vec<PortForward>,
+    /// Patches refused with 409 for a stale resourceVersion.
+    pub conflicts: usize,
     pub changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -44,6 +46,7 @@ impl State {
             resource_version: 100,
             log: Vec::new(),
             portforwards: Vec::new(),
+            conflicts: 0,
             changes: tokio::sync::watch::channel(0).0,
         };
         for (collection, items) in [
@@ -666,6 +669,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
             if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
                 && current["metadata"]["resourceVersion"].as_str() != Some(rv)
             {
+                s.conflicts += 1;
                 return status(
                     409,
                     "Conflict",
