@@ -16,10 +16,10 @@
 //! # Ok(()) }
 //! ```
 
-pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod fleet;
+pub mod multiplatform;
 pub mod registry;
 
 /// The `User-Agent` of every HTTP request this crate makes (Kubernetes API, registries, AWS),
