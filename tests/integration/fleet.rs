@@ -1,6 +1,6 @@
 //! The fleet commands against the in-process fake Kubernetes API server, whose port-forwards
-//! reach the real BuildKit of the test environment (the Docker Engine's, through its `/grpc`
-//! upgrade).
+//! reach the real BuildKit of the test environment: the standalone buildkitd (what the pods
+//! run) when the environment has it, else the Docker Engine's, through its `/grpc` upgrade.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
@@ -13,8 +13,8 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, without_build_history};
-use crate::util;
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, without_build_history};
+use crate::util::{self, Tier};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
@@ -41,8 +41,17 @@ fn assert_one_line_failure(o: &Output) -> String {
     text
 }
 
+/// The port-forwards' target: the daemon of [`Tier::preferred`].
 fn engine() -> crate::fake_kube::DialFn {
-    docker_engine(util::docker_socket())
+    pod_dial(Tier::preferred())
+}
+
+/// Port-forwards that reach `tier`'s daemon, as a pod's port 1234.
+fn pod_dial(tier: Tier) -> crate::fake_kube::DialFn {
+    match tier {
+        Tier::Standalone => tcp(tier.addr().trim_start_matches("tcp://").to_owned()),
+        Tier::Engine => docker_engine(util::docker_socket()),
+    }
 }
 
 fn annotation(sts: &serde_json::Value) -> Option<u64> {
@@ -902,132 +911,57 @@ async fn wait_until_no_build_runs(client: &Client) {
     }
 }
 
-/// The BuildKit daemons a fleet pod can stand for: the Engine's embedded one, and upstream's
-/// standalone daemon (the production fleet's) when the test environment runs it
-/// (`PF_TEST_BUILDKIT_ADDR`): name, address, port-forward dial.
-fn pod_daemons() -> Vec<(&'static str, String, crate::fake_kube::DialFn)> {
-    let mut daemons = vec![("Docker Engine", util::docker_addr(), engine())];
-    match std::env::var("PF_TEST_BUILDKIT_ADDR") {
-        Ok(addr) if !addr.is_empty() => {
-            daemons.push((
-                "standalone buildkitd",
-                addr.clone(),
-                crate::fake_kube::tcp(&addr),
-            ));
-        }
-        _ => eprintln!("standalone BuildKit not tested: PF_TEST_BUILDKIT_ADDR is not set"),
-    }
-    daemons
-}
-
-#[tokio::test]
-async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() {
-    for (daemon, addr, dial) in pod_daemons() {
-        let fake = Scenario::new()
-            .statefulset("amd64", 1, 1, None)
-            .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-            .dial("buildkit-amd64-0", dial)
-            .start()
-            .await;
-        let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
-            .await
-            .unwrap();
-        // A real failed build on the daemon behind the port-forward.
-        let (request, _) = run_step_request("exit 3");
-        let reference = request.r#ref.clone();
-        let failed = client.control().solve(request).await;
-        assert!(failed.is_err(), "{daemon}: the build must fail: {failed:?}");
-        // The daemon's history keeps it, finished.
-        let mut history = client
-            .control()
-            .listen_build_history(BuildHistoryRequest {
-                r#ref: reference.clone(),
-                early_exit: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let record = history
-            .next()
-            .await
-            .expect("the failed build is in the history")
-            .unwrap()
-            .record
-            .unwrap();
-        assert_eq!(record.r#ref, reference);
-        assert!(record.completed_at.is_some());
-        let in_use = client
-            .disk_usage()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.in_use)
-            .count();
-        eprintln!("{daemon}: {in_use} cache records in use after the failed build");
-
-        // Other tests build on the same daemon: try again when one of theirs was running.
-        let mut attempts = 0;
-        let e = loop {
-            attempts += 1;
-            wait_until_no_build_runs(&client).await;
-            // The prune is limited to a record that does not exist: the daemon is shared.
-            let o = fake
-                .run(&[
-                    "cache",
-                    "clear",
-                    "--filter",
-                    "id==pf-fleet-test-no-such-record",
-                ])
-                .await;
-            let e = err(&o);
-            assert!(o.status.success(), "{daemon}: {e}");
-            if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
-                break e;
-            }
-        };
-        assert!(
-            e.contains(
-                "Pruned the cache of pod buildkit-amd64-0 (idle, by build history): 0 records"
-            ),
-            "{daemon}: {e}"
-        );
-        assert_user_agent(&fake);
-    }
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(tier: Tier) {
+    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", dial)
+        .start()
+        .await;
+    let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    // A real failed build on the daemon behind the port-forward.
+    let (request, _) = run_step_request("exit 3");
+    let reference = request.r#ref.clone();
+    let failed = client.control().solve(request).await;
+    assert!(failed.is_err(), "{daemon}: the build must fail: {failed:?}");
+    // The daemon's history keeps it, finished.
+    let mut history = client
+        .control()
+        .listen_build_history(BuildHistoryRequest {
+            r#ref: reference.clone(),
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
         .unwrap()
-        .as_nanos()
-}
+        .into_inner();
+    let record = history
+        .next()
+        .await
+        .expect("the failed build is in the history")
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(record.r#ref, reference);
+    assert!(record.completed_at.is_some());
+    let in_use = client
+        .disk_usage()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.in_use)
+        .count();
+    eprintln!("{daemon}: {in_use} cache records in use after the failed build");
 
-#[tokio::test]
-async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
-    for (daemon, addr, dial) in pod_daemons() {
-        let fake = Scenario::new()
-            .statefulset("amd64", 1, 1, None)
-            .statefulset("arm64", 1, 0, None)
-            .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-            .dial("buildkit-amd64-0", dial)
-            // mounted by a pod that is not running yet: still in use
-            .pod("buildkit-amd64-2", "Pending", "", false)
-            .pvc("buildkitd-buildkit-amd64-0")
-            .pvc("buildkitd-buildkit-amd64-1")
-            .pvc("buildkitd-buildkit-amd64-2")
-            // arm64 wants one replica whose pod is not created yet: its claim is kept
-            .pvc("buildkitd-buildkit-arm64-0")
-            .pvc("buildkitd-buildkit-arm64-1")
-            .start()
-            .await;
-        let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
-            .await
-            .unwrap();
-        let build = start_busy_build(&client).await;
-
-        // The Engine is shared with the other tests: should the busy check ever fail, the prune it
-        // lets through is limited to a record that does not exist (and the test fails below).
+    // Other tests build on the same daemon: try again when one of theirs was running.
+    let mut attempts = 0;
+    let e = loop {
+        attempts += 1;
+        wait_until_no_build_runs(&client).await;
+        // The prune is limited to a record that does not exist: the daemon is shared.
         let o = fake
             .run(&[
                 "cache",
@@ -1036,39 +970,92 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
                 "id==pf-fleet-test-no-such-record",
             ])
             .await;
-        build.abort();
         let e = err(&o);
         assert!(o.status.success(), "{daemon}: {e}");
-        assert_eq!(
-            fake.pvc_names(),
-            [
-                "buildkitd-buildkit-amd64-0",
-                "buildkitd-buildkit-amd64-2",
-                "buildkitd-buildkit-arm64-0"
-            ],
-            "{e}"
-        );
-        assert!(
-            e.contains("Deleted unused PVC: buildkitd-buildkit-amd64-1"),
-            "{e}"
-        );
-        assert!(
-            e.contains("Deleted unused PVC: buildkitd-buildkit-arm64-1"),
-            "{e}"
-        );
-        assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
-        // Other tests may build on the shared Engine too: at least this one is in progress.
-        assert!(
-            e.contains("Skipped pod buildkit-amd64-0: a build is running (")
-                && e.contains(" in progress, by build history)"),
-            "{daemon} has the history API and lists the running build: {e}"
-        );
-        assert!(!e.contains("Pruned"), "{e}");
-        // The busy check went through a port-forward to that pod; no prune call followed it.
-        assert!(fake.portforwards_opened() >= 1);
-        assert_user_agent(&fake);
-    }
+        if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
+            break e;
+        }
+    };
+    assert!(
+        e.contains("Pruned the cache of pod buildkit-amd64-0 (idle, by build history): 0 records"),
+        "{daemon}: {e}"
+    );
+    assert_user_agent(&fake);
 }
+tier_tests!(async cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history);
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(tier: Tier) {
+    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 1, 0, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", dial)
+        // mounted by a pod that is not running yet: still in use
+        .pod("buildkit-amd64-2", "Pending", "", false)
+        .pvc("buildkitd-buildkit-amd64-0")
+        .pvc("buildkitd-buildkit-amd64-1")
+        .pvc("buildkitd-buildkit-amd64-2")
+        // arm64 wants one replica whose pod is not created yet: its claim is kept
+        .pvc("buildkitd-buildkit-arm64-0")
+        .pvc("buildkitd-buildkit-arm64-1")
+        .start()
+        .await;
+    let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    let build = start_busy_build(&client).await;
+
+    // The Engine is shared with the other tests: should the busy check ever fail, the prune it
+    // lets through is limited to a record that does not exist (and the test fails below).
+    let o = fake
+        .run(&[
+            "cache",
+            "clear",
+            "--filter",
+            "id==pf-fleet-test-no-such-record",
+        ])
+        .await;
+    build.abort();
+    let e = err(&o);
+    assert!(o.status.success(), "{daemon}: {e}");
+    assert_eq!(
+        fake.pvc_names(),
+        [
+            "buildkitd-buildkit-amd64-0",
+            "buildkitd-buildkit-amd64-2",
+            "buildkitd-buildkit-arm64-0"
+        ],
+        "{e}"
+    );
+    assert!(
+        e.contains("Deleted unused PVC: buildkitd-buildkit-amd64-1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("Deleted unused PVC: buildkitd-buildkit-arm64-1"),
+        "{e}"
+    );
+    assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
+    // Other tests may build on the shared Engine too: at least this one is in progress.
+    assert!(
+        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+            && e.contains(" in progress, by build history)"),
+        "{daemon} has the history API and lists the running build: {e}"
+    );
+    assert!(!e.contains("Pruned"), "{e}");
+    // The busy check went through a port-forward to that pod; no prune call followed it.
+    assert!(fake.portforwards_opened() >= 1);
+    assert_user_agent(&fake);
+}
+tier_tests!(async cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone);
 
 /// Every request the fake saw, port-forward upgrades included, named the client.
 fn assert_user_agent(fake: &FakeKube) {
@@ -1191,14 +1178,18 @@ async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
 #[tokio::test]
 async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
     // The real Engine behind a relay that answers ListenBuildHistory as a daemon without the
-    // history API does (UNIMPLEMENTED).
+    // history API does (UNIMPLEMENTED). The Engine, whatever the preferred tier: the daemon
+    // only has to build; what is tested is the client's fallback.
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial("buildkit-amd64-0", without_build_history(engine()))
+        .dial(
+            "buildkit-amd64-0",
+            without_build_history(pod_dial(Tier::Engine)),
+        )
         .start()
         .await;
-    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(Tier::Engine.addr().parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;

@@ -334,14 +334,13 @@ pub fn docker_engine(socket: PathBuf) -> DialFn {
     })
 }
 
-/// Port-forwards to a BuildKit listening on TCP (`tcp://HOST:PORT` or `HOST:PORT`), such as
-/// the standalone daemon of the test environment.
-pub fn tcp(addr: &str) -> DialFn {
-    let addr = addr.strip_prefix("tcp://").unwrap_or(addr).to_owned();
+/// A dial hook reaching a standalone buildkitd listening on `host:port` (TCP, h2c): what a
+/// pod's port 1234 is in production.
+pub fn tcp(host_port: String) -> DialFn {
     Arc::new(move |_port| {
-        let addr = addr.clone();
+        let host_port = host_port.clone();
         Box::pin(async move {
-            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let stream = tokio::net::TcpStream::connect(host_port.as_str()).await?;
             Ok(Box::pin(stream) as std::pin::Pin<Box<dyn Stream>>)
         })
     })
