@@ -255,6 +255,41 @@ impl Client {
         Ok(freed)
     }
 
+    /// The refs of the builds running now, from the daemon's build history
+    /// (`ListenBuildHistory` with `activeOnly` and `earlyExit`): `None` when the daemon has no
+    /// history API (BuildKit before v0.11, or an embedding that leaves it out).
+    ///
+    /// Unlike cache records "in use", which a finished build's history record can keep
+    /// holding, this names only builds in progress.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails for another reason.
+    pub async fn active_builds(&self) -> Result<Option<Vec<String>>> {
+        let request = pb_control::BuildHistoryRequest {
+            active_only: true,
+            early_exit: true,
+            ..Default::default()
+        };
+        let mut stream = match self.control().listen_build_history(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(status) => return Err(Error::rpc(&self.endpoint, "ListenBuildHistory", status)),
+        };
+        let mut refs = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(|s| Error::rpc(&self.endpoint, "ListenBuildHistory", s))?;
+            // A daemon answering activeOnly sends STARTED events; anything with a completion
+            // time is not running, whatever its event type says.
+            if let Some(record) = event.record
+                && record.completed_at.is_none()
+                && event.r#type != pb_control::BuildHistoryEventType::Deleted as i32
+            {
+                refs.push(record.r#ref);
+            }
+        }
+        Ok(Some(refs))
+    }
+
     /// Awaits a unary call (or a stream's headers) and maps its failure.
     async fn first_call<T>(
         &self,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
-    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ReadyProgress,
-    ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
+    Arch, BusySignal, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction,
+    ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
@@ -369,18 +369,32 @@ async fn cache_clear(args: CacheClearArgs) -> anyhow::Result<Outcome> {
             PvcAction::Deleted => eprintln!("Deleted unused PVC: {pvc}"),
             PvcAction::InUse => eprintln!("PVC in use: {pvc}"),
             PvcAction::Wanted => eprintln!("PVC of a wanted replica, kept: {pvc}"),
+            PvcAction::Terminating => eprintln!("PVC already being deleted (Terminating): {pvc}"),
         }
     }
     let mut failed = 0;
     for (pod, outcome) in &report.pods {
         match outcome {
-            PodPrune::Pruned { records, bytes } => eprintln!(
-                "Pruned the cache of pod {pod}: {records} records, {} freed",
+            PodPrune::Pruned {
+                records,
+                bytes,
+                signal,
+            } => eprintln!(
+                "Pruned the cache of pod {pod} (idle, by {signal}): {records} records, {} freed",
                 format_bytes(i64::try_from(*bytes).unwrap_or(i64::MAX))
             ),
-            PodPrune::Busy { in_use } => {
-                eprintln!("Skipped pod {pod}: a build is running ({in_use} cache records in use)")
-            }
+            PodPrune::Busy {
+                signal: BusySignal::BuildHistory,
+                count,
+            } => eprintln!(
+                "Skipped pod {pod}: a build is running ({count} in progress, by build history)"
+            ),
+            PodPrune::Busy {
+                signal: BusySignal::RecordsInUse,
+                count,
+            } => eprintln!(
+                "Skipped pod {pod}: a build is running ({count} cache records in use; no build history API)"
+            ),
             PodPrune::Failed { error } => {
                 failed += 1;
                 eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");

@@ -25,3 +25,4 @@ mod multiplatform;
 mod relay;
 mod tls;
 mod transports;
+mod user_agent;
