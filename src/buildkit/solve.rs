@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use prost::Message;
 
 use super::Client;
-use super::progress::{FailureReport, ProgressSink, TransferSummary};
+use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
@@ -515,10 +515,9 @@ pub fn failure_report(status: &tonic::Status) -> FailureReport {
             let Ok(source) = serde_json::from_slice::<SourceDetail>(&any.value) else {
                 continue;
             };
-            if report.source.is_none()
-                && let Some(snippet) = source_snippet(&source)
-            {
-                report.source = Some(snippet);
+            // Every range gets its snippet: several files, named contexts.
+            if let Some(snippet) = source_snippet(&source) {
+                report.sources.push(snippet);
             }
         } else if any.type_url.ends_with("errdefs.Vertex+json")
             && let Ok(v) = serde_json::from_slice::<VertexDetail>(&any.value)
@@ -530,28 +529,18 @@ pub fn failure_report(status: &tonic::Status) -> FailureReport {
     report
 }
 
-fn source_snippet(source: &SourceDetail) -> Option<(String, Vec<(u32, String)>)> {
+fn source_snippet(source: &SourceDetail) -> Option<SourceSnippet> {
     let info = source.info.as_ref()?;
     let data = base64::engine::general_purpose::STANDARD
         .decode(info.data.as_bytes())
         .ok()?;
-    let text = String::from_utf8_lossy(&data);
-    let lines: Vec<&str> = text.lines().collect();
-    let range = source.ranges.first()?;
-    let first = usize::try_from(range.start.line).ok()?.max(1);
-    let last = usize::try_from(range.end.line).ok()?.max(first);
-    let snippet = (first..=last.min(lines.len()))
-        .map(|n| {
-            (
-                u32::try_from(n).unwrap_or(u32::MAX),
-                lines[n - 1].to_owned(),
-            )
-        })
-        .collect::<Vec<_>>();
-    if snippet.is_empty() {
-        return None;
-    }
-    Some((info.filename.clone(), snippet))
+    let line = |n: i64| u32::try_from(n).unwrap_or(0);
+    let ranges: Vec<(u32, u32)> = source
+        .ranges
+        .iter()
+        .map(|r| (line(r.start.line), line(r.end.line)))
+        .collect();
+    SourceSnippet::new(&info.filename, &String::from_utf8_lossy(&data), &ranges)
 }
 
 /// Writes the exporter response as a JSON object to `path` (through a temporary file, so a
@@ -683,9 +672,10 @@ mod tests {
             status.encode_to_vec().into(),
         );
         let report = failure_report(&status);
-        assert_eq!(
-            report.source,
-            Some(("Dockerfile".into(), vec![(2, "RUN false".into())]))
-        );
+        assert_eq!(report.sources.len(), 1);
+        assert_eq!(report.sources[0].filename, "Dockerfile");
+        assert_eq!(report.sources[0].line, 2);
+        assert!(report.sources[0].lines.contains(&(2, true, "RUN false".into())));
+        assert!(report.sources[0].lines.contains(&(1, false, "FROM x".into())));
     }
 }

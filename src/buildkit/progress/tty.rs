@@ -147,7 +147,14 @@ impl<W: Write + Send> ProgressSink for TtyProgress<W> {
         self.draw(true);
         let _ = writeln!(self.out, "{}", transfer_line(transfer));
         if let Some(failure) = failure {
-            let _ = write_failure(&mut self.out, &self.state, failure);
+            if let Some(step) = self.state.failed_step(failure) {
+                let _ = writeln!(self.out, "------\n > {}:", step.name);
+                for line in &step.lines {
+                    let _ = writeln!(self.out, "{line}");
+                }
+                let _ = writeln!(self.out, "------");
+            }
+            let _ = write_failure(&mut self.out, failure);
         }
         let _ = self.out.flush();
     }
