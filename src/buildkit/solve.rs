@@ -13,6 +13,7 @@ use prost::Message;
 
 use super::Client;
 use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
+use super::proto::control::VertexWarning;
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
@@ -307,6 +308,8 @@ pub struct BuildResult {
     pub exporter_response: BTreeMap<String, String>,
     /// What this client sent of the build context (the Dockerfile's own transfer excluded).
     pub transfer: TransferSummary,
+    /// The daemon's warnings (Dockerfile checks and others), in the order they came.
+    pub warnings: Vec<VertexWarning>,
 }
 
 /// Why a build did not succeed.
@@ -379,11 +382,15 @@ impl Client {
         tokio::pin!(solve);
         let mut ticker = tokio::time::interval(Duration::from_millis(150));
         let mut status_open = true;
+        let mut warnings = Vec::new();
         let solved = loop {
             tokio::select! {
                 result = &mut solve => break result,
                 update = status_rx.recv(), if status_open => match update {
-                    Some(update) => progress.update(&update),
+                    Some(update) => {
+                        warnings.extend(update.warnings.iter().cloned());
+                        progress.update(&update);
+                    }
                     None => status_open = false,
                 },
                 _ = ticker.tick() => progress.tick(),
@@ -392,7 +399,10 @@ impl Client {
         // Drain the rest of the status stream (the final vertex states) briefly.
         while status_open {
             match tokio::time::timeout(STATUS_DRAIN, status_rx.recv()).await {
-                Ok(Some(update)) => progress.update(&update),
+                Ok(Some(update)) => {
+                    warnings.extend(update.warnings.iter().cloned());
+                    progress.update(&update);
+                }
                 _ => status_open = false,
             }
         }
@@ -417,6 +427,7 @@ impl Client {
                         .into_iter()
                         .collect(),
                     transfer,
+                    warnings,
                 })
             }
             Err(status) => {
@@ -545,15 +556,22 @@ fn source_snippet(source: &SourceDetail) -> Option<SourceSnippet> {
 
 /// Writes the exporter response as a JSON object to `path` (through a temporary file, so a
 /// reader never sees half of it). `containerimage.descriptor` is decoded from base64 into
-/// JSON, as buildctl does.
+/// JSON, as buildctl does. Warnings go under `buildx.build.warnings`, as buildx writes them.
 ///
 /// # Errors
 /// The I/O error writing the file.
 pub fn write_metadata_file(
     path: &Path,
     response: &BTreeMap<String, String>,
+    warnings: &[VertexWarning],
 ) -> std::io::Result<()> {
     let mut out: HashMap<&str, serde_json::Value> = HashMap::new();
+    if !warnings.is_empty() {
+        out.insert(
+            "buildx.build.warnings",
+            super::progress::warnings_json(warnings),
+        );
+    }
     for (k, v) in response {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(v.as_bytes())
@@ -675,7 +693,15 @@ mod tests {
         assert_eq!(report.sources.len(), 1);
         assert_eq!(report.sources[0].filename, "Dockerfile");
         assert_eq!(report.sources[0].line, 2);
-        assert!(report.sources[0].lines.contains(&(2, true, "RUN false".into())));
-        assert!(report.sources[0].lines.contains(&(1, false, "FROM x".into())));
+        assert!(
+            report.sources[0]
+                .lines
+                .contains(&(2, true, "RUN false".into()))
+        );
+        assert!(
+            report.sources[0]
+                .lines
+                .contains(&(1, false, "FROM x".into()))
+        );
     }
 }

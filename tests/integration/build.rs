@@ -767,7 +767,7 @@ fn tty_progress_draws_steps_and_marks_cached_ones() {
     let first = build(&["--context", ctx, "--progress", "tty"]);
     assert_ok(&first);
     let stderr = util::stderr(&first);
-    assert!(stderr.contains("[+] Finished"), "{stderr}");
+    assert!(stderr.contains("FINISHED"), "{stderr}");
     assert!(stderr.contains("[1/1] COPY Dockerfile /"), "{stderr}");
     assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
     // The same build again comes from the cache.

@@ -12,6 +12,7 @@ mod fake_kube;
 mod fleet;
 mod manifest;
 mod multiplatform;
+mod progress;
 mod relay;
 mod tls;
 mod transports;

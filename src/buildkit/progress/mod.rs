@@ -15,9 +15,6 @@ pub use plain::PlainProgress;
 pub use rawjson::{RawJsonProgress, warnings_json};
 pub use tty::TtyProgress;
 
-/// How many log lines of a failed step are shown.
-const ERROR_LOG_LINES: usize = 10;
-
 /// Counters of the build context sent to the daemon (this client's side of the transfer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransferSummary {
@@ -278,11 +275,11 @@ pub(crate) fn write_failure(
     for snippet in &failure.sources {
         snippet.write(out)?;
     }
-    writeln!(out, "ERROR: {}", failure.message)
+    writeln!(out, "ERROR: failed to solve: {}", failure.message)
 }
 
 /// The build's warnings as buildx lists them at the end: ` 2 warnings found:` then
-/// ` - <short>` each, with its detail lines and link indented below.
+/// ` - <short>` each (`rawjson` and `--metadata-file` carry the detail, link and source).
 pub(crate) fn write_warnings(
     out: &mut dyn std::io::Write,
     warnings: &[VertexWarning],
@@ -298,12 +295,6 @@ pub(crate) fn write_warnings(
     writeln!(out, "\n {} {noun} found:", warnings.len())?;
     for w in warnings {
         writeln!(out, " - {}", String::from_utf8_lossy(&w.short))?;
-        for d in &w.detail {
-            writeln!(out, "   {}", String::from_utf8_lossy(d))?;
-        }
-        if !w.url.is_empty() {
-            writeln!(out, "   More info: {}", w.url)?;
-        }
     }
     Ok(())
 }

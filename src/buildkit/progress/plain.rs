@@ -141,8 +141,8 @@ impl Printer {
                 return;
             }
             // Make a running step the shown one, so its block is open.
-            if let Some(i) = (0..t.steps.len())
-                .find(|&i| t.steps[i].is_started() && !t.steps[i].is_completed())
+            if let Some(i) =
+                (0..t.steps.len()).find(|&i| t.steps[i].is_started() && !t.steps[i].is_completed())
             {
                 self.print_step(t, i, now, out);
             }
@@ -200,7 +200,10 @@ impl Printer {
             return;
         }
         // A step that waited too long gets its block.
-        if let Some(&i) = rest.iter().find(|i| stats.get(i).is_some_and(|s| s.over_limit)) {
+        if let Some(&i) = rest
+            .iter()
+            .find(|i| stats.get(i).is_some_and(|s| s.over_limit))
+        {
             self.print_step(t, i, now, out);
             return;
         }
