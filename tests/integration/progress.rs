@@ -326,3 +326,81 @@ fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// The standalone BuildKit daemon's address (the production daemon, which runs the
+/// Dockerfile checks the Engine's older BuildKit lacks), when the test environment has one.
+fn standalone_addr() -> Option<String> {
+    std::env::var("PF_TEST_BUILDKIT_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
+#[test]
+fn dockerfile_check_warnings_show_in_the_step_at_the_end_and_in_metadata_and_rawjson() {
+    let Some(addr) = standalone_addr() else {
+        eprintln!(
+            "not run: PF_TEST_BUILDKIT_ADDR is not set (the standalone BuildKit tier); \
+             the Engine's BuildKit runs no Dockerfile checks"
+        );
+        return;
+    };
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    let dir = context(&format!("FROM {base} as base\nCOPY file.txt /\n"));
+    let metadata = dir.path().join("metadata.json");
+    let run = |progress: &str| {
+        util::bin()
+            .args(["--addr", &addr, "build", "--context"])
+            .arg(dir.path())
+            .args(["--progress", progress, "--metadata-file"])
+            .arg(&metadata)
+            .output()
+            .unwrap()
+    };
+    let out = run("plain");
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let short = "FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)";
+    let blocks = plain_blocks(&err).unwrap_or_else(|e| panic!("{e}"));
+    assert_every_step_ends(&blocks, &err);
+    let definition = blocks
+        .iter()
+        .find(|b| b.lines.iter().any(|l| l.starts_with("WARN: ")))
+        .unwrap_or_else(|| panic!("no WARN line:\n{err}"));
+    assert_eq!(
+        definition.name,
+        "[internal] load build definition from Dockerfile"
+    );
+    assert!(
+        definition.lines.contains(&format!("WARN: {short}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("\n 1 warning found:\n - {short}\n")),
+        "{err}"
+    );
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+    let warnings = meta["buildx.build.warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{meta}");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(warnings[0]["short"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), short);
+    assert_eq!(warnings[0]["range"][0]["start"]["line"], 1, "{meta}");
+    assert_eq!(
+        warnings[0]["sourceInfo"]["filename"], "Dockerfile",
+        "{meta}"
+    );
+
+    let out = run("rawjson");
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let in_json = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("warnings").cloned())
+        .count();
+    assert_eq!(in_json, 1, "{err}");
+}
