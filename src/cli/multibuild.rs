@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
+use super::fleet::show_wait;
+use super::live::{Live, LiveMode};
 use pf_buildkit::build::{
     Builder, DEFAULT_ARCHES, MultiPlatformBuild, PrefixedLines, PushMode, S3Cache,
 };
@@ -200,8 +202,13 @@ pub async fn run(
                 cluster_arches.join(", ")
             ),
         };
-        let leases =
-            lease_cluster(&context, &cluster_arches, Duration::from_secs(args.timeout)).await?;
+        let leases = lease_cluster(
+            &context,
+            &cluster_arches,
+            Duration::from_secs(args.timeout),
+            progress == ProgressMode::Quiet,
+        )
+        .await?;
         for (arch, lease) in cluster_arches.iter().zip(&leases) {
             eprintln!("{arch}: building on pod {}", lease.pod().pod);
             builders.push(Builder {
@@ -266,8 +273,10 @@ async fn lease_cluster(
     context: &str,
     arches: &[String],
     timeout: Duration,
+    quiet: bool,
 ) -> anyhow::Result<Vec<Lease>> {
     let fleet = Fleet::connect(Some(context)).await?;
+    let live = Live::new(LiveMode::for_stderr(quiet));
     let options = LeaseOptions {
         scale_up_wait: Some(timeout),
         ..LeaseOptions::default()
@@ -275,19 +284,23 @@ async fn lease_cluster(
     let leases = try_join_all(arches.iter().map(|arch| {
         let fleet = &fleet;
         let options = &options;
+        let live = &live;
         async move {
             let parsed: Arch = arch.parse()?;
-            eprintln!(
-                "{arch}: waiting for BuildKit in {context} (up to {} s)",
-                timeout.as_secs()
+            live.set(
+                arch,
+                &format!("waiting for BuildKit in {context}"),
+                &format!("up to {} s", timeout.as_secs()),
             );
             let lease = fleet
-                .lease(parsed, options)
+                .lease_with(parsed, options, &|states| show_wait(live, states))
                 .await
                 .with_context(|| arch.clone())?;
+            live.done(arch, &format!("building on pod {}", lease.pod().pod));
             anyhow::Ok(lease)
         }
     }))
-    .await?;
-    Ok(leases)
+    .await;
+    live.finish();
+    Ok(leases?)
 }

@@ -30,7 +30,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use address::{PodAddress, PodMetricsState};
-pub use cache::{CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
+pub use cache::{CacheClearEvent, CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use portforward::{ConnectError, PodDialer, PortForwardStream, connect};

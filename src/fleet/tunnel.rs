@@ -11,7 +11,7 @@ use super::address::PodAddress;
 use super::error::{Error, Result};
 use super::kube_client::Fleet;
 use super::portforward::PodDialer;
-use super::scale::ScaleUpOptions;
+use super::scale::{ScaleUpOptions, WaitState};
 use super::{Arch, PORT};
 use crate::buildkit::Client;
 
@@ -189,11 +189,25 @@ impl Fleet {
     /// Errors of [`Fleet::scale_up`], [`Fleet::get_address`], and [`Error::Buildkit`] when the
     /// pod's BuildKit cannot be reached.
     pub async fn lease(&self, arch: Arch, options: &LeaseOptions) -> Result<Lease> {
+        self.lease_with(arch, options, &|_| {}).await
+    }
+
+    /// [`Fleet::lease`], telling `progress` how the wait for a replica goes (as
+    /// [`Fleet::scale_up`] does).
+    ///
+    /// # Errors
+    /// As [`Fleet::lease`].
+    pub async fn lease_with(
+        &self,
+        arch: Arch,
+        options: &LeaseOptions,
+        progress: &(dyn Fn(&[WaitState]) + Send + Sync),
+    ) -> Result<Lease> {
         let scale = ScaleUpOptions {
             wait: options.scale_up_wait,
         };
         if options.scale_up_wait.is_some() {
-            self.scale_up(&[arch], &scale, &|_| {}).await?;
+            self.scale_up(&[arch], &scale, progress).await?;
         } else {
             self.record_build(arch).await?;
         }

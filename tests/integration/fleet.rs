@@ -269,7 +269,24 @@ async fn scale_up_wait_times_out_with_a_clear_message() {
             "30",
         ])
         .await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    // On a pipe: plain lines, the scale-up, then the architecture ready with its time.
+    assert!(
+        e.contains("amd64: scaled StatefulSet buildkit-amd64 from 0 to 1 replica"),
+        "{e}"
+    );
+    let ready = e
+        .lines()
+        .find(|l| l.starts_with("amd64: 1 available replica(s) ("))
+        .unwrap_or_else(|| panic!("no ready line: {e}"));
+    assert!(ready.ends_with("s)"), "{e}");
+    // Quiet: nothing but the result (the exit code).
+    let o = fake
+        .run(&["scale", "up", "--only", "amd64", "--wait", "--quiet"])
+        .await;
     assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(err(&o), "", "--quiet printed progress");
     let o = fake
         .run(&["scale", "up", "--wait", "--timeout", "soon"])
         .await;
@@ -831,7 +848,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
     );
     assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
     assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running"),
+        e.contains("buildkit-amd64-0: skipped: a build is running"),
         "{e}"
     );
     assert!(!e.contains("Pruned"), "{e}");
