@@ -1381,3 +1381,39 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
 }
+
+#[tokio::test]
+async fn scale_up_wait_on_a_terminal_draws_live_lines() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .start()
+        .await;
+    // The same command through `script`, which gives it a pseudo-terminal.
+    let inner = fake.bin();
+    let mut cmd = std::process::Command::new("script");
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.args([
+        "-qefc",
+        &format!(
+            "stty cols 100 rows 20; {} scale up --only amd64 --wait --timeout 30",
+            env!("CARGO_BIN_EXE_pf-buildkit")
+        ),
+        "/dev/null",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text:?}");
+    // The final view: the architecture ticked off with its state and elapsed time, drawn
+    // in place (erase-line sequences), not as plain `arch: state (1.2s)` lines.
+    assert!(text.contains("✔ amd64: 1 available replica(s)"), "{text:?}");
+    assert!(text.contains("\x1b[2K"), "{text:?}");
+    assert!(!text.contains("replica(s) ("), "{text:?}");
+}
