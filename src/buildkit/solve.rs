@@ -704,4 +704,38 @@ mod tests {
                 .contains(&(1, false, "FROM x".into()))
         );
     }
+
+    #[test]
+    fn every_source_range_gets_a_snippet() {
+        let source = |file: &str, text: &str, line: i64| {
+            prost_types::Any {
+            type_url: "github.com/moby/buildkit/errdefs.Source+json".into(),
+            value: serde_json::to_vec(&serde_json::json!({
+                "info": {"filename": file, "data": base64::engine::general_purpose::STANDARD.encode(text)},
+                "ranges": [{"start": {"line": line}, "end": {"line": line}}]
+            }))
+            .unwrap(),
+        }
+        };
+        let status = RpcStatus {
+            code: 2,
+            message: "failed".into(),
+            details: vec![
+                source("Dockerfile", "FROM x\nCOPY --from=assets a /\n", 2),
+                source("assets/Dockerfile", "FROM y\n", 1),
+            ],
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::Unknown,
+            "failed",
+            status.encode_to_vec().into(),
+        );
+        let report = failure_report(&status);
+        let names: Vec<(&str, u32)> = report
+            .sources
+            .iter()
+            .map(|s| (s.filename.as_str(), s.line))
+            .collect();
+        assert_eq!(names, vec![("Dockerfile", 2), ("assets/Dockerfile", 1)]);
+    }
 }

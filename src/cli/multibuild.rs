@@ -302,5 +302,5 @@ async fn lease_cluster(
     }))
     .await;
     live.finish();
-    Ok(leases?)
+    leases
 }

@@ -270,7 +270,7 @@ fn a_running_status_is_printed_again_only_after_real_progress() {
             id: "sha256:layer".into(),
             vertex: "p".into(),
             current,
-            total: 1000_000,
+            total: 1_000_000,
             timestamp: Some(at(ms)),
             started: Some(at(0)),
             completed: done.then(|| at(ms)),
@@ -285,7 +285,7 @@ fn a_running_status_is_printed_again_only_after_real_progress() {
             status(20_000, 200, false),    // 1 % more: held
             status(500_000, 300, false),   // 48 % more: printed
             status(510_000, 5_400, false), // 5 s later: printed
-            status(1000_000, 5_500, true),
+            status(1_000_000, 5_500, true),
             vertices(vec![vertex("p", "[1/1] FROM x", Some(0), Some(5_600))]),
         ],
         None,
