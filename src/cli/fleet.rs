@@ -4,12 +4,11 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
     Arch, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction,
-    ScaleUpOptions, TunnelOptions, WaitState,
+    ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
@@ -77,7 +76,7 @@ impl KubeArgs {
 pub struct GetAddressArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     /// Print HOST:PORT without tcp://
     #[arg(long)]
     omit_protocol: bool,
@@ -89,7 +88,7 @@ pub struct GetAddressArgs {
 pub struct RecordBuildArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -98,13 +97,13 @@ pub struct RecordBuildArgs {
 pub struct ScaleUpArgs {
     /// Only this architecture (default: both)
     #[arg(long, value_name = "ARCH")]
-    only: Option<String>,
+    only: Option<Arch>,
     /// Wait until each architecture has an available replica
     #[arg(long)]
     wait: bool,
     /// Seconds to wait in all
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS)]
-    timeout: String,
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    timeout: Duration,
     /// Show no progress lines (errors still are)
     #[arg(long, short)]
     quiet: bool,
@@ -116,8 +115,8 @@ pub struct ScaleUpArgs {
 pub struct ScaleDownArgs {
     /// Only scale down architectures with no build recorded within this many seconds
     /// (default: scale down regardless)
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<String>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -126,13 +125,13 @@ pub struct ScaleDownArgs {
 pub struct TunnelArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     /// Local port on 127.0.0.1 (0: pick a free one); the port is printed on stdout
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Seconds to wait for the architecture to scale up
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS)]
-    timeout: String,
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    timeout: Duration,
     /// Show no progress lines (errors still are)
     #[arg(long, short)]
     quiet: bool,
@@ -152,17 +151,14 @@ pub struct CacheClearArgs {
     kube: KubeArgs,
 }
 
-fn parse_arch(value: &str) -> anyhow::Result<Arch> {
-    Ok(value.parse::<Arch>()?)
-}
-
-fn parse_seconds(flag: &str, value: &str) -> anyhow::Result<Duration> {
+/// A whole number of seconds; clap reports anything else as a usage error (exit 2).
+fn parse_seconds(value: &str) -> Result<Duration, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        anyhow::bail!("invalid {flag} {value:?}: must be a whole number of seconds");
+        return Err(format!("{value:?} must be a whole number of seconds"));
     }
     let secs: u64 = value
         .parse()
-        .with_context(|| format!("invalid {flag} {value:?}: too large"))?;
+        .map_err(|_| format!("{value:?} is too large a number of seconds"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -188,7 +184,7 @@ pub async fn run(command: FleetCommand) -> anyhow::Result<Outcome> {
 }
 
 async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
+    let arch = args.arch;
     let fleet = args.kube.fleet().await?;
     let address = fleet.get_address(arch).await?;
     if let PodMetricsState::Unavailable(why) = &address.metrics {
@@ -207,7 +203,7 @@ async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn record_build(args: RecordBuildArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
+    let arch = args.arch;
     let fleet = args.kube.fleet().await?;
     fleet.record_build(arch).await?;
     eprintln!(
@@ -219,10 +215,10 @@ async fn record_build(args: RecordBuildArgs) -> anyhow::Result<Outcome> {
 
 async fn scale_up(args: ScaleUpArgs) -> anyhow::Result<Outcome> {
     let archs = match &args.only {
-        Some(only) => vec![parse_arch(only)?],
+        Some(only) => vec![*only],
         None => Arch::ALL.to_vec(),
     };
-    let timeout = parse_seconds("--timeout", &args.timeout)?;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
     let live = Live::new(LiveMode::for_stderr(args.quiet));
     scale_up_with(&fleet, &archs, args.wait.then_some(timeout), &live).await?;
@@ -238,21 +234,8 @@ async fn scale_up_with(
     let reports = fleet
         .scale_up(archs, &ScaleUpOptions::default(), &|_| {})
         .await?;
-    for r in &reports {
-        if r.scaled {
-            live.note(&format!(
-                "{}: scaled StatefulSet {} from 0 to 1 replica",
-                r.arch,
-                r.arch.statefulset()
-            ));
-        } else {
-            live.note(&format!(
-                "{}: StatefulSet {} has {} replica(s); left as is",
-                r.arch,
-                r.arch.statefulset(),
-                r.replicas_before
-            ));
-        }
+    for report in &reports {
+        show_scaled(live, report);
     }
     if let Some(timeout) = wait {
         let result = fleet
@@ -264,8 +247,26 @@ async fn scale_up_with(
     Ok(())
 }
 
+/// What the scale-up did, above the live lines.
+fn show_scaled(live: &Live, r: &ScaleUpReport) {
+    live.note(&if r.scaled {
+        format!(
+            "{}: scaled StatefulSet {} from 0 to 1 replica",
+            r.arch,
+            r.arch.statefulset()
+        )
+    } else {
+        format!(
+            "{}: StatefulSet {} has {} replica(s); left as is",
+            r.arch,
+            r.arch.statefulset(),
+            r.replicas_before
+        )
+    });
+}
+
 /// One live line per architecture while waiting for its replica.
-pub fn show_wait(live: &Live, states: &[WaitState]) {
+fn show_wait(live: &Live, states: &[WaitState]) {
     for s in states {
         let arch = s.arch.to_string();
         if s.is_ready() {
@@ -284,12 +285,17 @@ pub fn show_wait(live: &Live, states: &[WaitState]) {
     }
 }
 
+/// The scale-up and wait of a tunnel's pod, as live lines.
+fn show_ready(live: &Live, progress: ReadyProgress<'_>) {
+    match progress {
+        ReadyProgress::Scaled(report) => show_scaled(live, report),
+        ReadyProgress::Waiting(states) => show_wait(live, states),
+        _ => {}
+    }
+}
+
 async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_seconds("--timeout", t))
-        .transpose()?;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
     for report in fleet.scale_down(timeout).await? {
         let last = match (&report.last_build, &report.invalid_annotation) {
@@ -304,16 +310,20 @@ async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
-    let timeout = parse_seconds("--timeout", &args.timeout)?;
+    let arch = args.arch;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
-    let live = Live::new(LiveMode::for_stderr(args.quiet));
-    scale_up_with(&fleet, &[arch], Some(timeout), &live).await?;
     let options = TunnelOptions {
         port: args.port,
+        scale_up_wait: Some(timeout),
         ..Default::default()
     };
-    let mut tunnel = fleet.tunnel(arch, &options).await?;
+    let live = Live::new(LiveMode::for_stderr(args.quiet));
+    let tunnel = fleet
+        .tunnel(arch, &options, &|progress| show_ready(&live, progress))
+        .await;
+    live.finish();
+    let mut tunnel = tunnel?;
     let port = tunnel.local_addr().port();
     // The port on stdout is the "ready" signal for scripts: it is printed once the listener
     // is bound and the port-forward permission is confirmed.
@@ -325,13 +335,14 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
         "Tunnel to pod {} ({arch}) on 127.0.0.1:{port}; use BUILDKIT_HOST=tcp://127.0.0.1:{port}. Press Ctrl+C to close.",
         tunnel.pod().pod
     ));
-    live.set(
+    let tunnel_live = Live::new(LiveMode::for_stderr(args.quiet));
+    tunnel_live.set(
         &arch.to_string(),
         &format!("tunnel open to pod {}", tunnel.pod().pod),
         &format!("127.0.0.1:{port}"),
     );
     tunnel.wait().await;
-    live.finish();
+    tunnel_live.finish();
     anyhow::bail!("the tunnel's listener stopped")
 }
 

@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn widths_ignore_escapes_and_lines_are_cut() {
-        assert_eq!(visible_width("\x1b[2m => => # hi\x1b[0m"), 12);
+        assert_eq!(visible_width("\x1b[2m => => # hi\x1b[0m"), 11);
         assert_eq!(fit("abcdef", 4), "abcd");
         assert_eq!(fit("ab", 4), "ab");
     }
