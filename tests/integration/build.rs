@@ -174,7 +174,7 @@ fn failing_run_exits_1_with_its_output_and_line() {
     let stderr = util::stderr(&out);
     assert!(stderr.contains("first-words") && stderr.contains("last-words"));
     assert!(
-        stderr.contains("   3 | RUN echo first-words"),
+        stderr.contains("   3 | >>> RUN echo first-words"),
         "no Dockerfile line:\n{stderr}"
     );
     let last = stderr.lines().last().unwrap();
