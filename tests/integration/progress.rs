@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::util;
+use crate::util::{self, Tier};
 
 /// One block of plain output: the step number and its lines after the header.
 #[derive(Debug, Clone)]
@@ -140,9 +140,9 @@ fn log_texts(block: &Block) -> Vec<String> {
         .collect()
 }
 
-fn build(dir: &Path, extra: &[&str]) -> Output {
+fn build(tier: Tier, dir: &Path, extra: &[&str]) -> Output {
     util::bin()
-        .args(["--addr", &util::docker_addr(), "build", "--context"])
+        .args(["--addr", &tier.addr(), "build", "--context"])
         .arg(dir)
         .args(["--opt", "force-network-mode=none"])
         .args(extra)
@@ -157,9 +157,14 @@ fn context(dockerfile: &str) -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached() {
-    let _cache = util::cache_shared();
+tier_tests!(
+    parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached,
+    a_failing_run_shows_its_output_and_the_dockerfile_lines_as_buildctl_does,
+    tty_view_through_a_terminal_ends_with_the_final_view,
+);
+
+fn parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached(tier: Tier) {
+    let _cache = tier.cache_shared();
     let base = util::env("PF_TEST_BASE_IMAGE");
     // A value no earlier run used, so the first build really runs its steps.
     let salt = format!(
@@ -175,7 +180,7 @@ fn parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached() {
          FROM base AS b\nRUN for i in 1 2 3; do echo b-$i; sleep 0.2; done\n\n\
          FROM base\nCOPY --from=a /bin/busybox /a\nCOPY --from=b /bin/busybox /b\nCOPY file.txt /ctx/\n"
     ));
-    let out = build(dir.path(), &["--progress", "plain"]);
+    let out = build(tier, dir.path(), &["--progress", "plain"]);
     let err = util::stderr(&out);
     assert!(out.status.success(), "{err}");
     let blocks = plain_blocks(&err).unwrap_or_else(|e| panic!("{e}"));
@@ -210,7 +215,7 @@ fn parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached() {
     );
 
     // The same build again: the RUN steps come from the cache.
-    let again = build(dir.path(), &["--progress", "plain"]);
+    let again = build(tier, dir.path(), &["--progress", "plain"]);
     let err = util::stderr(&again);
     assert!(again.status.success(), "{err}");
     let blocks = plain_blocks(&err).unwrap_or_else(|e| panic!("{e}"));
@@ -224,13 +229,12 @@ fn parallel_stages_print_as_progressui_blocks_and_a_rebuild_as_cached() {
     }
 }
 
-#[test]
-fn a_failing_run_shows_its_output_and_the_dockerfile_lines_as_buildctl_does() {
+fn a_failing_run_shows_its_output_and_the_dockerfile_lines_as_buildctl_does(tier: Tier) {
     let base = util::env("PF_TEST_BASE_IMAGE");
     let dir = context(&format!(
         "FROM {base}\nRUN echo ok\nRUN echo out-1 && echo out-2 && exit 3\nRUN echo never\n"
     ));
-    let out = build(dir.path(), &["--progress", "plain", "--no-cache"]);
+    let out = build(tier, dir.path(), &["--progress", "plain", "--no-cache"]);
     assert_eq!(out.status.code(), Some(1));
     let err = util::stderr(&out);
     let blocks = plain_blocks(&err).unwrap_or_else(|e| panic!("{e}"));
@@ -276,15 +280,14 @@ fn a_failing_run_shows_its_output_and_the_dockerfile_lines_as_buildctl_does() {
     );
 }
 
-#[test]
-fn tty_view_through_a_terminal_ends_with_the_final_view() {
-    let _cache = util::cache_shared();
+fn tty_view_through_a_terminal_ends_with_the_final_view(tier: Tier) {
+    let _cache = tier.cache_shared();
     let dir = context("FROM scratch\nCOPY file.txt /\n");
     // `script` gives the build a pseudo-terminal on stderr, 100×30.
     let command = format!(
         "stty cols 100 rows 30; {} --addr {} build --context {} --progress auto",
         env!("CARGO_BIN_EXE_pf-buildkit"),
-        util::docker_addr(),
+        tier.addr(),
         dir.path().display()
     );
     let out = std::process::Command::new("script")
@@ -327,23 +330,13 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// The standalone BuildKit daemon's address (the production daemon, which runs the
-/// Dockerfile checks the Engine's older BuildKit lacks), when the test environment has one.
-fn standalone_addr() -> Option<String> {
-    std::env::var("PF_TEST_BUILDKIT_ADDR")
-        .ok()
-        .filter(|a| !a.is_empty())
-}
-
 #[test]
 fn dockerfile_check_warnings_show_in_the_step_at_the_end_and_in_metadata_and_rawjson() {
-    let Some(addr) = standalone_addr() else {
-        eprintln!(
-            "not run: PF_TEST_BUILDKIT_ADDR is not set (the standalone BuildKit tier); \
-             the Engine's BuildKit runs no Dockerfile checks"
-        );
+    // The Engine's BuildKit runs no Dockerfile checks: the standalone tier only.
+    let Some(tier) = Tier::Standalone.present(module_path!()) else {
         return;
     };
+    let addr = tier.addr();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let dir = context(&format!("FROM {base} as base\nCOPY file.txt /\n"));
     let metadata = dir.path().join("metadata.json");
