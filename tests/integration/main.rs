@@ -15,6 +15,7 @@ mod build;
 mod cli;
 mod daemon;
 mod fake_kube;
+mod faults;
 mod fleet;
 mod manifest;
 mod multiplatform;
