@@ -100,6 +100,30 @@ pub enum PodPrune {
     },
 }
 
+/// What [`Fleet::cache_clear_with`] reports while it works, for live progress.
+#[derive(Debug, Clone)]
+pub enum CacheClearEvent<'a> {
+    /// A PVC was dealt with.
+    Pvc {
+        /// Its name.
+        name: &'a str,
+        /// What was done.
+        action: &'a PvcAction,
+    },
+    /// A pod's BuildKit is being checked and pruned.
+    Pruning {
+        /// The pod.
+        pod: &'a str,
+    },
+    /// A pod's prune ended.
+    Pruned {
+        /// The pod.
+        pod: &'a str,
+        /// How.
+        outcome: &'a PodPrune,
+    },
+}
+
 /// The outcome of [`Fleet::cache_clear`].
 #[derive(Debug, Clone, Default)]
 pub struct CacheClearReport {
@@ -170,6 +194,18 @@ impl Fleet {
     /// When PVCs or pods cannot be listed or a PVC cannot be deleted. A pod that cannot be
     /// pruned is reported in [`CacheClearReport::pods`], and the others are still pruned.
     pub async fn cache_clear(&self, options: &CacheClearOptions) -> Result<CacheClearReport> {
+        self.cache_clear_with(options, &|_| {}).await
+    }
+
+    /// [`Fleet::cache_clear`], telling `progress` about each PVC and pod as it goes.
+    ///
+    /// # Errors
+    /// As [`Fleet::cache_clear`].
+    pub async fn cache_clear_with(
+        &self,
+        options: &CacheClearOptions,
+        progress: &(dyn Fn(CacheClearEvent<'_>) + Send + Sync),
+    ) -> Result<CacheClearReport> {
         let ns = &self.namespace;
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -232,6 +268,10 @@ impl Fleet {
                     }
                 }
             };
+            progress(CacheClearEvent::Pvc {
+                name: &name,
+                action: &action,
+            });
             report.pvcs.push((name, action));
         }
 
@@ -241,12 +281,17 @@ impl Fleet {
         }) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            progress(CacheClearEvent::Pruning { pod: &name });
             let outcome = match self.prune_pod(&name, ip.as_deref(), &options.prune).await {
                 Ok(outcome) => outcome,
                 Err(err) => PodPrune::Failed {
                     error: super::error::error_chain(&err),
                 },
             };
+            progress(CacheClearEvent::Pruned {
+                pod: &name,
+                outcome: &outcome,
+            });
             report.pods.push((name, outcome));
         }
         Ok(report)

@@ -373,7 +373,24 @@ async fn scale_up_wait_times_out_with_a_clear_message() {
             "30",
         ])
         .await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    // On a pipe: plain lines, the scale-up, then the architecture ready with its time.
+    assert!(
+        e.contains("amd64: scaled StatefulSet buildkit-amd64 from 0 to 1 replica"),
+        "{e}"
+    );
+    let ready = e
+        .lines()
+        .find(|l| l.starts_with("amd64: 1 available replica(s) ("))
+        .unwrap_or_else(|| panic!("no ready line: {e}"));
+    assert!(ready.ends_with("s)"), "{e}");
+    // Quiet: nothing but the result (the exit code).
+    let o = fake
+        .run(&["scale", "up", "--only", "amd64", "--wait", "--quiet"])
+        .await;
     assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(err(&o), "", "--quiet printed progress");
     let o = fake
         .run(&["scale", "up", "--wait", "--timeout", "soon"])
         .await;
@@ -972,12 +989,12 @@ async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(ti
             .await;
         let e = err(&o);
         assert!(o.status.success(), "{daemon}: {e}");
-        if !e.contains("Skipped pod buildkit-amd64-0: a build is running") || attempts == 5 {
+        if !e.contains("buildkit-amd64-0: skipped: a build is running") || attempts == 5 {
             break e;
         }
     };
     assert!(
-        e.contains("Pruned the cache of pod buildkit-amd64-0 (idle, by build history): 0 records"),
+        e.contains("buildkit-amd64-0: pruned 0 records") && e.contains("(idle, by build history)"),
         "{daemon}: {e}"
     );
     assert_user_agent(&fake);
@@ -1046,7 +1063,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(tie
     assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
     // Other tests may build on the shared Engine too: at least this one is in progress.
     assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+        e.contains("buildkit-amd64-0: skipped: a build is running (")
             && e.contains(" in progress, by build history)"),
         "{daemon} has the history API and lists the running build: {e}"
     );
@@ -1205,7 +1222,7 @@ async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
     let e = err(&o);
     assert!(o.status.success(), "{e}");
     assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running (")
+        e.contains("buildkit-amd64-0: skipped: a build is running (")
             && e.contains(" cache records in use; no build history API)"),
         "{e}"
     );
@@ -1759,4 +1776,40 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
     assert_eq!(index_digest(&repo).await, None, "no index");
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
+}
+
+#[tokio::test]
+async fn scale_up_wait_on_a_terminal_draws_live_lines() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .start()
+        .await;
+    // The same command through `script`, which gives it a pseudo-terminal.
+    let inner = fake.bin();
+    let mut cmd = std::process::Command::new("script");
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.args([
+        "-qefc",
+        &format!(
+            "stty cols 100 rows 20; {} scale up --only amd64 --wait --timeout 30",
+            env!("CARGO_BIN_EXE_pf-buildkit")
+        ),
+        "/dev/null",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text:?}");
+    // The final view: the architecture ticked off with its state and elapsed time, drawn
+    // in place (erase-line sequences), not as plain `arch: state (1.2s)` lines.
+    assert!(text.contains("✔ amd64: 1 available replica(s)"), "{text:?}");
+    assert!(text.contains("\x1b[2K"), "{text:?}");
+    assert!(!text.contains("replica(s) ("), "{text:?}");
 }

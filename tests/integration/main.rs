@@ -22,6 +22,7 @@ mod hostile;
 mod hostile_peer;
 mod manifest;
 mod multiplatform;
+mod progress;
 mod relay;
 mod tls;
 mod transports;
