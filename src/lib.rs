@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod aws;
 pub mod build;
 pub mod buildkit;
 pub mod config;

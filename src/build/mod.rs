@@ -259,6 +259,15 @@ impl MultiPlatformBuild {
             .validate()
             .map_err(|e| MultiBuildError::Invalid(e.to_string()))?;
         let registry = self.registry_client()?;
+        // An ECR login comes from AWS: get it (or fail) once, before any daemon starts and
+        // asks for it, so an unreachable AWS fails the build at once. Later lookups hit the
+        // cache.
+        if crate::aws::EcrHost::parse(&self.registry).is_some() {
+            self.registry_credentials
+                .resolve(&self.registry)
+                .await
+                .map_err(registry::Error::from)?;
+        }
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
             let mut sink = progress(&builder.arch);

@@ -19,6 +19,7 @@
 
 mod address;
 mod cache;
+mod eks_auth;
 mod error;
 mod kube_client;
 mod portforward;
