@@ -14,7 +14,13 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PF_BUILDKIT_LOG")
                 .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The AWS SDK warns about each credential source that fails; the one-line
+                // error already says where it looked.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,aws_config=error,aws_smithy_runtime=error,aws_runtime=error",
+                    )
+                }),
         )
         .with_target(false)
         .init();

@@ -424,10 +424,23 @@ impl EksTokenSource {
             }
             _ => None,
         };
+        // The SDK reads the process environment itself; an override in the exec entry's env
+        // is applied here (EKS tokens only involve STS).
+        let env_only = |name: &str| {
+            self.request
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let endpoint_url =
+            env_only("AWS_ENDPOINT_URL_STS").or_else(|| env_only("AWS_ENDPOINT_URL"));
         let config = sdk::load(&LoadOptions {
             region: self.request.region.clone(),
             profile: self.request.profile.clone(),
             static_keys,
+            endpoint_url,
         })
         .await;
         let region = config

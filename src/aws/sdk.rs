@@ -38,6 +38,8 @@ pub(crate) struct LoadOptions {
     pub profile: Option<String>,
     /// Static keys that replace the credential chain.
     pub static_keys: Option<Credentials>,
+    /// An endpoint for every service (the environment's `AWS_ENDPOINT_URL*` apply otherwise).
+    pub endpoint_url: Option<String>,
 }
 
 /// Loads the SDK configuration: region, endpoints, credential chain.
@@ -63,6 +65,9 @@ pub(crate) async fn load(options: &LoadOptions) -> SdkConfig {
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);
     }
+    if let Some(url) = &options.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
     if let Some(keys) = &options.static_keys {
         loader = loader.credentials_provider(keys.clone());
     }
@@ -75,8 +80,10 @@ pub(crate) fn chain_description() -> String {
     let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
     let config = var("AWS_CONFIG_FILE").unwrap_or_else(|| "~/.aws/config".into());
     let shared = var("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|| "~/.aws/credentials".into());
-    let imds = var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-        .unwrap_or_else(|| "the EC2 instance metadata service".into());
+    let imds = match var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+        Some(endpoint) => format!("EC2 instance metadata at {endpoint}"),
+        None => "EC2 instance metadata".into(),
+    };
     format!(
         "the environment (AWS_ACCESS_KEY_ID), profile {profile:?} in {config} and {shared}, \
          web identity (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE), container credentials \

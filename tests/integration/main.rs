@@ -5,6 +5,7 @@
 // Test code may panic on anything unexpected: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod aws;
 mod build;
 mod cli;
 mod daemon;
