@@ -17,8 +17,8 @@
 //! ```
 
 pub mod aws;
-pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod fleet;
+pub mod multiplatform;
 pub mod registry;
