@@ -22,3 +22,6 @@ pub mod config;
 pub mod fleet;
 pub mod multiplatform;
 pub mod registry;
+
+/// The `User-Agent` of every request this crate makes (Kubernetes, registries, AWS).
+pub const USER_AGENT: &str = concat!("pf-buildkit/", env!("CARGO_PKG_VERSION"));

@@ -11,6 +11,12 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use tokio::sync::Mutex;
 
 use super::error::AwsError;
@@ -44,9 +50,11 @@ pub(crate) struct LoadOptions {
 
 /// Loads the SDK configuration: region, endpoints, credential chain.
 pub(crate) async fn load(options: &LoadOptions) -> SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
+    let http = WithUserAgent(
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https(),
+    );
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -72,6 +80,36 @@ pub(crate) async fn load(options: &LoadOptions) -> SdkConfig {
         loader = loader.credentials_provider(keys.clone());
     }
     loader.load().await
+}
+
+/// The SDK's HTTP client, sending [`crate::USER_AGENT`] as the `User-Agent` (the SDK's own
+/// details stay in `x-amz-user-agent`; SigV4 never signs `User-Agent`, so this is safe after
+/// signing).
+#[derive(Debug)]
+struct WithUserAgent(SharedHttpClient);
+
+#[derive(Debug)]
+struct UserAgentConnector(SharedHttpConnector);
+
+impl HttpClient for WithUserAgent {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(UserAgentConnector(
+            self.0.http_connector(settings, components),
+        ))
+    }
+}
+
+impl HttpConnector for UserAgentConnector {
+    fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
+        request
+            .headers_mut()
+            .insert("user-agent", crate::USER_AGENT);
+        self.0.call(request)
+    }
 }
 
 /// Where the standard chain looks, for the "no credentials" message.

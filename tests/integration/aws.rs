@@ -367,6 +367,12 @@ async fn container_endpoint(
         if method != "GET" || path != "/credentials" {
             return (404, "{}".into());
         }
+        if !headers
+            .get("user-agent")
+            .is_some_and(|ua| ua.starts_with("pf-buildkit/"))
+        {
+            return (400, "{}".into());
+        }
         if headers.get("authorization").map(String::as_str) != Some(auth) {
             return (401, "{}".into());
         }
@@ -401,6 +407,9 @@ async fn credentials_from_the_container_endpoint_with_its_token_file() {
 async fn credentials_from_imdsv2_with_a_session_token() {
     let (port, seen) = http_server(|method, path, headers| {
         const TOKEN: &str = "imds-session-token";
+        if headers.get("user-agent").map(String::as_str) != Some(pf_buildkit::USER_AGENT) {
+            return (400, String::new());
+        }
         if method == "PUT" && path == "/latest/api/token" {
             return match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
                 Some(_) => (200, TOKEN.into()),
