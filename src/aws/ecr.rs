@@ -227,10 +227,13 @@ fn decode_token(token: &str) -> Option<(String, String)> {
 }
 
 /// Sorts a failed SDK call into the messages users act on.
-pub(crate) fn call_error<E, R>(call: &'static str, region: &str, err: SdkError<E, R>) -> AwsError
+pub(crate) fn call_error<E>(
+    call: &'static str,
+    region: &str,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
 {
     let region = region.to_owned();
     match &err {
@@ -240,11 +243,23 @@ where
             reason: sdk::error_chain(&err),
         },
         SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown");
-            let reason = match service.err().message() {
-                Some(message) => format!("{code}: {message}"),
-                None => code.to_owned(),
+            // Some endpoints (and stand-ins such as moto) answer auth failures in the query
+            // protocol's XML even for JSON services; read the code from there too.
+            let body = service.raw().body().bytes().unwrap_or_default();
+            let body = String::from_utf8_lossy(body);
+            let (code, message) = match service.err().code() {
+                Some(code) => (code.to_owned(), service.err().message().map(str::to_owned)),
+                None => (
+                    xml_field(&body, "Code")
+                        .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16())),
+                    xml_field(&body, "Message"),
+                ),
             };
+            let reason = match message {
+                Some(message) => format!("{code}: {message}"),
+                None => code.clone(),
+            };
+            let code = code.as_str();
             match code {
                 "AccessDenied" | "AccessDeniedException" => AwsError::AccessDenied {
                     call,
@@ -274,6 +289,13 @@ where
             reason: sdk::error_chain(&err),
         },
     }
+}
+
+/// The text of the first `<name>…</name>` in an XML error body.
+fn xml_field(body: &str, name: &str) -> Option<String> {
+    let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+    let len = body[start..].find(&format!("</{name}>"))?;
+    Some(body[start..start + len].trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -319,6 +341,14 @@ mod tests {
         );
         assert_eq!(decode_token("!!"), None);
         assert_eq!(decode_token("bm9jb2xvbg=="), None);
+    }
+
+    #[test]
+    fn xml_error_fields() {
+        let body = "<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>";
+        assert_eq!(xml_field(body, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_field(body, "Message").as_deref(), Some("no"));
+        assert_eq!(xml_field(body, "Type"), None);
     }
 
     #[test]

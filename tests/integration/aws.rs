@@ -469,6 +469,40 @@ async fn no_credentials_anywhere_lists_where_it_looked() {
     }
 }
 
+/// The access key of moto-iam's user `pf-denied`, which has no permission at all.
+fn denied_user() -> (String, String) {
+    let text = std::fs::read_to_string(util::env("PF_TEST_MOTO_IAM_KEYS")).unwrap();
+    let (key, secret) = text.trim().split_once(' ').unwrap();
+    (key.to_owned(), secret.to_owned())
+}
+
+#[tokio::test]
+async fn a_wrong_secret_and_access_denied_have_their_own_messages() {
+    let (key, secret) = denied_user();
+    let ecr = util::env("PF_TEST_ECR_REGISTRY");
+    for (secret, want) in [
+        (
+            "not-the-secret".to_owned(),
+            "AWS rejected the credentials for ecr:GetAuthorizationToken",
+        ),
+        (
+            secret,
+            "AWS denied ecr:GetAuthorizationToken in us-east-1 (access denied)",
+        ),
+    ] {
+        let mut env = isolated().await;
+        env.var("AWS_ENDPOINT_URL", util::env("PF_TEST_MOTO_IAM"))
+            .var("AWS_ACCESS_KEY_ID", &key)
+            .var("AWS_SECRET_ACCESS_KEY", &secret);
+        let err = one_line_failure(&env.inspect_missing().await);
+        assert!(err.contains(want) && err.contains(&ecr), "{want}: {err}");
+        assert!(
+            !err.contains(&secret) || secret == "not-the-secret",
+            "no secret in {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_region_has_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
