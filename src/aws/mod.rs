@@ -1,6 +1,9 @@
 //! AWS without the aws CLI: the standard credential chain (through the official SDK, on
 //! rustls with ring), ECR registry logins, and EKS cluster tokens, all made in-process.
 //!
+//! Borders: a leaf. `registry` uses it for ECR logins and `fleet` for EKS tokens; it imports
+//! neither, nor `buildkit`, `multiplatform`, `config` or kube.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::aws::AwsError> {
 //! use pf_buildkit::aws::{EcrCredentials, EcrHost};
