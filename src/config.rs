@@ -18,7 +18,7 @@ pub const DEFAULT_BUILDKIT_DIR: &str = ".buildkit";
 pub enum ConfigError {
     /// No ancestor of the start directory is a repository root.
     #[error(
-        "no repository root above {start}: none of its ancestors holds .git or panfactum.yaml; run from inside the repository or pass --registry and --builder"
+        "no repository root above {start}: none of its ancestors holds .git or panfactum.yaml; run from inside the repository, or give the registry and a builder for each architecture explicitly"
     )]
     NoRepository {
         /// Where the search started.
@@ -35,7 +35,7 @@ pub enum ConfigError {
     },
     /// `buildkit.json` does not exist.
     #[error(
-        "no BuildKit configuration at {path}: create it with at least {{\"registry\": \"HOST\", \"cluster\": \"KUBE-CONTEXT\"}}, or pass --registry and --builder"
+        "no BuildKit configuration at {path}: create it with at least {{\"registry\": \"HOST\", \"cluster\": \"KUBE-CONTEXT\"}}, or give the registry and a builder for each architecture explicitly"
     )]
     Missing {
         /// The file.
@@ -213,7 +213,7 @@ impl BuildkitConfig {
         self.field(
             &self.registry,
             "registry",
-            "set it to the registry host images are pushed to, or pass --registry",
+            "set it to the registry host images are pushed to, or give the registry explicitly",
         )
     }
 
@@ -222,7 +222,7 @@ impl BuildkitConfig {
     /// # Errors
     /// [`ConfigError::Field`] when missing or empty.
     pub fn cluster(&self) -> Result<&str, ConfigError> {
-        self.field(&self.cluster, "cluster", "set it to the kubeconfig context of the BuildKit cluster, or pass --kube-context or --builder")
+        self.field(&self.cluster, "cluster", "set it to the kubeconfig context of the BuildKit cluster, or give the context or a builder for each architecture explicitly")
     }
 
     /// The S3 cache bucket and region, when configured; both or neither.

@@ -8,6 +8,8 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    // `--addr` and `--builder` may name a pod; the address parser learns `kube-pod://` here.
+    pf_buildkit::fleet::register_kube_pod();
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

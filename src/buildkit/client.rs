@@ -54,13 +54,22 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the daemon cannot be reached within
-    /// [`CONNECT_TIMEOUT`]; [`Error::Tls`] for unusable TLS files; [`Error::NeedsDialer`] for
-    /// `kube-pod://`, which the fleet module connects.
+    /// [`CONNECT_TIMEOUT`]; [`Error::Tls`] for unusable TLS files; [`Error::Scheme`] when a
+    /// registered scheme (such as `kube-pod://`) cannot make its dialer.
     pub async fn connect(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self> {
-        if matches!(endpoint, Endpoint::KubePod(_)) {
-            return Err(Error::NeedsDialer {
+        if let Endpoint::Registered { scheme, address } = &endpoint {
+            let registered = super::scheme::find(scheme).ok_or_else(|| Error::UnknownScheme {
                 endpoint: endpoint.to_string(),
-            });
+                scheme: scheme.clone(),
+            })?;
+            let dialer = registered
+                .dialer(address.clone(), tls.clone())
+                .await
+                .map_err(|source| Error::Scheme {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+            return Self::connect_with_shared_dialer(dialer).await;
         }
         let dialer = EndpointDialer::new(endpoint, tls)?;
         Self::connect_with_dialer(dialer).await
@@ -72,7 +81,15 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the first stream cannot be opened.
     pub async fn connect_with_dialer(dialer: impl Dialer) -> Result<Self> {
-        let dialer: Arc<dyn Dialer> = Arc::new(dialer);
+        Self::connect_with_shared_dialer(Arc::new(dialer)).await
+    }
+
+    /// [`Client::connect_with_dialer`] for a dialer already shared, as a [`super::Scheme`]
+    /// makes one.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the first stream cannot be opened.
+    pub async fn connect_with_shared_dialer(dialer: Arc<dyn Dialer>) -> Result<Self> {
         let endpoint = dialer.describe();
         let connector_dialer = dialer.clone();
         let connector = tower::service_fn(move |_uri: http::Uri| {

@@ -28,10 +28,15 @@ pub enum Endpoint {
     /// `docker://` or `docker+unix:///PATH`: the Docker Engine's embedded BuildKit, reached
     /// through the Engine API's `/grpc` and `/session` upgrades.
     Docker(DockerHost),
-    /// `kube-pod://POD?namespace=NS&context=CTX&port=1234`: a pod's BuildKit through a
-    /// Kubernetes port-forward. The `buildkit` module cannot dial this itself; the fleet module
-    /// supplies the byte streams (see [`crate::buildkit::Client::connect_with_dialer`]).
-    KubePod(KubePod),
+    /// `SCHEME://ADDRESS` for a scheme registered with
+    /// [`register_scheme`](crate::buildkit::register_scheme), such as the fleet's
+    /// `kube-pod://POD?namespace=NS`; that scheme checked the address and dials it.
+    Registered {
+        /// The scheme, without `://`.
+        scheme: String,
+        /// Everything after `://`.
+        address: String,
+    },
 }
 
 /// How to reach a Docker Engine's API.
@@ -46,19 +51,6 @@ pub enum DockerHost {
         /// TCP port.
         port: u16,
     },
-}
-
-/// A pod addressed by a `kube-pod://` endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubePod {
-    /// Pod name.
-    pub pod: String,
-    /// Namespace; `None` means the context's default.
-    pub namespace: Option<String>,
-    /// Kubeconfig context; `None` means the current one.
-    pub context: Option<String>,
-    /// The container port BuildKit listens on (1234 by default).
-    pub port: u16,
 }
 
 /// The default Docker Engine socket.
@@ -100,7 +92,7 @@ impl Endpoint {
         };
         let Some((scheme, rest)) = addr.split_once("://") else {
             return Err(fail(
-                "expected SCHEME://…, one of tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH, kube-pod://POD",
+                "expected SCHEME://…, one of tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH, or a registered scheme such as kube-pod://POD",
             ));
         };
         match scheme {
@@ -134,12 +126,26 @@ impl Endpoint {
                 let (host, port) = parse_host_port(rest).map_err(|r| fail(&r))?;
                 Ok(Endpoint::Docker(DockerHost::Tcp { host, port }))
             }
-            "kube-pod" => parse_kube_pod(rest)
-                .map(Endpoint::KubePod)
-                .map_err(|r| fail(&r)),
-            other => Err(fail(&format!(
-                "unknown scheme {other:?}; use tcp://, unix://, docker://, docker+unix:// or kube-pod://"
-            ))),
+            other => match super::scheme::find(other) {
+                Some(registered) => {
+                    registered.check(rest).map_err(|r| fail(&r))?;
+                    Ok(Endpoint::Registered {
+                        scheme: other.to_owned(),
+                        address: rest.to_owned(),
+                    })
+                }
+                None => {
+                    let mut known: Vec<String> = ["tcp", "unix", "docker", "docker+unix"]
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect();
+                    known.extend(super::scheme::names().iter().map(|s| format!("{s}://")));
+                    Err(fail(&format!(
+                        "unknown scheme {other:?}; use {}",
+                        known.join(", ")
+                    )))
+                }
+            },
         }
     }
 
@@ -173,16 +179,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Docker(DockerHost::Tcp { host, port }) => {
                 write!(f, "docker+tcp://{host}:{port}")
             }
-            Endpoint::KubePod(p) => {
-                write!(f, "kube-pod://{}?port={}", p.pod, p.port)?;
-                if let Some(ns) = &p.namespace {
-                    write!(f, "&namespace={ns}")?;
-                }
-                if let Some(ctx) = &p.context {
-                    write!(f, "&context={ctx}")?;
-                }
-                Ok(())
-            }
+            Endpoint::Registered { scheme, address } => write!(f, "{scheme}://{address}"),
         }
     }
 }
@@ -234,40 +231,6 @@ fn parse_host_port(rest: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-fn parse_kube_pod(rest: &str) -> Result<KubePod, String> {
-    let (pod, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let pod = pod.trim_end_matches('/');
-    if pod.is_empty() {
-        return Err("missing pod name (kube-pod://POD?namespace=NS)".into());
-    }
-    let mut out = KubePod {
-        pod: pod.to_owned(),
-        namespace: None,
-        context: None,
-        port: DEFAULT_BUILDKIT_PORT,
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "namespace" => out.namespace = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "context" => out.context = Some(value.to_owned()).filter(|v| !v.is_empty()),
-            "port" => {
-                out.port = value
-                    .parse()
-                    .map_err(|_| format!("port {value:?} is not a number from 1 to 65535"))?
-            }
-            // buildctl's kube-pod:// accepts a container; a port-forward does not need one.
-            "container" => {}
-            other => {
-                return Err(format!(
-                    "unknown parameter {other:?}; kube-pod:// takes namespace, context and port"
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,15 +271,6 @@ mod tests {
             parse("docker+unix:///tmp/d.sock").unwrap(),
             Endpoint::Docker(DockerHost::Unix("/tmp/d.sock".into()))
         );
-        assert_eq!(
-            parse("kube-pod://buildkit-amd64-0?namespace=buildkit&context=prod&port=1234").unwrap(),
-            Endpoint::KubePod(KubePod {
-                pod: "buildkit-amd64-0".into(),
-                namespace: Some("buildkit".into()),
-                context: Some("prod".into()),
-                port: 1234
-            })
-        );
     }
 
     #[test]
@@ -328,8 +282,6 @@ mod tests {
             ("tcp://host:99999", "not a number"),
             ("tcp://:1234", "missing host"),
             ("unix://", "missing socket path"),
-            ("kube-pod://?namespace=x", "missing pod name"),
-            ("kube-pod://p?colour=blue", "unknown parameter"),
         ] {
             let err = parse(addr).unwrap_err().to_string();
             assert!(err.contains(needle), "{addr}: {err}");

@@ -1,5 +1,6 @@
 //! The BuildKit client: addresses, transports, the Control API and (in submodules) sessions,
-//! solves and progress. Knows nothing of Kubernetes: a port-forward arrives as a [`Dialer`].
+//! solves and progress. Knows nothing of Kubernetes: a port-forward arrives as a [`Dialer`],
+//! made by the `kube-pod://` [`Scheme`] the fleet module registers.
 //!
 //! Border: owns the BuildKit wire protocol and connections to daemons. It may use
 //! [`crate::registry`] (credentials for the session's auth callback) and must not import
@@ -12,6 +13,7 @@ mod error;
 pub mod fsutil;
 pub mod progress;
 pub mod proto;
+mod scheme;
 pub mod session;
 mod solve;
 pub mod spec;
@@ -21,8 +23,9 @@ pub use client::{
     CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
     Worker, format_platform,
 };
-pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, KubePod, ParseEndpointError};
+pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};
 pub use error::{Error, Result};
+pub use scheme::{Scheme, SchemeError, register_scheme};
 pub use solve::{
     BuildError, BuildOptions, BuildResult, failure_report, write_file_atomically,
     write_metadata_file,

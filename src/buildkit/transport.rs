@@ -134,7 +134,7 @@ pub enum TlsConfigError {
     NotTcp,
 }
 
-/// A dialer for one [`Endpoint`] (all but `kube-pod://`, which the fleet dials): opens raw
+/// A dialer for one built-in [`Endpoint`] (registered schemes make their own): opens raw
 /// streams that carry BuildKit's gRPC, e.g. to relay them elsewhere.
 pub struct EndpointDialer {
     endpoint: Endpoint,
@@ -187,9 +187,9 @@ impl Dialer for EndpointDialer {
                 }
                 Endpoint::Unix(path) => Ok(Box::pin(UnixStream::connect(path).await?) as BoxedIo),
                 Endpoint::Docker(host) => docker_upgrade(&host, "/grpc", &[]).await,
-                Endpoint::KubePod(_) => Err(io::Error::new(
+                Endpoint::Registered { scheme, .. } => Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "kube-pod:// endpoints are dialled through the fleet module",
+                    format!("{scheme}:// endpoints are dialled by their registered scheme"),
                 )),
             }
         })

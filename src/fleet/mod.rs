@@ -26,6 +26,7 @@ mod cache;
 mod eks_auth;
 mod error;
 mod kube_client;
+mod kube_pod;
 mod portforward;
 pub mod quantity;
 mod scale;
@@ -38,7 +39,8 @@ pub use address::{PodAddress, PodMetricsState};
 pub use cache::{CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
-pub use portforward::{ConnectError, PodDialer, PortForwardStream, connect};
+pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodScheme, connect, register_kube_pod};
+pub use portforward::{PodDialer, PortForwardStream};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
 pub use tunnel::{
     DEFAULT_SCALE_UP_WAIT, Lease, LeaseOptions, RECORD_INTERVAL, ReadyProgress, Tunnel,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 
 use super::error::{Error, Result};
 use super::kube_client::{Fleet, with_retry};
-use crate::buildkit::{self, BoxedIo, Client, Dialer, Endpoint, TlsOptions};
+use crate::buildkit::{BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 
 /// How long a new connection waits for the server's first bytes (see
 /// [`PodDialer::open_checked`]).
@@ -254,48 +254,4 @@ impl Fleet {
                 .map_err(wrap),
         }
     }
-}
-
-/// Connects to any BuildKit endpoint: `kube-pod://POD?namespace=NS&context=CTX&port=P` through
-/// a port-forward (one per connection), everything else as [`Client::connect`] does.
-///
-/// ```no_run
-/// # async fn run() -> anyhow::Result<()> {
-/// use pf_buildkit::buildkit::TlsOptions;
-/// let endpoint = "kube-pod://buildkit-amd64-0?namespace=buildkit".parse()?;
-/// let client = pf_buildkit::fleet::connect(endpoint, &TlsOptions::default()).await?;
-/// println!("{:?}", client.workers().await?);
-/// # Ok(()) }
-/// ```
-///
-/// # Errors
-/// Configuration errors of [`Fleet::connect`], [`Error::TlsOverPortForward`] when TLS options
-/// are given with `kube-pod://`, and [`Error::Buildkit`] when BuildKit cannot be reached.
-pub async fn connect(endpoint: Endpoint, tls: &TlsOptions) -> Result<Client, ConnectError> {
-    match endpoint {
-        Endpoint::KubePod(target) => {
-            if tls.is_enabled() {
-                return Err(Error::TlsOverPortForward.into());
-            }
-            let mut fleet = Fleet::connect(target.context.as_deref()).await?;
-            fleet.namespace = target
-                .namespace
-                .clone()
-                .unwrap_or_else(|| fleet.client.default_namespace().to_owned());
-            let dialer = PodDialer::new(&fleet, target.pod.clone(), target.port);
-            Ok(Client::connect_with_dialer(dialer).await?)
-        }
-        other => Ok(Client::connect(other, tls).await?),
-    }
-}
-
-/// Why [`connect`] failed: the cluster side or BuildKit.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Kubernetes configuration or API.
-    #[error(transparent)]
-    Fleet(#[from] Error),
-    /// BuildKit.
-    #[error(transparent)]
-    Buildkit(#[from] buildkit::Error),
 }

@@ -202,7 +202,7 @@ pub enum Error {
         arch: String,
         /// Why.
         #[source]
-        source: Box<crate::fleet::ConnectError>,
+        source: Box<crate::buildkit::Error>,
     },
     /// The fleet's cluster cannot be used (kubeconfig, context, credentials).
     #[error("cluster {context}")]
@@ -536,25 +536,56 @@ impl MultiPlatformBuild {
     }
 }
 
-/// Whether a failed daemon push is one the client can route around by pushing itself.
+/// Whether a failed daemon push is one the client can route around by pushing itself: the
+/// daemon has no image exporter or push, or cannot reach the registry that this client may
+/// reach. The registry refusing the credentials (401/403) is not one: the client would be
+/// refused too, and a fallback would only hide the real error behind a second push.
 fn daemon_cannot_push(err: &BuildError) -> bool {
-    let text = match err {
-        BuildError::Failed { report, .. } => report.message.to_ascii_lowercase(),
-        BuildError::Rpc(e) => e.to_string().to_ascii_lowercase(),
+    let (code, text) = match err {
+        BuildError::Failed { report, status } => {
+            (status.code(), report.message.to_ascii_lowercase())
+        }
+        BuildError::Rpc(e) => {
+            let code = match e {
+                crate::buildkit::Error::Rpc { status, .. } => status.code(),
+                _ => tonic::Code::Unknown,
+            };
+            (code, e.to_string().to_ascii_lowercase())
+        }
         _ => return false,
     };
-    [
+    match code {
+        // The daemon's status says what kind of failure it is, when it says.
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => return false,
+        tonic::Code::Unimplemented => return true,
+        _ => {}
+    }
+    // A registry's HTTP answer reaches us only as the daemon's text: 401 and 403 there are
+    // refusals, whatever else the message says ("failed to push …: 401 Unauthorized").
+    let refused = [
+        "401 unauthorized",
+        "403 forbidden",
+        "unauthorized:",
+        "denied:",
+    ];
+    if refused.iter().any(|needle| text.contains(needle)) {
+        return false;
+    }
+    let unsupported = [
         "unknown exporter",
         "exporter \"image\"",
         "push is not supported",
-        "failed to push",
+    ];
+    let unreachable = [
         "failed to do request",
         "no such host",
         "connection refused",
         "server gave http response to https client",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
+    ];
+    unsupported
+        .iter()
+        .chain(&unreachable)
+        .any(|needle| text.contains(needle))
 }
 
 #[cfg(test)]
@@ -598,6 +629,66 @@ mod tests {
             bad.tag = tag.into();
             let err = bad.validate(&["amd64"]).unwrap_err().to_string();
             assert!(err.contains(flag), "{repository}:{tag}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_daemon_that_cannot_push_falls_back_to_the_client() {
+        let failed = |code, message: &str| BuildError::Failed {
+            report: crate::buildkit::progress::FailureReport {
+                message: message.to_owned(),
+                vertex: None,
+                source: None,
+            },
+            status: Box::new(tonic::Status::new(code, message)),
+        };
+        let unknown = tonic::Code::Unknown;
+        for (err, fallback) in [
+            (failed(unknown, "unknown exporter \"image\""), true),
+            (failed(tonic::Code::Unimplemented, "push"), true),
+            (
+                failed(
+                    unknown,
+                    "failed to push r/x:v1: failed to do request: Head \"https://r/v2/\": dial tcp: connect: connection refused",
+                ),
+                true,
+            ),
+            (
+                failed(
+                    unknown,
+                    "failed to push r/x:v1: http: server gave HTTP response to HTTPS client",
+                ),
+                true,
+            ),
+            // Refusals: the client would be refused as well.
+            (
+                failed(
+                    unknown,
+                    "failed to push r/x:v1: unexpected status from PUT request to https://r/v2/x/manifests/v1: 401 Unauthorized",
+                ),
+                false,
+            ),
+            (
+                failed(
+                    unknown,
+                    "failed to push r/x:v1: denied: requested access to the resource is denied",
+                ),
+                false,
+            ),
+            (
+                failed(tonic::Code::PermissionDenied, "failed to do request"),
+                false,
+            ),
+            // A step failing is not a push failure.
+            (
+                failed(
+                    unknown,
+                    "process \"/bin/sh -c exit 1\" did not complete successfully",
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(daemon_cannot_push(&err), fallback, "{err}");
         }
     }
 

@@ -41,7 +41,7 @@ pub struct BuildRequest {
     pub builders: BTreeMap<String, Endpoint>,
     /// The BuildKit for every architecture without its own builder, ahead of the cluster.
     pub shared: Option<Endpoint>,
-    /// The BuildKit used when no cluster is configured either.
+    /// The BuildKit used when there is no `buildkit.json` and no other source names one.
     pub fallback: Option<Endpoint>,
     /// Kubeconfig context of the BuildKit fleet; `None` takes `cluster` from `buildkit.json`.
     pub kube_context: Option<String>,
@@ -173,10 +173,18 @@ impl BuildRequest {
                         arch: fleet_arch,
                     }
                 }
-                (None, None, None) => match &self.fallback {
-                    Some(endpoint) => Placement::Endpoint(endpoint.clone()),
-                    None => return Err(Error::NoBuilder { arch: arch.clone() }),
-                },
+                // A buildkit.json without a cluster is asked for one by name; the fallback
+                // serves only a repository that has no configuration at all.
+                (None, None, None) => {
+                    if let Some(config) = config {
+                        // Names the file and the empty field.
+                        config.cluster()?;
+                    }
+                    match (config, &self.fallback) {
+                        (None, Some(endpoint)) => Placement::Endpoint(endpoint.clone()),
+                        _ => return Err(Error::NoBuilder { arch: arch.clone() }),
+                    }
+                }
             };
             placements.push((arch.clone(), placement));
         }
@@ -408,12 +416,20 @@ mod tests {
             Placement::Endpoint(endpoint("tcp://127.0.0.1:1"))
         );
 
-        // An empty "cluster" is no cluster: the fallback builds.
-        let plan = req
+        // An empty "cluster" is no cluster, and buildkit.json is asked for one by name.
+        let err = req
+            .clone()
             .plan(Some(&config(
                 r#"{"registry": "r.example", "cluster": " "}"#,
             )))
-            .unwrap();
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(c) if matches!(**c, ConfigError::Field { field: "cluster", .. })),
+            "{err}"
+        );
+        // Without any buildkit.json, the fallback builds.
+        req.registry = Some("r.example".into());
+        let plan = req.plan(None).unwrap();
         assert_eq!(
             plan.placements[0].1,
             Placement::Endpoint(endpoint("unix:///run/buildkit/buildkitd.sock"))

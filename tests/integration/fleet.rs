@@ -1325,6 +1325,26 @@ async fn a_cluster_build_without_a_cluster_says_which_field_is_missing() {
         e.contains("buildkit.json") && e.contains("\"registry\" is missing or empty"),
         "{e}"
     );
+
+    // With a registry but an empty cluster, and no --builder or --addr, the cluster is named.
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        "{\"registry\": \"127.0.0.1:1\", \"cluster\": \"\"}",
+    )
+    .unwrap();
+    let o = util::tokio_bin()
+        .current_dir(dir.path())
+        .args(["build", "--repo", "pf-test/x", "--tag", "v1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("buildkit.json") && e.contains("\"cluster\" is missing or empty"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod build;
 mod cli;
 mod daemon;
 mod fake_kube;
+mod faults;
 mod fleet;
 mod manifest;
 mod multiplatform;
