@@ -353,6 +353,22 @@ impl MultiPlatformBuild {
         })
     }
 
+    /// Gets the registry's login now when it comes from AWS (an ECR registry the docker
+    /// config has nothing for), so an unreachable AWS or missing credentials fail before any
+    /// builder is scaled up or any daemon starts and asks for it. Later lookups hit the cache.
+    ///
+    /// # Errors
+    /// [`Error::Registry`] naming the registry, the AWS call and the reason.
+    pub async fn check_registry_login(&self) -> Result<(), Error> {
+        if crate::aws::EcrHost::parse(&self.registry).is_some() {
+            self.registry_credentials
+                .resolve(&self.registry)
+                .await
+                .map_err(registry::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// Builds every architecture concurrently, then pushes the index.
     ///
     /// `progress` makes one sink per architecture. Dropping the returned future cancels every
@@ -374,6 +390,7 @@ impl MultiPlatformBuild {
             .validate()
             .map_err(|e| Error::Options(Box::new(e)))?;
         let registry = self.registry_client()?;
+        self.check_registry_login().await?;
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
             let mut sink = progress(&builder.arch);

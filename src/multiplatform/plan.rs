@@ -361,6 +361,8 @@ impl Plan {
         events: &(dyn Fn(Event<'_>) + Sync),
         progress: &(dyn Fn(&str) -> Box<dyn ProgressSink> + Sync),
     ) -> Result<MultiPlatformResult, Error> {
+        // Before scaling anything up: a missing ECR login would fail the build anyway.
+        self.build.check_registry_login().await?;
         let builders = self.connect(events).await?;
         self.build.run(&builders.builders, progress).await
     }
