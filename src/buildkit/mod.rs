@@ -5,11 +5,13 @@ mod client;
 pub mod endpoint;
 mod error;
 pub mod fsutil;
+pub mod oci_layout;
 pub mod progress;
 pub mod proto;
 pub mod session;
 mod solve;
 pub mod spec;
+mod stores;
 mod transport;
 
 pub use client::{

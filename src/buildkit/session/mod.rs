@@ -14,6 +14,7 @@ use super::Client;
 use crate::registry::DockerConfig;
 
 mod auth;
+mod content;
 mod filesend;
 mod filesync;
 mod health;
@@ -22,6 +23,7 @@ mod ssh;
 mod tunnel;
 
 pub use super::fsutil::TransferStats;
+pub use content::STORE_ID_HEADER;
 
 /// The gRPC methods this session serves, announced to the daemon.
 const METHODS: &[&str] = &[
@@ -103,6 +105,10 @@ pub struct SessionOptions {
     pub ssh: BTreeMap<String, PathBuf>,
     /// One entry per exporter of the solve, in the same order.
     pub exports: Vec<ExportTarget>,
+    /// Content stores (OCI layout directories) by the store id the daemon names them with:
+    /// `local:<dir>` for local caches, `export` for an OCI layout output, `oci:<name>` for
+    /// `--oci-layout` inputs. The content service is offered only when there is one.
+    pub content_stores: BTreeMap<String, Arc<crate::buildkit::oci_layout::LayoutStore>>,
     /// Serve registry credentials from the Docker configuration.
     pub docker_config: Option<Arc<DockerConfig>>,
     /// The shared key: equal keys let the daemon reuse the last transfer of a directory, so
@@ -154,7 +160,11 @@ impl Session {
             .map(|name| (name.clone(), Arc::new(TransferStats::default())))
             .collect();
         let failure = Arc::new(Mutex::new(None));
-        let headers = tunnel::session_headers(&id, &options.shared_key, METHODS);
+        let mut methods = METHODS.to_vec();
+        if !options.content_stores.is_empty() {
+            methods.extend_from_slice(content::METHODS);
+        }
+        let headers = tunnel::session_headers(&id, &options.shared_key, &methods);
         let via_control = options.via_control;
         let routes = routes(options, stats.clone());
         let client = client.clone();
@@ -216,16 +226,22 @@ fn routes(
         secrets,
         ssh,
         exports,
+        content_stores,
         docker_config,
         shared_key: _,
         via_control: _,
     } = options;
-    tonic::service::Routes::new(health::service())
+    let routes = tonic::service::Routes::new(health::service())
         .add_service(filesync::service(dirs, stats))
         .add_service(filesend::service(exports))
         .add_service(auth::service(docker_config))
         .add_service(secrets::service(secrets))
-        .add_service(ssh::service(ssh))
+        .add_service(ssh::service(ssh));
+    if content_stores.is_empty() {
+        routes
+    } else {
+        routes.add_service(content::service(content_stores))
+    }
 }
 
 /// A random 25-character base-36 id, like buildkit's session ids.
