@@ -7,6 +7,7 @@
 
 mod build;
 mod cli;
+mod content;
 mod daemon;
 mod fake_kube;
 mod fleet;
