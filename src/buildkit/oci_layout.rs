@@ -352,13 +352,13 @@ impl LayoutStore {
                 path: self.root.clone(),
             });
         }
-        if let Some(expected) = expected {
-            if self.blob_path(expected)?.is_file() {
-                return Err(LayoutError::AlreadyExists {
-                    path: self.root.clone(),
-                    digest: expected.to_owned(),
-                });
-            }
+        if let Some(expected) = expected
+            && self.blob_path(expected)?.is_file()
+        {
+            return Err(LayoutError::AlreadyExists {
+                path: self.root.clone(),
+                digest: expected.to_owned(),
+            });
         }
         let ingest_dir = self.root.join("ingest");
         self.create_dirs(&ingest_dir)?;

@@ -250,12 +250,11 @@ fn local_cache_survives_a_prune_and_layouts_hold_every_blob() {
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .flat_map(|u| u["vertexes"].as_array().cloned().unwrap_or_default())
-            .filter(|v| {
+            .rfind(|v| {
                 v["name"]
                     .as_str()
                     .is_some_and(|n| n.contains("RUN head -c 300000"))
             })
-            .last()
             .unwrap_or_else(|| panic!("no RUN step in {stderr}"));
         assert_eq!(
             run_step["cached"], true,

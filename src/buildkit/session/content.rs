@@ -512,54 +512,17 @@ impl Upload {
             ingest.expected = Some(request.expected.clone());
         }
         let store = self.store.clone();
-        let (ingest, committed) = blocking(move || -> Result<(Option<Ingest>, Option<(String, u64)>), (Option<Ingest>, LayoutError)> {
-            if action == WriteAction::Stat {
-                return Ok((Some(ingest), None));
-            }
-            let offset = non_negative(request.offset);
-            if request.offset == 0 && ingest.offset > 0 {
-                if let Err(e) = ingest.restart() {
-                    return Err((Some(ingest), store.note_failure(e)));
+        let outcome = blocking(move || apply(&store, ingest, action, &request))
+            .await?
+            .map_err(|failed| {
+                let Failed { left, error } = *failed;
+                if let Some(left) = left {
+                    self.store.abort(left);
                 }
-            } else if offset > 0 && offset != ingest.offset {
-                let reason = format!(
-                    "write at offset {offset}, but {} bytes were written",
-                    ingest.offset
-                );
-                return Err((
-                    Some(ingest),
-                    LayoutError::Mismatch {
-                        path: store.root().to_owned(),
-                        reason,
-                    },
-                ));
-            }
-            if !request.data.is_empty()
-                && let Err(e) = ingest.write(&request.data)
-            {
-                return Err((Some(ingest), store.note_failure(e)));
-            }
-            if action == WriteAction::Commit {
-                let total = ingest.total;
-                let written = ingest.offset;
-                let expected = ingest.expected.clone();
-                return store
-                    .commit(ingest, total, expected.as_deref())
-                    .map(|d| (None, Some((d, written))))
-                    .map_err(|e| (None, e));
-            }
-            Ok((Some(ingest), None))
-        })
-        .await?
-        .map_err(|(left, err)| {
-            if let Some(left) = left {
-                self.store.abort(left);
-            }
-            status(err)
-        })?;
-        let now = SystemTime::now();
-        let response = match (&ingest, committed) {
-            (Some(current), _) => WriteContentResponse {
+                status(error)
+            })?;
+        let response = match &outcome {
+            Step::Open(current) => WriteContentResponse {
                 action: action as i32,
                 started_at: Some(timestamp(current.started)),
                 updated_at: Some(timestamp(current.updated)),
@@ -571,20 +534,87 @@ impl Upload {
                     String::new()
                 },
             },
-            (None, committed) => {
+            Step::Committed { digest, size } => {
                 // The writer checks that the committed size is what it sent.
-                let (digest, written) = committed.unwrap_or_default();
-                let written = i64::try_from(written).unwrap_or(i64::MAX);
+                let now = SystemTime::now();
+                let size = i64::try_from(*size).unwrap_or(i64::MAX);
                 WriteContentResponse {
                     action: action as i32,
                     started_at: Some(timestamp(now)),
                     updated_at: Some(timestamp(now)),
-                    offset: written,
-                    total: written,
-                    digest,
+                    offset: size,
+                    total: size,
+                    digest: digest.clone(),
                 }
             }
         };
+        let ingest = match outcome {
+            Step::Open(ingest) => Some(ingest),
+            Step::Committed { .. } => None,
+        };
         Ok((ingest, response))
     }
+}
+
+/// What one write request left behind.
+enum Step {
+    /// The upload goes on.
+    Open(Ingest),
+    /// The blob is stored.
+    Committed {
+        /// Its digest.
+        digest: String,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// A failed write request: the ingest to drop (when it is still ours) and why.
+struct Failed {
+    left: Option<Ingest>,
+    error: LayoutError,
+}
+
+/// Applies one write request to the ingest (blocking file work).
+fn apply(
+    store: &LayoutStore,
+    mut ingest: Ingest,
+    action: WriteAction,
+    request: &WriteContentRequest,
+) -> Result<Step, Box<Failed>> {
+    let fail = |left: Option<Ingest>, error: LayoutError| Box::new(Failed { left, error });
+    if action == WriteAction::Stat {
+        return Ok(Step::Open(ingest));
+    }
+    let offset = non_negative(request.offset);
+    if request.offset == 0 && ingest.offset > 0 {
+        // Offset 0 restarts the upload (containerd's rule).
+        if let Err(e) = ingest.restart() {
+            let e = store.note_failure(e);
+            return Err(fail(Some(ingest), e));
+        }
+    } else if offset > 0 && offset != ingest.offset {
+        let reason = format!(
+            "write at offset {offset}, but {} bytes were written",
+            ingest.offset
+        );
+        let path = store.root().to_owned();
+        return Err(fail(Some(ingest), LayoutError::Mismatch { path, reason }));
+    }
+    if !request.data.is_empty()
+        && let Err(e) = ingest.write(&request.data)
+    {
+        let e = store.note_failure(e);
+        return Err(fail(Some(ingest), e));
+    }
+    if action == WriteAction::Commit {
+        let total = ingest.total;
+        let size = ingest.offset;
+        let expected = ingest.expected.clone();
+        return store
+            .commit(ingest, total, expected.as_deref())
+            .map(|digest| Step::Committed { digest, size })
+            .map_err(|e| fail(None, e));
+    }
+    Ok(Step::Open(ingest))
 }
