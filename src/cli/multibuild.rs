@@ -54,6 +54,10 @@ pub struct MultiArgs {
     /// Export each image to this client and push it from here, rather than from the daemon
     #[arg(long, requires = "repo")]
     pub push_from_client: bool,
+    /// Local build cache per architecture in DIR/ARCH, imported and exported on every build
+    /// (default: "cache_dir" in buildkit.json)
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    pub cache_dir: Option<PathBuf>,
     /// Kubeconfig context of the BuildKit cluster (default: "cluster" in buildkit.json); used
     /// for architectures without --builder when neither --addr nor BUILDKIT_HOST is set
     #[arg(long, value_name = "CONTEXT", requires = "repo")]
@@ -155,6 +159,10 @@ pub async fn run(
             region: region.to_owned(),
         });
     }
+    build.cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| config.as_ref().and_then(BuildkitConfig::local_cache_dir));
     let arch_refs: Vec<&str> = arches.iter().map(String::as_str).collect();
     build.validate(&arch_refs)?;
     build.options.validate()?;
