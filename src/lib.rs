@@ -16,8 +16,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod build;
 pub mod buildkit;
 pub mod config;
 pub mod fleet;
+pub mod multiplatform;
 pub mod registry;

@@ -211,7 +211,7 @@ pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outc
             .map_err(|e| anyhow::anyhow!("cannot write --metadata-file {}: {e}", path.display()))?;
     }
     if let Some(digest) = result.exporter_response.get("containerimage.digest") {
-        println!("{digest}");
+        super::print_line(digest)?;
     }
     Ok(Outcome::Success)
 }

@@ -5,12 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
-    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ScaleUpOptions,
-    TunnelOptions, WaitState,
+    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ReadyProgress,
+    ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
@@ -77,7 +76,7 @@ impl KubeArgs {
 pub struct GetAddressArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     /// Print HOST:PORT without tcp://
     #[arg(long)]
     omit_protocol: bool,
@@ -89,7 +88,7 @@ pub struct GetAddressArgs {
 pub struct RecordBuildArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -98,13 +97,13 @@ pub struct RecordBuildArgs {
 pub struct ScaleUpArgs {
     /// Only this architecture (default: both)
     #[arg(long, value_name = "ARCH")]
-    only: Option<String>,
+    only: Option<Arch>,
     /// Wait until each architecture has an available replica
     #[arg(long)]
     wait: bool,
     /// Seconds to wait in all
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS)]
-    timeout: String,
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    timeout: Duration,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -113,8 +112,8 @@ pub struct ScaleUpArgs {
 pub struct ScaleDownArgs {
     /// Only scale down architectures with no build recorded within this many seconds
     /// (default: scale down regardless)
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<String>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -123,13 +122,13 @@ pub struct ScaleDownArgs {
 pub struct TunnelArgs {
     /// Architecture: amd64 or arm64
     #[arg(long, value_name = "ARCH")]
-    arch: String,
+    arch: Arch,
     /// Local port on 127.0.0.1 (0: pick a free one); the port is printed on stdout
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Seconds to wait for the architecture to scale up
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS)]
-    timeout: String,
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    timeout: Duration,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -143,17 +142,14 @@ pub struct CacheClearArgs {
     kube: KubeArgs,
 }
 
-fn parse_arch(value: &str) -> anyhow::Result<Arch> {
-    Ok(value.parse::<Arch>()?)
-}
-
-fn parse_seconds(flag: &str, value: &str) -> anyhow::Result<Duration> {
+/// A whole number of seconds; clap reports anything else as a usage error (exit 2).
+fn parse_seconds(value: &str) -> Result<Duration, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        anyhow::bail!("invalid {flag} {value:?}: must be a whole number of seconds");
+        return Err(format!("{value:?} must be a whole number of seconds"));
     }
     let secs: u64 = value
         .parse()
-        .with_context(|| format!("invalid {flag} {value:?}: too large"))?;
+        .map_err(|_| format!("{value:?} is too large a number of seconds"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -179,7 +175,7 @@ pub async fn run(command: FleetCommand) -> anyhow::Result<Outcome> {
 }
 
 async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
+    let arch = args.arch;
     let fleet = args.kube.fleet().await?;
     let address = fleet.get_address(arch).await?;
     if let PodMetricsState::Unavailable(why) = &address.metrics {
@@ -198,7 +194,7 @@ async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn record_build(args: RecordBuildArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
+    let arch = args.arch;
     let fleet = args.kube.fleet().await?;
     fleet.record_build(arch).await?;
     eprintln!(
@@ -210,10 +206,10 @@ async fn record_build(args: RecordBuildArgs) -> anyhow::Result<Outcome> {
 
 async fn scale_up(args: ScaleUpArgs) -> anyhow::Result<Outcome> {
     let archs = match &args.only {
-        Some(only) => vec![parse_arch(only)?],
+        Some(only) => vec![*only],
         None => Arch::ALL.to_vec(),
     };
-    let timeout = parse_seconds("--timeout", &args.timeout)?;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
     scale_up_with(&fleet, &archs, args.wait.then_some(timeout)).await?;
     Ok(Outcome::Success)
@@ -227,22 +223,7 @@ async fn scale_up_with(
     let reports = fleet
         .scale_up(archs, &ScaleUpOptions::default(), &|_| {})
         .await?;
-    for r in &reports {
-        if r.scaled {
-            eprintln!(
-                "{}: scaled StatefulSet {} from 0 to 1 replica",
-                r.arch,
-                r.arch.statefulset()
-            );
-        } else {
-            eprintln!(
-                "{}: StatefulSet {} has {} replica(s); left as is",
-                r.arch,
-                r.arch.statefulset(),
-                r.replicas_before
-            );
-        }
-    }
+    reports.iter().for_each(print_scaled);
     if let Some(timeout) = wait {
         let renderer = WaitRenderer::new();
         let result = fleet
@@ -252,6 +233,23 @@ async fn scale_up_with(
         result?;
     }
     Ok(())
+}
+
+fn print_scaled(r: &ScaleUpReport) {
+    if r.scaled {
+        eprintln!(
+            "{}: scaled StatefulSet {} from 0 to 1 replica",
+            r.arch,
+            r.arch.statefulset()
+        );
+    } else {
+        eprintln!(
+            "{}: StatefulSet {} has {} replica(s); left as is",
+            r.arch,
+            r.arch.statefulset(),
+            r.replicas_before
+        );
+    }
 }
 
 /// Shows one line per architecture with the time left, redrawn in place on a terminal and
@@ -313,11 +311,7 @@ impl WaitRenderer {
 }
 
 async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_seconds("--timeout", t))
-        .transpose()?;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
     for report in fleet.scale_down(timeout).await? {
         let last = match (&report.last_build, &report.invalid_annotation) {
@@ -332,15 +326,24 @@ async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
-    let arch = parse_arch(&args.arch)?;
-    let timeout = parse_seconds("--timeout", &args.timeout)?;
+    let arch = args.arch;
+    let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
-    scale_up_with(&fleet, &[arch], Some(timeout)).await?;
     let options = TunnelOptions {
         port: args.port,
+        scale_up_wait: Some(timeout),
         ..Default::default()
     };
-    let mut tunnel = fleet.tunnel(arch, &options).await?;
+    let renderer = WaitRenderer::new();
+    let tunnel = fleet
+        .tunnel(arch, &options, &|progress| match progress {
+            ReadyProgress::Scaled(report) => print_scaled(report),
+            ReadyProgress::Waiting(states) => renderer.render(states),
+            _ => {}
+        })
+        .await;
+    renderer.finish();
+    let mut tunnel = tunnel?;
     let port = tunnel.local_addr().port();
     // The port on stdout is the "ready" signal for scripts: it is printed once the listener
     // is bound and the port-forward permission is confirmed.

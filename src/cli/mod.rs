@@ -11,6 +11,7 @@ mod daemon;
 mod fleet;
 mod manifest;
 mod multibuild;
+mod prefix;
 mod units;
 
 /// How a command ended, for the exit code.
@@ -126,15 +127,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Fleet(command) => fleet::run(command).await,
         Command::Manifest(args) => manifest::run(args).await,
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "pf-buildkit",
-                &mut std::io::stdout(),
-            );
+            // Generated into memory: clap_complete panics when its writer fails, and a closed
+            // stdout must end quietly like every other result.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pf-buildkit", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
             Ok(Outcome::Success)
         }
     }
+}
+
+/// Writes one line of a result to stdout. Unlike `println!`, a closed stdout (`… | true`)
+/// is an error the caller returns, and `main` ends quietly on it rather than panicking.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 /// One line for an error: the message and its causes, each said once.

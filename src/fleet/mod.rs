@@ -35,7 +35,10 @@ pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use portforward::{ConnectError, PodDialer, PortForwardStream, connect};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
-pub use tunnel::{Lease, LeaseOptions, RECORD_INTERVAL, Tunnel, TunnelOptions};
+pub use tunnel::{
+    DEFAULT_SCALE_UP_WAIT, Lease, LeaseOptions, RECORD_INTERVAL, ReadyProgress, Tunnel,
+    TunnelOptions,
+};
 
 /// The namespace the fleet runs in.
 pub const NAMESPACE: &str = "buildkit";

@@ -11,7 +11,7 @@ use super::address::PodAddress;
 use super::error::{Error, Result};
 use super::kube_client::Fleet;
 use super::portforward::PodDialer;
-use super::scale::ScaleUpOptions;
+use super::scale::{ScaleUpOptions, ScaleUpReport, WaitState};
 use super::{Arch, PORT};
 use crate::buildkit::Client;
 
@@ -24,6 +24,8 @@ pub const RECORD_INTERVAL: Duration = Duration::from_secs(180);
 pub struct TunnelOptions {
     /// Local port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// Scale up and wait at most this long for a replica; `None` uses running pods only.
+    pub scale_up_wait: Option<Duration>,
     /// How often to record a build while the tunnel is open.
     pub record_interval: Duration,
 }
@@ -32,9 +34,25 @@ impl Default for TunnelOptions {
     fn default() -> Self {
         TunnelOptions {
             port: 0,
+            scale_up_wait: Some(DEFAULT_SCALE_UP_WAIT),
             record_interval: RECORD_INTERVAL,
         }
     }
+}
+
+/// How long a tunnel or lease waits for its architecture to scale up unless told otherwise
+/// (Panfactum's 600 s).
+pub const DEFAULT_SCALE_UP_WAIT: Duration = Duration::from_secs(600);
+
+/// What happens while [`Fleet::tunnel`] or [`Fleet::lease`] makes a pod ready, for a caller
+/// that shows it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum ReadyProgress<'a> {
+    /// The StatefulSet was looked at and scaled from 0 to 1 if it had no replica.
+    Scaled(&'a ScaleUpReport),
+    /// A look at the replicas while waiting for one to become available.
+    Waiting(&'a [WaitState]),
 }
 
 /// An open tunnel: a listener on 127.0.0.1 relaying to one pod. Dropping it (or
@@ -101,7 +119,7 @@ pub struct LeaseOptions {
 impl Default for LeaseOptions {
     fn default() -> Self {
         LeaseOptions {
-            scale_up_wait: Some(Duration::from_secs(600)),
+            scale_up_wait: Some(DEFAULT_SCALE_UP_WAIT),
             record_interval: RECORD_INTERVAL,
         }
     }
@@ -145,17 +163,51 @@ impl Fleet {
         })
     }
 
-    /// Chooses a pod of `arch` ([`Fleet::get_address`]), records a build, checks that a
-    /// port-forward to it is allowed, then listens on 127.0.0.1 and relays each accepted
-    /// connection over a new port-forward to the pod's BuildKit port. Builds are recorded
-    /// periodically while the tunnel is open. It does not scale up; call
-    /// [`Fleet::scale_up`] first.
+    /// The one path to a pod a tunnel or lease uses: with `wait`, scale `arch` from 0 to 1 and
+    /// wait for an available replica (which records a build); without, record a build. Then
+    /// choose its least-loaded pod.
+    async fn ready_pod(
+        &self,
+        arch: Arch,
+        wait: Option<Duration>,
+        progress: &(dyn Fn(ReadyProgress<'_>) + Send + Sync),
+    ) -> Result<PodAddress> {
+        match wait {
+            Some(timeout) => {
+                let reports = self
+                    .scale_up(&[arch], &ScaleUpOptions::default(), &|_| {})
+                    .await?;
+                for report in &reports {
+                    progress(ReadyProgress::Scaled(report));
+                }
+                self.wait_available(&[arch], timeout, &|states| {
+                    progress(ReadyProgress::Waiting(states));
+                })
+                .await?;
+            }
+            None => self.record_build(arch).await?,
+        }
+        self.get_address(arch).await
+    }
+
+    /// Makes a pod of `arch` ready (scaling up per [`TunnelOptions::scale_up_wait`]), checks
+    /// that a port-forward to it is allowed, then listens on 127.0.0.1 and relays each
+    /// accepted connection over a new port-forward to the pod's BuildKit port. Builds are
+    /// recorded periodically while the tunnel is open. `progress` sees the scale-up.
     ///
     /// # Errors
-    /// Errors of [`Fleet::get_address`] and [`Fleet::record_build`]; [`Error::Forbidden`]
-    /// when port-forwarding is not allowed; [`Error::Bind`] when the port is taken.
-    pub async fn tunnel(&self, arch: Arch, options: &TunnelOptions) -> Result<Tunnel> {
-        let pod = self.get_address(arch).await?;
+    /// Errors of [`Fleet::scale_up`], [`Fleet::wait_available`], [`Fleet::get_address`] and
+    /// [`Fleet::record_build`]; [`Error::Forbidden`] when port-forwarding is not allowed;
+    /// [`Error::Bind`] when the port is taken.
+    pub async fn tunnel(
+        &self,
+        arch: Arch,
+        options: &TunnelOptions,
+        progress: &(dyn Fn(ReadyProgress<'_>) + Send + Sync),
+    ) -> Result<Tunnel> {
+        let pod = self
+            .ready_pod(arch, options.scale_up_wait, progress)
+            .await?;
         let dialer = PodDialer::new(self, pod.pod.clone(), PORT);
         // Fail now, not on the first client connection, when RBAC, the pod or its BuildKit
         // says no.
@@ -170,7 +222,6 @@ impl Fleet {
         let local_addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        self.record_build(arch).await?;
         let recorder = self.spawn_recorder(arch, options.record_interval);
         let accept = tokio::spawn(accept_loop(listener, dialer));
         Ok(Tunnel {
@@ -181,23 +232,22 @@ impl Fleet {
         })
     }
 
-    /// Scales `arch` up if needed (waiting per `options`), chooses its least-loaded pod and
-    /// connects a BuildKit client to it; the returned lease keeps recording builds until
-    /// dropped. This is what a cluster build uses for each architecture.
+    /// Makes a pod of `arch` ready the same way as [`Fleet::tunnel`] and connects a BuildKit
+    /// client to it; the returned lease keeps recording builds until dropped. This is what a
+    /// cluster build uses for each architecture.
     ///
     /// # Errors
-    /// Errors of [`Fleet::scale_up`], [`Fleet::get_address`], and [`Error::Buildkit`] when the
-    /// pod's BuildKit cannot be reached.
-    pub async fn lease(&self, arch: Arch, options: &LeaseOptions) -> Result<Lease> {
-        let scale = ScaleUpOptions {
-            wait: options.scale_up_wait,
-        };
-        if options.scale_up_wait.is_some() {
-            self.scale_up(&[arch], &scale, &|_| {}).await?;
-        } else {
-            self.record_build(arch).await?;
-        }
-        let pod = self.get_address(arch).await?;
+    /// Errors of [`Fleet::scale_up`], [`Fleet::wait_available`], [`Fleet::get_address`], and
+    /// [`Error::Buildkit`] when the pod's BuildKit cannot be reached.
+    pub async fn lease(
+        &self,
+        arch: Arch,
+        options: &LeaseOptions,
+        progress: &(dyn Fn(ReadyProgress<'_>) + Send + Sync),
+    ) -> Result<Lease> {
+        let pod = self
+            .ready_pod(arch, options.scale_up_wait, progress)
+            .await?;
         let client = self.pod_client(&pod.pod, Some(&pod.ip)).await?;
         let recorder = AbortOnDrop(self.spawn_recorder(arch, options.record_interval));
         Ok(Lease {

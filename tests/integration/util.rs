@@ -78,3 +78,11 @@ pub fn cache_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Checks that `out` is a usage error (exit 2, as clap reports one) and returns its stderr.
+pub fn assert_usage_error(out: &Output) -> String {
+    let text = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {text}");
+    assert!(text.starts_with("error: "), "{text}");
+    text
+}

@@ -1,4 +1,4 @@
-//! Line-prefixed output, so concurrent architectures can share stderr legibly
+//! Line-prefixed progress output, so concurrent architectures can share stderr legibly
 //! (`amd64: #5 DONE 0.3s`).
 
 use std::io::{self, Write};

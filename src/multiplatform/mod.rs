@@ -2,8 +2,32 @@
 //! and all at once, each image pushed as `REGISTRY/REPO:TAG-ARCH`; then one image index
 //! `REGISTRY/REPO:TAG` pushed through the registry API. If any architecture fails, the others
 //! are cancelled and no index is pushed.
+//!
+//! It owns the whole job an embedding build system needs: [`BuildRequest`] resolves the
+//! registry, architectures, S3 cache and builders from the request plus `buildkit.json`
+//! ([`plan`]), leases cluster builders from the [`fleet`](crate::fleet) and releases them
+//! ([`Builders`]), and [`Metadata`] is the record of what was pushed.
+//!
+//! Border: this module sits above `config`, `fleet`, `buildkit` and `registry` and may use all
+//! of them; nothing in the library imports it. It prints nothing: what a user should see
+//! arrives as [`Event`]s and progress sinks.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pf_buildkit::multiplatform::Error> {
+//! use pf_buildkit::buildkit::BuildOptions;
+//! use pf_buildkit::buildkit::progress::QuietProgress;
+//! use pf_buildkit::multiplatform::BuildRequest;
+//!
+//! // Registry and cluster from the repository's buildkit.json; amd64 and arm64 on the fleet.
+//! let request = BuildRequest::new(BuildOptions::new("./app"), "team/app", "v1.2.3");
+//! let plan = request.plan_in(std::path::Path::new("."))?;
+//! let result = plan.run(&|_event| {}, &|_arch: &str| Box::new(QuietProgress)).await?;
+//! println!("{}", result.index.digest);
+//! # Ok(()) }
+//! ```
 
-mod prefix;
+mod metadata;
+pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +39,8 @@ use crate::buildkit::spec::{CacheSpec, OutputSpec};
 use crate::buildkit::{BuildError, BuildOptions, Client};
 use crate::registry::{self, Platform, PushedIndex, Source};
 
-pub use prefix::PrefixedLines;
+pub use metadata::{ImageRecord, IndexRecord, Metadata};
+pub use plan::{BuildRequest, Builders, Event, Placement, Plan};
 
 /// The architectures a Panfactum fleet builds, in order.
 pub const DEFAULT_ARCHES: [&str; 2] = ["amd64", "arm64"];
@@ -54,11 +79,12 @@ pub struct S3Cache {
     pub region: String,
 }
 
-/// A multi-platform build.
+/// A multi-platform build on builders the caller has connected (see [`BuildRequest`] for the
+/// build that connects its own).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use pf_buildkit::build::{Builder, MultiPlatformBuild};
+/// use pf_buildkit::multiplatform::{Builder, MultiPlatformBuild};
 /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
 /// use pf_buildkit::buildkit::progress::QuietProgress;
 ///
@@ -123,12 +149,83 @@ pub struct MultiPlatformResult {
     pub images: BTreeMap<String, ArchImage>,
 }
 
+impl From<registry::Error> for Error {
+    fn from(err: registry::Error) -> Self {
+        Error::Registry(Box::new(err))
+    }
+}
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(err: crate::config::ConfigError) -> Self {
+        Error::Config(Box::new(err))
+    }
+}
+
 /// Why a multi-platform build failed. Nothing is pushed as the index in every case.
 #[derive(Debug, thiserror::Error)]
-pub enum MultiBuildError {
+pub enum Error {
     /// The request is unusable; nothing was built.
     #[error("{0}")]
     Invalid(String),
+    /// The build options are unusable (a missing context, an unreadable secret …).
+    #[error(transparent)]
+    Options(Box<BuildError>),
+    /// `buildkit.json` is needed and cannot be used.
+    #[error(transparent)]
+    Config(#[from] Box<crate::config::ConfigError>),
+    /// Docker's credential configuration cannot be read.
+    #[error(transparent)]
+    Credentials(#[from] registry::credentials::CredentialsError),
+    /// No registry was given and no `buildkit.json` names one.
+    #[error("no registry: none was given and there is no buildkit.json to name one")]
+    NoRegistry,
+    /// A builder was given for an architecture that is not built.
+    #[error("a builder is given for {arch}, which is not among the architectures built")]
+    UnusedBuilder {
+        /// The architecture.
+        arch: String,
+    },
+    /// An architecture has no builder: none given, no shared or fallback endpoint, no cluster.
+    #[error("no BuildKit for {arch}: no builder, endpoint or cluster is given for it")]
+    NoBuilder {
+        /// The architecture.
+        arch: String,
+    },
+    /// An architecture would build on the fleet, which has only amd64 and arm64.
+    #[error("{arch} cannot build on the cluster {context}: its fleet has only amd64 and arm64")]
+    NotInFleet {
+        /// The architecture.
+        arch: String,
+        /// The kubeconfig context.
+        context: String,
+    },
+    /// An architecture's builder cannot be reached.
+    #[error("{arch}")]
+    Connect {
+        /// The architecture.
+        arch: String,
+        /// Why.
+        #[source]
+        source: Box<crate::fleet::ConnectError>,
+    },
+    /// The fleet's cluster cannot be used (kubeconfig, context, credentials).
+    #[error("cluster {context}")]
+    Fleet {
+        /// The kubeconfig context.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<crate::fleet::Error>,
+    },
+    /// No pod of the fleet could be leased for an architecture.
+    #[error("{arch}")]
+    Lease {
+        /// The architecture.
+        arch: String,
+        /// Why.
+        #[source]
+        source: Box<crate::fleet::Error>,
+    },
     /// One architecture failed; the others were cancelled.
     #[error("{arch} (on {builder}): {source}")]
     Arch {
@@ -140,6 +237,15 @@ pub enum MultiBuildError {
         #[source]
         source: Box<BuildError>,
     },
+    /// The scratch directory of a client-side push cannot be created.
+    #[error("{arch}: cannot create a scratch directory for the client-side push")]
+    Scratch {
+        /// The architecture.
+        arch: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An architecture's build produced no image digest.
     #[error("{arch}: the daemon reported no image digest for {reference}")]
     NoDigest {
@@ -150,7 +256,16 @@ pub enum MultiBuildError {
     },
     /// A client-side push or the index push failed.
     #[error(transparent)]
-    Registry(#[from] registry::Error),
+    Registry(#[from] Box<registry::Error>),
+    /// The metadata record cannot be written.
+    #[error("cannot write the metadata file {path}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl MultiPlatformBuild {
@@ -188,9 +303,9 @@ impl MultiPlatformBuild {
     /// Checks the references and architectures before anything is built.
     ///
     /// # Errors
-    /// [`MultiBuildError::Invalid`] naming the problem.
-    pub fn validate(&self, arches: &[&str]) -> Result<(), MultiBuildError> {
-        let invalid = |m: String| Err(MultiBuildError::Invalid(m));
+    /// [`Error::Invalid`] naming the problem.
+    pub fn validate(&self, arches: &[&str]) -> Result<(), Error> {
+        let invalid = |m: String| Err(Error::Invalid(m));
         if arches.is_empty() {
             return invalid("no architectures to build".into());
         }
@@ -211,19 +326,19 @@ impl MultiPlatformBuild {
         }
         if self.registry.is_empty() || self.registry.contains('/') {
             return invalid(format!(
-                "--registry {:?} must be a host[:port] without a path",
+                "registry {:?} must be a host[:port] without a path",
                 self.registry
             ));
         }
         if !registry::valid_repository(&self.repository) {
             return invalid(format!(
-                "--repo {:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app",
+                "repository {:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app",
                 self.repository
             ));
         }
         if !registry::valid_tag(&self.tag) {
             return invalid(format!(
-                "--tag {:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+                "tag {:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
                 self.tag
             ));
         }
@@ -249,20 +364,20 @@ impl MultiPlatformBuild {
     /// build still running.
     ///
     /// # Errors
-    /// [`MultiBuildError::Arch`] naming the first architecture that failed (the others are
-    /// cancelled); [`MultiBuildError::Registry`] when a push fails. No index is pushed unless
+    /// [`Error::Arch`] naming the first architecture that failed (the others are
+    /// cancelled); [`Error::Registry`] when a push fails. No index is pushed unless
     /// every architecture succeeded.
     #[tracing::instrument(skip_all, fields(target = %self.index_reference()))]
     pub async fn run(
         &self,
         builders: &[Builder],
         progress: &(dyn Fn(&str) -> Box<dyn ProgressSink> + Sync),
-    ) -> Result<MultiPlatformResult, MultiBuildError> {
+    ) -> Result<MultiPlatformResult, Error> {
         let arches: Vec<&str> = builders.iter().map(|b| b.arch.as_str()).collect();
         self.validate(&arches)?;
         self.options
             .validate()
-            .map_err(|e| MultiBuildError::Invalid(e.to_string()))?;
+            .map_err(|e| Error::Options(Box::new(e)))?;
         let registry = self.registry_client()?;
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
@@ -270,7 +385,7 @@ impl MultiPlatformBuild {
             let registry = &registry;
             async move {
                 let image = self.build_arch(builder, registry, sink.as_mut()).await?;
-                Ok::<_, MultiBuildError>((builder.arch.clone(), image))
+                Ok::<_, Error>((builder.arch.clone(), image))
             }
         }))
         .await?;
@@ -347,10 +462,10 @@ impl MultiPlatformBuild {
         builder: &Builder,
         registry: &registry::Client,
         progress: &mut dyn ProgressSink,
-    ) -> Result<ArchImage, MultiBuildError> {
+    ) -> Result<ArchImage, Error> {
         let arch = builder.arch.as_str();
         let reference = self.arch_reference(arch);
-        let fail = |source: BuildError| MultiBuildError::Arch {
+        let fail = |source: BuildError| Error::Arch {
             arch: arch.to_owned(),
             builder: builder.client.endpoint().to_owned(),
             source: Box::new(source),
@@ -378,7 +493,7 @@ impl MultiPlatformBuild {
                         .exporter_response
                         .get("containerimage.digest")
                         .cloned()
-                        .ok_or_else(|| MultiBuildError::NoDigest {
+                        .ok_or_else(|| Error::NoDigest {
                             arch: arch.to_owned(),
                             reference: reference.clone(),
                         })?;
@@ -401,10 +516,9 @@ impl MultiPlatformBuild {
                 .tempdir_in(dir),
             None => tempfile::Builder::new().prefix("pf-buildkit-").tempdir(),
         }
-        .map_err(|e| {
-            fail(BuildError::Invalid(format!(
-                "cannot create a scratch directory: {e}"
-            )))
+        .map_err(|source| Error::Scratch {
+            arch: arch.to_owned(),
+            source,
         })?;
         let tar = scratch.path().join(format!("{arch}.oci.tar"));
         let output = OutputSpec {
@@ -480,10 +594,10 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         }
         for (repository, tag, flag) in [
-            ("Team/App", "v1", "--repo"),
-            ("team/a..b", "v1", "--repo"),
-            ("team/app", "-v1", "--tag"),
-            ("team/app", "v1:2", "--tag"),
+            ("Team/App", "v1", "repository \"Team/App\""),
+            ("team/a..b", "v1", "repository \"team/a..b\""),
+            ("team/app", "-v1", "tag \"-v1\""),
+            ("team/app", "v1:2", "tag \"v1:2\""),
         ] {
             let mut bad = build();
             bad.repository = repository.into();
