@@ -323,6 +323,11 @@ pub enum BuildError {
     /// The options are unusable; nothing was sent.
     #[error("{0}")]
     Invalid(String),
+    /// A client-side content store (an OCI layout directory: local cache or layout output)
+    /// could not be written; the message names the path. What the build had written there
+    /// was taken back.
+    #[error("{0}")]
+    Store(String),
     /// The Docker configuration could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -441,7 +446,7 @@ impl Client {
                         ..Default::default()
                     };
                     progress.finish(&transfer, Some(&report));
-                    return Err(BuildError::Invalid(failure));
+                    return Err(BuildError::Store(failure));
                 }
                 let mut report = failure_report(&status);
                 if let Some(reason) = session_failure {
