@@ -1,5 +1,7 @@
 //! Panfactum's client configuration: the repository root, its `buildkit_dir`, and the
 //! `buildkit.json` there (registry, cluster, cache bucket).
+//!
+//! Border: plain data read from files; it imports no other module of this crate.
 
 use std::path::{Path, PathBuf};
 

@@ -85,8 +85,11 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(300))
             .keep_alive_timeout(Duration::from_secs(20))
             .http2_adaptive_window(true);
+        // One deadline for the connection and the probe together: "fails within
+        // CONNECT_TIMEOUT" holds even when the connection takes most of it.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let channel = builder.connect_with_connector(connector);
-        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, channel).await {
+        let channel = match tokio::time::timeout_at(deadline, channel).await {
             Err(_) => {
                 return Err(Error::ConnectTimeout {
                     endpoint,
@@ -106,33 +109,27 @@ impl Client {
             dialer,
             endpoint,
         };
-        client.probe().await?;
+        client.probe(deadline).await?;
         Ok(client)
     }
 
-    /// Checks that the peer answers gRPC at all, within [`CONNECT_TIMEOUT`]: a TCP connection
-    /// can succeed to a peer that never speaks, and every later call would then hang.
-    async fn probe(&self) -> Result<()> {
+    /// Checks that the peer answers gRPC at all, by `deadline`: a TCP connection can succeed
+    /// to a peer that never speaks, and every later call would then hang.
+    async fn probe(&self, deadline: tokio::time::Instant) -> Result<()> {
         let mut control = self.control();
         let call = control.info(InfoRequest {});
-        match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+        match tokio::time::timeout_at(deadline, call).await {
             Err(_) => Err(Error::ConnectTimeout {
                 endpoint: self.endpoint.clone(),
                 seconds: CONNECT_TIMEOUT.as_secs(),
             }),
             // Daemons older than v0.11 have no Info; they are still BuildKit.
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(()),
-            Ok(Err(status)) => {
-                let mut error = Error::rpc(&self.endpoint, "connect", status);
-                if let (Error::Rpc { message, .. }, Some(hint)) =
-                    (&mut error, self.dialer.hint_on_close())
-                    && message.contains("closed")
-                {
-                    message.push_str("; ");
-                    message.push_str(hint);
-                }
-                Err(error)
-            }
+            Ok(Err(status)) => Err(Error::probe(
+                &self.endpoint,
+                status,
+                self.dialer.hint_on_close(),
+            )),
             Ok(Ok(_)) => Ok(()),
         }
     }

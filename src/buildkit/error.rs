@@ -57,6 +57,40 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The connect probe (the first call on a new connection) failed. Only a peer that never
+    /// answered HTTP/2 and gRPC at all is called "not BuildKit".
+    pub(crate) fn probe(endpoint: &str, status: tonic::Status, hint: Option<&str>) -> Self {
+        let message = match classify(&status) {
+            Cause::Protocol(detail) => {
+                format!("the peer did not answer as a gRPC server: this is not BuildKit ({detail})")
+            }
+            Cause::GoAway {
+                remote: false,
+                code,
+                ..
+            } => format!(
+                "the peer did not answer as an HTTP/2 gRPC server (our HTTP/2 layer saw {code}): this is not BuildKit"
+            ),
+            Cause::Closed(detail) => {
+                let mut message = format!(
+                    "the peer closed the connection without answering as a gRPC server: this is not BuildKit, or it refused us ({detail})"
+                );
+                if let Some(hint) = hint {
+                    message.push_str("; ");
+                    message.push_str(hint);
+                }
+                message
+            }
+            _ => describe_status(&status),
+        };
+        Error::Rpc {
+            endpoint: endpoint.to_owned(),
+            call: "connect",
+            message,
+            status: Box::new(status),
+        }
+    }
+
     /// Wraps a failed call with words that say what most likely happened.
     pub(crate) fn rpc(endpoint: &str, call: &'static str, status: tonic::Status) -> Self {
         let message = describe_status(&status);
@@ -69,72 +103,264 @@ impl Error {
     }
 }
 
-/// Turns a gRPC status into a message a user can act on.
+/// Turns a gRPC status into a message a user can act on. A status the daemon sent keeps its
+/// text as is; a status tonic made from a local failure (it then has a `source()`) says what
+/// the connection did, read from the typed errors under it.
 pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    tracing::debug!(?status, "call failed");
     let raw = status.message().trim();
-    let chain = source_chain(status);
-    tracing::debug!(?status, %chain, "call failed");
-    if let Some(at) = chain.find("fatal alert") {
-        // TLS 1.3 servers reject a missing or unknown client certificate after the handshake,
-        // so it shows on the first call rather than while connecting.
-        let alert = chain[at..].split(':').nth(1).map_or("", str::trim);
-        return format!(
-            "TLS: the daemon rejected the connection (alert {alert}); does it need a client certificate (--tlscert, --tlskey)?"
-        );
-    }
     match status.code() {
-        tonic::Code::Unimplemented => format!(
+        // The peer's gRPC server has no such method: the daemon's own answer, with a hint.
+        tonic::Code::Unimplemented if std::error::Error::source(status).is_none() => format!(
             "the peer does not implement this call: it is not BuildKit, or a BuildKit too old ({raw})"
         ),
-        tonic::Code::Unavailable
-        | tonic::Code::Unknown
-        | tonic::Code::Internal
-        | tonic::Code::Cancelled
-            if looks_like_transport(&chain) || looks_like_transport(raw) =>
-        {
-            if chain.contains("connection reset")
-                || chain.contains("broken pipe")
-                || chain.contains("connection closed")
-                || chain.contains("unexpected end")
-                || chain.contains("operation was canceled")
-            {
-                "the connection closed before the call finished (the daemon went away, or this is not BuildKit)".to_owned()
+        _ => match classify(status) {
+            Cause::Daemon if raw.is_empty() => format!("{:?}", status.code()),
+            Cause::Daemon => raw.to_owned(),
+            cause => cause.to_string(),
+        },
+    }
+}
+
+/// What ended a call, told by the gRPC status and the typed errors found by walking its
+/// `source()` chain, never by searching the text (the daemon's own message may say anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The daemon answered with a gRPC status: its message is the whole story.
+    Daemon,
+    /// An HTTP/2 GOAWAY ended the connection.
+    GoAway {
+        /// The daemon sent it (else our HTTP/2 layer did).
+        remote: bool,
+        /// The error code, e.g. `ENHANCE_YOUR_CALM`.
+        code: String,
+        /// The GOAWAY's debug text, if any.
+        debug: String,
+    },
+    /// An HTTP/2 RST_STREAM ended the call's stream.
+    Reset {
+        /// The daemon sent it (else our HTTP/2 layer did).
+        remote: bool,
+        /// The error code.
+        code: String,
+    },
+    /// The connection closed under the call (EOF, reset, broken pipe): the daemon went away.
+    Closed(String),
+    /// A TLS alert or failure.
+    Tls(String),
+    /// Any other local failure of the HTTP/2 connection: the peer broke the protocol.
+    Protocol(String),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |remote: bool| {
+            if remote {
+                "the daemon"
             } else {
-                format!(
-                    "the peer did not answer as a gRPC server: this is not BuildKit ({})",
-                    first_non_empty(raw, &chain)
+                "our HTTP/2 layer"
+            }
+        };
+        match self {
+            Cause::Daemon => f.write_str("the daemon answered with an error"),
+            Cause::GoAway {
+                remote,
+                code,
+                debug,
+            } => {
+                write!(
+                    f,
+                    "{} closed the connection (HTTP/2 GOAWAY {code}",
+                    side(*remote)
+                )?;
+                if !debug.is_empty() {
+                    write!(f, ", {debug:?}")?;
+                }
+                f.write_str(")")
+            }
+            Cause::Reset { remote, code } => {
+                write!(
+                    f,
+                    "{} reset the call's stream (HTTP/2 RST_STREAM {code})",
+                    side(*remote)
                 )
             }
+            Cause::Closed(detail) => write!(
+                f,
+                "the daemon went away: the connection closed before the call finished ({detail})"
+            ),
+            Cause::Tls(detail) => f.write_str(detail),
+            Cause::Protocol(detail) => write!(f, "the HTTP/2 connection failed ({detail})"),
         }
-        _ if raw.is_empty() => format!("{:?}", status.code()),
-        _ => raw.to_owned(),
     }
 }
 
-fn first_non_empty<'a>(a: &'a str, b: &'a str) -> &'a str {
-    if a.is_empty() { b } else { a }
+/// Reads what ended a call from `status` (see [`Cause`]).
+pub(crate) fn classify(status: &tonic::Status) -> Cause {
+    match std::error::Error::source(status) {
+        // tonic sets a source only when it made the status from a local error; a status
+        // the daemon sent has none.
+        None => Cause::Daemon,
+        Some(source) => classify_error(source),
+    }
 }
 
-fn looks_like_transport(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("transport")
-        || t.contains("connection")
-        || t.contains("h2 protocol")
-        || t.contains("frame")
-        || t.contains("broken pipe")
-        || t.contains("http2")
-        || t.contains("unexpected end")
-}
-
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut next = err.source();
+/// Reads what ended a connection or call from a local error and everything under it.
+pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
+    // hyper saying the connection closed, in case nothing under it says more.
+    let mut closed = None;
+    let mut next = Some(err);
     while let Some(e) = next {
-        if !out.is_empty() {
-            out.push_str(": ");
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if let Some(cause) = from_h2(h2) {
+                return cause;
+            }
+        } else if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            if hyper.is_closed() || hyper.is_incomplete_message() || hyper.is_canceled() {
+                closed.get_or_insert_with(|| hyper.to_string());
+            }
+        } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(cause) = from_io(io) {
+                return cause;
+            }
+        } else if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Cause::Tls(tls_message(tls));
         }
-        out.push_str(&e.to_string());
         next = e.source();
     }
-    out.to_ascii_lowercase()
+    match closed {
+        Some(detail) => Cause::Closed(detail),
+        None => Cause::Protocol(chain_text(err)),
+    }
+}
+
+fn from_io(io: &std::io::Error) -> Option<Cause> {
+    // io::Error's source() skips the error it wraps: look at that one first.
+    if let Some(inner) = io.get_ref() {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(Cause::Tls(tls_message(tls)));
+        }
+        let cause = classify_error(inner);
+        if !matches!(cause, Cause::Protocol(_)) {
+            return Some(cause);
+        }
+    }
+    is_closed_kind(io.kind()).then(|| Cause::Closed(io.to_string()))
+}
+
+fn from_h2(err: &h2::Error) -> Option<Cause> {
+    if let Some(io) = err.get_io() {
+        return from_io(io);
+    }
+    let code = format!("{:?}", err.reason()?);
+    if err.is_go_away() {
+        Some(Cause::GoAway {
+            remote: err.is_remote(),
+            code,
+            debug: goaway_debug(&err.to_string()),
+        })
+    } else if err.is_reset() {
+        Some(Cause::Reset {
+            remote: err.is_remote(),
+            code,
+        })
+    } else {
+        None
+    }
+}
+
+/// The GOAWAY debug data out of h2's rendering of the error, `… (b"text")`: h2 keeps the
+/// bytes but has no accessor for them.
+fn goaway_debug(rendered: &str) -> String {
+    rendered
+        .rfind("(b\"")
+        .and_then(|at| rendered[at + 3..].strip_suffix("\")"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn is_closed_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+    )
+}
+
+fn tls_message(err: &rustls::Error) -> String {
+    match err {
+        // TLS 1.3 servers reject a missing or unknown client certificate after the handshake,
+        // so it shows on the first call rather than while connecting.
+        rustls::Error::AlertReceived(alert) => format!(
+            "TLS: the daemon rejected the connection (alert {alert:?}); does it need a client certificate (--tlscert, --tlskey)?"
+        ),
+        other => format!("TLS: {other}"),
+    }
+}
+
+fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_status_keeps_its_text_whatever_words_it_uses() {
+        // The daemon's own error for `COPY connection.py /app/` with the file missing: words
+        // like "connection" and "frame" must not turn it into a transport error.
+        let text = "failed to compute cache key: \"/connection.py\": not found (frame 3)";
+        for code in [
+            tonic::Code::Unknown,
+            tonic::Code::Unavailable,
+            tonic::Code::Internal,
+        ] {
+            let status = tonic::Status::new(code, text);
+            assert_eq!(classify(&status), Cause::Daemon);
+            assert_eq!(describe_status(&status), text);
+        }
+    }
+
+    #[test]
+    fn goaway_names_the_side_the_code_and_the_debug_text() {
+        let cause = Cause::GoAway {
+            remote: false,
+            code: "ENHANCE_YOUR_CALM".into(),
+            debug: "too_many_data_frames".into(),
+        };
+        assert_eq!(
+            cause.to_string(),
+            "our HTTP/2 layer closed the connection (HTTP/2 GOAWAY ENHANCE_YOUR_CALM, \"too_many_data_frames\")"
+        );
+        assert_eq!(
+            goaway_debug(
+                "connection error detected: enhance your calm (b\"too_many_data_frames\")"
+            ),
+            "too_many_data_frames"
+        );
+        assert_eq!(
+            goaway_debug("connection error received: not a result of an error"),
+            ""
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_under_a_status_is_the_daemon_going_away() {
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
+        let status = tonic::Status::from_error(Box::new(io));
+        let cause = classify(&status);
+        assert!(matches!(cause, Cause::Closed(_)), "{cause:?}");
+        assert!(describe_status(&status).starts_with("the daemon went away"));
+    }
 }

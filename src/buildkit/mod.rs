@@ -1,5 +1,10 @@
 //! The BuildKit client: addresses, transports, the Control API and (in submodules) sessions,
 //! solves and progress. Knows nothing of Kubernetes: a port-forward arrives as a [`Dialer`].
+//!
+//! Border: owns the BuildKit wire protocol and connections to daemons. It may use
+//! [`crate::registry`] (credentials for the session's auth callback) and must not import
+//! `fleet`, `multiplatform`, `config` or the `kube` crates (`tests/integration/borders.rs`
+//! checks this).
 
 mod client;
 pub mod endpoint;
@@ -18,7 +23,7 @@ pub use client::{
     CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
     Worker, format_platform,
 };
-pub use endpoint::{DockerHost, Endpoint, KubePod, ParseEndpointError};
+pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, KubePod, ParseEndpointError};
 pub use error::{Error, Result};
 pub use solve::{
     BuildError, BuildOptions, BuildResult, failure_report, write_file_atomically,

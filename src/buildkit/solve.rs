@@ -477,11 +477,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A Solve that ended because of the connection (or a peer without Solve), not because the
+/// build failed: told by the status's typed source, never by its text.
 fn is_transport_failure(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unimplemented
-    )
+    status.code() == tonic::Code::Unimplemented
+        || !matches!(super::error::classify(status), super::error::Cause::Daemon)
 }
 
 /// `google.rpc.Status`, which BuildKit puts in `grpc-status-details-bin`.

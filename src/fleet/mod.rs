@@ -7,6 +7,10 @@
 //! [`CONTAINER`], port [`PORT`], and the annotation [`LAST_BUILD_ANNOTATION`] holding the epoch
 //! seconds of the last build as a decimal string.
 //!
+//! Border: owns everything Kubernetes. It may use [`crate::buildkit`] (it hands BuildKit
+//! connections up as dialers) and must not import `multiplatform` or `config`
+//! (`tests/integration/borders.rs` checks this).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::fleet::Error> {
 //! use pf_buildkit::fleet::{Arch, Fleet};
@@ -44,8 +48,9 @@ pub use tunnel::{
 pub const NAMESPACE: &str = "buildkit";
 /// The BuildKit container of each pod.
 pub const CONTAINER: &str = "buildkitd";
-/// The TCP port buildkitd listens on in each pod.
-pub const PORT: u16 = 1234;
+/// The TCP port buildkitd listens on in each pod: BuildKit's conventional port, defined once
+/// in [`crate::buildkit`].
+pub const PORT: u16 = crate::buildkit::DEFAULT_BUILDKIT_PORT;
 /// The StatefulSet annotation holding the epoch seconds of the last build.
 pub const LAST_BUILD_ANNOTATION: &str = "panfactum.com/last-build";
 

@@ -3,12 +3,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
+
+/// How long a credential helper may take to answer. Cloud helpers call their provider's API;
+/// a helper waiting on a locked keychain or a prompt nobody sees must not hang a push.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The key Docker Hub's credentials are stored under in the docker config.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -49,8 +54,22 @@ pub enum CredentialsError {
         helper: String,
         /// The registry asked for.
         registry: String,
-        /// What went wrong (never contains the secret).
+        /// What went wrong, with the helper's own stderr when it said something (never the
+        /// secret, which a helper prints on stdout).
         message: String,
+    },
+    /// A configured credential helper could not be run or talked to.
+    #[error("credential helper docker-credential-{helper} for {registry}: cannot {action}")]
+    HelperIo {
+        /// The helper's suffix (`docker-credential-<helper>`).
+        helper: String,
+        /// The registry asked for.
+        registry: String,
+        /// What failed: "run it", "write to it", "read its answer".
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -278,40 +297,109 @@ struct HelperAnswer {
 
 /// Runs `docker-credential-<helper> get` with the registry on stdin, as the Docker CLI does.
 fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, CredentialsError> {
+    let program = format!("docker-credential-{helper}");
+    run_helper_program(Path::new(&program), helper, registry, HELPER_TIMEOUT)
+}
+
+/// [`run_helper`] with the program and the time it may take given.
+fn run_helper_program(
+    program: &Path,
+    helper: &str,
+    registry: &str,
+    timeout: Duration,
+) -> Result<Option<Credential>, CredentialsError> {
     let fail = |message: String| CredentialsError::Helper {
         helper: helper.to_owned(),
         registry: registry.to_owned(),
         message,
     };
-    let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
+    let io = |action: &'static str| {
+        move |source| CredentialsError::HelperIo {
+            helper: helper.to_owned(),
+            registry: registry.to_owned(),
+            action,
+            source,
+        }
+    };
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|err| fail(format!("cannot run {program}: {err}")))?;
+        .map_err(io("run it"))?;
+    // Both pipes are drained on their own threads, so a chatty helper never blocks on a full
+    // pipe; stdout reaching its end means the helper is done (or has closed it).
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(mut pipe) = pipe {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let result = pipe.read_to_end(&mut bytes).map(|_| bytes);
+                let _ = tx.send(result);
+            });
+        }
+        rx
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(registry.as_bytes())
-            .map_err(|err| fail(format!("cannot write to {program}: {err}")))?;
+        // A helper that exits without reading its stdin closes the pipe; its exit status
+        // then says more than the broken pipe would.
+        if let Err(err) = stdin.write_all(registry.as_bytes())
+            && err.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io("write to it")(err));
+        }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|err| fail(format!("{program} did not finish: {err}")))?;
-    if !out.status.success() {
+    let stdout = match stdout.recv_timeout(timeout) {
+        Ok(read) => read.map_err(io("read its answer"))?,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "it did not answer within {} s",
+                timeout.as_secs()
+            )));
+        }
+    };
+    let status = child.wait().map_err(io("read its answer"))?;
+    if !status.success() {
         // The helper says "credentials not found in native keychain" on stdout when it has none.
-        let said = String::from_utf8_lossy(&out.stdout);
-        if said.contains("credentials not found") {
+        if String::from_utf8_lossy(&stdout).contains("credentials not found") {
             return Ok(None);
         }
-        return Err(fail(format!("{program} exited with {}", out.status)));
+        // What the helper said on stderr is why, in its own words: one line of it.
+        let said = stderr
+            .recv_timeout(Duration::from_secs(1))
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|s| !s.is_empty());
+        return Err(fail(match said {
+            Some(said) => format!("it exited with {status}: {}", truncate(&said, 300)),
+            None => format!("it exited with {status}"),
+        }));
     }
-    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| {
-        fail(format!(
-            "{program} printed something other than credentials"
-        ))
-    })?;
+    let answer: HelperAnswer = serde_json::from_slice(&stdout)
+        .map_err(|_| fail("it printed something other than credentials".to_owned()))?;
     if answer.username == "<token>" {
         return Ok(Some(Credential::IdentityToken(answer.secret)));
     }
@@ -319,6 +407,18 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, Creden
         username: answer.username,
         password: answer.secret,
     }))
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -389,6 +489,60 @@ mod tests {
         assert!(
             err.contains("docker-credential-pf-test-no-such-helper") && err.contains("h.example"),
             "{err}"
+        );
+    }
+
+    /// An executable shell script in a temporary directory, standing in for a helper.
+    fn helper_script(body: &str) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker-credential-pftest");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_helper_that_never_answers_times_out() {
+        let (_dir, path) = helper_script("exec sleep 60");
+        let started = std::time::Instant::now();
+        let err = run_helper_program(&path, "pftest", "h.example", Duration::from_millis(500))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not answer within"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_failing_helper_shows_its_stderr() {
+        let (_dir, path) = helper_script("cat >/dev/null; echo 'keychain is locked' >&2; exit 3");
+        let err = run_helper_program(&path, "pftest", "h.example", HELPER_TIMEOUT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("h.example")
+                && err.contains("exit status: 3")
+                && err.contains("keychain is locked"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_helper_answer_is_a_credential() {
+        let (_dir, path) = helper_script(
+            r#"cat >/dev/null; echo '{"ServerURL":"h.example","Username":"u","Secret":"s"}'"#,
+        );
+        let found = run_helper_program(&path, "pftest", "h.example", HELPER_TIMEOUT).unwrap();
+        assert_eq!(
+            found,
+            Some(Credential::Basic {
+                username: "u".into(),
+                password: "s".into()
+            })
         );
     }
 

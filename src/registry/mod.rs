@@ -1,6 +1,9 @@
 //! Registry API: credentials from the docker config, resolving images, multi-platform index
 //! assembly and push (`manifest push`), `manifest inspect`, and pushing OCI layout tarballs.
 //!
+//! Border: owns the OCI distribution API and Docker credentials; it imports no other module
+//! of this crate (`tests/integration/borders.rs` checks this), so it can be used alone.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::registry::Error> {
 //! use pf_buildkit::registry::{Client, ClientOptions, parse_reference, sources_from_template, parse_platforms};

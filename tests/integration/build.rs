@@ -12,11 +12,11 @@ use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 
-use crate::util;
+use crate::util::{self, Tier};
 
-/// `pf-buildkit --addr <engine> build ...`, returning the output.
-fn build(args: &[&str]) -> std::process::Output {
-    let addr = util::docker_addr();
+/// `pf-buildkit --addr <the tier's daemon> build ...`, returning the output.
+fn build(tier: Tier, args: &[&str]) -> std::process::Output {
+    let addr = tier.addr();
     let mut all = vec!["--addr", addr.as_str(), "build"];
     all.extend_from_slice(args);
     util::bin()
@@ -74,8 +74,7 @@ fn sent_counters(stderr: &str) -> (u64, u64) {
     (files, bytes)
 }
 
-#[test]
-fn run_with_secret_and_build_args_never_shows_the_secret() {
+fn run_with_secret_and_build_args_never_shows_the_secret(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     write(
@@ -90,21 +89,24 @@ fn run_with_secret_and_build_args_never_shows_the_secret() {
     std::fs::write(&secret_file, secret_value).unwrap();
     let secret = format!("id=token,src={}", secret_file.display());
     let context = dir.path().to_str().unwrap();
-    let out = build(&[
-        "--context",
-        context,
-        "--progress",
-        "plain",
-        "--no-cache",
-        "--opt",
-        "force-network-mode=none",
-        "--secret",
-        &secret,
-        "--build-arg",
-        "GREETING=hello",
-        "--build-arg",
-        "NAME=pf",
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            context,
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--opt",
+            "force-network-mode=none",
+            "--secret",
+            &secret,
+            "--build-arg",
+            "GREETING=hello",
+            "--build-arg",
+            "NAME=pf",
+        ],
+    );
     assert_ok(&out);
     let stderr = util::stderr(&out);
     assert!(stderr.contains("hello pf"), "{stderr}");
@@ -119,7 +121,7 @@ fn run_with_secret_and_build_args_never_shows_the_secret() {
     let out = util::bin()
         .args([
             "--addr",
-            &util::docker_addr(),
+            &tier.addr(),
             "build",
             "--context",
             context,
@@ -152,8 +154,7 @@ fn run_with_secret_and_build_args_never_shows_the_secret() {
     assert!(logs.contains(&expected), "rawjson logs: {logs}");
 }
 
-#[test]
-fn failing_run_exits_1_with_its_output_and_line() {
+fn failing_run_exits_1_with_its_output_and_line(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     write(
@@ -162,14 +163,17 @@ fn failing_run_exits_1_with_its_output_and_line() {
             "FROM {base}\nRUN echo fine\nRUN echo first-words && echo last-words >&2 && exit 7\n"
         ),
     );
-    let out = build(&[
-        "--context",
-        dir.path().to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--opt",
-        "force-network-mode=none",
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--opt",
+            "force-network-mode=none",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
     let stderr = util::stderr(&out);
     assert!(stderr.contains("first-words") && stderr.contains("last-words"));
@@ -182,6 +186,36 @@ fn failing_run_exits_1_with_its_output_and_line() {
         last.starts_with("pf-buildkit: build failed:") && last.contains("exit code: 7"),
         "{last}"
     );
+}
+
+/// The daemon's own error is shown as it is, whatever words it contains: "connection" in a
+/// file name once turned it into "this is not BuildKit".
+fn missing_copy_source_keeps_the_daemons_text(tier: Tier) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY connection.py /app/\n",
+    );
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "plain",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    let stderr = util::stderr(&out);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("pf-buildkit: build failed:"), "{last}");
+    assert!(
+        last.contains("connection.py") && last.contains("not found"),
+        "{last}"
+    );
+    for wrong in ["not BuildKit", "went away", "HTTP/2"] {
+        assert!(!last.contains(wrong), "{wrong:?} in {last}");
+    }
 }
 
 /// Reads one manifest's digest from the registry (plain HTTP on loopback).
@@ -207,8 +241,7 @@ fn registry_digest(registry: &str, repo: &str, tag: &str) -> Option<String> {
     })
 }
 
-#[test]
-fn pushes_to_the_registry_and_writes_metadata() {
+fn pushes_to_the_registry_and_writes_metadata(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let registry = util::env("PF_TEST_REGISTRY");
@@ -220,18 +253,21 @@ fn pushes_to_the_registry_and_writes_metadata() {
     let name = format!("{registry}/pf-test/build-push:{tag}");
     let output = format!("type=image,name={name},push=true,registry.insecure=true");
     let metadata = dir.path().join("meta.json");
-    let out = build(&[
-        "--context",
-        dir.path().to_str().unwrap(),
-        "--progress",
-        "quiet",
-        "--opt",
-        "force-network-mode=none",
-        "--output",
-        &output,
-        "--metadata-file",
-        metadata.to_str().unwrap(),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "quiet",
+            "--opt",
+            "force-network-mode=none",
+            "--output",
+            &output,
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+        ],
+    );
     assert_ok(&out);
     let printed = util::stdout(&out).trim().to_owned();
     assert!(printed.starts_with("sha256:"), "{printed}");
@@ -313,7 +349,7 @@ fn bad_input_is_one_line_and_exit_1() {
         ];
         args.extend(extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = build(&refs);
+        let out = build(Tier::preferred(), &refs);
         let stderr = util::stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
@@ -324,13 +360,12 @@ fn bad_input_is_one_line_and_exit_1() {
         assert!(!dest.exists(), "{extra:?} wrote output");
     }
     // A missing context directory.
-    let out = build(&["--context", missing.to_str().unwrap()]);
+    let out = build(Tier::preferred(), &["--context", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(util::stderr(&out).contains("is not a directory"));
 }
 
-#[test]
-fn ctrl_c_cancels_the_build_and_exits_130() {
+fn ctrl_c_cancels_the_build_and_exits_130(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let marker = format!("started-{}", std::process::id());
@@ -341,7 +376,7 @@ fn ctrl_c_cancels_the_build_and_exits_130() {
     let mut child = util::bin()
         .args([
             "--addr",
-            &util::docker_addr(),
+            &tier.addr(),
             "build",
             "--context",
             dir.path().to_str().unwrap(),
@@ -389,8 +424,7 @@ fn ctrl_c_cancels_the_build_and_exits_130() {
 
 /// Builds `FROM scratch` + `COPY . /` of `context`, exported as a tar with the library API
 /// and the session opened as `Control.Session` (the other transport than the CLI's).
-#[test]
-fn library_build_over_control_session_exports_a_tar() {
+fn library_build_over_control_session_exports_a_tar(tier: Tier) {
     use pf_buildkit::buildkit::progress::QuietProgress;
     use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
 
@@ -401,7 +435,7 @@ fn library_build_over_control_session_exports_a_tar() {
     let tar = dir.path().join("out.tar");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(async {
-        let endpoint: Endpoint = util::docker_addr().parse().unwrap();
+        let endpoint: Endpoint = tier.addr().parse().unwrap();
         let client = Client::connect(endpoint, &TlsOptions::default())
             .await
             .unwrap();
@@ -492,8 +526,7 @@ fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[test]
-fn context_tree_round_trips_through_local_and_tar_exports() {
+fn context_tree_round_trips_through_local_and_tar_exports(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
@@ -540,16 +573,19 @@ fn context_tree_round_trips_through_local_and_tar_exports() {
 
     let local = dir.path().join("local-out");
     let tar = dir.path().join("out.tar");
-    let out = build(&[
-        "--context",
-        ctx.to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--output",
-        &format!("type=local,dest={}", local.display()),
-        "--output",
-        &format!("type=tar,dest={}", tar.display()),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--output",
+            &format!("type=local,dest={}", local.display()),
+            "--output",
+            &format!("type=tar,dest={}", tar.display()),
+        ],
+    );
     assert_ok(&out);
     let stderr = util::stderr(&out);
     let (_, bytes) = sent_counters(&stderr);
@@ -573,10 +609,9 @@ fn context_tree_round_trips_through_local_and_tar_exports() {
     assert_eq!(snapshot(&untarred), expected);
 }
 
-#[test]
-fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
+fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files(tier: Tier) {
     // Asserts on what the daemon's cache holds: no full prune meanwhile.
-    let _cache = util::cache_shared();
+    let _cache = tier.cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     let dockerfile_dir = dir.path().join("df");
@@ -604,7 +639,7 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
     let run = |progress| {
         let a = args(progress);
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        let out = build(&refs);
+        let out = build(tier, &refs);
         assert_ok(&out);
         sent_counters(&util::stderr(&out))
     };
@@ -624,10 +659,9 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files() {
     assert_eq!(run("plain"), (10, edited_bytes));
 }
 
-#[test]
-fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
+fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry(tier: Tier) {
     // Asserts on what the daemon's cache holds: no full prune meanwhile.
-    let _cache = util::cache_shared();
+    let _cache = tier.cache_shared();
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let registry = util::env("PF_TEST_REGISTRY");
@@ -639,23 +673,26 @@ fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
     let oci = dir.path().join("oci.tar");
     let docker = dir.path().join("docker.tar");
     let cache_ref = format!("{registry}/pf-test/build-cache:{tag}");
-    let out = build(&[
-        "--context",
-        dir.path().to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--opt",
-        "force-network-mode=none",
-        "--output",
-        &format!("type=oci,dest={},name=pf-test/oci:1", oci.display()),
-        "--output",
-        &format!(
-            "type=docker,dest={},name=pf-test/docker:1",
-            docker.display()
-        ),
-        "--export-cache",
-        &format!("type=registry,ref={cache_ref},mode=max,registry.insecure=true"),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--opt",
+            "force-network-mode=none",
+            "--output",
+            &format!("type=oci,dest={},name=pf-test/oci:1", oci.display()),
+            "--output",
+            &format!(
+                "type=docker,dest={},name=pf-test/docker:1",
+                docker.display()
+            ),
+            "--export-cache",
+            &format!("type=registry,ref={cache_ref},mode=max,registry.insecure=true"),
+        ],
+    );
     assert_ok(&out);
     let list = |tar: &Path| {
         let out = std::process::Command::new("tar")
@@ -678,21 +715,23 @@ fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry() {
     );
 
     // The cache imports from the registry (both as Cache.Imports and cache-imports).
-    let out = build(&[
-        "--context",
-        dir.path().to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--opt",
-        "force-network-mode=none",
-        "--import-cache",
-        &format!("type=registry,ref={cache_ref},registry.insecure=true"),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            dir.path().to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--opt",
+            "force-network-mode=none",
+            "--import-cache",
+            &format!("type=registry,ref={cache_ref},registry.insecure=true"),
+        ],
+    );
     assert_ok(&out);
 }
 
-#[test]
-fn ssh_agent_is_offered_to_run_mounts() {
+fn ssh_agent_is_offered_to_run_mounts(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     // A stand-in agent socket of our own: the daemon's CheckAgent connects to it.
@@ -714,17 +753,20 @@ fn ssh_agent_is_offered_to_run_mounts() {
         ),
     );
     let spec = format!("deploy={}", socket.display());
-    let out = build(&[
-        "--context",
-        ctx.to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--no-cache",
-        "--opt",
-        "force-network-mode=none",
-        "--ssh",
-        &spec,
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--opt",
+            "force-network-mode=none",
+            "--ssh",
+            &spec,
+        ],
+    );
     assert_ok(&out);
     assert!(
         util::stderr(&out).contains("agent-mounted-at-/"),
@@ -737,15 +779,18 @@ fn ssh_agent_is_offered_to_run_mounts() {
     );
 
     // Without --ssh the step fails with a message naming the id.
-    let out = build(&[
-        "--context",
-        ctx.to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--no-cache",
-        "--opt",
-        "force-network-mode=none",
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--opt",
+            "force-network-mode=none",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         util::stderr(&out).contains("deploy"),
@@ -754,24 +799,23 @@ fn ssh_agent_is_offered_to_run_mounts() {
     );
 }
 
-#[test]
-fn tty_progress_draws_steps_and_marks_cached_ones() {
+fn tty_progress_draws_steps_and_marks_cached_ones(tier: Tier) {
     // Asserts on what the daemon's cache holds: no full prune meanwhile.
-    let _cache = util::cache_shared();
+    let _cache = tier.cache_shared();
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("Dockerfile"),
         "FROM scratch\nCOPY Dockerfile /\n",
     );
     let ctx = dir.path().to_str().unwrap();
-    let first = build(&["--context", ctx, "--progress", "tty"]);
+    let first = build(tier, &["--context", ctx, "--progress", "tty"]);
     assert_ok(&first);
     let stderr = util::stderr(&first);
     assert!(stderr.contains("[+] Finished"), "{stderr}");
     assert!(stderr.contains("[1/1] COPY Dockerfile /"), "{stderr}");
     assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
     // The same build again comes from the cache.
-    let second = build(&["--context", ctx, "--progress", "tty"]);
+    let second = build(tier, &["--context", ctx, "--progress", "tty"]);
     assert_ok(&second);
     let stderr = util::stderr(&second);
     assert!(
@@ -780,8 +824,7 @@ fn tty_progress_draws_steps_and_marks_cached_ones() {
     );
 }
 
-#[test]
-fn extra_local_directories_serve_named_contexts() {
+fn extra_local_directories_serve_named_contexts(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     let extra = dir.path().join("extra");
@@ -792,18 +835,21 @@ fn extra_local_directories_serve_named_contexts() {
     write(&extra.join("logo.txt"), "named context content\n");
     let tar = dir.path().join("out.tar");
     let local = format!("assets={}", extra.display());
-    let out = build(&[
-        "--context",
-        ctx.to_str().unwrap(),
-        "--progress",
-        "plain",
-        "--local",
-        &local,
-        "--opt",
-        "context:assets=local:assets",
-        "--output",
-        &format!("type=tar,dest={}", tar.display()),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+            "--local",
+            &local,
+            "--opt",
+            "context:assets=local:assets",
+            "--output",
+            &format!("type=tar,dest={}", tar.display()),
+        ],
+    );
     assert_ok(&out);
     let content = std::process::Command::new("tar")
         .arg("-xOf")
@@ -816,12 +862,30 @@ fn extra_local_directories_serve_named_contexts() {
         "named context content\n"
     );
 
-    let out = build(&[
-        "--context",
-        ctx.to_str().unwrap(),
-        "--local",
-        &format!("assets={}", dir.path().join("nope").display()),
-    ]);
+    let out = build(
+        tier,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--local",
+            &format!("assets={}", dir.path().join("nope").display()),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(util::stderr(&out).contains("local directory assets"));
 }
+
+tier_tests!(
+    missing_copy_source_keeps_the_daemons_text,
+    run_with_secret_and_build_args_never_shows_the_secret,
+    failing_run_exits_1_with_its_output_and_line,
+    pushes_to_the_registry_and_writes_metadata,
+    ctrl_c_cancels_the_build_and_exits_130,
+    library_build_over_control_session_exports_a_tar,
+    context_tree_round_trips_through_local_and_tar_exports,
+    unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files,
+    oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry,
+    ssh_agent_is_offered_to_run_mounts,
+    tty_progress_draws_steps_and_marks_cached_ones,
+    extra_local_directories_serve_named_contexts,
+);

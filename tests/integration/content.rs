@@ -2,8 +2,8 @@
 //! checked blob by blob, builds `FROM` an OCI layout, concurrent exports into one cache
 //! directory, and bad input, each failing with one line and leaving the layout as it was.
 //!
-//! Every test runs on the Docker Engine's BuildKit and, when `PF_TEST_BUILDKIT_ADDR` names a
-//! standalone buildkitd (the production daemon), on that too.
+//! Every test runs on both tiers: the standalone buildkitd (the production daemon) and the
+//! Docker Engine's BuildKit.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -12,18 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::util;
-
-/// The daemons to test against: the Engine, and the standalone buildkitd when configured.
-fn daemons() -> Vec<String> {
-    let mut out = vec![util::docker_addr()];
-    if let Ok(addr) = std::env::var("PF_TEST_BUILDKIT_ADDR")
-        && !addr.is_empty()
-    {
-        out.push(addr);
-    }
-    out
-}
+use crate::util::{self, Tier};
 
 fn build(addr: &str, args: &[&str]) -> std::process::Output {
     build_with_progress(addr, "plain", args)
@@ -173,215 +162,208 @@ fn prune_all(addr: &str) {
     assert_ok(&out);
 }
 
-#[test]
-fn local_cache_survives_a_prune_and_layouts_hold_every_blob() {
+fn local_cache_survives_a_prune_and_layouts_hold_every_blob(tier: Tier) {
+    let addr = tier.addr();
     // Prunes the daemons' whole cache: no cache-dependent test may run meanwhile.
-    let _cache = util::cache_exclusive();
+    let _cache = tier.cache_exclusive();
     let base = util::env("PF_TEST_BASE_IMAGE");
-    for addr in daemons() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join("ctx");
-        // Random content: the RUN layer exists only in this build, so a CACHED step after
-        // the prune can only come from the imported cache.
-        dockerfile(
-            &ctx,
-            &format!("FROM {base}\nRUN head -c 300000 /dev/urandom > /random\n"),
-        );
-        let cache = dir.path().join("cache");
-        let first_image = dir.path().join("image1");
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    // Random content: the RUN layer exists only in this build, so a CACHED step after
+    // the prune can only come from the imported cache.
+    dockerfile(
+        &ctx,
+        &format!("FROM {base}\nRUN head -c 300000 /dev/urandom > /random\n"),
+    );
+    let cache = dir.path().join("cache");
+    let first_image = dir.path().join("image1");
+    let out = build(
+        &addr,
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--export-cache",
+            &format!("type=local,dest={},mode=max", cache.display()),
+            "--output",
+            &format!(
+                "type=oci,dest={},tar=false,name=127.0.0.1:5999/pf/content:v1",
+                first_image.display()
+            ),
+        ],
+    );
+    assert_ok(&out);
+
+    // The image layout: every blob verified, the index entry named as buildctl names it.
+    let reachable = verify_layout(&first_image);
+    assert!(
+        reachable.len() >= 4,
+        "index, manifest, config, layers: {reachable:?}"
+    );
+    let index = read_json(&first_image.join("index.json"));
+    let annotations = &index["manifests"][0]["annotations"];
+    assert_eq!(
+        annotations["io.containerd.image.name"],
+        "127.0.0.1:5999/pf/content:v1"
+    );
+    assert_eq!(annotations["org.opencontainers.image.ref.name"], "v1");
+
+    // The cache layout: tagged latest, every blob verified.
+    verify_layout(&cache);
+    let cache_index = read_json(&cache.join("index.json"));
+    assert_eq!(
+        cache_index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    let layers = image_layers(&first_image);
+
+    prune_all(&addr);
+    let second_image = dir.path().join("image2");
+    let out = build_with_progress(
+        &addr,
+        "rawjson",
+        &[
+            "--context",
+            ctx.to_str().unwrap(),
+            "--import-cache",
+            &format!("type=local,src={}", cache.display()),
+            "--output",
+            &format!("type=oci,dest={},tar=false", second_image.display()),
+        ],
+    );
+    assert_ok(&out);
+    // The daemon's last word on the RUN step: cached (it may first announce the step,
+    // then pull the cached layers under it, before marking it cached).
+    let stderr = util::stderr(&out);
+    let run_step = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|u| u["vertexes"].as_array().cloned().unwrap_or_default())
+        .rfind(|v| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("RUN head -c 300000"))
+        })
+        .unwrap_or_else(|| panic!("no RUN step in {stderr}"));
+    assert_eq!(
+        run_step["cached"], true,
+        "{addr}: the RUN step was not CACHED after the prune:\n{stderr}"
+    );
+    verify_layout(&second_image);
+    assert_eq!(
+        image_layers(&second_image),
+        layers,
+        "{addr}: layer digests differ"
+    );
+    let index = read_json(&second_image.join("index.json"));
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+}
+
+fn builds_run_from_an_oci_layout_by_tag_and_by_digest(tier: Tier) {
+    let addr = tier.addr();
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("layout-{}", std::process::id());
+    dockerfile(
+        &dir.path().join("base"),
+        &format!("FROM {base}\nRUN echo {marker} > /marker\n"),
+    );
+    let layout = dir.path().join("layout");
+    let out = build(
+        &addr,
+        &[
+            "--context",
+            dir.path().join("base").to_str().unwrap(),
+            "--output",
+            &format!(
+                "type=oci,dest={},tar=false,name=127.0.0.1:5999/pf/base:v1",
+                layout.display()
+            ),
+        ],
+    );
+    assert_ok(&out);
+    let index = read_json(&layout.join("index.json"));
+    let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+
+    let app = dir.path().join("app");
+    dockerfile(&app, "FROM base\nRUN cp /marker /copied\n");
+    for reference in [
+        "oci-layout://base:v1".to_owned(),
+        format!("oci-layout://base@{digest}"),
+    ] {
+        let out_dir = dir.path().join(format!("out-{}", reference.len()));
         let out = build(
             &addr,
             &[
                 "--context",
-                ctx.to_str().unwrap(),
-                "--export-cache",
-                &format!("type=local,dest={},mode=max", cache.display()),
+                app.to_str().unwrap(),
+                "--oci-layout",
+                &format!("base={}", layout.display()),
+                "--opt",
+                &format!("context:base={reference}"),
                 "--output",
-                &format!(
-                    "type=oci,dest={},tar=false,name=127.0.0.1:5999/pf/content:v1",
-                    first_image.display()
-                ),
+                &format!("type=local,dest={}", out_dir.display()),
             ],
         );
         assert_ok(&out);
-
-        // The image layout: every blob verified, the index entry named as buildctl names it.
-        let reachable = verify_layout(&first_image);
-        assert!(
-            reachable.len() >= 4,
-            "index, manifest, config, layers: {reachable:?}"
-        );
-        let index = read_json(&first_image.join("index.json"));
-        let annotations = &index["manifests"][0]["annotations"];
         assert_eq!(
-            annotations["io.containerd.image.name"],
-            "127.0.0.1:5999/pf/content:v1"
-        );
-        assert_eq!(annotations["org.opencontainers.image.ref.name"], "v1");
-
-        // The cache layout: tagged latest, every blob verified.
-        verify_layout(&cache);
-        let cache_index = read_json(&cache.join("index.json"));
-        assert_eq!(
-            cache_index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
-            "latest"
-        );
-        let layers = image_layers(&first_image);
-
-        prune_all(&addr);
-        let second_image = dir.path().join("image2");
-        let out = build_with_progress(
-            &addr,
-            "rawjson",
-            &[
-                "--context",
-                ctx.to_str().unwrap(),
-                "--import-cache",
-                &format!("type=local,src={}", cache.display()),
-                "--output",
-                &format!("type=oci,dest={},tar=false", second_image.display()),
-            ],
-        );
-        assert_ok(&out);
-        // The daemon's last word on the RUN step: cached (it may first announce the step,
-        // then pull the cached layers under it, before marking it cached).
-        let stderr = util::stderr(&out);
-        let run_step = stderr
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .flat_map(|u| u["vertexes"].as_array().cloned().unwrap_or_default())
-            .rfind(|v| {
-                v["name"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("RUN head -c 300000"))
-            })
-            .unwrap_or_else(|| panic!("no RUN step in {stderr}"));
-        assert_eq!(
-            run_step["cached"], true,
-            "{addr}: the RUN step was not CACHED after the prune:\n{stderr}"
-        );
-        verify_layout(&second_image);
-        assert_eq!(
-            image_layers(&second_image),
-            layers,
-            "{addr}: layer digests differ"
-        );
-        let index = read_json(&second_image.join("index.json"));
-        assert_eq!(
-            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
-            "latest"
+            std::fs::read_to_string(out_dir.join("copied")).unwrap(),
+            format!("{marker}\n"),
+            "{addr} {reference}"
         );
     }
 }
 
-#[test]
-fn builds_run_from_an_oci_layout_by_tag_and_by_digest() {
+fn two_builds_export_into_one_cache_directory_at_once(tier: Tier) {
+    let addr = tier.addr();
     let base = util::env("PF_TEST_BASE_IMAGE");
-    for addr in daemons() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = format!("layout-{}", std::process::id());
-        dockerfile(
-            &dir.path().join("base"),
-            &format!("FROM {base}\nRUN echo {marker} > /marker\n"),
-        );
-        let layout = dir.path().join("layout");
-        let out = build(
-            &addr,
-            &[
-                "--context",
-                dir.path().join("base").to_str().unwrap(),
-                "--output",
-                &format!(
-                    "type=oci,dest={},tar=false,name=127.0.0.1:5999/pf/base:v1",
-                    layout.display()
-                ),
-            ],
-        );
-        assert_ok(&out);
-        let index = read_json(&layout.join("index.json"));
-        let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
-
-        let app = dir.path().join("app");
-        dockerfile(&app, "FROM base\nRUN cp /marker /copied\n");
-        for reference in [
-            "oci-layout://base:v1".to_owned(),
-            format!("oci-layout://base@{digest}"),
-        ] {
-            let out_dir = dir.path().join(format!("out-{}", reference.len()));
-            let out = build(
-                &addr,
-                &[
-                    "--context",
-                    app.to_str().unwrap(),
-                    "--oci-layout",
-                    &format!("base={}", layout.display()),
-                    "--opt",
-                    &format!("context:base={reference}"),
-                    "--output",
-                    &format!("type=local,dest={}", out_dir.display()),
-                ],
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let ctx = dir.path().join(name);
+            dockerfile(
+                &ctx,
+                &format!("FROM {base}\nRUN head -c 200000 /dev/urandom > /{name}\n"),
             );
-            assert_ok(&out);
-            assert_eq!(
-                std::fs::read_to_string(out_dir.join("copied")).unwrap(),
-                format!("{marker}\n"),
-                "{addr} {reference}"
-            );
-        }
+            util::bin()
+                .args(["--addr", &addr, "build", "--progress", "quiet"])
+                .args(["--opt", "force-network-mode=none"])
+                .args(["--context", ctx.to_str().unwrap()])
+                .args([
+                    "--export-cache",
+                    &format!("type=local,dest={},mode=max,tag={name}", cache.display()),
+                ])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        assert_ok(&child.wait_with_output().unwrap());
     }
+    verify_layout(&cache);
+    let index = read_json(&cache.join("index.json"));
+    let mut tags: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["a", "b"], "{addr}: {index}");
+    assert!(!cache.join("index.json.lock").exists());
 }
 
-#[test]
-fn two_builds_export_into_one_cache_directory_at_once() {
-    let base = util::env("PF_TEST_BASE_IMAGE");
-    for addr in daemons() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
-        let children: Vec<_> = ["a", "b"]
-            .iter()
-            .map(|name| {
-                let ctx = dir.path().join(name);
-                dockerfile(
-                    &ctx,
-                    &format!("FROM {base}\nRUN head -c 200000 /dev/urandom > /{name}\n"),
-                );
-                util::bin()
-                    .args(["--addr", &addr, "build", "--progress", "quiet"])
-                    .args(["--opt", "force-network-mode=none"])
-                    .args(["--context", ctx.to_str().unwrap()])
-                    .args([
-                        "--export-cache",
-                        &format!("type=local,dest={},mode=max,tag={name}", cache.display()),
-                    ])
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for child in children {
-            assert_ok(&child.wait_with_output().unwrap());
-        }
-        verify_layout(&cache);
-        let index = read_json(&cache.join("index.json"));
-        let mut tags: Vec<&str> = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                m["annotations"]["org.opencontainers.image.ref.name"]
-                    .as_str()
-                    .unwrap()
-            })
-            .collect();
-        tags.sort_unstable();
-        assert_eq!(tags, ["a", "b"], "{addr}: {index}");
-        assert!(!cache.join("index.json.lock").exists());
-    }
-}
-
-#[test]
-fn bad_input_fails_in_one_line_and_leaves_layouts_alone() {
-    let addr = util::docker_addr();
+fn bad_input_fails_in_one_line_and_leaves_layouts_alone(tier: Tier) {
+    let addr = tier.addr();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     dockerfile(&ctx, "FROM scratch\nCOPY Dockerfile /\n");
@@ -484,64 +466,70 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_fails_in_one_line_and_leaves_the_layout_alone() {
+fn a_full_disk_fails_in_one_line_and_leaves_the_layout_alone(tier: Tier) {
+    let addr = tier.addr();
     let base = util::env("PF_TEST_BASE_IMAGE");
-    for addr in daemons() {
-        let dir = tempfile::tempdir().unwrap();
-        let mount = dir.path().join("small");
-        std::fs::create_dir(&mount).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(&mount)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root, as the test environment does"
-        );
-        let _mounted = Tmpfs(mount.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root, as the test environment does"
+    );
+    let _mounted = Tmpfs(mount.clone());
 
-        // A small layout already there, which the failed export must leave as it was.
-        let cache = mount.join("cache");
-        let small = dir.path().join("small-ctx");
-        dockerfile(&small, "FROM scratch\nCOPY Dockerfile /\n");
-        let out = build(
-            &addr,
-            &[
-                "--context",
-                small.to_str().unwrap(),
-                "--export-cache",
-                &format!("type=local,dest={},mode=max", cache.display()),
-            ],
-        );
-        assert_ok(&out);
-        let before = snapshot(&cache);
+    // A small layout already there, which the failed export must leave as it was.
+    let cache = mount.join("cache");
+    let small = dir.path().join("small-ctx");
+    dockerfile(&small, "FROM scratch\nCOPY Dockerfile /\n");
+    let out = build(
+        &addr,
+        &[
+            "--context",
+            small.to_str().unwrap(),
+            "--export-cache",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
+    assert_ok(&out);
+    let before = snapshot(&cache);
 
-        let big = dir.path().join("big-ctx");
-        dockerfile(
-            &big,
-            &format!("FROM {base}\nRUN head -c 2000000 /dev/urandom > /big\n"),
-        );
-        let out = build(
-            &addr,
-            &[
-                "--context",
-                big.to_str().unwrap(),
-                "--export-cache",
-                &format!("type=local,dest={},mode=max", cache.display()),
-            ],
-        );
-        assert_one_line_naming(&out, &cache);
-        assert!(
-            util::stderr(&out).to_lowercase().contains("no space left"),
-            "{}",
-            util::stderr(&out)
-        );
-        assert_eq!(
-            snapshot(&cache),
-            before,
-            "{addr}: the failed export changed the layout"
-        );
-    }
+    let big = dir.path().join("big-ctx");
+    dockerfile(
+        &big,
+        &format!("FROM {base}\nRUN head -c 2000000 /dev/urandom > /big\n"),
+    );
+    let out = build(
+        &addr,
+        &[
+            "--context",
+            big.to_str().unwrap(),
+            "--export-cache",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
+    assert_one_line_naming(&out, &cache);
+    assert!(
+        util::stderr(&out).to_lowercase().contains("no space left"),
+        "{}",
+        util::stderr(&out)
+    );
+    assert_eq!(
+        snapshot(&cache),
+        before,
+        "{addr}: the failed export changed the layout"
+    );
 }
+
+tier_tests!(
+    local_cache_survives_a_prune_and_layouts_hold_every_blob,
+    builds_run_from_an_oci_layout_by_tag_and_by_digest,
+    two_builds_export_into_one_cache_directory_at_once,
+    bad_input_fails_in_one_line_and_leaves_layouts_alone,
+    a_full_disk_fails_in_one_line_and_leaves_the_layout_alone,
+);

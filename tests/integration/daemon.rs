@@ -2,11 +2,11 @@
 
 use serde_json::Value;
 
-use crate::util::{self, stderr, stdout};
+use crate::util::{self, Tier, stderr, stdout};
 
-async fn json(args: &[&str]) -> Value {
+async fn json(tier: Tier, args: &[&str]) -> Value {
     let out = util::tokio_bin()
-        .args(["--addr", &util::docker_addr()])
+        .args(["--addr", &tier.addr()])
         .args(args)
         .args(["--format", "json"])
         .output()
@@ -17,11 +17,10 @@ async fn json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
 }
 
-#[tokio::test]
-async fn workers_json_has_platforms_and_labels() {
-    let workers = json(&["workers"]).await;
+async fn workers_json_has_platforms_and_labels(tier: Tier) {
+    let workers = json(tier, &["workers"]).await;
     let workers = workers.as_array().unwrap();
-    assert_eq!(workers.len(), 1, "the Engine runs one worker");
+    assert_eq!(workers.len(), 1, "the test daemons run one worker each");
     let w = &workers[0];
     assert!(!w["id"].as_str().unwrap().is_empty());
     let platforms: Vec<&str> = w["platforms"]
@@ -34,27 +33,25 @@ async fn workers_json_has_platforms_and_labels() {
         platforms.iter().all(|p| p.starts_with("linux/")),
         "{platforms:?}"
     );
-    // The Engine's worker says which snapshotter it uses; `build` relies on reading it.
+    // The worker says which snapshotter it uses; `build` relies on reading it.
     assert!(
         w["labels"]["org.mobyproject.buildkit.worker.snapshotter"].is_string(),
         "{w}"
     );
 }
 
-#[tokio::test]
-async fn info_reports_the_buildkit_package() {
-    let info = json(&["info"]).await;
+async fn info_reports_the_buildkit_package(tier: Tier) {
+    let info = json(tier, &["info"]).await;
     assert!(
         info["package"].as_str().unwrap().contains("buildkit"),
         "{info}"
     );
-    let out = util::run(&["--addr", &util::docker_addr(), "info"]);
+    let out = util::run(&["--addr", &tier.addr(), "info"]);
     assert!(stdout(&out).starts_with("BuildKit: "), "{}", stdout(&out));
 }
 
-#[tokio::test]
-async fn du_lists_records_with_sizes() {
-    let records = json(&["du"]).await;
+async fn du_lists_records_with_sizes(tier: Tier) {
+    let records = json(tier, &["du"]).await;
     for r in records.as_array().unwrap() {
         assert!(!r["id"].as_str().unwrap().is_empty());
         assert!(r["size"].as_i64().unwrap() >= 0);
@@ -62,9 +59,9 @@ async fn du_lists_records_with_sizes() {
 }
 
 /// [`json`] without a runtime, for tests that hold a std lock.
-fn json_sync(args: &[&str]) -> Value {
+fn json_sync(tier: Tier, args: &[&str]) -> Value {
     let out = util::bin()
-        .args(["--addr", &util::docker_addr()])
+        .args(["--addr", &tier.addr()])
         .args(args)
         .args(["--format", "json"])
         .output()
@@ -73,9 +70,8 @@ fn json_sync(args: &[&str]) -> Value {
     serde_json::from_str(&stdout(&out)).unwrap()
 }
 
-#[test]
-fn prune_all_after_a_build_frees_what_du_reported() {
-    let _cache = util::cache_exclusive();
+fn prune_all_after_a_build_frees_what_du_reported(tier: Tier) {
+    let _cache = tier.cache_exclusive();
     // A build with content no other test has, so its layer is certainly in the cache.
     let dir = tempfile::tempdir().unwrap();
     let unique: Vec<u8> = (0..1_000_000u32)
@@ -85,20 +81,14 @@ fn prune_all_after_a_build_frees_what_du_reported() {
     std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY blob /\n").unwrap();
     let tar = dir.path().join("out.tar");
     let out = util::bin()
-        .args([
-            "--addr",
-            &util::docker_addr(),
-            "build",
-            "--progress",
-            "quiet",
-        ])
+        .args(["--addr", &tier.addr(), "build", "--progress", "quiet"])
         .args(["--context", dir.path().to_str().unwrap()])
         .args(["--output", &format!("type=tar,dest={}", tar.display())])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let before = json_sync(&["du"]);
+    let before = json_sync(tier, &["du"]);
     let before = before.as_array().unwrap();
     let reclaimable: Vec<&Value> = before.iter().filter(|r| r["in_use"] == false).collect();
     let reclaimable_bytes: i64 = reclaimable
@@ -110,7 +100,7 @@ fn prune_all_after_a_build_frees_what_du_reported() {
         "du shows the build's layer: {before:?}"
     );
 
-    let freed = json_sync(&["prune", "--all"]);
+    let freed = json_sync(tier, &["prune", "--all"]);
     let freed = freed.as_array().unwrap();
     let freed_ids: Vec<&str> = freed.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let freed_bytes: i64 = freed.iter().map(|r| r["size"].as_i64().unwrap()).sum();
@@ -118,7 +108,7 @@ fn prune_all_after_a_build_frees_what_du_reported() {
 
     // Everything du reported as reclaimable is gone, unless a build elsewhere in this run
     // picked it up again in the meantime (then it is in use now).
-    let after = json_sync(&["du"]);
+    let after = json_sync(tier, &["du"]);
     for record in reclaimable {
         let id = record["id"].as_str().unwrap();
         let still = after.as_array().unwrap().iter().find(|r| r["id"] == id);
@@ -128,3 +118,10 @@ fn prune_all_after_a_build_frees_what_du_reported() {
         );
     }
 }
+
+tier_tests!(
+    async workers_json_has_platforms_and_labels,
+    async info_reports_the_buildkit_package,
+    async du_lists_records_with_sizes,
+);
+tier_tests!(prune_all_after_a_build_frees_what_du_reported);

@@ -1,6 +1,6 @@
 //! The fleet commands against the in-process fake Kubernetes API server, whose port-forwards
-//! reach the real BuildKit of the test environment (the Docker Engine's, through its `/grpc`
-//! upgrade).
+//! reach the real BuildKit of the test environment: the standalone buildkitd (what the pods
+//! run) when the environment has it, else the Docker Engine's, through its `/grpc` upgrade.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
@@ -13,8 +13,8 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine};
-use crate::util;
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp};
+use crate::util::{self, Tier};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
@@ -41,8 +41,20 @@ fn assert_one_line_failure(o: &Output) -> String {
     text
 }
 
+/// The port-forwards' target: the daemon of [`Tier::preferred`], the one [`daemon_addr`] names.
 fn engine() -> crate::fake_kube::DialFn {
-    docker_engine(util::docker_socket())
+    match Tier::preferred() {
+        Tier::Standalone => tcp(Tier::Standalone
+            .addr()
+            .trim_start_matches("tcp://")
+            .to_owned()),
+        Tier::Engine => docker_engine(util::docker_socket()),
+    }
+}
+
+/// The address of the daemon behind the fake's port-forwards, for direct connections.
+fn daemon_addr() -> String {
+    Tier::preferred().addr()
 }
 
 fn annotation(sts: &serde_json::Value) -> Option<u64> {
@@ -765,7 +777,13 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         .expect("the busy step did not start in time")
         .expect("status stream ended before the step started")
         .expect("status");
-        if let Some(v) = next.vertexes.iter().find(|v| v.digest == exec_digest) {
+        // By name as well as digest: newer daemons (the standalone v0.32) pin the image
+        // source before solving, which changes the digests of the ops below it.
+        if let Some(v) = next
+            .vertexes
+            .iter()
+            .find(|v| v.digest == exec_digest || v.name.contains(&nonce))
+        {
             assert!(v.error.is_empty(), "busy build failed: {}", v.error);
             if v.started.is_some() && v.completed.is_none() {
                 return solve;
@@ -798,7 +816,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         .pvc("buildkitd-buildkit-arm64-1")
         .start()
         .await;
-    let client = Client::connect(util::docker_addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(daemon_addr().parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;

@@ -1,10 +1,16 @@
 //! Integration tests against the real components the project's `scripts/testenv` starts: a
-//! Docker Engine with its embedded BuildKit and a registry. Kubernetes is an in-process API
-//! server. Addresses come from the environment that `scripts/testenv start` prints.
+//! Docker Engine with its embedded BuildKit, a registry and, when its binary is at hand,
+//! upstream's standalone buildkitd (tests that build run on each daemon: `util::Tier`).
+//! Kubernetes is an in-process API server. Addresses come from the environment that
+//! `scripts/testenv start` prints.
 
 // Test code may panic on anything unexpected: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod util;
+
+mod borders;
 mod build;
 mod cli;
 mod content;
@@ -16,4 +22,3 @@ mod multiplatform;
 mod relay;
 mod tls;
 mod transports;
-mod util;

@@ -7,7 +7,7 @@ use std::process::Output;
 use pf_buildkit::registry::{self, ClientOptions};
 use serde_json::Value;
 
-use crate::util::{self, stderr, stdout};
+use crate::util::{self, Tier, stderr, stdout};
 
 fn registry_client() -> registry::Client {
     registry::Client::new(ClientOptions {
@@ -35,23 +35,23 @@ fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// `pf-buildkit --addr <the test Engine> build ARGS…` run in `dir`.
-async fn build_in(dir: &Path, args: &[&str]) -> Output {
+/// `pf-buildkit --addr <the tier's daemon> build ARGS…` run in `dir`.
+async fn build_in(tier: Tier, dir: &Path, args: &[&str]) -> Output {
     util::tokio_bin()
         .current_dir(dir)
-        .args(["--addr", &util::docker_addr(), "build"])
+        .args(["--addr", &tier.addr(), "build"])
         .args(args)
         .output()
         .await
         .unwrap()
 }
 
-async fn multi_build(dir: &Path, repo: &str, extra: &[&str]) -> Output {
+async fn multi_build(tier: Tier, dir: &Path, repo: &str, extra: &[&str]) -> Output {
     let registry = util::env("PF_TEST_REGISTRY");
     let mut args = vec!["--progress", "plain", "--repo", repo, "--tag", "v1"];
     args.extend(["--registry", &registry, "--insecure-registry"]);
     args.extend(extra);
-    build_in(dir, &args).await
+    build_in(tier, dir, &args).await
 }
 
 async fn exists(reference: &str) -> bool {
@@ -109,8 +109,7 @@ async fn assert_index(repo: &str, digest: &str, arches: &[&str]) -> Value {
     doc
 }
 
-#[tokio::test]
-async fn two_architectures_pushed_with_one_index() {
+async fn two_architectures_pushed_with_one_index(tier: Tier) {
     let dir = context(
         "FROM scratch\nARG TARGETARCH\nCOPY hello-${TARGETARCH}.txt /hello.txt\n",
         &[
@@ -121,6 +120,7 @@ async fn two_architectures_pushed_with_one_index() {
     let repo = unique_repo("multi");
     let metadata = dir.path().join("metadata.json");
     let out = multi_build(
+        tier,
         dir.path(),
         &repo,
         &["--metadata-file", metadata.to_str().unwrap()],
@@ -153,12 +153,12 @@ async fn two_architectures_pushed_with_one_index() {
     }
 }
 
-#[tokio::test]
-async fn client_side_push_and_builders_per_architecture() {
+async fn client_side_push_and_builders_per_architecture(tier: Tier) {
     let dir = context("FROM scratch\nCOPY hello.txt /\n", &[("hello.txt", "hi\n")]);
     let repo = unique_repo("client-push");
-    let addr = util::docker_addr();
+    let addr = tier.addr();
     let out = multi_build(
+        tier,
         dir.path(),
         &repo,
         &[
@@ -175,8 +175,7 @@ async fn client_side_push_and_builders_per_architecture() {
     assert_index(&repo, &digest, &["amd64", "arm64"]).await;
 }
 
-#[tokio::test]
-async fn one_architecture_failing_cancels_the_other_and_pushes_no_index() {
+async fn one_architecture_failing_cancels_the_other_and_pushes_no_index(tier: Tier) {
     // arm64 fails at once: its COPY source does not exist. amd64 goes on to a step that would
     // run for minutes, so finishing quickly proves it was cancelled rather than waited for.
     // The marker's unique content keeps the long step out of the cache.
@@ -187,12 +186,18 @@ async fn one_architecture_failing_cancels_the_other_and_pushes_no_index() {
     let dir = context(&dockerfile, &[("marker-amd64.txt", &marker)]);
     let repo = unique_repo("fail");
     let started = std::time::Instant::now();
-    let out = multi_build(dir.path(), &repo, &["--opt", "force-network-mode=none"]).await;
+    let out = multi_build(
+        tier,
+        dir.path(),
+        &repo,
+        &["--opt", "force-network-mode=none"],
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let last = stderr(&out).trim_end().lines().last().unwrap().to_owned();
     assert!(
-        last.starts_with("pf-buildkit: arm64 (on docker+unix://"),
+        last.starts_with(&format!("pf-buildkit: arm64 (on {}", tier.addr())),
         "{last}"
     );
     assert!(
@@ -231,7 +236,7 @@ async fn bad_input_is_one_line_and_pushes_nothing() {
             "--output cannot be combined with --repo",
         ),
     ] {
-        let out = multi_build(dir.path(), &repo, &extra).await;
+        let out = multi_build(Tier::preferred(), dir.path(), &repo, &extra).await;
         assert_eq!(out.status.code(), Some(code), "{extra:?}: {}", stderr(&out));
         let err = stderr(&out);
         if code == 1 {
@@ -245,7 +250,7 @@ async fn bad_input_is_one_line_and_pushes_nothing() {
     ] {
         let registry = util::env("PF_TEST_REGISTRY");
         let args = ["--repo", repo, "--tag", tag, "--registry", &registry];
-        let out = build_in(dir.path(), &args).await;
+        let out = build_in(Tier::preferred(), dir.path(), &args).await;
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
@@ -253,12 +258,11 @@ async fn bad_input_is_one_line_and_pushes_nothing() {
     assert!(!exists(&format!("{registry}/{repo}:v1")).await);
 }
 
-#[tokio::test]
-async fn registry_comes_from_buildkit_json() {
+async fn registry_comes_from_buildkit_json(tier: Tier) {
     let dir = context("FROM scratch\nCOPY hello.txt /\n", &[("hello.txt", "hi\n")]);
     std::fs::create_dir(dir.path().join(".git")).unwrap();
     // No buildkit.json yet: the message names the file and what to put in it.
-    let out = build_in(dir.path(), &["--repo", "pf-test/cfg", "--tag", "v1"]).await;
+    let out = build_in(tier, dir.path(), &["--repo", "pf-test/cfg", "--tag", "v1"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(".buildkit/buildkit.json"),
@@ -278,6 +282,7 @@ async fn registry_comes_from_buildkit_json() {
     let repo = unique_repo("cfg");
     let args = ["--progress", "quiet", "--repo", &repo, "--tag", "v1"];
     let out = build_in(
+        tier,
         dir.path(),
         &[&args[..], &["--insecure-registry", "--arch", "arm64"]].concat(),
     )
@@ -286,8 +291,15 @@ async fn registry_comes_from_buildkit_json() {
     assert_index(&repo, stdout(&out).trim(), &["arm64"]).await;
 }
 
-#[tokio::test]
-async fn local_cache_per_architecture_from_buildkit_json_or_flag() {
+tier_tests!(
+    async two_architectures_pushed_with_one_index,
+    async client_side_push_and_builders_per_architecture,
+    async one_architecture_failing_cancels_the_other_and_pushes_no_index,
+    async registry_comes_from_buildkit_json,
+    async local_cache_per_architecture_from_buildkit_json_or_flag,
+);
+
+async fn local_cache_per_architecture_from_buildkit_json_or_flag(tier: Tier) {
     let dir = context(
         "FROM scratch\nARG TARGETARCH\nCOPY hello-${TARGETARCH}.txt /hello.txt\n",
         &[
@@ -311,7 +323,7 @@ async fn local_cache_per_architecture_from_buildkit_json_or_flag() {
     let args = [&args[..], &["--insecure-registry"]].concat();
 
     // First run: nothing to import; each architecture exports its own layout.
-    let out = build_in(dir.path(), &args).await;
+    let out = build_in(tier, dir.path(), &args).await;
     assert!(out.status.success(), "{}", stderr(&out));
     for arch in ["amd64", "arm64"] {
         let index: Value =
@@ -333,7 +345,7 @@ async fn local_cache_per_architecture_from_buildkit_json_or_flag() {
 
     // Second run, the directory named by the flag: each architecture imports its cache.
     let flag = ["--cache-dir", cache.to_str().unwrap()];
-    let out = build_in(dir.path(), &[&args[..], &flag[..]].concat()).await;
+    let out = build_in(tier, dir.path(), &[&args[..], &flag[..]].concat()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for arch in ["amd64", "arm64"] {

@@ -79,6 +79,155 @@ pub fn cache_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A BuildKit daemon of the test environment. The build, export, session, cache and
+/// multi-platform tests run on each daemon that is present, standalone first: it is what the
+/// production fleet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Upstream buildkitd v0.32.2, started by `scripts/testenv` when its binary is at hand.
+    /// Sessions go through `Control.Session` on the Control connection; RUN steps get the host
+    /// network; test-private instances can be started and killed (fault tests).
+    Standalone,
+    /// The Docker Engine's embedded BuildKit, reached through the Engine API's `/grpc` upgrade.
+    /// The CLI's sessions go through its `/session` upgrade; RUN steps need network mode none.
+    Engine,
+}
+
+impl Tier {
+    /// Short name for messages and test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Standalone => "standalone",
+            Tier::Engine => "engine",
+        }
+    }
+
+    /// Why this tier does not run here, or `None` when it does. The Engine always runs (a
+    /// test environment without it fails loudly in [`env`]).
+    pub fn skip_reason(self) -> Option<String> {
+        match self {
+            Tier::Engine => None,
+            Tier::Standalone => match std::env::var("PF_TEST_BUILDKIT_ADDR") {
+                Ok(v) if !v.is_empty() => None,
+                _ => Some(
+                    "PF_TEST_BUILDKIT_ADDR is not set: scripts/testenv found no \
+                     ../shared/buildkit/buildkitd-v0.32.2-linux-amd64.xz (PF_TESTENV_BUILDKIT)"
+                        .to_owned(),
+                ),
+            },
+        }
+    }
+
+    /// The tier if it runs here; otherwise says on stderr that a test skipped it, and why.
+    pub fn present(self, test: &str) -> Option<Tier> {
+        match self.skip_reason() {
+            None => Some(self),
+            Some(reason) => {
+                eprintln!("{test}: {} tier skipped: {reason}", self.name());
+                None
+            }
+        }
+    }
+
+    /// Every tier that runs here, standalone first.
+    pub fn available() -> Vec<Tier> {
+        [Tier::Standalone, Tier::Engine]
+            .into_iter()
+            .filter(|t| t.skip_reason().is_none())
+            .collect()
+    }
+
+    /// The daemon production runs if present, else the Engine: for tests (the fleet's) that
+    /// need one real BuildKit and are not about the daemon.
+    pub fn preferred() -> Tier {
+        Self::available()[0]
+    }
+
+    /// The address the client is given (`--addr`).
+    pub fn addr(self) -> String {
+        match self {
+            Tier::Standalone => env("PF_TEST_BUILDKIT_ADDR"),
+            Tier::Engine => docker_addr(),
+        }
+    }
+
+    /// Whether the CLI's session is opened with `Control.Session` (else the Engine's
+    /// `/session` upgrade).
+    pub fn session_via_control(self) -> bool {
+        self == Tier::Standalone
+    }
+
+    /// Whether a test can start and kill its own instance of this daemon.
+    pub fn private_instances(self) -> bool {
+        self == Tier::Standalone
+    }
+
+    /// Holds this daemon's build cache steady against a full prune while the guard lives.
+    pub fn cache_shared(self) -> std::sync::RwLockReadGuard<'static, ()> {
+        self.cache_lock()
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Excludes the tests that rely on this daemon's cache while the guard lives.
+    pub fn cache_exclusive(self) -> std::sync::RwLockWriteGuard<'static, ()> {
+        self.cache_lock()
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cache_lock(self) -> &'static std::sync::RwLock<()> {
+        match self {
+            Tier::Standalone => &STANDALONE_CACHE,
+            Tier::Engine => &BUILD_CACHE,
+        }
+    }
+}
+
+/// The standalone daemon's cache lock (see [`BUILD_CACHE`]).
+static STANDALONE_CACHE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Turns `fn NAME(tier: Tier)` into one test per [`Tier`]: `NAME::standalone` and
+/// `NAME::engine` (a module and a function may share a name). Where the standalone daemon is
+/// absent, its test says on stderr that it skipped the tier, and why. `async NAME` for an
+/// `async fn`, run on tokio.
+macro_rules! tier_tests {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use $crate::util::Tier;
+
+            #[test]
+            fn standalone() {
+                if let Some(tier) = Tier::Standalone.present(module_path!()) {
+                    super::$name(tier);
+                }
+            }
+
+            #[test]
+            fn engine() {
+                super::$name(Tier::Engine);
+            }
+        }
+    )+};
+    ($(async $name:ident),+ $(,)?) => {$(
+        mod $name {
+            use $crate::util::Tier;
+
+            #[tokio::test]
+            async fn standalone() {
+                if let Some(tier) = Tier::Standalone.present(module_path!()) {
+                    super::$name(tier).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn engine() {
+                super::$name(Tier::Engine).await;
+            }
+        }
+    )+};
+}
+
 /// Checks that `out` is a usage error (exit 2, as clap reports one) and returns its stderr.
 pub fn assert_usage_error(out: &Output) -> String {
     let text = stderr(out);

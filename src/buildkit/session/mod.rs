@@ -177,8 +177,13 @@ impl Session {
             .await;
             if let Err(err) = result {
                 tracing::debug!(error = %err, "session ended with an error");
+                // Says which side closed the session and how, when the error's types tell.
+                let reason = match crate::buildkit::error::classify_error(&err) {
+                    crate::buildkit::error::Cause::Protocol(_) => err.to_string(),
+                    cause => cause.to_string(),
+                };
                 if let Ok(mut slot) = failure_slot.lock() {
-                    *slot = Some(err.to_string());
+                    *slot = Some(reason);
                 }
             }
         });

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-pub use portforward::docker_engine;
+pub use portforward::{docker_engine, tcp};
 
 /// The token of the `fake` context's user.
 pub const TOKEN: &str = "fake-token";

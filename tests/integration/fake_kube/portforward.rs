@@ -333,3 +333,15 @@ pub fn docker_engine(socket: PathBuf) -> DialFn {
         })
     })
 }
+
+/// A dial hook reaching a standalone buildkitd listening on `host:port` (TCP, h2c): what a
+/// pod's port 1234 is in production.
+pub fn tcp(host_port: String) -> DialFn {
+    Arc::new(move |_port| {
+        let host_port = host_port.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(host_port.as_str()).await?;
+            Ok(Box::pin(stream) as std::pin::Pin<Box<dyn Stream>>)
+        })
+    })
+}
