@@ -228,9 +228,22 @@ pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
         }
         next = e.source();
     }
+    let text = chain_text(err);
+    // h2 hands an I/O failure of the connection to each of its streams as a copy holding only
+    // the kind and the text, so a TLS alert can reach a call with its type gone. This looks
+    // at our own transport's text only: a daemon's status never gets here (see `classify`).
+    if let Some(at) = text.find("received fatal alert: ") {
+        let alert = text[at + "received fatal alert: ".len()..]
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .next()
+            .unwrap_or_default();
+        return Cause::Tls(format!(
+            "TLS: the daemon rejected the connection (alert {alert}); does it need a client certificate (--tlscert, --tlskey)?"
+        ));
+    }
     match closed {
         Some(detail) => Cause::Closed(detail),
-        None => Cause::Protocol(chain_text(err)),
+        None => Cause::Protocol(text),
     }
 }
 

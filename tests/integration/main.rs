@@ -16,6 +16,7 @@ mod cli;
 mod content;
 mod daemon;
 mod fake_kube;
+mod faults;
 mod fleet;
 mod manifest;
 mod multiplatform;
