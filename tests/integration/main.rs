@@ -14,6 +14,7 @@ mod aws;
 mod borders;
 mod build;
 mod cli;
+mod content;
 mod daemon;
 mod fake_kube;
 mod faults;
