@@ -554,3 +554,92 @@ async fn r8_filesend_100k_stats_without_pacing() {
     call.succeed();
     build.await.unwrap().unwrap();
 }
+
+/// 100,000 REQs in one burst: the daemon asks the client's FileSync for every file of a
+/// 100,000-file context at once, without reading anything back until all are sent. The
+/// session stays up, every file's bytes arrive intact and each exactly once, and nothing
+/// outside the context is read (the context also holds symlinks to the outside marker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r8_filesync_100k_reqs_in_one_burst() {
+    use std::collections::{HashMap, HashSet};
+
+    use pf_buildkit::buildkit::fsutil::mode;
+
+    const N: usize = 100_000;
+    let fx = Fixture::new();
+    hostile_context(&fx);
+    // 100 directories of 1,000 files, each holding its own path (so a mix-up shows).
+    for i in 0..N {
+        let dir = fx.ctx.join(format!("many/d{:02}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        let rel = format!("many/d{:02}/f{i:06}", i % 100);
+        std::fs::write(fx.ctx.join(&rel), rel.as_bytes()).unwrap();
+    }
+    let mut peer = HostilePeer::start().await;
+    let (build, call) = start_build(&mut peer, fx.options()).await;
+    let mut sync = call
+        .session
+        .file_sync(&SyncRequest::dir("context"))
+        .await
+        .unwrap();
+    let stats = stats_of(&mut sync).await;
+    let files: Vec<u32> = stats
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.mode & mode::TYPE == 0)
+        .map(|(id, _)| id as u32)
+        .collect();
+    assert_eq!(files.len(), N + 3, "Dockerfile, inside.txt, sub/in.txt and the N files");
+
+    // Every REQ from another task, as fast as the stream takes them, while this one reads.
+    let tx = sync.sender();
+    let ids = files.clone();
+    let burst = tokio::spawn(async move {
+        for id in ids {
+            tx.send(req(id)).await.unwrap();
+        }
+    });
+    let mut got: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut finished = HashSet::new();
+    let mut all_data = Vec::new();
+    while finished.len() < files.len() {
+        match sync.recv().await {
+            Some(Ok(p)) if packets::is(&p, PacketType::PacketData) => {
+                assert!(
+                    files.binary_search(&p.id).is_ok(),
+                    "data for id {}, which was not asked for",
+                    p.id
+                );
+                assert!(!finished.contains(&p.id), "data for {} after its end", p.id);
+                if p.data.is_empty() {
+                    finished.insert(p.id);
+                } else {
+                    got.entry(p.id).or_default().extend_from_slice(&p.data);
+                }
+                all_data.push(p);
+            }
+            other => panic!(
+                "the client failed after {} files: {other:?}",
+                finished.len()
+            ),
+        }
+    }
+    burst.await.unwrap();
+    for &id in &files {
+        let path = &stats[id as usize].path;
+        let want = std::fs::read(fx.ctx.join(path)).unwrap();
+        assert_eq!(
+            got.get(&id).map(Vec::as_slice).unwrap_or_default(),
+            want.as_slice(),
+            "the bytes of {path}"
+        );
+    }
+    assert_no_marker(&all_data);
+    sync.send(fin()).await;
+    assert!(until_fin(&mut sync).await.unwrap(), "the session stayed up");
+    fx.assert_contained();
+    call.succeed();
+    build.await.unwrap().unwrap();
+}

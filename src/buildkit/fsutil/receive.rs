@@ -5,8 +5,15 @@
 //! Packets are applied on a blocking thread (every step is a system call); REQs and the final
 //! FIN go out through an unbounded queue so that asking for data never waits on the sender
 //! reading, which could otherwise deadlock against a sender blocked on sending data.
+//!
+//! Memory: the daemon's sender walks and sends every STAT up front, whatever data is
+//! outstanding, so a 100,000-file export announces 100,000 files long before their data
+//! arrives. Each announced file waits as a small [`FileEntry`] (its path once, mode, time)
+//! and only [`REQUEST_WINDOW`] files are asked for at a time: the full per-file state
+//! ([`Pending`]: temporary name, descriptors, hardlinks) exists only for those. The REQ
+//! queue is bounded by the same window.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -156,10 +163,27 @@ where
     forwarded
 }
 
-/// A regular file whose data is still coming.
+/// How many files are asked for (REQ sent, data not yet complete) at once. fsutil's sender
+/// accepts a REQ at any time for any file it announced, queues up to 128 and reads them with
+/// 4 workers; 256 keeps that queue full (no throughput lost to the round trip of a REQ)
+/// while bounding the per-file state and the REQs in flight.
+const REQUEST_WINDOW: usize = 256;
+
+/// A regular file announced by a STAT: what placing it needs, and no more, since every
+/// announced file may wait here at once.
+struct FileEntry {
+    id: u32,
+    mode: u32,
+    mod_time: i64,
+    /// Shared with [`Receiver::files`]: the path is stored once.
+    path: Arc<str>,
+    /// The whole STAT, kept only for the rare file with extended attributes.
+    xattrs: Option<Box<Stat>>,
+}
+
+/// A regular file asked for, whose data is still coming.
 struct Pending {
-    rel: String,
-    stat: Stat,
+    entry: FileEntry,
     /// The temporary file's name, in the directory `parent`.
     tmp: String,
     /// The directory the temporary file was created in, held so that it is removed from
@@ -167,8 +191,6 @@ struct Pending {
     parent: Option<OwnedFd>,
     /// Open once the first byte (or the EOF) arrives, so only files in flight hold descriptors.
     file: Option<File>,
-    /// Hardlinks to this file that arrived before its data did: created once it is in place.
-    links: Vec<String>,
     /// Renamed into place: nothing to clean up.
     placed: bool,
 }
@@ -205,11 +227,15 @@ struct Receiver {
     out: mpsc::UnboundedSender<Packet>,
     stats: Arc<TransferStats>,
     next_id: u32,
-    pending: HashMap<u32, Pending>,
-    /// Path of each pending file, to find it when a hardlink names it.
-    pending_by_path: HashMap<String, u32>,
-    /// Regular files seen, the only valid hardlink targets.
-    files_seen: HashSet<String>,
+    /// Files announced and not yet asked for, in id order.
+    waiting: VecDeque<FileEntry>,
+    /// Files asked for (at most [`REQUEST_WINDOW`]), by id.
+    in_flight: HashMap<u32, Pending>,
+    /// Every regular file announced, the only valid hardlink targets: `Some(id)` until it
+    /// is in place, then `None`.
+    files: HashMap<Arc<str>, Option<u32>>,
+    /// Hardlinks to a file not yet in place, by the file's id: created once it is.
+    early_links: HashMap<u32, Vec<String>>,
     /// Directories whose mode and times are set at the end, after their children.
     dirs: Vec<Stat>,
     validator: Validator,
@@ -272,9 +298,10 @@ impl Receiver {
             out,
             stats,
             next_id: 0,
-            pending: HashMap::new(),
-            pending_by_path: HashMap::new(),
-            files_seen: HashSet::new(),
+            waiting: VecDeque::new(),
+            in_flight: HashMap::new(),
+            files: HashMap::new(),
+            early_links: HashMap::new(),
             dirs: Vec::new(),
             validator: Validator::default(),
             stats_done: false,
@@ -323,7 +350,9 @@ impl Receiver {
                 // REQs make no sense towards a receiver; fsutil ignores unknown packets.
                 _ => {}
             }
-            if !finished && self.stats_done && self.pending.is_empty() {
+            self.request_more()?;
+            if !finished && self.stats_done && self.in_flight.is_empty() && self.waiting.is_empty()
+            {
                 self.finish()?;
                 finished = true;
             }
@@ -360,6 +389,33 @@ impl Receiver {
         format!(".pf-tmp-{}-{}-{id}", std::process::id(), self.serial)
     }
 
+    /// Asks for waiting files, in order, until [`REQUEST_WINDOW`] are in flight.
+    fn request_more(&mut self) -> Result<(), ReceiveError> {
+        while self.in_flight.len() < REQUEST_WINDOW {
+            let Some(entry) = self.waiting.pop_front() else {
+                return Ok(());
+            };
+            let id = entry.id;
+            let tmp = self.tmp_name(id);
+            self.in_flight.insert(
+                id,
+                Pending {
+                    entry,
+                    tmp,
+                    parent: None,
+                    file: None,
+                    placed: false,
+                },
+            );
+            self.send(Packet {
+                r#type: PacketType::PacketReq as i32,
+                id,
+                ..Packet::default()
+            })?;
+        }
+        Ok(())
+    }
+
     fn on_stat(&mut self, stat: Stat) -> Result<(), ReceiveError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
@@ -369,42 +425,33 @@ impl Receiver {
         let kind = stat.mode & mode::TYPE;
 
         if kind == 0 && stat.linkname.is_empty() {
-            // A regular file: asked for now, written when its data arrives.
-            self.files_seen.insert(stat.path.clone());
-            self.pending_by_path.insert(stat.path.clone(), id);
-            self.pending.insert(
+            // A regular file: asked for in turn (see `request_more`), written when its data
+            // arrives.
+            let path: Arc<str> = Arc::from(stat.path.as_str());
+            self.files.insert(path.clone(), Some(id));
+            self.waiting.push_back(FileEntry {
                 id,
-                Pending {
-                    rel: stat.path.clone(),
-                    tmp: self.tmp_name(id),
-                    stat,
-                    parent: None,
-                    file: None,
-                    links: Vec::new(),
-                    placed: false,
-                },
-            );
-            return self.send(Packet {
-                r#type: PacketType::PacketReq as i32,
-                id,
-                ..Packet::default()
+                mode: stat.mode,
+                mod_time: stat.mod_time,
+                path,
+                xattrs: (!stat.xattrs.is_empty()).then(|| Box::new(stat)),
             });
+            return Ok(());
         }
         if kind == 0 {
             // A hardlink to a file sent earlier.
-            if !self.files_seen.contains(&stat.linkname) {
-                return Err(ReceiveError::UnknownLink {
-                    path: stat.path,
-                    target: stat.linkname,
-                });
-            }
-            if let Some(orig) = self
-                .pending_by_path
-                .get(&stat.linkname)
-                .and_then(|id| self.pending.get_mut(id))
-            {
-                orig.links.push(stat.path);
-                return Ok(());
+            match self.files.get(stat.linkname.as_str()) {
+                None => {
+                    return Err(ReceiveError::UnknownLink {
+                        path: stat.path,
+                        target: stat.linkname,
+                    });
+                }
+                Some(Some(target)) => {
+                    self.early_links.entry(*target).or_default().push(stat.path);
+                    return Ok(());
+                }
+                Some(None) => {}
             }
             let tmp = self.tmp_name(id);
             return self
@@ -526,19 +573,19 @@ impl Receiver {
     }
 
     fn on_data(&mut self, id: u32, data: bytes::Bytes) -> Result<(), ReceiveError> {
-        let Some(p) = self.pending.get_mut(&id) else {
+        let Some(p) = self.in_flight.get_mut(&id) else {
             return Err(ReceiveError::UnexpectedData(id));
         };
         if p.file.is_none() {
             let opened = (|| {
-                let (parent, _) = self.root.parent(&p.rel)?;
+                let (parent, _) = self.root.parent(&p.entry.path)?;
                 let parent = parent.to_owned_fd()?;
                 beneath::unlink(&parent, &p.tmp)?;
                 let file = beneath::create_new(&parent, &p.tmp)?;
                 Ok::<_, io::Error>((parent, file))
             })();
             let (parent, file) = opened.map_err(|error| ReceiveError::Write {
-                path: self.dest.join(&p.rel),
+                path: self.dest.join(&*p.entry.path),
                 error,
             })?;
             p.parent = Some(parent);
@@ -547,7 +594,7 @@ impl Receiver {
         if !data.is_empty() {
             if let Some(file) = p.file.as_mut() {
                 file.write_all(&data).map_err(|error| ReceiveError::Write {
-                    path: self.dest.join(&p.rel),
+                    path: self.dest.join(&*p.entry.path),
                     error,
                 })?;
             }
@@ -558,15 +605,18 @@ impl Receiver {
         }
         // EOF: metadata last, then into place, then any hardlinks waiting for it. On any
         // error `p` is dropped, which removes its temporary file.
-        let Some(mut p) = self.pending.remove(&id) else {
+        let Some(mut p) = self.in_flight.remove(&id) else {
             return Err(ReceiveError::UnexpectedData(id));
         };
-        self.pending_by_path.remove(&p.rel);
-        self.place(&mut p).map_err(self.write_err(&p.rel))?;
-        for link in &p.links {
+        let rel = p.entry.path.clone();
+        self.place(&mut p).map_err(self.write_err(&rel))?;
+        if let Some(state) = self.files.get_mut(&rel) {
+            *state = None;
+        }
+        for link in self.early_links.remove(&id).unwrap_or_default() {
             let tmp = self.tmp_name(id);
-            self.link(&p.rel, link, &tmp)
-                .map_err(self.write_err(link))?;
+            self.link(&rel, &link, &tmp)
+                .map_err(self.write_err(&link))?;
         }
         self.stats.files.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -576,14 +626,16 @@ impl Receiver {
     /// directory it was created in may have been replaced since.
     fn place(&self, p: &mut Pending) -> io::Result<()> {
         if let Some(file) = p.file.take() {
-            beneath::chmod_fd(&file, mode::to_unix_permissions(p.stat.mode))?;
-            beneath::set_xattrs_fd(&file, &p.stat);
-            beneath::set_times_fd(&file, p.stat.mod_time)?;
+            beneath::chmod_fd(&file, mode::to_unix_permissions(p.entry.mode))?;
+            if let Some(stat) = &p.entry.xattrs {
+                beneath::set_xattrs_fd(&file, stat);
+            }
+            beneath::set_times_fd(&file, p.entry.mod_time)?;
         }
         let Some(from) = &p.parent else {
             return Err(io::Error::other("the file was never created"));
         };
-        let (to, name) = self.root.parent(&p.rel)?;
+        let (to, name) = self.root.parent(&p.entry.path)?;
         beneath::replace(from, &p.tmp, &to, name)?;
         p.placed = true;
         Ok(())
