@@ -591,7 +591,11 @@ async fn r8_filesync_100k_reqs_in_one_burst() {
         .filter(|(_, s)| s.mode & mode::TYPE == 0)
         .map(|(id, _)| id as u32)
         .collect();
-    assert_eq!(files.len(), N + 3, "Dockerfile, inside.txt, sub/in.txt and the N files");
+    assert_eq!(
+        files.len(),
+        N + 3,
+        "Dockerfile, inside.txt, sub/in.txt and the N files"
+    );
 
     // Every REQ from another task, as fast as the stream takes them, while this one reads.
     let tx = sync.sender();

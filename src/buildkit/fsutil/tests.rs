@@ -905,3 +905,107 @@ async fn an_interrupted_transfer_leaves_no_temporary_files() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// [`receive_script`], also returning every packet the receiver sent back.
+async fn receive_script_replies(
+    packets: Vec<Packet>,
+) -> (
+    Result<(), ReceiveError>,
+    PathBuf,
+    tempfile::TempDir,
+    Vec<Packet>,
+) {
+    let dst = tempfile::tempdir().unwrap();
+    let out = dst.path().join("out");
+    let (tx, rx) = mpsc::channel(packets.len() + 1);
+    // Room for a REQ per packet and the FIN or ERR: the receiver never waits on us.
+    let (back_tx, mut back_rx) = mpsc::channel(packets.len() + 2);
+    for p in packets {
+        tx.send(p).await.unwrap();
+    }
+    drop(tx);
+    let r = receive(
+        out.clone(),
+        ReceiverStream::new(rx).map(Ok),
+        back_tx,
+        Arc::default(),
+    )
+    .await;
+    let mut replies = Vec::new();
+    while let Ok(p) = back_rx.try_recv() {
+        replies.push(p);
+    }
+    (r, out, dst, replies)
+}
+
+/// `count` regular files `f0000`... as STATs (ids 0 to count-1).
+fn file_stats(count: u32) -> Vec<Packet> {
+    (0..count)
+        .map(|i| stat_packet(&format!("f{i:04}"), 0o644, ""))
+        .collect()
+}
+
+fn eof_packet(id: u32) -> Packet {
+    Packet {
+        r#type: PacketType::PacketData as i32,
+        id,
+        ..Packet::default()
+    }
+}
+
+fn end_of_stats() -> Packet {
+    Packet {
+        r#type: PacketType::PacketStat as i32,
+        ..Packet::default()
+    }
+}
+
+fn req_ids(replies: &[Packet]) -> Vec<u32> {
+    replies
+        .iter()
+        .filter(|p| p.r#type == PacketType::PacketReq as i32)
+        .map(|p| p.id)
+        .collect()
+}
+
+/// However many files are announced, only a window of them is asked for at once: data for
+/// a file not asked for yet is refused, and no temporary file is left.
+#[tokio::test]
+async fn receiver_asks_for_a_bounded_window_of_files() {
+    let mut script = file_stats(600);
+    script.push(end_of_stats());
+    script.push(eof_packet(599));
+    let (r, out, _keep, replies) = receive_script_replies(script).await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err, ReceiveError::UnexpectedData(599)),
+        "unexpected: {err}"
+    );
+    assert_eq!(req_ids(&replies), (0..256).collect::<Vec<_>>());
+    let left: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Files beyond the window are asked for, in order, as earlier ones complete; a hardlink to
+/// a file still waiting for its turn is made once that file is in place.
+#[tokio::test]
+async fn receiver_slides_its_window_and_links_waiting_files() {
+    let mut script = file_stats(600);
+    script.push(stat_packet("z-link", 0o644, "f0599"));
+    script.push(end_of_stats());
+    script.extend((0..600).map(eof_packet));
+    let (r, out, _keep, replies) = receive_script_replies(script).await;
+    r.unwrap();
+    assert_eq!(req_ids(&replies), (0..600).collect::<Vec<_>>());
+    assert_eq!(
+        replies.last().map(|p| p.r#type),
+        Some(PacketType::PacketFin as i32)
+    );
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 601);
+    let ino = |name: &str| fs::metadata(out.join(name)).unwrap().ino();
+    assert_eq!(ino("z-link"), ino("f0599"));
+}
