@@ -8,12 +8,13 @@
 //!
 //! Memory: the daemon's sender walks and sends every STAT up front, whatever data is
 //! outstanding, so a 100,000-file export announces 100,000 files long before their data
-//! arrives. Each announced file waits as a small [`FileEntry`] (its path once, mode, time)
-//! and only [`REQUEST_WINDOW`] files are asked for at a time: the full per-file state
-//! ([`Pending`]: temporary name, descriptors, hardlinks) exists only for those. The REQ
-//! queue is bounded by the same window.
+//! arrives. Each announced file is kept as a 32-byte [`FileEntry`] (id, mode, time, where its
+//! path is in one shared string), in walk order, which is sorted: hardlinks find their target
+//! by binary search, with no per-file map or allocation. Only [`REQUEST_WINDOW`] files are
+//! asked for at a time: the full per-file state ([`Pending`]: path, temporary name,
+//! descriptors) exists only for those. The REQ queue is bounded by the same window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -170,20 +171,28 @@ where
 const REQUEST_WINDOW: usize = 256;
 
 /// A regular file announced by a STAT: what placing it needs, and no more, since every
-/// announced file may wait here at once.
+/// announced file may wait at once.
 struct FileEntry {
     id: u32,
     mode: u32,
     mod_time: i64,
-    /// Shared with [`Receiver::files`]: the path is stored once.
-    path: Arc<str>,
-    /// The whole STAT, kept only for the rare file with extended attributes.
+    /// Where the path is in [`Receiver::names`].
+    name_start: usize,
+    name_len: u32,
+}
+
+/// A regular file asked for: what placing it needs, its path owned.
+struct Wanted {
+    mode: u32,
+    mod_time: i64,
+    path: Box<str>,
+    /// The whole STAT, only for a file with extended attributes.
     xattrs: Option<Box<Stat>>,
 }
 
 /// A regular file asked for, whose data is still coming.
 struct Pending {
-    entry: FileEntry,
+    entry: Wanted,
     /// The temporary file's name, in the directory `parent`.
     tmp: String,
     /// The directory the temporary file was created in, held so that it is removed from
@@ -227,13 +236,17 @@ struct Receiver {
     out: mpsc::UnboundedSender<Packet>,
     stats: Arc<TransferStats>,
     next_id: u32,
-    /// Files announced and not yet asked for, in id order.
-    waiting: VecDeque<FileEntry>,
+    /// Every regular file announced (the only valid hardlink targets), in walk order: sorted
+    /// by path component by component, as the validator enforces.
+    files: Vec<FileEntry>,
+    /// The paths of `files`, one after another.
+    names: String,
+    /// How many of `files` were asked for; the rest wait their turn.
+    requested: usize,
+    /// The STATs of the files with extended attributes, by id (rare).
+    xattrs: HashMap<u32, Box<Stat>>,
     /// Files asked for (at most [`REQUEST_WINDOW`]), by id.
     in_flight: HashMap<u32, Pending>,
-    /// Every regular file announced, the only valid hardlink targets: `Some(id)` until it
-    /// is in place, then `None`.
-    files: HashMap<Arc<str>, Option<u32>>,
     /// Hardlinks to a file not yet in place, by the file's id: created once it is.
     early_links: HashMap<u32, Vec<String>>,
     /// Directories whose mode and times are set at the end, after their children.
@@ -298,9 +311,11 @@ impl Receiver {
             out,
             stats,
             next_id: 0,
-            waiting: VecDeque::new(),
+            files: Vec::new(),
+            names: String::new(),
+            requested: 0,
+            xattrs: HashMap::new(),
             in_flight: HashMap::new(),
-            files: HashMap::new(),
             early_links: HashMap::new(),
             dirs: Vec::new(),
             validator: Validator::default(),
@@ -351,7 +366,10 @@ impl Receiver {
                 _ => {}
             }
             self.request_more()?;
-            if !finished && self.stats_done && self.in_flight.is_empty() && self.waiting.is_empty()
+            if !finished
+                && self.stats_done
+                && self.in_flight.is_empty()
+                && self.requested == self.files.len()
             {
                 self.finish()?;
                 finished = true;
@@ -392,10 +410,17 @@ impl Receiver {
     /// Asks for waiting files, in order, until [`REQUEST_WINDOW`] are in flight.
     fn request_more(&mut self) -> Result<(), ReceiveError> {
         while self.in_flight.len() < REQUEST_WINDOW {
-            let Some(entry) = self.waiting.pop_front() else {
+            let Some(file) = self.files.get(self.requested) else {
                 return Ok(());
             };
-            let id = entry.id;
+            self.requested += 1;
+            let id = file.id;
+            let entry = Wanted {
+                mode: file.mode,
+                mod_time: file.mod_time,
+                path: self.name(file).into(),
+                xattrs: self.xattrs.remove(&id),
+            };
             let tmp = self.tmp_name(id);
             self.in_flight.insert(
                 id,
@@ -416,6 +441,21 @@ impl Receiver {
         Ok(())
     }
 
+    /// The path of an announced file.
+    fn name(&self, file: &FileEntry) -> &str {
+        let end = file.name_start + file.name_len as usize;
+        self.names.get(file.name_start..end).unwrap_or_default()
+    }
+
+    /// The announced regular file at `path`, by binary search: `files` is in walk order.
+    fn find_file(&self, path: &str) -> Option<&FileEntry> {
+        let i = self
+            .files
+            .binary_search_by(|f| self.name(f).split('/').cmp(path.split('/')))
+            .ok()?;
+        self.files.get(i)
+    }
+
     fn on_stat(&mut self, stat: Stat) -> Result<(), ReceiveError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
@@ -427,31 +467,41 @@ impl Receiver {
         if kind == 0 && stat.linkname.is_empty() {
             // A regular file: asked for in turn (see `request_more`), written when its data
             // arrives.
-            let path: Arc<str> = Arc::from(stat.path.as_str());
-            self.files.insert(path.clone(), Some(id));
-            self.waiting.push_back(FileEntry {
+            let name_len =
+                u32::try_from(stat.path.len()).map_err(|_| ReceiveError::InvalidPath {
+                    path: stat.path.clone(),
+                    reason: "path too long",
+                })?;
+            self.files.push(FileEntry {
                 id,
                 mode: stat.mode,
                 mod_time: stat.mod_time,
-                path,
-                xattrs: (!stat.xattrs.is_empty()).then(|| Box::new(stat)),
+                name_start: self.names.len(),
+                name_len,
             });
+            self.names.push_str(&stat.path);
+            if !stat.xattrs.is_empty() {
+                self.xattrs.insert(id, Box::new(stat));
+            }
             return Ok(());
         }
         if kind == 0 {
-            // A hardlink to a file sent earlier.
-            match self.files.get(stat.linkname.as_str()) {
-                None => {
-                    return Err(ReceiveError::UnknownLink {
-                        path: stat.path,
-                        target: stat.linkname,
-                    });
-                }
-                Some(Some(target)) => {
-                    self.early_links.entry(*target).or_default().push(stat.path);
-                    return Ok(());
-                }
-                Some(None) => {}
+            // A hardlink to a file sent earlier: made now if that file is in place, else
+            // once it is.
+            let Some(target) = self.find_file(&stat.linkname) else {
+                return Err(ReceiveError::UnknownLink {
+                    path: stat.path,
+                    target: stat.linkname,
+                });
+            };
+            let target = target.id;
+            let requested = self
+                .files
+                .get(self.requested.wrapping_sub(1))
+                .is_some_and(|last| target <= last.id);
+            if !requested || self.in_flight.contains_key(&target) {
+                self.early_links.entry(target).or_default().push(stat.path);
+                return Ok(());
             }
             let tmp = self.tmp_name(id);
             return self
@@ -610,9 +660,6 @@ impl Receiver {
         };
         let rel = p.entry.path.clone();
         self.place(&mut p).map_err(self.write_err(&rel))?;
-        if let Some(state) = self.files.get_mut(&rel) {
-            *state = None;
-        }
         for link in self.early_links.remove(&id).unwrap_or_default() {
             let tmp = self.tmp_name(id);
             self.link(&rel, &link, &tmp)
