@@ -1009,3 +1009,24 @@ async fn receiver_slides_its_window_and_links_waiting_files() {
     let ino = |name: &str| fs::metadata(out.join(name)).unwrap().ino();
     assert_eq!(ino("z-link"), ino("f0599"));
 }
+
+/// Hardlink targets are found in walk order, which compares paths component by component:
+/// `a/b` comes before `a-b` although `-` sorts before `/` byte-wise.
+#[tokio::test]
+async fn receiver_finds_link_targets_in_walk_order() {
+    let script = vec![
+        stat_packet("a", mode::DIR | 0o755, ""),
+        stat_packet("a/b", 0o644, ""),
+        stat_packet("a-b", 0o644, ""),
+        stat_packet("z1", 0o644, "a/b"),
+        stat_packet("z2", 0o644, "a-b"),
+        end_of_stats(),
+        eof_packet(1),
+        eof_packet(2),
+    ];
+    let (r, out, _keep, _) = receive_script_replies(script).await;
+    r.unwrap();
+    let ino = |name: &str| fs::metadata(out.join(name)).unwrap().ino();
+    assert_eq!(ino("z1"), ino("a/b"));
+    assert_eq!(ino("z2"), ino("a-b"));
+}
