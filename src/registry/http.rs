@@ -1,11 +1,10 @@
 //! The registry's HTTP layer: URLs, the auth challenge dance (Basic and bearer tokens with
 //! several scopes), and bounded retries with backoff on 5xx, 429 and dropped connections.
 //!
-//! This sits on reqwest with rustls (ring), the same stack oci-client uses. oci-client's own
-//! `Client` is not used for requests because it has no retry hook, does not expose
-//! `Retry-After`, treats a refused cross-repository mount (202) as an error and drops the
-//! upload session, and asks for single-repository token scopes (a mount needs pull on the
-//! source repository as well).
+//! This sits on reqwest with rustls (ring). A registry client crate such as oci-client is not
+//! used: it has no retry hook, does not expose `Retry-After`, treats a refused
+//! cross-repository mount (202) as an error and drops the upload session, and asks for
+//! single-repository token scopes (a mount needs pull on the source repository as well).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
