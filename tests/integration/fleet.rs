@@ -608,7 +608,12 @@ async fn a_tunnel_carries_concurrent_grpc_connections_and_survives_one_dropping(
         }
     }
     assert!(recovered, "the first client reconnects through the tunnel");
-    assert_eq!(fake.portforwards_opened(), probes + 3);
+    // How often the client redials is tonic's business; that the reconnection went through a
+    // new port-forward is the tunnel's.
+    assert!(
+        fake.portforwards_opened() > probes + 2,
+        "the reconnection opens a new port-forward"
+    );
 
     // Ctrl-C closes it: the process ends and nothing listens on the port any more.
     let pid = child.id().to_string();
@@ -628,6 +633,11 @@ async fn a_tunnel_carries_concurrent_grpc_connections_and_survives_one_dropping(
             .await
             .is_err()
     );
+    // Every port-forward the tunnel opened is closed with it.
+    fake.wait_until("every port-forward to close", |f| {
+        f.portforwards_open() == 0
+    })
+    .await;
 }
 
 /// An LLB op, encoded with BuildKit's field numbers (`solver/pb/ops.proto`).
@@ -1402,7 +1412,9 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
         "{last}"
     );
     assert!(
-        last.contains("closed") || last.contains("connection"),
+        last.contains(
+            ": Solve failed: the daemon went away: the connection closed before the call finished"
+        ),
         "{last}"
     );
     assert_eq!(index_digest(&repo).await, None, "no index");
