@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Benchmarks context transfer: pf-buildkit against `docker buildx build` on the same Docker
-# Engine, same Dockerfile (FROM scratch + COPY . /) and same exporter (a tar file).
+# Benchmarks context transfer and exports: pf-buildkit against `docker buildx build` on the same
+# Docker Engine, and pf-buildkit on the standalone BuildKit daemon (the production daemon,
+# reached through `Control.Session`), same Dockerfile (FROM scratch + COPY . /).
 #
-# Context: 20,000 files of 1-8 KiB and 4 files of 64 MiB, generated from a fixed seed.
-# Cases: cold (a new session shared key: everything is sent), warm (unchanged: nothing is
-# sent), edit10 (10 files edited before each run). Reports, as medians of $RUNS runs, the
-# wall time, the client's peak RSS, the client's CPU time (user+sys), and how long the
-# context transfer took as the daemon reports it: the `[internal] load build context` step's
-# started-to-completed time from the plain progress (`#N DONE 1.2s`: both tools print the
-# daemon's timestamps there; buildx 0.13 has no rawjson progress).
+# Contexts, generated from fixed seeds: `ctx` has 20,000 files of 1-8 KiB and 4 files of
+# 64 MiB; `ctx200k` has 200,000 files of a few bytes; `ctx100k` has 100,000 such files.
+# Cases:
+#   cold, warm, edit10   ctx, exported as a tar: a new session shared key (everything is
+#                        sent), unchanged (nothing is sent), 10 files edited before each run
+#   cold200k, warm200k   ctx200k, exported as a tar
+#   export100k           ctx100k (warm), exported with `type=local` into an empty directory:
+#                        100,000 files written by the client
+# Reports, as medians of $RUNS runs, the wall time, the client's peak RSS, the client's CPU
+# time (user+sys), and how long the context transfer took as the daemon reports it: the
+# `[internal] load build context` step's started-to-completed time from the plain progress
+# (`#N DONE 1.2s`: both tools print the daemon's timestamps there; buildx 0.13 has no rawjson
+# progress).
+#
+# Tools: `pf` (pf-buildkit on the Engine), `pf-sa` (pf-buildkit on the standalone daemon at
+# PF_TEST_BUILDKIT_ADDR; skipped when unset), `buildx` (docker buildx on the Engine).
 #
 # Usage: eval "$(scripts/testenv start)"; scripts/bench-context.sh
-# Environment: PF_TEST_DOCKER_HOST (required), PF_BENCH_DIR (default /tmp/pf-bench),
-# PF_BENCH_RUNS (default 5), PF_BENCH_CASES (default "cold warm edit10"), PF_BENCH_TOOLS
-# (default "pf buildx"), PF_BENCH_DOCKER (a docker CLI with buildx; default the test
-# environment's wrapper /tmp/pf-buildkit-testenv/bin/docker, see `scripts/testenv install-buildx`).
+# Environment: PF_TEST_DOCKER_HOST (required), PF_TEST_BUILDKIT_ADDR (the standalone daemon),
+# PF_BENCH_DIR (default /tmp/pf-bench), PF_BENCH_RUNS (default 5), PF_BENCH_CASES (default
+# "cold warm edit10 cold200k warm200k export100k"), PF_BENCH_TOOLS (default "pf pf-sa buildx"),
+# PF_BENCH_DOCKER (a docker CLI with buildx; default the test environment's wrapper
+# $PF_TESTENV_DIR/bin/docker, see `scripts/testenv install-buildx`), PF_BENCH_NO_BUILD (set: use
+# the release binary as it is, without `cargo build --release`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,15 +34,16 @@ cd "$(dirname "$0")/.."
 SOCK=${PF_TEST_DOCKER_HOST#unix://}
 ADDR=docker+unix://$SOCK
 WORK=${PF_BENCH_DIR:-/tmp/pf-bench}
+SA_ADDR=${PF_TEST_BUILDKIT_ADDR:-}
 RUNS=${PF_BENCH_RUNS:-5}
-CASES=${PF_BENCH_CASES:-cold warm edit10}
-TOOLS=${PF_BENCH_TOOLS:-pf buildx}
-DOCKER=${PF_BENCH_DOCKER:-/tmp/pf-buildkit-testenv/bin/docker}
+CASES=${PF_BENCH_CASES:-cold warm edit10 cold200k warm200k export100k}
+TOOLS=${PF_BENCH_TOOLS:-pf pf-sa buildx}
+DOCKER=${PF_BENCH_DOCKER:-${PF_TESTENV_DIR:-/tmp/pf-buildkit-testenv}/bin/docker}
 BIN=$PWD/target/release/pf-buildkit
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
-cargo build --release --quiet
+[[ -n ${PF_BENCH_NO_BUILD:-} ]] || cargo build --release --quiet
 mkdir -p "$WORK"
 CTX=$WORK/ctx
 if [[ ! -f $WORK/ctx.done ]]; then
@@ -51,6 +64,30 @@ for i in range(4):
             f.write(rng.randbytes(1 << 20))
 EOF
     touch "$WORK/ctx.done"
+fi
+# Small-file contexts: $2 files of a few bytes, 200 to a directory.
+small_context() { # $1 = directory name, $2 = file count
+    if [[ ! -f $WORK/$1.done ]]; then
+        log "generating $2 files in $WORK/$1"
+        rm -rf "${WORK:?}/$1"
+        python3 - "$WORK/$1" "$2" <<'EOF'
+import os, sys
+root, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    d = os.path.join(root, "d%03d" % (i % 200))
+    if i < 200:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%06d" % i), "w") as f:
+        f.write("%d\n" % i)
+EOF
+        touch "$WORK/$1.done"
+    fi
+}
+if [[ " $CASES " == *" cold200k "* || " $CASES " == *" warm200k "* ]]; then
+    small_context ctx200k 200000
+fi
+if [[ " $CASES " == *" export100k "* ]]; then
+    small_context ctx100k 100000
 fi
 mkdir -p "$WORK/df"
 printf 'FROM scratch\nCOPY . /\n' >"$WORK/df/Dockerfile"
@@ -75,15 +112,36 @@ timed() {
     rm -f "$out"
 }
 
-run_pf() { # $1 = cache home
-    XDG_CACHE_HOME=$1 timed "$BIN" --addr "$ADDR" build --context "$CTX" \
-        --file "$WORK/df/Dockerfile" --progress plain \
-        --output "type=tar,dest=$WORK/out-pf.tar"
+# The context and output of a case: sets CASE_CTX and CASE_OUT (pf/buildx --output syntax).
+case_setup() { # $1 = case, $2 = tool
+    case $1 in
+    cold | warm | edit10) CASE_CTX=$CTX CASE_OUT="type=tar,dest=$WORK/out-$2.tar" ;;
+    cold200k | warm200k) CASE_CTX=$WORK/ctx200k CASE_OUT="type=tar,dest=$WORK/out-$2.tar" ;;
+    export100k)
+        CASE_CTX=$WORK/ctx100k CASE_OUT="type=local,dest=$WORK/out-$2.dir"
+        rm -rf "$WORK/out-$2.dir"
+        ;;
+    *)
+        log "unknown case $1"
+        exit 2
+        ;;
+    esac
 }
 
-run_buildx() { # $1 = buildx config dir
+run_pf() { # $1 = cache home, $2 = case; $3 = address (default: the Engine)
+    case_setup "$2" pf
+    XDG_CACHE_HOME=$1 timed "$BIN" --addr "${3:-$ADDR}" build --context "$CASE_CTX" \
+        --file "$WORK/df/Dockerfile" --progress plain --output "$CASE_OUT"
+}
+
+run_pf-sa() { # the same on the standalone daemon
+    run_pf "$1" "$2" "$SA_ADDR"
+}
+
+run_buildx() { # $1 = buildx config dir, $2 = case
+    case_setup "$2" buildx
     BUILDX_CONFIG=$1 timed "$DOCKER" buildx build --progress plain \
-        -f "$WORK/df/Dockerfile" --output "type=tar,dest=$WORK/out-buildx.tar" "$CTX"
+        -f "$WORK/df/Dockerfile" --output "$CASE_OUT" "$CASE_CTX"
 }
 
 edit_files() { # edits 10 files with new content of the same size range
@@ -108,35 +166,41 @@ bench() { # $1 = tool (pf|buildx)
     for case in $CASES; do
         walls=() rss=() cpu=() xfer=()
         for r in $(seq 1 "$RUNS"); do
-            if [[ $case == cold ]]; then
+            if [[ $case == cold* ]]; then
                 state=$(mktemp -d "$WORK/state.XXXX")
             elif [[ $r == 1 ]]; then
-                # Prime a key for the warm and edit cases.
+                # Prime a key for the warm, edit and export cases.
                 state=$(mktemp -d "$WORK/state.XXXX")
-                "run_$tool" "$state" >/dev/null
+                "run_$tool" "$state" "$case" >/dev/null
             fi
             [[ $case == edit10 ]] && edit_files "$r"
-            line=$("run_$tool" "$state")
+            line=$("run_$tool" "$state" "$case")
             read -r wall user sys maxrss <<<"$line"
             walls+=("$wall") rss+=("$maxrss") xfer+=("$(transfer_time)")
             cpu+=("$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')")
         done
-        printf '%-7s %-7s wall %6ss  rss %7s KiB  cpu %6ss  transfer %5ss\n' "$tool" "$case" \
+        printf '%-7s %-10s wall %6ss  rss %7s KiB  cpu %6ss  transfer %5ss\n' "$tool" "$case" \
             "$(printf '%s\n' "${walls[@]}" | median)" \
             "$(printf '%s\n' "${rss[@]}" | median)" \
             "$(printf '%s\n' "${cpu[@]}" | median)" \
             "$(printf '%s\n' "${xfer[@]}" | median)"
-        if [[ $tool == pf ]]; then
+        if [[ $tool == pf* ]]; then
             grep '^#0 context' "$WORK/last.log" >&2 || true
         fi
     done
 }
 
 echo "context: $(find "$CTX" -type f | wc -l) files, $(du -sh "$CTX" | cut -f1); runs: $RUNS (medians)"
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 for tool in $TOOLS; do
     if [[ $tool == buildx ]] && ((!HAVE_BUILDX)); then
         continue
     fi
+    if [[ $tool == pf-sa && -z $SA_ADDR ]]; then
+        log "PF_TEST_BUILDKIT_ADDR is not set: skipping the standalone daemon (pf-sa)"
+        continue
+    fi
     bench "$tool"
 done
-rm -rf "$WORK"/state.* "$WORK"/out-*.tar
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+rm -rf "$WORK"/state.* "$WORK"/out-*.tar "$WORK"/out-*.dir

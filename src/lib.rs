@@ -25,3 +25,7 @@ pub mod config;
 pub mod fleet;
 pub mod multiplatform;
 pub mod registry;
+
+/// The `User-Agent` of every HTTP request this crate makes (Kubernetes API, registries, AWS),
+/// so that audit and access logs name the client: `pf-buildkit/VERSION`.
+pub const USER_AGENT: &str = concat!("pf-buildkit/", env!("CARGO_PKG_VERSION"));

@@ -11,15 +11,7 @@ fn main() -> ExitCode {
     // `--addr` and `--builder` may name a pod; the address parser learns `kube-pod://` here.
     pf_buildkit::fleet::register_kube_pod();
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PF_BUILDKIT_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_target(false)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,6 +44,35 @@ fn main() -> ExitCode {
             eprintln!("pf-buildkit: {}", cli::format_error(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Diagnostics go to stderr at the level `PF_BUILDKIT_LOG` (or `RUST_LOG`) asks for. Without
+/// either, only warnings print: a failure is reported once, as the one-line error `main`
+/// prints, not also as the `ERROR` events libraries log on their way (kube logs one for each
+/// failed HTTP call). Colour only when stderr is a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    let asked = EnvFilter::try_from_env("PF_BUILDKIT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .ok();
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let registry = tracing_subscriber::registry();
+    match asked {
+        Some(filter) => registry.with(format.with_filter(filter)).init(),
+        None => registry
+            .with(format.with_filter(
+                LevelFilter::WARN.and(filter_fn(|m| *m.level() == tracing::Level::WARN)),
+            ))
+            .init(),
     }
 }
 

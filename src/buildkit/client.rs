@@ -22,6 +22,22 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// How long a connection attempt may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Receive window of each stream of the Control connection. The session stream
+/// (`Control.Session`) carries exported files to us, so this is what one round trip can
+/// bring: 4 MiB keeps a local export fast over a port-forward too.
+const CONTROL_STREAM_WINDOW: u32 = 4 << 20;
+
+/// Receive window of the whole Control connection, fixed (not hyper's adaptive window) because
+/// it sizes h2's DATA-frame budget: h2 charges `256 - len` for each DATA frame under 256
+/// bytes not yet read by us and ends the connection with GOAWAY `ENHANCE_YOUR_CALM
+/// "too_many_data_frames"` past half the connection window. The session stream brings one
+/// small frame per message of the daemon (a REQ, a window update: ~20 bytes at the least),
+/// and the adaptive window starts at 64 KiB, a budget of about 140 such frames: any pause of
+/// the reader on a busy machine ended the session. With 128 MiB (a 64 MiB budget), even a
+/// whole [`CONTROL_STREAM_WINDOW`] of 20-byte frames left unread (~49 MiB) fits, so no
+/// scheduling delay can end it; each stream still holds at most its own window.
+const CONTROL_CONNECTION_WINDOW: u32 = 128 << 20;
+
 /// A connected BuildKit client. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
@@ -101,7 +117,8 @@ impl Client {
             // grpc-go servers allow one ping per 5 minutes by default; more earns a GOAWAY.
             .http2_keep_alive_interval(Duration::from_secs(300))
             .keep_alive_timeout(Duration::from_secs(20))
-            .http2_adaptive_window(true);
+            .initial_stream_window_size(CONTROL_STREAM_WINDOW)
+            .initial_connection_window_size(CONTROL_CONNECTION_WINDOW);
         // One deadline for the connection and the probe together: "fails within
         // CONNECT_TIMEOUT" holds even when the connection takes most of it.
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
@@ -236,6 +253,41 @@ impl Client {
             freed.push(CacheRecord::from(record));
         }
         Ok(freed)
+    }
+
+    /// The refs of the builds running now, from the daemon's build history
+    /// (`ListenBuildHistory` with `activeOnly` and `earlyExit`): `None` when the daemon has no
+    /// history API (BuildKit before v0.11, or an embedding that leaves it out).
+    ///
+    /// Unlike cache records "in use", which a finished build's history record can keep
+    /// holding, this names only builds in progress.
+    ///
+    /// # Errors
+    /// [`Error::Rpc`] when the call fails for another reason.
+    pub async fn active_builds(&self) -> Result<Option<Vec<String>>> {
+        let request = pb_control::BuildHistoryRequest {
+            active_only: true,
+            early_exit: true,
+            ..Default::default()
+        };
+        let mut stream = match self.control().listen_build_history(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(status) => return Err(Error::rpc(&self.endpoint, "ListenBuildHistory", status)),
+        };
+        let mut refs = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(|s| Error::rpc(&self.endpoint, "ListenBuildHistory", s))?;
+            // A daemon answering activeOnly sends STARTED events; anything with a completion
+            // time is not running, whatever its event type says.
+            if let Some(record) = event.record
+                && record.completed_at.is_none()
+                && event.r#type != pb_control::BuildHistoryEventType::Deleted as i32
+            {
+                refs.push(record.r#ref);
+            }
+        }
+        Ok(Some(refs))
     }
 
     /// Awaits a unary call (or a stream's headers) and maps its failure.

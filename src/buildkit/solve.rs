@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use prost::Message;
 
 use super::Client;
-use super::progress::{FailureReport, ProgressSink, TransferSummary};
+use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
+use super::proto::control::VertexWarning;
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
@@ -307,6 +308,8 @@ pub struct BuildResult {
     pub exporter_response: BTreeMap<String, String>,
     /// What this client sent of the build context (the Dockerfile's own transfer excluded).
     pub transfer: TransferSummary,
+    /// The daemon's warnings (Dockerfile checks and others), in the order they came.
+    pub warnings: Vec<VertexWarning>,
 }
 
 /// Why a build did not succeed.
@@ -379,11 +382,15 @@ impl Client {
         tokio::pin!(solve);
         let mut ticker = tokio::time::interval(Duration::from_millis(150));
         let mut status_open = true;
+        let mut warnings = Vec::new();
         let solved = loop {
             tokio::select! {
                 result = &mut solve => break result,
                 update = status_rx.recv(), if status_open => match update {
-                    Some(update) => progress.update(&update),
+                    Some(update) => {
+                        warnings.extend(update.warnings.iter().cloned());
+                        progress.update(&update);
+                    }
                     None => status_open = false,
                 },
                 _ = ticker.tick() => progress.tick(),
@@ -392,7 +399,10 @@ impl Client {
         // Drain the rest of the status stream (the final vertex states) briefly.
         while status_open {
             match tokio::time::timeout(STATUS_DRAIN, status_rx.recv()).await {
-                Ok(Some(update)) => progress.update(&update),
+                Ok(Some(update)) => {
+                    warnings.extend(update.warnings.iter().cloned());
+                    progress.update(&update);
+                }
                 _ => status_open = false,
             }
         }
@@ -417,6 +427,7 @@ impl Client {
                         .into_iter()
                         .collect(),
                     transfer,
+                    warnings,
                 })
             }
             Err(status) => {
@@ -515,10 +526,9 @@ pub fn failure_report(status: &tonic::Status) -> FailureReport {
             let Ok(source) = serde_json::from_slice::<SourceDetail>(&any.value) else {
                 continue;
             };
-            if report.source.is_none()
-                && let Some(snippet) = source_snippet(&source)
-            {
-                report.source = Some(snippet);
+            // Every range gets its snippet: several files, named contexts.
+            if let Some(snippet) = source_snippet(&source) {
+                report.sources.push(snippet);
             }
         } else if any.type_url.ends_with("errdefs.Vertex+json")
             && let Ok(v) = serde_json::from_slice::<VertexDetail>(&any.value)
@@ -530,41 +540,38 @@ pub fn failure_report(status: &tonic::Status) -> FailureReport {
     report
 }
 
-fn source_snippet(source: &SourceDetail) -> Option<(String, Vec<(u32, String)>)> {
+fn source_snippet(source: &SourceDetail) -> Option<SourceSnippet> {
     let info = source.info.as_ref()?;
     let data = base64::engine::general_purpose::STANDARD
         .decode(info.data.as_bytes())
         .ok()?;
-    let text = String::from_utf8_lossy(&data);
-    let lines: Vec<&str> = text.lines().collect();
-    let range = source.ranges.first()?;
-    let first = usize::try_from(range.start.line).ok()?.max(1);
-    let last = usize::try_from(range.end.line).ok()?.max(first);
-    let snippet = (first..=last.min(lines.len()))
-        .map(|n| {
-            (
-                u32::try_from(n).unwrap_or(u32::MAX),
-                lines[n - 1].to_owned(),
-            )
-        })
-        .collect::<Vec<_>>();
-    if snippet.is_empty() {
-        return None;
-    }
-    Some((info.filename.clone(), snippet))
+    let line = |n: i64| u32::try_from(n).unwrap_or(0);
+    let ranges: Vec<(u32, u32)> = source
+        .ranges
+        .iter()
+        .map(|r| (line(r.start.line), line(r.end.line)))
+        .collect();
+    SourceSnippet::new(&info.filename, &String::from_utf8_lossy(&data), &ranges)
 }
 
 /// Writes the exporter response as a JSON object to `path` (through a temporary file, so a
 /// reader never sees half of it). `containerimage.descriptor` is decoded from base64 into
-/// JSON, as buildctl does.
+/// JSON, as buildctl does. Warnings go under `buildx.build.warnings`, as buildx writes them.
 ///
 /// # Errors
 /// The I/O error writing the file.
 pub fn write_metadata_file(
     path: &Path,
     response: &BTreeMap<String, String>,
+    warnings: &[VertexWarning],
 ) -> std::io::Result<()> {
     let mut out: HashMap<&str, serde_json::Value> = HashMap::new();
+    if !warnings.is_empty() {
+        out.insert(
+            "buildx.build.warnings",
+            super::progress::warnings_json(warnings),
+        );
+    }
     for (k, v) in response {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(v.as_bytes())
@@ -683,9 +690,52 @@ mod tests {
             status.encode_to_vec().into(),
         );
         let report = failure_report(&status);
-        assert_eq!(
-            report.source,
-            Some(("Dockerfile".into(), vec![(2, "RUN false".into())]))
+        assert_eq!(report.sources.len(), 1);
+        assert_eq!(report.sources[0].filename, "Dockerfile");
+        assert_eq!(report.sources[0].line, 2);
+        assert!(
+            report.sources[0]
+                .lines
+                .contains(&(2, true, "RUN false".into()))
         );
+        assert!(
+            report.sources[0]
+                .lines
+                .contains(&(1, false, "FROM x".into()))
+        );
+    }
+
+    #[test]
+    fn every_source_range_gets_a_snippet() {
+        let source = |file: &str, text: &str, line: i64| {
+            prost_types::Any {
+            type_url: "github.com/moby/buildkit/errdefs.Source+json".into(),
+            value: serde_json::to_vec(&serde_json::json!({
+                "info": {"filename": file, "data": base64::engine::general_purpose::STANDARD.encode(text)},
+                "ranges": [{"start": {"line": line}, "end": {"line": line}}]
+            }))
+            .unwrap(),
+        }
+        };
+        let status = RpcStatus {
+            code: 2,
+            message: "failed".into(),
+            details: vec![
+                source("Dockerfile", "FROM x\nCOPY --from=assets a /\n", 2),
+                source("assets/Dockerfile", "FROM y\n", 1),
+            ],
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::Unknown,
+            "failed",
+            status.encode_to_vec().into(),
+        );
+        let report = failure_report(&status);
+        let names: Vec<(&str, u32)> = report
+            .sources
+            .iter()
+            .map(|s| (s.filename.as_str(), s.line))
+            .collect();
+        assert_eq!(names, vec![("Dockerfile", 2), ("assets/Dockerfile", 1)]);
     }
 }

@@ -1,18 +1,19 @@
 //! The fleet commands (`get-address`, `record-build`, `scale up|down`, `resume`, `suspend`,
 //! `tunnel`, `cache clear`, `clear-cache`): flags and output; the work is in `pf_buildkit::fleet`.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
-    Arch, CacheClearOptions, Fleet, PodMetricsState, PodPrune, PvcAction, ReadyProgress,
-    ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
+    Arch, BusySignal, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune,
+    PvcAction,
+    ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
+use super::live::{Live, LiveMode};
 use super::units::format_bytes;
 
 /// Default `--timeout` of `scale up --wait` and `tunnel` (Panfactum's).
@@ -104,6 +105,9 @@ pub struct ScaleUpArgs {
     /// Seconds to wait in all
     #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
     timeout: Duration,
+    /// Show no progress lines (errors still are)
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -129,6 +133,9 @@ pub struct TunnelArgs {
     /// Seconds to wait for the architecture to scale up
     #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
     timeout: Duration,
+    /// Show no progress lines (errors still are)
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -138,6 +145,9 @@ pub struct CacheClearArgs {
     /// Only prune records matching this containerd-style filter (repeatable; default: all)
     #[arg(long = "filter", value_name = "FILTER")]
     filters: Vec<String>,
+    /// Show no progress lines (errors still are)
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -211,7 +221,8 @@ async fn scale_up(args: ScaleUpArgs) -> anyhow::Result<Outcome> {
     };
     let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
-    scale_up_with(&fleet, &archs, args.wait.then_some(timeout)).await?;
+    let live = Live::new(LiveMode::for_stderr(args.quiet));
+    scale_up_with(&fleet, &archs, args.wait.then_some(timeout), &live).await?;
     Ok(Outcome::Success)
 }
 
@@ -219,94 +230,68 @@ async fn scale_up_with(
     fleet: &Fleet,
     archs: &[Arch],
     wait: Option<Duration>,
+    live: &Live,
 ) -> anyhow::Result<()> {
     let reports = fleet
         .scale_up(archs, &ScaleUpOptions::default(), &|_| {})
         .await?;
-    reports.iter().for_each(print_scaled);
+    for report in &reports {
+        show_scaled(live, report);
+    }
     if let Some(timeout) = wait {
-        let renderer = WaitRenderer::new();
         let result = fleet
-            .wait_available(archs, timeout, &|states| renderer.render(states))
+            .wait_available(archs, timeout, &|states| show_wait(live, states))
             .await;
-        renderer.finish();
+        live.finish();
         result?;
     }
     Ok(())
 }
 
-fn print_scaled(r: &ScaleUpReport) {
-    if r.scaled {
-        eprintln!(
+/// What the scale-up did, above the live lines.
+fn show_scaled(live: &Live, r: &ScaleUpReport) {
+    live.note(&if r.scaled {
+        format!(
             "{}: scaled StatefulSet {} from 0 to 1 replica",
             r.arch,
             r.arch.statefulset()
-        );
+        )
     } else {
-        eprintln!(
+        format!(
             "{}: StatefulSet {} has {} replica(s); left as is",
             r.arch,
             r.arch.statefulset(),
             r.replicas_before
-        );
-    }
+        )
+    });
 }
 
-/// Shows one line per architecture with the time left, redrawn in place on a terminal and
-/// every ten seconds (or on a change) otherwise.
-struct WaitRenderer {
-    tty: bool,
-    state: Mutex<(usize, Option<Instant>, Vec<bool>)>,
-}
-
-impl WaitRenderer {
-    fn new() -> Self {
-        WaitRenderer {
-            tty: std::io::stderr().is_terminal(),
-            state: Mutex::new((0, None, Vec::new())),
-        }
-    }
-
-    fn render(&self, states: &[WaitState]) {
-        let Ok(mut guard) = self.state.lock() else {
-            return;
-        };
-        let (printed, last, ready) = &mut *guard;
-        let now_ready: Vec<bool> = states.iter().map(WaitState::is_ready).collect();
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            if *printed > 0 {
-                let _ = write!(err, "\x1b[{printed}A");
-            }
-        } else if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) && *ready == now_ready
-        {
-            return;
-        }
-        for s in states {
-            let line = if s.is_ready() {
-                format!("{}: {} available replica(s)", s.arch, s.available)
-            } else {
-                format!(
-                    "{}: waiting {} more seconds for a BuildKit replica of {} to become available...",
-                    s.arch,
-                    // Rounded up: "0 more seconds" only once time is up.
-                    s.remaining.as_millis().div_ceil(1000),
+/// One live line per architecture while waiting for its replica.
+fn show_wait(live: &Live, states: &[WaitState]) {
+    for s in states {
+        let arch = s.arch.to_string();
+        if s.is_ready() {
+            live.done(&arch, &format!("{} available replica(s)", s.available));
+        } else {
+            live.set(
+                &arch,
+                &format!(
+                    "waiting for a BuildKit replica of {} to become available",
                     s.arch.statefulset()
-                )
-            };
-            if self.tty {
-                let _ = writeln!(err, "\x1b[2K{line}");
-            } else {
-                let _ = writeln!(err, "{line}");
-            }
+                ),
+                // Rounded up: "0 s left" only once time is up.
+                &format!("{} s left", s.remaining.as_millis().div_ceil(1000)),
+            );
         }
-        *printed = states.len();
-        *last = Some(Instant::now());
-        *ready = now_ready;
     }
+}
 
-    fn finish(&self) {
-        let _ = std::io::stderr().flush();
+/// The scale-up and wait of a tunnel's pod, as live lines.
+fn show_ready(live: &Live, progress: ReadyProgress<'_>) {
+    match progress {
+        ReadyProgress::Scaled(report) => show_scaled(live, report),
+        ReadyProgress::Waiting(states) => show_wait(live, states),
+        _ => {}
     }
 }
 
@@ -334,15 +319,11 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
         scale_up_wait: Some(timeout),
         ..Default::default()
     };
-    let renderer = WaitRenderer::new();
+    let live = Live::new(LiveMode::for_stderr(args.quiet));
     let tunnel = fleet
-        .tunnel(arch, &options, &|progress| match progress {
-            ReadyProgress::Scaled(report) => print_scaled(report),
-            ReadyProgress::Waiting(states) => renderer.render(states),
-            _ => {}
-        })
+        .tunnel(arch, &options, &|progress| show_ready(&live, progress))
         .await;
-    renderer.finish();
+    live.finish();
     let mut tunnel = tunnel?;
     let port = tunnel.local_addr().port();
     // The port on stdout is the "ready" signal for scripts: it is printed once the listener
@@ -351,11 +332,18 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
     writeln!(out, "{port}")?;
     out.flush()?;
     drop(out);
-    eprintln!(
+    live.note(&format!(
         "Tunnel to pod {} ({arch}) on 127.0.0.1:{port}; use BUILDKIT_HOST=tcp://127.0.0.1:{port}. Press Ctrl+C to close.",
         tunnel.pod().pod
+    ));
+    let tunnel_live = Live::new(LiveMode::for_stderr(args.quiet));
+    tunnel_live.set(
+        &arch.to_string(),
+        &format!("tunnel open to pod {}", tunnel.pod().pod),
+        &format!("127.0.0.1:{port}"),
     );
     tunnel.wait().await;
+    tunnel_live.finish();
     anyhow::bail!("the tunnel's listener stopped")
 }
 
@@ -363,32 +351,65 @@ async fn cache_clear(args: CacheClearArgs) -> anyhow::Result<Outcome> {
     let fleet = args.kube.fleet().await?;
     let mut options = CacheClearOptions::default();
     options.prune.filters = args.filters;
-    let report = fleet.cache_clear(&options).await?;
-    for (pvc, action) in &report.pvcs {
-        match action {
-            PvcAction::Deleted => eprintln!("Deleted unused PVC: {pvc}"),
-            PvcAction::InUse => eprintln!("PVC in use: {pvc}"),
-            PvcAction::Wanted => eprintln!("PVC of a wanted replica, kept: {pvc}"),
-        }
-    }
-    let mut failed = 0;
-    for (pod, outcome) in &report.pods {
-        match outcome {
-            PodPrune::Pruned { records, bytes } => eprintln!(
-                "Pruned the cache of pod {pod}: {records} records, {} freed",
-                format_bytes(i64::try_from(*bytes).unwrap_or(i64::MAX))
-            ),
-            PodPrune::Busy { in_use } => {
-                eprintln!("Skipped pod {pod}: a build is running ({in_use} cache records in use)")
-            }
-            PodPrune::Failed { error } => {
-                failed += 1;
-                eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");
-            }
-        }
-    }
+    let live = Live::new(LiveMode::for_stderr(args.quiet));
+    let report = fleet
+        .cache_clear_with(&options, &|event| show_cache_clear(&live, &event))
+        .await?;
+    live.finish();
+    let failed = report
+        .pods
+        .iter()
+        .filter(|(_, p)| matches!(p, PodPrune::Failed { .. }))
+        .count();
     if failed > 0 {
         anyhow::bail!("{failed} pod(s) could not be pruned");
     }
     Ok(Outcome::Success)
+}
+
+/// A line per PVC, and a live line per pod while its cache is pruned.
+fn show_cache_clear(live: &Live, event: &CacheClearEvent<'_>) {
+    match event {
+        CacheClearEvent::Pvc { name, action } => live.note(&match action {
+            PvcAction::Deleted => format!("Deleted unused PVC: {name}"),
+            PvcAction::InUse => format!("PVC in use: {name}"),
+            PvcAction::Wanted => format!("PVC of a wanted replica, kept: {name}"),
+            PvcAction::Terminating => format!("PVC already being deleted (Terminating): {name}"),
+        }),
+        CacheClearEvent::Pruning { pod } => live.set(pod, "pruning the build cache", ""),
+        CacheClearEvent::Pruned { pod, outcome } => match outcome {
+            PodPrune::Pruned {
+                records,
+                bytes,
+                signal,
+            } => live.done(
+                pod,
+                &format!(
+                    "pruned {records} records, {} freed (idle, by {signal})",
+                    format_bytes(i64::try_from(*bytes).unwrap_or(i64::MAX))
+                ),
+            ),
+            PodPrune::Busy {
+                signal: BusySignal::BuildHistory,
+                count,
+            } => live.done(
+                pod,
+                &format!("skipped: a build is running ({count} in progress, by build history)"),
+            ),
+            PodPrune::Busy {
+                signal: BusySignal::RecordsInUse,
+                count,
+            } => live.done(
+                pod,
+                &format!(
+                    "skipped: a build is running ({count} cache records in use; no build history API)"
+                ),
+            ),
+            PodPrune::Failed { error } => {
+                live.done(pod, "prune failed");
+                // Always shown, quiet or not: it makes the command fail.
+                eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");
+            }
+        },
+    }
 }

@@ -9,6 +9,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 mod build;
 mod daemon;
 mod fleet;
+mod live;
 mod manifest;
 mod multibuild;
 mod prefix;

@@ -11,8 +11,10 @@ use pf_buildkit::buildkit::progress::{
 use pf_buildkit::buildkit::{BuildOptions, Endpoint};
 use pf_buildkit::multiplatform::{BuildRequest, Event, Metadata, PushMode};
 
+use super::live::{Live, LiveMode};
 use super::prefix::PrefixedLines;
 use super::{DEFAULT_ADDR, GlobalArgs, Outcome};
+use pf_buildkit::fleet::ReadyProgress;
 
 /// Flags of the multi-platform build (active when `--repo` is given).
 #[derive(Debug, Args)]
@@ -109,16 +111,19 @@ pub async fn run(
     };
     let plan = request.plan_in(&std::env::current_dir()?)?;
 
+    let live = Live::new(LiveMode::for_stderr(progress == ProgressMode::Quiet));
     let events = |event: Event<'_>| match event {
         Event::WaitingForCluster {
             arch,
             context,
             wait,
-        } => eprintln!(
-            "{arch}: waiting for BuildKit in {context} (up to {} s)",
-            wait.as_secs()
+        } => live.set(
+            arch,
+            &format!("waiting for BuildKit in {context}"),
+            &format!("up to {} s", wait.as_secs()),
         ),
-        Event::Leased { arch, pod } => eprintln!("{arch}: building on pod {}", pod.pod),
+        Event::Ready { arch, progress } => show_cluster_wait(&live, arch, progress),
+        Event::Leased { arch, pod } => live.done(arch, &format!("building on pod {}", pod.pod)),
         _ => {}
     };
     let make_sink = move |arch: &str| -> Box<dyn ProgressSink> {
@@ -131,10 +136,36 @@ pub async fn run(
             )))),
         }
     };
-    let result = plan.run(&events, &make_sink).await?;
+    let result = plan.run(&events, &make_sink).await;
+    live.finish();
+    let result = result?;
     if let Some(path) = metadata_file {
         Metadata::from(&result).write(path)?;
     }
     super::print_line(&result.index.digest)?;
     Ok(Outcome::Success)
+}
+
+/// The scale-up of a cluster build, one live line per architecture until it has its pod.
+fn show_cluster_wait(live: &Live, arch: &str, progress: ReadyProgress<'_>) {
+    match progress {
+        ReadyProgress::Scaled(report) if report.scaled => live.set(
+            arch,
+            &format!("scaled {} from 0 to 1 replica", report.arch.statefulset()),
+            "",
+        ),
+        ReadyProgress::Waiting(states) => {
+            for s in states.iter().filter(|s| !s.is_ready()) {
+                live.set(
+                    arch,
+                    &format!(
+                        "waiting for a BuildKit replica of {} to become available",
+                        s.arch.statefulset()
+                    ),
+                    &format!("{} s left", s.remaining.as_millis().div_ceil(1000)),
+                );
+            }
+        }
+        _ => {}
+    }
 }

@@ -215,6 +215,12 @@ impl Fleet {
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 Err("the metrics API (metrics.k8s.io) is not installed".into())
             }
+            // Authorization comes before the group lookup, so an account without rights on
+            // metrics.k8s.io gets 403 whether or not the API is installed.
+            Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
+                "the metrics API (metrics.k8s.io) may not be read by this account, or is not installed (needs verb list on pods.metrics.k8s.io in namespace {})",
+                self.namespace
+            )),
             Err(err) => Err(format!(
                 "the metrics API (metrics.k8s.io) failed: {}",
                 describe_kube_error(&err)

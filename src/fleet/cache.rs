@@ -2,11 +2,15 @@
 //! prune each running pod's BuildKit over gRPC (no `kubectl exec buildctl`), leaving alone a
 //! pod whose BuildKit is building.
 //!
-//! "Building" is read from `DiskUsage`: a running solve holds its cache records (the mounts of
-//! running steps, the sources being transferred), which BuildKit reports as `InUse`. Prune
-//! never deletes in-use records anyway, but pruning everything else under a running build
-//! throws away the cache it is about to reuse, so such a pod is skipped whole. This needs no
-//! API beyond the one already used for pruning.
+//! "Building" is asked of BuildKit's build history: `ListenBuildHistory` with `activeOnly` and
+//! `earlyExit` lists the builds in progress. Cache records "in use" are not that signal: the
+//! build history can keep a finished (or failed) build's records held, so an idle daemon looks
+//! busy for good (the Docker Engine 26.1's BuildKit, idle, showed two records in use). Records
+//! in use remain the fallback for daemons without the history API. Prune never deletes in-use records anyway, but pruning everything else under a
+//! running build throws away the cache it is about to reuse, so such a pod is skipped whole.
+//!
+//! Which PVC belongs to which replica comes from each StatefulSet's `volumeClaimTemplates`:
+//! the controller names a claim `TEMPLATE-STATEFULSET-ORDINAL`.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +19,6 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
 use super::Arch;
-use super::address::ordinal;
 use super::error::{Error, Result};
 use super::kube_client::{Fleet, with_retry};
 use crate::buildkit::PruneOptions;
@@ -47,6 +50,27 @@ pub enum PvcAction {
     InUse,
     /// Belongs to a replica the StatefulSet wants (its pod is about to be created).
     Wanted,
+    /// Already being deleted (`Terminating`, held by the `kubernetes.io/pvc-protection`
+    /// finalizer until no pod uses it); not deleted again.
+    Terminating,
+}
+
+/// How a pod's BuildKit was judged idle or busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusySignal {
+    /// The daemon's build history listed the builds in progress.
+    BuildHistory,
+    /// The daemon has no build history API: cache records in use stood for a running build.
+    RecordsInUse,
+}
+
+impl std::fmt::Display for BusySignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BusySignal::BuildHistory => "build history",
+            BusySignal::RecordsInUse => "cache records (no build history API)",
+        })
+    }
 }
 
 /// What happened in one running pod.
@@ -58,16 +82,45 @@ pub enum PodPrune {
         records: usize,
         /// Bytes freed.
         bytes: u64,
+        /// How the pod was found idle.
+        signal: BusySignal,
     },
-    /// A build is running (this many cache records in use); not pruned.
+    /// A build is running; not pruned.
     Busy {
-        /// Records in use.
-        in_use: usize,
+        /// How the build was noticed.
+        signal: BusySignal,
+        /// Builds in progress ([`BusySignal::BuildHistory`]) or cache records in use
+        /// ([`BusySignal::RecordsInUse`]).
+        count: usize,
     },
     /// BuildKit in the pod could not be pruned.
     Failed {
         /// Why.
         error: String,
+    },
+}
+
+/// What [`Fleet::cache_clear_with`] reports while it works, for live progress.
+#[derive(Debug, Clone)]
+pub enum CacheClearEvent<'a> {
+    /// A PVC was dealt with.
+    Pvc {
+        /// Its name.
+        name: &'a str,
+        /// What was done.
+        action: &'a PvcAction,
+    },
+    /// A pod's BuildKit is being checked and pruned.
+    Pruning {
+        /// The pod.
+        pod: &'a str,
+    },
+    /// A pod's prune ended.
+    Pruned {
+        /// The pod.
+        pod: &'a str,
+        /// How.
+        outcome: &'a PodPrune,
     },
 }
 
@@ -90,10 +143,46 @@ impl CacheClearReport {
     }
 }
 
-/// The StatefulSet and ordinal of a fleet PVC (`buildkitd-buildkit-<arch>-<n>`).
-fn pvc_replica(name: &str) -> Option<(Arch, u64)> {
-    let pod = name.strip_prefix("buildkitd-")?;
-    Arch::of_pod(pod).map(|arch| (arch, ordinal(pod)))
+/// The claims of one StatefulSet's wanted replicas: `TEMPLATE-STATEFULSET-ORDINAL` for each of
+/// its claim templates and each ordinal below its replica count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WantedClaims {
+    statefulset: String,
+    templates: Vec<String>,
+    replicas: u64,
+}
+
+impl WantedClaims {
+    fn of(sts: &StatefulSet) -> Option<WantedClaims> {
+        let statefulset = sts.metadata.name.clone()?;
+        let spec = sts.spec.as_ref();
+        let templates = spec
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.metadata.name.clone())
+            .collect();
+        // The API server defaults an unset replica count to 1.
+        let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+        Some(WantedClaims {
+            statefulset,
+            templates,
+            replicas: u64::try_from(replicas).unwrap_or(0),
+        })
+    }
+
+    /// Whether `pvc` is the claim of one of the wanted replicas.
+    fn contains(&self, pvc: &str) -> bool {
+        self.templates.iter().any(|t| {
+            pvc.strip_prefix(t.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|rest| rest.strip_prefix(self.statefulset.as_str()))
+                .and_then(|rest| rest.strip_prefix('-'))
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n < self.replicas)
+        })
+    }
 }
 
 impl Fleet {
@@ -105,6 +194,18 @@ impl Fleet {
     /// When PVCs or pods cannot be listed or a PVC cannot be deleted. A pod that cannot be
     /// pruned is reported in [`CacheClearReport::pods`], and the others are still pruned.
     pub async fn cache_clear(&self, options: &CacheClearOptions) -> Result<CacheClearReport> {
+        self.cache_clear_with(options, &|_| {}).await
+    }
+
+    /// [`Fleet::cache_clear`], telling `progress` about each PVC and pod as it goes.
+    ///
+    /// # Errors
+    /// As [`Fleet::cache_clear`].
+    pub async fn cache_clear_with(
+        &self,
+        options: &CacheClearOptions,
+        progress: &(dyn Fn(CacheClearEvent<'_>) + Send + Sync),
+    ) -> Result<CacheClearReport> {
         let ns = &self.namespace;
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
@@ -136,7 +237,7 @@ impl Fleet {
                     .map(|c| c.claim_name.clone())
             })
             .collect();
-        let wanted = self.wanted_replicas().await;
+        let wanted = self.wanted_claims().await;
         let dp = DeleteParams::default();
 
         let mut report = CacheClearReport::default();
@@ -144,14 +245,16 @@ impl Fleet {
             let Some(name) = claim.metadata.name.clone() else {
                 continue;
             };
-            let action = if mounted.contains(&name) {
+            let action = if claim.metadata.deletion_timestamp.is_some() {
+                PvcAction::Terminating
+            } else if mounted.contains(&name) {
                 PvcAction::InUse
-            } else if pvc_replica(&name)
-                .is_some_and(|(arch, n)| wanted.iter().any(|(a, r)| *a == arch && n < *r))
-            {
+            } else if wanted.iter().any(|w| w.contains(&name)) {
                 PvcAction::Wanted
             } else {
                 match with_retry(|| pvcs.delete(&name, &dp)).await {
+                    // The API server answers with the object, now Terminating behind the
+                    // pvc-protection finalizer until no pod uses it: as good as deleted.
                     Ok(_) => PvcAction::Deleted,
                     // Deleted by someone else meanwhile: the goal is reached.
                     Err(kube::Error::Api(s)) if s.code == 404 => PvcAction::Deleted,
@@ -165,6 +268,10 @@ impl Fleet {
                     }
                 }
             };
+            progress(CacheClearEvent::Pvc {
+                name: &name,
+                action: &action,
+            });
             report.pvcs.push((name, action));
         }
 
@@ -174,28 +281,31 @@ impl Fleet {
         }) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            progress(CacheClearEvent::Pruning { pod: &name });
             let outcome = match self.prune_pod(&name, ip.as_deref(), &options.prune).await {
                 Ok(outcome) => outcome,
                 Err(err) => PodPrune::Failed {
                     error: super::error::error_chain(&err),
                 },
             };
+            progress(CacheClearEvent::Pruned {
+                pod: &name,
+                outcome: &outcome,
+            });
             report.pods.push((name, outcome));
         }
         Ok(report)
     }
 
-    /// Replica counts of the StatefulSets, when this account may read them (the cache-clear
-    /// CronJob's Role may not; then every unmounted PVC is deleted, as Panfactum does).
-    async fn wanted_replicas(&self) -> Vec<(Arch, u64)> {
+    /// The claims of the replicas each StatefulSet wants, when this account may read them (the
+    /// cache-clear CronJob's Role may not; then every unmounted PVC is deleted, as Panfactum
+    /// does).
+    async fn wanted_claims(&self) -> Vec<WantedClaims> {
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut out = Vec::new();
         for arch in Arch::ALL {
             match api.get_opt(&arch.statefulset()).await {
-                Ok(Some(sts)) => {
-                    let replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(1);
-                    out.push((arch, u64::try_from(replicas).unwrap_or(0)));
-                }
+                Ok(Some(sts)) => out.extend(WantedClaims::of(&sts)),
                 Ok(None) => {}
                 Err(err) => tracing::debug!("cannot read {}: {err}", arch.statefulset()),
             }
@@ -214,13 +324,20 @@ impl Fleet {
             pod: pod.to_owned(),
             source,
         };
-        let usage = client.disk_usage().await.map_err(wrap)?;
-        let in_use = usage.iter().filter(|r| r.in_use).count();
-        if in_use > 0 {
-            return Ok(PodPrune::Busy { in_use });
+        let (signal, count) = match client.active_builds().await.map_err(wrap)? {
+            Some(builds) => (BusySignal::BuildHistory, builds.len()),
+            None => {
+                let usage = client.disk_usage().await.map_err(wrap)?;
+                let in_use = usage.iter().filter(|r| r.in_use).count();
+                (BusySignal::RecordsInUse, in_use)
+            }
+        };
+        if count > 0 {
+            return Ok(PodPrune::Busy { signal, count });
         }
         let freed = client.prune(prune).await.map_err(wrap)?;
         Ok(PodPrune::Pruned {
+            signal,
             records: freed.len(),
             bytes: freed
                 .iter()
@@ -234,16 +351,41 @@ impl Fleet {
 mod tests {
     use super::*;
 
+    fn sts(name: &str, templates: &[&str], replicas: Option<i32>) -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": {
+                "replicas": replicas,
+                "serviceName": name,
+                "selector": {},
+                "template": {},
+                "volumeClaimTemplates": templates.iter().map(|t| serde_json::json!({ "metadata": { "name": t } })).collect::<Vec<_>>()
+            }
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn pvc_names_map_to_replicas() {
-        assert_eq!(
-            pvc_replica("buildkitd-buildkit-amd64-3"),
-            Some((Arch::Amd64, 3))
+    fn claims_are_template_statefulset_ordinal() {
+        let w = WantedClaims::of(&sts("buildkit-amd64", &["cache", "state"], Some(2))).unwrap();
+        assert!(w.contains("cache-buildkit-amd64-0"));
+        assert!(w.contains("state-buildkit-amd64-1"));
+        assert!(
+            !w.contains("cache-buildkit-amd64-2"),
+            "beyond the replica count"
         );
-        assert_eq!(
-            pvc_replica("buildkitd-buildkit-arm64-0"),
-            Some((Arch::Arm64, 0))
+        assert!(
+            !w.contains("buildkitd-buildkit-amd64-0"),
+            "not one of its templates"
         );
-        assert_eq!(pvc_replica("data-postgres-0"), None);
+        assert!(!w.contains("cache-buildkit-arm64-0"));
+        assert!(!w.contains("cache-buildkit-amd64-"));
+        assert!(!w.contains("cache-buildkit-amd64-x"));
+        // No replica count means one replica; no templates, no claims.
+        let w = WantedClaims::of(&sts("buildkit-arm64", &["buildkitd"], None)).unwrap();
+        assert!(w.contains("buildkitd-buildkit-arm64-0"));
+        assert!(!w.contains("buildkitd-buildkit-arm64-1"));
+        let w = WantedClaims::of(&sts("buildkit-arm64", &[], Some(3))).unwrap();
+        assert!(!w.contains("buildkitd-buildkit-arm64-0"));
     }
 }

@@ -172,7 +172,9 @@ impl Error {
         match err {
             kube::Error::Api(status) if status.code == 403 => Error::Forbidden {
                 action,
-                message: status.message.clone(),
+                // A refused WebSocket upgrade says only `pods "NAME" is forbidden: `, with
+                // an empty reason: drop the dangling colon; the permission is named after it.
+                message: status.message.trim_end().trim_end_matches(':').to_owned(),
                 verb: permission.0,
                 resource: permission.1,
                 namespace: namespace.to_owned(),

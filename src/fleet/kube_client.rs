@@ -53,7 +53,8 @@ impl Fleet {
     /// Connects with an explicit kube [`Config`] (e.g. built from a kubeconfig file of your own).
     ///
     /// kube's own retry (up to 15 attempts over minutes) is switched off: every call here is
-    /// retried at most [`RETRY_ATTEMPTS`] times, within seconds.
+    /// retried at most [`RETRY_ATTEMPTS`] times, within seconds. Every request carries
+    /// `User-Agent: pf-buildkit/VERSION` ([`crate::USER_AGENT`]).
     ///
     /// # Errors
     /// [`Error::Client`] when the client cannot be built (e.g. an exec auth plugin failed).
@@ -63,6 +64,14 @@ impl Fleet {
         context: Option<&str>,
     ) -> Result<Fleet> {
         config.default_retry = false;
+        // kube sends no User-Agent of its own; the API server's audit log should name us.
+        config
+            .headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(crate::USER_AGENT),
+        ));
         let client = Client::try_from(config).map_err(|e| Error::Client {
             reason: describe_kube_error(&e),
         })?;

@@ -35,7 +35,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use address::{PodAddress, PodMetricsState};
-pub use cache::{CacheClearOptions, CacheClearReport, PodPrune, PvcAction};
+pub use cache::{
+    BusySignal, CacheClearEvent, CacheClearOptions, CacheClearReport, PodPrune, PvcAction,
+};
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodScheme, connect, register_kube_pod};

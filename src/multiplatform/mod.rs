@@ -621,7 +621,7 @@ mod tests {
             report: crate::buildkit::progress::FailureReport {
                 message: message.to_owned(),
                 vertex: None,
-                source: None,
+                sources: Vec::new(),
             },
             status: Box::new(tonic::Status::new(code, message)),
         };

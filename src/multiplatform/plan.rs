@@ -18,7 +18,7 @@ use super::{
 use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::{BuildOptions, Endpoint, TlsOptions};
 use crate::config::{BuildkitConfig, ConfigError};
-use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress};
+use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress, ReadyProgress};
 use crate::registry::DockerConfig;
 
 /// What a caller asks of a multi-platform build; what it leaves out comes from
@@ -224,6 +224,13 @@ pub enum Event<'a> {
         /// The longest the wait may take.
         wait: Duration,
     },
+    /// How making `arch`'s pod ready goes: the scale-up, then each look at its replicas.
+    Ready {
+        /// The architecture.
+        arch: &'a str,
+        /// The step.
+        progress: ReadyProgress<'a>,
+    },
     /// `arch` builds on this pod of the fleet.
     Leased {
         /// The architecture.
@@ -312,7 +319,12 @@ impl Plan {
                         wait: self.scale_up_wait,
                     });
                     let lease = fleet
-                        .lease(arch, options, &|_| {})
+                        .lease(arch, options, &|progress| {
+                            events(Event::Ready {
+                                arch: name,
+                                progress,
+                            });
+                        })
                         .await
                         .map_err(|source| Error::Lease {
                             arch: name.to_owned(),

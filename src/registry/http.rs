@@ -202,7 +202,7 @@ impl Transport {
             // Every registry plain HTTP: skip reading the system's certificate store (~150
             // files), which is most of a short command's start-up time.
             .tls_backend_preconfigured(tls_config(!plain_http_all))
-            .user_agent(concat!("pf-buildkit/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(300))
             // Registries redirect blob GETs to storage; never forward credentials there

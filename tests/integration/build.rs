@@ -178,7 +178,7 @@ fn failing_run_exits_1_with_its_output_and_line(tier: Tier) {
     let stderr = util::stderr(&out);
     assert!(stderr.contains("first-words") && stderr.contains("last-words"));
     assert!(
-        stderr.contains("   3 | RUN echo first-words"),
+        stderr.contains("   3 | >>> RUN echo first-words"),
         "no Dockerfile line:\n{stderr}"
     );
     let last = stderr.lines().last().unwrap();
@@ -811,7 +811,7 @@ fn tty_progress_draws_steps_and_marks_cached_ones(tier: Tier) {
     let first = build(tier, &["--context", ctx, "--progress", "tty"]);
     assert_ok(&first);
     let stderr = util::stderr(&first);
-    assert!(stderr.contains("[+] Finished"), "{stderr}");
+    assert!(stderr.contains("FINISHED"), "{stderr}");
     assert!(stderr.contains("[1/1] COPY Dockerfile /"), "{stderr}");
     assert!(stderr.contains("\x1b[2K"), "no redraw sequences: {stderr}");
     // The same build again comes from the cache.

@@ -7,13 +7,13 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use pf_buildkit::buildkit::proto::control::{SolveRequest, StatusRequest};
+use pf_buildkit::buildkit::proto::control::{BuildHistoryRequest, SolveRequest, StatusRequest};
 use pf_buildkit::buildkit::proto::pb::Definition;
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp};
+use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, without_build_history};
 use crate::util::{self, Tier};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
@@ -41,20 +41,17 @@ fn assert_one_line_failure(o: &Output) -> String {
     text
 }
 
-/// The port-forwards' target: the daemon of [`Tier::preferred`], the one [`daemon_addr`] names.
+/// The port-forwards' target: the daemon of [`Tier::preferred`].
 fn engine() -> crate::fake_kube::DialFn {
-    match Tier::preferred() {
-        Tier::Standalone => tcp(Tier::Standalone
-            .addr()
-            .trim_start_matches("tcp://")
-            .to_owned()),
-        Tier::Engine => docker_engine(util::docker_socket()),
-    }
+    pod_dial(Tier::preferred())
 }
 
-/// The address of the daemon behind the fake's port-forwards, for direct connections.
-fn daemon_addr() -> String {
-    Tier::preferred().addr()
+/// Port-forwards that reach `tier`'s daemon, as a pod's port 1234.
+fn pod_dial(tier: Tier) -> crate::fake_kube::DialFn {
+    match tier {
+        Tier::Standalone => tcp(tier.addr().trim_start_matches("tcp://").to_owned()),
+        Tier::Engine => docker_engine(util::docker_socket()),
+    }
 }
 
 fn annotation(sts: &serde_json::Value) -> Option<u64> {
@@ -166,6 +163,101 @@ async fn get_address_without_a_metrics_api_takes_the_first_running_pod_and_warns
         .filter(|r| r.path.starts_with("/apis/metrics.k8s.io"))
         .count();
     assert_eq!(metric_calls as u32, pf_buildkit::fleet::RETRY_ATTEMPTS);
+}
+
+#[tokio::test]
+async fn a_metrics_api_this_account_may_not_read_is_403_and_falls_back() {
+    // The real API server authorizes before it looks the group up: without rights on
+    // metrics.k8s.io the absent API is 403, not 404.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .no_metrics_api()
+        .forbid("list", "pods.metrics.k8s.io")
+        .start()
+        .await;
+    let o = fake.run(&["get-address", "--arch", "amd64"]).await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(out(&o), "tcp://10-0-0-10.buildkit.pod.cluster.local:1234\n");
+    assert!(
+        e.contains("warning: the metrics API (metrics.k8s.io) may not be read by this account")
+            && e.contains("needs verb list on pods.metrics.k8s.io in namespace buildkit"),
+        "{e}"
+    );
+    let metrics: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/metrics.k8s.io"))
+        .collect();
+    assert_eq!(metrics.len(), 1, "a 403 is not retried");
+    // The same account may still list pods: only the metrics group is refused.
+    assert_user_agent(&fake);
+}
+
+#[tokio::test]
+async fn diagnostics_follow_the_log_level_and_carry_no_colour_off_a_terminal() {
+    // A 503 from the metrics API makes kube log an ERROR event for each failed call before
+    // the client warns and falls back.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .metrics_unavailable()
+        .start()
+        .await;
+    let mut cmd = fake.bin();
+    cmd.env_remove("PF_BUILDKIT_LOG")
+        .env_remove("RUST_LOG")
+        .args(["get-address", "--arch", "amd64"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(e.lines().count(), 1, "only the warning, by default: {e}");
+    assert!(e.starts_with("pf-buildkit: warning: "), "{e}");
+    assert!(!e.contains("ERROR") && !e.contains('\x1b'), "{e}");
+
+    // A port-forward upgrade that fails at the connection (the API server is gone): kube logs
+    // an ERROR event; by default only the one-line error prints.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let config = fake.dir().join("gone-kubeconfig");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(fake.kubeconfig())
+            .unwrap()
+            .replace(&fake.addr().to_string(), &gone.to_string()),
+    )
+    .unwrap();
+    let mut cmd = fake.bin();
+    cmd.env_remove("PF_BUILDKIT_LOG")
+        .env_remove("RUST_LOG")
+        .env("KUBECONFIG", &config)
+        .args(["workers", "--addr", "kube-pod://buildkit-amd64-0"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let e = assert_one_line_failure(&o);
+    assert!(!e.contains("ERROR") && !e.contains('\x1b'), "{e}");
+
+    // Asked for, the diagnostics print, still without colour (stderr is a pipe here).
+    for var in ["PF_BUILDKIT_LOG", "RUST_LOG"] {
+        let mut cmd = fake.bin();
+        cmd.env_remove("PF_BUILDKIT_LOG")
+            .env_remove("RUST_LOG")
+            .env(var, "error")
+            .args(["get-address", "--arch", "amd64"]);
+        let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let e = err(&o);
+        assert!(o.status.success(), "{e}");
+        assert!(
+            e.lines().any(|l| l.contains("ERROR") && l.contains("503")),
+            "{var}=error shows kube's errors: {e}"
+        );
+        assert!(!e.contains('\x1b'), "no colour codes: {e:?}");
+    }
 }
 
 #[tokio::test]
@@ -281,7 +373,24 @@ async fn scale_up_wait_times_out_with_a_clear_message() {
             "30",
         ])
         .await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    // On a pipe: plain lines, the scale-up, then the architecture ready with its time.
+    assert!(
+        e.contains("amd64: scaled StatefulSet buildkit-amd64 from 0 to 1 replica"),
+        "{e}"
+    );
+    let ready = e
+        .lines()
+        .find(|l| l.starts_with("amd64: 1 available replica(s) ("))
+        .unwrap_or_else(|| panic!("no ready line: {e}"));
+    assert!(ready.ends_with("s)"), "{e}");
+    // Quiet: nothing but the result (the exit code).
+    let o = fake
+        .run(&["scale", "up", "--only", "amd64", "--wait", "--quiet"])
+        .await;
     assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(err(&o), "", "--quiet printed progress");
     let o = fake
         .run(&["scale", "up", "--wait", "--timeout", "soon"])
         .await;
@@ -354,6 +463,7 @@ async fn suspend_never_undoes_a_build_recorded_while_it_decides() {
         "{}",
         err(&o)
     );
+    assert_eq!(fake.conflicts(), 1, "one stale write refused with 409");
 }
 
 #[tokio::test]
@@ -491,11 +601,12 @@ async fn a_forbidden_portforward_names_the_missing_permission() {
         .forbid("create", "pods/portforward")
         .start()
         .await;
+    // The API server refuses the WebSocket upgrade with an empty reason (`pods "NAME" is
+    // forbidden: `), so the client names the permission itself.
     let check = |e: &str| {
         assert!(
             e.starts_with("pf-buildkit: ")
-                && e.contains("permission denied")
-                && e.contains("cannot create resource \"pods/portforward\"")
+                && e.contains("permission denied (pods \"buildkit-amd64-0\" is forbidden)")
                 && e.contains(
                     "needs verb create (and get) on pods/portforward in namespace buildkit"
                 ),
@@ -703,9 +814,10 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
-/// sleeping step has started (a progress event), so BuildKit holds cache records in use.
-async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
+/// A build of one RUN step, `script` in the base image, under a fresh ref; returns the
+/// request and the step's unique command line (the name its progress vertex carries: BuildKit
+/// v0.32 reports vertices under digests of its own normalised ops, not the client's).
+fn run_step_request(script: &str) -> (SolveRequest, String) {
     let platform = Platform {
         architecture: match std::env::consts::ARCH {
             "aarch64" => "arm64",
@@ -722,6 +834,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         ..Default::default()
     }
     .encode_to_vec();
+    // A unique marker keeps the step out of the cache.
     let nonce = format!("{:?}", SystemTime::now());
     let exec = Op {
         inputs: vec![Input {
@@ -730,11 +843,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         }],
         exec: Some(ExecOp {
             meta: Some(Meta {
-                args: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    format!("sleep 300 # {nonce}"),
-                ],
+                args: vec!["/bin/sh".into(), "-c".into(), format!("{script} # {nonce}")],
                 env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
                 cwd: "/".into(),
             }),
@@ -749,23 +858,30 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         ..Default::default()
     }
     .encode_to_vec();
-    let exec_digest = digest(&exec);
+    let command = format!("/bin/sh -c {script} # {nonce}");
     let terminal = Op {
         inputs: vec![Input {
-            digest: exec_digest.clone(),
+            digest: digest(&exec),
             index: 0,
         }],
         ..Default::default()
     }
     .encode_to_vec();
-    let reference = format!("pf-fleet-busy-{}", now_nanos());
     let request = SolveRequest {
-        r#ref: reference.clone(),
+        r#ref: format!("pf-fleet-{}", now_nanos()),
         definition: Some(Definition {
             def: vec![source.into(), exec.into(), terminal.into()],
         }),
         ..Default::default()
     };
+    (request, command)
+}
+
+/// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
+/// sleeping step has started (a progress event), so BuildKit holds cache records in use.
+async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
+    let (request, command) = run_step_request("sleep 300");
+    let reference = request.r#ref.clone();
     let mut control = client.control();
     let solve = tokio::spawn(async move {
         // Ends (cancelling the build) when the task is aborted.
@@ -787,13 +903,7 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
         .expect("the busy step did not start in time")
         .expect("status stream ended before the step started")
         .expect("status");
-        // By name as well as digest: newer daemons (the standalone v0.32) pin the image
-        // source before solving, which changes the digests of the ops below it.
-        if let Some(v) = next
-            .vertexes
-            .iter()
-            .find(|v| v.digest == exec_digest || v.name.contains(&nonce))
-        {
+        if let Some(v) = next.vertexes.iter().find(|v| v.name == command) {
             assert!(v.error.is_empty(), "busy build failed: {}", v.error);
             if v.started.is_some() && v.completed.is_none() {
                 return solve;
@@ -802,6 +912,105 @@ async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
     }
 }
 
+/// Waits until the daemon runs no build, following its build history's events (the Engine is
+/// shared with tests that build in parallel); fails after 120 s.
+async fn wait_until_no_build_runs(client: &Client) {
+    let mut control = client.control();
+    let mut events = control
+        .listen_build_history(BuildHistoryRequest {
+            active_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("build history")
+        .into_inner();
+    // Subscribed first, so no build ending between a check and the next event is missed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.active_builds().await.unwrap() != Some(Vec::new()) {
+        tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.next(),
+        )
+        .await
+        .expect("builds still running after 120 s")
+        .expect("history stream ended")
+        .expect("history event");
+    }
+}
+
+async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(tier: Tier) {
+    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial("buildkit-amd64-0", dial)
+        .start()
+        .await;
+    let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    // A real failed build on the daemon behind the port-forward.
+    let (request, _) = run_step_request("exit 3");
+    let reference = request.r#ref.clone();
+    let failed = client.control().solve(request).await;
+    assert!(failed.is_err(), "{daemon}: the build must fail: {failed:?}");
+    // The daemon's history keeps it, finished.
+    let mut history = client
+        .control()
+        .listen_build_history(BuildHistoryRequest {
+            r#ref: reference.clone(),
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let record = history
+        .next()
+        .await
+        .expect("the failed build is in the history")
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(record.r#ref, reference);
+    assert!(record.completed_at.is_some());
+    let in_use = client
+        .disk_usage()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.in_use)
+        .count();
+    eprintln!("{daemon}: {in_use} cache records in use after the failed build");
+
+    // Other tests build on the same daemon: try again when one of theirs was running.
+    let mut attempts = 0;
+    let e = loop {
+        attempts += 1;
+        wait_until_no_build_runs(&client).await;
+        // The prune is limited to a record that does not exist: the daemon is shared.
+        let o = fake
+            .run(&[
+                "cache",
+                "clear",
+                "--filter",
+                "id==pf-fleet-test-no-such-record",
+            ])
+            .await;
+        let e = err(&o);
+        assert!(o.status.success(), "{daemon}: {e}");
+        if !e.contains("buildkit-amd64-0: skipped: a build is running") || attempts == 5 {
+            break e;
+        }
+    };
+    assert!(
+        e.contains("buildkit-amd64-0: pruned 0 records") && e.contains("(idle, by build history)"),
+        "{daemon}: {e}"
+    );
+    assert_user_agent(&fake);
+}
+tier_tests!(async cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history);
+
 fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -809,13 +1018,13 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
-#[tokio::test]
-async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
+async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(tier: Tier) {
+    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .statefulset("arm64", 1, 0, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial("buildkit-amd64-0", engine())
+        .dial("buildkit-amd64-0", dial)
         // mounted by a pod that is not running yet: still in use
         .pod("buildkit-amd64-2", "Pending", "", false)
         .pvc("buildkitd-buildkit-amd64-0")
@@ -826,7 +1035,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         .pvc("buildkitd-buildkit-arm64-1")
         .start()
         .await;
-    let client = Client::connect(daemon_addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;
@@ -843,7 +1052,7 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         .await;
     build.abort();
     let e = err(&o);
-    assert!(o.status.success(), "{e}");
+    assert!(o.status.success(), "{daemon}: {e}");
     assert_eq!(
         fake.pvc_names(),
         [
@@ -862,13 +1071,172 @@ async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
         "{e}"
     );
     assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
+    // Other tests may build on the shared Engine too: at least this one is in progress.
     assert!(
-        e.contains("Skipped pod buildkit-amd64-0: a build is running"),
-        "{e}"
+        e.contains("buildkit-amd64-0: skipped: a build is running (")
+            && e.contains(" in progress, by build history)"),
+        "{daemon} has the history API and lists the running build: {e}"
     );
     assert!(!e.contains("Pruned"), "{e}");
     // The busy check went through a port-forward to that pod; no prune call followed it.
     assert!(fake.portforwards_opened() >= 1);
+    assert_user_agent(&fake);
+}
+tier_tests!(async cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone);
+
+/// Every request the fake saw, port-forward upgrades included, named the client.
+fn assert_user_agent(fake: &FakeKube) {
+    let requests = fake.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(
+            r.user_agent,
+            pf_buildkit::USER_AGENT,
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    assert!(pf_buildkit::USER_AGENT.starts_with("pf-buildkit/"));
+}
+
+#[tokio::test]
+async fn cache_clear_takes_claim_names_from_the_statefulsets_templates() {
+    // A deployment whose claim template is `cache`, not Panfactum's `buildkitd`.
+    let fake = Scenario::new()
+        .claim_template("cache")
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 2, 0, None)
+        .pod("buildkit-amd64-0", "Pending", "", false)
+        // A pod on its way out still mounts its claim, already Terminating.
+        .pod("buildkit-amd64-3", "Pending", "", false)
+        .terminating_pvc("cache-buildkit-amd64-3")
+        .pvc("cache-buildkit-amd64-0")
+        .pvc("cache-buildkit-amd64-1")
+        // arm64 wants two replicas whose pods do not exist yet: both claims are kept.
+        .pvc("cache-buildkit-arm64-0")
+        .pvc("cache-buildkit-arm64-1")
+        .pvc("cache-buildkit-arm64-2")
+        // Named like Panfactum's template, which these StatefulSets do not have.
+        .pvc("buildkitd-buildkit-arm64-0")
+        .start()
+        .await;
+    let o = fake.run(&["cache", "clear"]).await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(
+        fake.pvc_names(),
+        [
+            "cache-buildkit-amd64-0",
+            "cache-buildkit-amd64-3",
+            "cache-buildkit-arm64-0",
+            "cache-buildkit-arm64-1"
+        ],
+        "{e}"
+    );
+    for line in [
+        "PVC in use: cache-buildkit-amd64-0",
+        "Deleted unused PVC: cache-buildkit-amd64-1",
+        "PVC already being deleted (Terminating): cache-buildkit-amd64-3",
+        "PVC of a wanted replica, kept: cache-buildkit-arm64-0",
+        "PVC of a wanted replica, kept: cache-buildkit-arm64-1",
+        "Deleted unused PVC: cache-buildkit-arm64-2",
+        "Deleted unused PVC: buildkitd-buildkit-arm64-0",
+    ] {
+        assert!(e.lines().any(|l| l == line), "{line:?} missing: {e}");
+    }
+    let deletes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "buildkitd-buildkit-arm64-0",
+            "cache-buildkit-amd64-1",
+            "cache-buildkit-arm64-2"
+        ],
+        "a Terminating claim is not deleted again"
+    );
+    assert_user_agent(&fake);
+}
+
+#[tokio::test]
+async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
+    // What the real API server does with a delete: 200 with the object, now carrying a
+    // deletionTimestamp and the pvc-protection finalizer, and the claim stays while mounted.
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Pending", "", false)
+        .pvc("buildkitd-buildkit-amd64-0")
+        .start()
+        .await;
+    let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        kube::Api::namespaced(fleet_for(&fake).await.client().clone(), "buildkit");
+    let answer = pvcs
+        .delete("buildkitd-buildkit-amd64-0", &Default::default())
+        .await
+        .unwrap();
+    let pvc = answer.left().expect("the object, not a Status");
+    assert!(pvc.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        pvc.metadata.finalizers.as_deref(),
+        Some(&["kubernetes.io/pvc-protection".to_owned()][..])
+    );
+    // Still there, Terminating; cache clear reports it and leaves it alone.
+    assert_eq!(fake.pvc_names(), ["buildkitd-buildkit-amd64-0"]);
+    let o = fake.run(&["cache", "clear"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("PVC already being deleted (Terminating): buildkitd-buildkit-amd64-0"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
+    // The real Engine behind a relay that answers ListenBuildHistory as a daemon without the
+    // history API does (UNIMPLEMENTED). The Engine, whatever the preferred tier: the daemon
+    // only has to build; what is tested is the client's fallback.
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .dial(
+            "buildkit-amd64-0",
+            without_build_history(pod_dial(Tier::Engine)),
+        )
+        .start()
+        .await;
+    let client = Client::connect(Tier::Engine.addr().parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    let build = start_busy_build(&client).await;
+    let o = fake
+        .run(&[
+            "cache",
+            "clear",
+            "--filter",
+            "id==pf-fleet-test-no-such-record",
+        ])
+        .await;
+    build.abort();
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("buildkit-amd64-0: skipped: a build is running (")
+            && e.contains(" cache records in use; no build history API)"),
+        "{e}"
+    );
+    assert!(!e.contains("Pruned"), "{e}");
 }
 
 /// The library, connected to the fake through its kubeconfig's `fake` context.
@@ -1420,4 +1788,40 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
     assert_eq!(index_digest(&repo).await, None, "no index");
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
+}
+
+#[tokio::test]
+async fn scale_up_wait_on_a_terminal_draws_live_lines() {
+    let fake = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .start()
+        .await;
+    // The same command through `script`, which gives it a pseudo-terminal.
+    let inner = fake.bin();
+    let mut cmd = std::process::Command::new("script");
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.args([
+        "-qefc",
+        &format!(
+            "stty cols 100 rows 20; {} scale up --only amd64 --wait --timeout 30",
+            env!("CARGO_BIN_EXE_pf-buildkit")
+        ),
+        "/dev/null",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text:?}");
+    // The final view: the architecture ticked off with its state and elapsed time, drawn
+    // in place (erase-line sequences), not as plain `arch: state (1.2s)` lines.
+    assert!(text.contains("✔ amd64: 1 available replica(s)"), "{text:?}");
+    assert!(text.contains("\x1b[2K"), "{text:?}");
+    assert!(!text.contains("replica(s) ("), "{text:?}");
 }

@@ -136,6 +136,21 @@ async fn two_architectures_pushed_with_one_index(tier: Tier) {
     let err = stderr(&out);
     assert!(err.lines().any(|l| l.starts_with("amd64: #")), "{err}");
     assert!(err.lines().any(|l| l.starts_with("arm64: #")), "{err}");
+    // Each architecture's lines, prefix taken off, are plain progress in progressui's blocks.
+    for arch in ["amd64", "arm64"] {
+        let prefix = format!("{arch}: ");
+        let own: Vec<&str> = err
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .collect();
+        let blocks = crate::progress::plain_blocks(&own.join("\n"))
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(blocks[0].number, 1, "{err}");
+        assert!(
+            blocks.iter().any(|b| b.name.contains("COPY hello-")),
+            "{err}"
+        );
+    }
 
     assert_index(&repo, &digest, &["amd64", "arm64"]).await;
 

@@ -12,6 +12,7 @@
 //! 3. the receiver sends `PACKET_FIN` when done, the sender answers `PACKET_FIN` and ends;
 //!    either side may abort with `PACKET_ERR{data: message}`.
 
+mod beneath;
 mod filter;
 mod pattern;
 mod receive;

@@ -7,18 +7,19 @@
 //! reading, which could otherwise deadlock against a sender blocked on sending data.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, FileTimes, Permissions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::FileType;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{Packet, PacketType, Stat, TransferStats, io_reason, mode};
+use super::{Packet, PacketType, Stat, TransferStats, beneath, io_reason, mode};
 
 /// Why receiving into a directory failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,15 +124,17 @@ where
     });
 
     let applier = tokio::task::spawn_blocking(move || {
-        let mut r = Receiver::new(dest, out_tx, stats);
-        let result = r.run(in_rx);
+        let result = match Receiver::new(dest, out_tx.clone(), stats) {
+            Ok(mut r) => r.run(in_rx),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result
             && !matches!(
                 e,
                 ReceiveError::Sender(_) | ReceiveError::Transport(_) | ReceiveError::OutgoingClosed
             )
         {
-            let _ = r.out.send(Packet {
+            let _ = out_tx.send(Packet {
                 r#type: PacketType::PacketErr as i32,
                 data: bytes::Bytes::from(e.to_string()),
                 ..Packet::default()
@@ -156,17 +159,49 @@ where
 /// A regular file whose data is still coming.
 struct Pending {
     rel: String,
-    path: PathBuf,
-    tmp: PathBuf,
     stat: Stat,
+    /// The temporary file's name, in the directory `parent`.
+    tmp: String,
+    /// The directory the temporary file was created in, held so that it is removed from
+    /// there (and only there) if the transfer fails.
+    parent: Option<OwnedFd>,
     /// Open once the first byte (or the EOF) arrives, so only files in flight hold descriptors.
     file: Option<File>,
     /// Hardlinks to this file that arrived before its data did: created once it is in place.
-    links: Vec<PathBuf>,
+    links: Vec<String>,
+    /// Renamed into place: nothing to clean up.
+    placed: bool,
+}
+
+impl Drop for Pending {
+    /// A transfer that ends early (an error, the daemon going away, Ctrl-C) or a file that
+    /// cannot be put in place leaves no temporary file in the destination.
+    fn drop(&mut self) {
+        if let (Some(parent), false) = (&self.parent, self.placed) {
+            let _ = beneath::unlink(parent, &self.tmp);
+        }
+    }
+}
+
+/// A temporary entry (symlink, hardlink, node) removed unless it was put in place.
+struct TmpGuard<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a str,
+    armed: bool,
+}
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = beneath::unlink(self.dir, self.name);
+        }
+    }
 }
 
 struct Receiver {
     dest: PathBuf,
+    /// The destination, held open: every operation resolves from it (see [`beneath`]).
+    root: beneath::Root,
     out: mpsc::UnboundedSender<Packet>,
     stats: Arc<TransferStats>,
     next_id: u32,
@@ -176,7 +211,7 @@ struct Receiver {
     /// Regular files seen, the only valid hardlink targets.
     files_seen: HashSet<String>,
     /// Directories whose mode and times are set at the end, after their children.
-    dirs: Vec<(PathBuf, Stat)>,
+    dirs: Vec<Stat>,
     validator: Validator,
     stats_done: bool,
     /// This receiver's number in the process, for temporary names.
@@ -186,103 +221,54 @@ struct Receiver {
 /// Numbers the receivers of this process.
 static RECEIVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn system_time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
-/// Sets access and modification time of `path` itself (not a symlink's target).
-fn set_times_nofollow(path: &Path, ns: i64) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
-    let ts = Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    };
-    let times = Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    };
-    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
-}
-
-fn set_xattrs(path: &Path, stat: &Stat) {
-    for (name, value) in &stat.xattrs {
-        if let Err(e) =
-            rustix::fs::lsetxattr(path, name.as_str(), value, rustix::fs::XattrFlags::empty())
-        {
-            tracing::debug!(path = %path.display(), name, "cannot set extended attribute: {e}");
-        }
-    }
-}
-
-/// Special files the receiver can create.
-#[derive(Clone, Copy)]
-enum Node {
-    Fifo,
-    CharDevice,
-    BlockDevice,
-}
-
-/// Creates a FIFO or device node (devices need privileges).
+/// Creates a FIFO or device node `name` in `dir` (devices need privileges).
 #[cfg(target_os = "linux")]
-fn make_node(path: &Path, node: Node, perms: u32, major: i64, minor: i64) -> io::Result<()> {
-    use rustix::fs::{CWD, FileType, Mode};
-    let file_type = match node {
-        Node::Fifo => FileType::Fifo,
-        Node::CharDevice => FileType::CharacterDevice,
-        Node::BlockDevice => FileType::BlockDevice,
+fn make_node(dir: BorrowedFd<'_>, name: &str, stat: &Stat) -> io::Result<bool> {
+    use rustix::fs::FileType;
+    let kind = stat.mode & mode::TYPE;
+    let file_type = if kind & mode::NAMED_PIPE != 0 {
+        FileType::Fifo
+    } else if kind & mode::CHAR_DEVICE != 0 {
+        FileType::CharacterDevice
+    } else if kind & mode::DEVICE != 0 {
+        FileType::BlockDevice
+    } else {
+        return Ok(false);
     };
-    let dev = rustix::fs::makedev(major as u32, minor as u32);
-    rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(perms as _), dev)?;
-    Ok(())
+    let dev = rustix::fs::makedev(stat.devmajor as u32, stat.devminor as u32);
+    beneath::mknod(
+        dir,
+        name,
+        file_type,
+        mode::to_unix_permissions(stat.mode),
+        dev,
+    )?;
+    Ok(true)
 }
 
 /// Creates a FIFO or device node: not supported off Linux.
 #[cfg(not(target_os = "linux"))]
-fn make_node(_path: &Path, _node: Node, _perms: u32, _major: i64, _minor: i64) -> io::Result<()> {
+fn make_node(_dir: BorrowedFd<'_>, _name: &str, stat: &Stat) -> io::Result<bool> {
+    let kind = stat.mode & mode::TYPE;
+    if kind & (mode::NAMED_PIPE | mode::DEVICE) == 0 {
+        return Ok(false);
+    }
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
-/// Removes whatever is at `path` unless it is a directory (which is kept and reused).
-fn make_room_for_dir(path: &Path) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(true),
-        Ok(_) => fs::remove_file(path).map(|_| false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-impl Drop for Receiver {
-    /// A transfer that ends early (an error, the daemon going away, Ctrl-C) leaves no
-    /// half-written temporary files in the destination.
-    fn drop(&mut self) {
-        for pending in self.pending.values() {
-            if pending.file.is_some() {
-                let _ = fs::remove_file(&pending.tmp);
-            }
-        }
-    }
-}
-
-/// Moves `tmp` to `path`, replacing what is there (a directory in the way is removed).
-fn replace(tmp: &Path, path: &Path) -> io::Result<()> {
-    if let Ok(m) = fs::symlink_metadata(path)
-        && m.is_dir()
-    {
-        fs::remove_dir_all(path)?;
-    }
-    fs::rename(tmp, path)
-}
-
 impl Receiver {
-    fn new(dest: PathBuf, out: mpsc::UnboundedSender<Packet>, stats: Arc<TransferStats>) -> Self {
-        Receiver {
+    fn new(
+        dest: PathBuf,
+        out: mpsc::UnboundedSender<Packet>,
+        stats: Arc<TransferStats>,
+    ) -> Result<Self, ReceiveError> {
+        let root = beneath::Root::open(&dest).map_err(|error| ReceiveError::Write {
+            path: dest.clone(),
+            error,
+        })?;
+        Ok(Receiver {
             dest,
+            root,
             out,
             stats,
             next_id: 0,
@@ -293,13 +279,14 @@ impl Receiver {
             validator: Validator::default(),
             stats_done: false,
             serial: RECEIVERS.fetch_add(1, Ordering::Relaxed),
-        }
+        })
     }
 
-    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ReceiveError + '_ {
-        move |source| ReceiveError::Write {
-            path: path.to_path_buf(),
-            error: source,
+    /// Maps an I/O error on the entry `rel` to the error that names it.
+    fn write_err<'a>(&'a self, rel: &'a str) -> impl FnOnce(io::Error) -> ReceiveError + 'a {
+        move |error| ReceiveError::Write {
+            path: self.dest.join(rel),
+            error,
         }
     }
 
@@ -350,13 +337,15 @@ impl Receiver {
 
     /// Applies the directories' modes and times (children first) and sends FIN.
     fn finish(&mut self) -> Result<(), ReceiveError> {
-        for (path, stat) in self.dirs.drain(..).rev() {
-            fs::set_permissions(
-                &path,
-                Permissions::from_mode(mode::to_unix_permissions(stat.mode)),
-            )
-            .map_err(Self::write_err(&path))?;
-            set_times_nofollow(&path, stat.mod_time).map_err(Self::write_err(&path))?;
+        let dirs = std::mem::take(&mut self.dirs);
+        for stat in dirs.iter().rev() {
+            let err = self.write_err(&stat.path);
+            let fd = self.root.open_dir_rdonly(&stat.path);
+            fd.and_then(|fd| {
+                beneath::chmod_fd(&fd, mode::to_unix_permissions(stat.mode))?;
+                beneath::set_times_fd(&fd, stat.mod_time)
+            })
+            .map_err(err)?;
         }
         self.send(Packet {
             r#type: PacketType::PacketFin as i32,
@@ -364,15 +353,11 @@ impl Receiver {
         })
     }
 
-    /// A temporary name beside `path`, unique across processes and concurrent receivers (the
-    /// local exporter runs one per platform, possibly into the same directory), and short
-    /// whatever the length of the final name.
-    fn tmp_path(&self, path: &Path, id: u32) -> PathBuf {
-        path.with_file_name(format!(
-            ".pf-tmp-{}-{}-{id}",
-            std::process::id(),
-            self.serial
-        ))
+    /// A temporary name in the entry's directory, unique across processes and concurrent
+    /// receivers (the local exporter runs one per platform, possibly into the same
+    /// directory), and short whatever the length of the final name.
+    fn tmp_name(&self, id: u32) -> String {
+        format!(".pf-tmp-{}-{}-{id}", std::process::id(), self.serial)
     }
 
     fn on_stat(&mut self, stat: Stat) -> Result<(), ReceiveError> {
@@ -381,44 +366,31 @@ impl Receiver {
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let is_dir = stat.mode & mode::DIR != 0;
         self.validator.check(&stat.path, is_dir)?;
-        let path = self.dest.join(&stat.path);
-        let tmp = self.tmp_path(&path, id);
         let kind = stat.mode & mode::TYPE;
-        let perms = mode::to_unix_permissions(stat.mode);
 
-        if is_dir {
-            if !make_room_for_dir(&path).map_err(Self::write_err(&path))? {
-                // Writable for now so that children can be created; the real mode comes last.
-                match fs::DirBuilder::new().mode(perms | 0o700).create(&path) {
-                    Ok(()) => {}
-                    // Another receiver into the same destination made it first.
-                    Err(e)
-                        if e.kind() == io::ErrorKind::AlreadyExists
-                            && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
-                    Err(e) => return Err(Self::write_err(&path)(e)),
-                }
-            } else {
-                let current = fs::symlink_metadata(&path).map_err(Self::write_err(&path))?;
-                let m = current.permissions().mode();
-                if m & 0o700 != 0o700 {
-                    fs::set_permissions(&path, Permissions::from_mode(m | 0o700))
-                        .map_err(Self::write_err(&path))?;
-                }
-            }
-            set_xattrs(&path, &stat);
-            self.dirs.push((path, stat));
-            return Ok(());
+        if kind == 0 && stat.linkname.is_empty() {
+            // A regular file: asked for now, written when its data arrives.
+            self.files_seen.insert(stat.path.clone());
+            self.pending_by_path.insert(stat.path.clone(), id);
+            self.pending.insert(
+                id,
+                Pending {
+                    rel: stat.path.clone(),
+                    tmp: self.tmp_name(id),
+                    stat,
+                    parent: None,
+                    file: None,
+                    links: Vec::new(),
+                    placed: false,
+                },
+            );
+            return self.send(Packet {
+                r#type: PacketType::PacketReq as i32,
+                id,
+                ..Packet::default()
+            });
         }
-
-        if kind & mode::SYMLINK != 0 {
-            let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&stat.linkname, &tmp).map_err(Self::write_err(&path))?;
-            set_xattrs(&tmp, &stat);
-            set_times_nofollow(&tmp, stat.mod_time).map_err(Self::write_err(&path))?;
-            return replace(&tmp, &path).map_err(Self::write_err(&path));
-        }
-
-        if kind == 0 && !stat.linkname.is_empty() {
+        if kind == 0 {
             // A hardlink to a file sent earlier.
             if !self.files_seen.contains(&stat.linkname) {
                 return Err(ReceiveError::UnknownLink {
@@ -431,75 +403,126 @@ impl Receiver {
                 .get(&stat.linkname)
                 .and_then(|id| self.pending.get_mut(id))
             {
-                orig.links.push(path);
+                orig.links.push(stat.path);
                 return Ok(());
             }
-            let target = self.dest.join(&stat.linkname);
-            let _ = fs::remove_file(&tmp);
-            fs::hard_link(&target, &tmp).map_err(Self::write_err(&path))?;
-            return replace(&tmp, &path).map_err(Self::write_err(&path));
+            let tmp = self.tmp_name(id);
+            return self
+                .link(&stat.linkname, &stat.path, &tmp)
+                .map_err(self.write_err(&stat.path));
         }
-
-        if kind == 0 {
-            self.files_seen.insert(stat.path.clone());
-            self.pending_by_path.insert(stat.path.clone(), id);
-            self.pending.insert(
-                id,
-                Pending {
-                    rel: stat.path.clone(),
-                    path,
-                    tmp,
-                    stat,
-                    file: None,
-                    links: Vec::new(),
-                },
-            );
-            return self.send(Packet {
-                r#type: PacketType::PacketReq as i32,
-                id,
-                ..Packet::default()
-            });
-        }
-
-        // Devices and FIFOs.
-        let node = if kind & mode::NAMED_PIPE != 0 {
-            Node::Fifo
-        } else if kind & mode::CHAR_DEVICE != 0 {
-            Node::CharDevice
-        } else if kind & mode::DEVICE != 0 {
-            Node::BlockDevice
+        let result = if is_dir {
+            self.make_dir(&stat)
         } else {
-            tracing::warn!(
-                path = stat.path,
-                "skipping an entry of unsupported type {:#x}",
-                stat.mode
-            );
-            return Ok(());
+            self.make_special(&stat, id)
         };
-        let _ = fs::remove_file(&tmp);
-        match make_node(&tmp, node, perms, stat.devmajor, stat.devminor) {
-            Ok(()) => {
-                set_times_nofollow(&tmp, stat.mod_time).map_err(Self::write_err(&path))?;
-                replace(&tmp, &path).map_err(Self::write_err(&path))
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
-                ) =>
-            {
-                tracing::warn!(
-                    path = stat.path,
-                    "skipping a device or FIFO: {}",
-                    io_reason(&e)
-                );
-                Ok(())
-            }
-            Err(source) => Err(ReceiveError::Write {
-                path,
-                error: source,
-            }),
+        result.map_err(self.write_err(&stat.path))?;
+        if is_dir {
+            self.dirs.push(stat);
         }
+        Ok(())
+    }
+
+    /// Creates (or reuses) the directory `stat.path`, writable by us until [`Self::finish`]
+    /// sets its real mode, so that children can be created.
+    fn make_dir(&self, stat: &Stat) -> io::Result<()> {
+        let perms = mode::to_unix_permissions(stat.mode);
+        let (parent, name) = self.root.parent(&stat.path)?;
+        match beneath::lstat_at(&parent, name)? {
+            Some((FileType::Directory, current)) => {
+                if current & 0o700 != 0o700 {
+                    let fd = self.root.open_dir_path(&stat.path)?;
+                    beneath::chmod_path_fd(&fd, current | 0o700)?;
+                }
+            }
+            existing => {
+                if existing.is_some() {
+                    beneath::unlink(&parent, name)?;
+                }
+                match beneath::mkdir(&parent, name, perms | 0o700) {
+                    Ok(()) => {}
+                    // Another receiver into the same destination made it first.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && matches!(
+                                beneath::lstat_at(&parent, name),
+                                Ok(Some((FileType::Directory, _)))
+                            ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !stat.xattrs.is_empty() {
+            let fd = self.root.open_dir_rdonly(&stat.path)?;
+            beneath::set_xattrs_fd(&fd, stat);
+        }
+        Ok(())
+    }
+
+    /// Creates a symlink, FIFO or device node under a temporary name, then moves it onto
+    /// its path.
+    fn make_special(&self, stat: &Stat, id: u32) -> io::Result<()> {
+        let (parent, name) = self.root.parent(&stat.path)?;
+        let tmp = self.tmp_name(id);
+        let dir = parent.as_fd();
+        beneath::unlink(dir, &tmp)?;
+        let mut guard = TmpGuard {
+            dir,
+            name: &tmp,
+            armed: true,
+        };
+        if stat.mode & mode::SYMLINK != 0 {
+            beneath::symlink(&stat.linkname, dir, &tmp)?;
+        } else {
+            match make_node(dir, &tmp, stat) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        path = stat.path,
+                        "skipping an entry of unsupported type {:#x}",
+                        stat.mode
+                    );
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                    ) =>
+                {
+                    tracing::warn!(
+                        path = stat.path,
+                        "skipping a device or FIFO: {}",
+                        io_reason(&e)
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        beneath::set_xattrs_at(dir, &tmp, stat);
+        beneath::set_times_at(dir, &tmp, stat.mod_time)?;
+        beneath::replace(dir, &tmp, dir, name)?;
+        guard.armed = false;
+        Ok(())
+    }
+
+    /// Makes `rel` a hardlink to the regular file `target` (both under the root), through
+    /// the temporary name `tmp` in `rel`'s directory.
+    fn link(&self, target: &str, rel: &str, tmp: &str) -> io::Result<()> {
+        let (target_dir, target_name) = self.root.parent(target)?;
+        let (parent, name) = self.root.parent(rel)?;
+        let dir = parent.as_fd();
+        beneath::unlink(dir, tmp)?;
+        let mut guard = TmpGuard {
+            dir,
+            name: tmp,
+            armed: true,
+        };
+        beneath::hard_link(&target_dir, target_name, dir, tmp)?;
+        beneath::replace(dir, tmp, dir, name)?;
+        guard.armed = false;
+        Ok(())
     }
 
     fn on_data(&mut self, id: u32, data: bytes::Bytes) -> Result<(), ReceiveError> {
@@ -507,49 +530,62 @@ impl Receiver {
             return Err(ReceiveError::UnexpectedData(id));
         };
         if p.file.is_none() {
-            let _ = fs::remove_file(&p.tmp);
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p.tmp)
-                .map_err(Self::write_err(&p.path))?;
+            let opened = (|| {
+                let (parent, _) = self.root.parent(&p.rel)?;
+                let parent = parent.to_owned_fd()?;
+                beneath::unlink(&parent, &p.tmp)?;
+                let file = beneath::create_new(&parent, &p.tmp)?;
+                Ok::<_, io::Error>((parent, file))
+            })();
+            let (parent, file) = opened.map_err(|error| ReceiveError::Write {
+                path: self.dest.join(&p.rel),
+                error,
+            })?;
+            p.parent = Some(parent);
             p.file = Some(file);
         }
         if !data.is_empty() {
             if let Some(file) = p.file.as_mut() {
-                file.write_all(&data).map_err(Self::write_err(&p.path))?;
+                file.write_all(&data).map_err(|error| ReceiveError::Write {
+                    path: self.dest.join(&p.rel),
+                    error,
+                })?;
             }
             self.stats
                 .bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
-        // EOF: metadata last, then into place, then any hardlinks waiting for it.
-        let Some(p) = self.pending.remove(&id) else {
+        // EOF: metadata last, then into place, then any hardlinks waiting for it. On any
+        // error `p` is dropped, which removes its temporary file.
+        let Some(mut p) = self.pending.remove(&id) else {
             return Err(ReceiveError::UnexpectedData(id));
         };
         self.pending_by_path.remove(&p.rel);
-        let err = Self::write_err(&p.path);
-        if let Some(file) = &p.file {
-            file.set_permissions(Permissions::from_mode(mode::to_unix_permissions(
-                p.stat.mode,
-            )))
-            .map_err(err)?;
-            set_xattrs(&p.tmp, &p.stat);
-            let t = system_time(p.stat.mod_time);
-            file.set_times(FileTimes::new().set_accessed(t).set_modified(t))
-                .map_err(Self::write_err(&p.path))?;
-        }
-        drop(p.file);
-        replace(&p.tmp, &p.path).map_err(Self::write_err(&p.path))?;
+        self.place(&mut p).map_err(self.write_err(&p.rel))?;
         for link in &p.links {
-            let tmp = self.tmp_path(link, id);
-            let _ = fs::remove_file(&tmp);
-            fs::hard_link(&p.path, &tmp).map_err(Self::write_err(link))?;
-            replace(&tmp, link).map_err(Self::write_err(link))?;
+            let tmp = self.tmp_name(id);
+            self.link(&p.rel, link, &tmp)
+                .map_err(self.write_err(link))?;
         }
         self.stats.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sets a finished file's metadata and moves it onto its path, resolved again now: the
+    /// directory it was created in may have been replaced since.
+    fn place(&self, p: &mut Pending) -> io::Result<()> {
+        if let Some(file) = p.file.take() {
+            beneath::chmod_fd(&file, mode::to_unix_permissions(p.stat.mode))?;
+            beneath::set_xattrs_fd(&file, &p.stat);
+            beneath::set_times_fd(&file, p.stat.mod_time)?;
+        }
+        let Some(from) = &p.parent else {
+            return Err(io::Error::other("the file was never created"));
+        };
+        let (to, name) = self.root.parent(&p.rel)?;
+        beneath::replace(from, &p.tmp, &to, name)?;
+        p.placed = true;
         Ok(())
     }
 }

@@ -4,18 +4,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 
-use crate::buildkit::proto::control::{StatusResponse, Vertex};
+use crate::buildkit::proto::control::{StatusResponse, Vertex, VertexWarning};
 
 mod plain;
 mod rawjson;
+mod trace;
 mod tty;
 
 pub use plain::PlainProgress;
-pub use rawjson::RawJsonProgress;
+pub use rawjson::{RawJsonProgress, warnings_json};
 pub use tty::TtyProgress;
-
-/// How many log lines of a failed step are shown.
-const ERROR_LOG_LINES: usize = 10;
 
 /// Counters of the build context sent to the daemon (this client's side of the transfer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -35,8 +33,72 @@ pub struct FailureReport {
     pub message: String,
     /// The digest of the failed step, when the daemon said.
     pub vertex: Option<String>,
-    /// The Dockerfile lines the error points at: `(file name, [(line number, text)])`.
-    pub source: Option<(String, Vec<(u32, String)>)>,
+    /// The source lines the error points at, one snippet per range the daemon sent.
+    pub sources: Vec<SourceSnippet>,
+}
+
+/// Lines of a source file (a Dockerfile) around the ones an error or warning points at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSnippet {
+    /// The file's name as the daemon gave it (`Dockerfile`).
+    pub filename: String,
+    /// The first line the ranges point at (1-based): what `Dockerfile:N` names.
+    pub line: u32,
+    /// The lines shown: number, whether a range covers it, text.
+    pub lines: Vec<(u32, bool, String)>,
+}
+
+impl SourceSnippet {
+    /// The snippet for `ranges` (1-based, inclusive line pairs) of `text`, with context
+    /// lines around them as buildctl shows it: four for a single line, two for a range.
+    /// `None` when the ranges are empty or outside the text.
+    pub fn new(filename: &str, text: &str, ranges: &[(u32, u32)]) -> Option<SourceSnippet> {
+        let lines: Vec<&str> = text.split('\n').collect();
+        let total = u32::try_from(lines.len()).unwrap_or(u32::MAX);
+        let first = ranges.iter().map(|r| r.0).min()?;
+        let last = ranges.iter().map(|r| r.1.max(r.0)).max()?;
+        if first < 1 || first > total {
+            return None;
+        }
+        let (mut start, mut end) = (first, last.min(total));
+        // Context grows one line on each side per round until `pad` lines were counted,
+        // each round counting one more (buildctl's rounds, kept so the windows match).
+        let pad = if start == end { 4 } else { 2 };
+        let mut counted = 0;
+        while counted < pad {
+            if start > 1 {
+                start -= 1;
+                counted += 1;
+            }
+            if end != total {
+                end += 1;
+                counted += 1;
+            }
+            counted += 1;
+        }
+        let covered = |n: u32| ranges.iter().any(|r| r.0 <= n && n <= r.1.max(r.0));
+        Some(SourceSnippet {
+            filename: filename.to_owned(),
+            line: first,
+            lines: (start..=end)
+                .map(|n| (n, covered(n), lines[n as usize - 1].to_owned()))
+                .collect(),
+        })
+    }
+
+    /// Writes the snippet as buildctl does: `Dockerfile:N`, a rule, ` NNN | >>> line`.
+    ///
+    /// # Errors
+    /// When `out` fails.
+    pub fn write(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "{}:{}", self.filename, self.line)?;
+        writeln!(out, "--------------------")?;
+        for (n, marked, text) in &self.lines {
+            let mark = if *marked { ">>>" } else { "   " };
+            writeln!(out, " {n:>3} | {mark} {text}")?;
+        }
+        writeln!(out, "--------------------")
+    }
 }
 
 /// Receives the status stream of a solve. Implement it to render progress your own way.
@@ -204,29 +266,53 @@ pub fn human_bytes(n: u64) -> String {
     format!("{text}{}", UNITS[unit])
 }
 
-/// The error summary shared by the text renderers: the failed step's last output and the
-/// Dockerfile lines the error points at.
+/// The end of a failed build's summary, after the failed steps' output: one snippet per
+/// source range the daemon sent, then the error.
 pub(crate) fn write_failure(
     out: &mut dyn std::io::Write,
-    state: &State,
     failure: &FailureReport,
 ) -> std::io::Result<()> {
-    if let Some(step) = state.failed_step(failure).filter(|s| !s.lines.is_empty()) {
-        writeln!(out, "------")?;
-        writeln!(out, " > {}:", step.name)?;
-        for line in &step.lines {
-            writeln!(out, "{line}")?;
-        }
-        writeln!(out, "------")?;
+    for snippet in &failure.sources {
+        snippet.write(out)?;
     }
-    if let Some((file, lines)) = &failure.source {
-        writeln!(out, " {file}:")?;
-        for (number, text) in lines {
-            writeln!(out, " {number:>4} | {text}")?;
-        }
-        writeln!(out, "--------------------")?;
+    writeln!(out, "ERROR: failed to solve: {}", failure.message)
+}
+
+/// The build's warnings as buildx lists them at the end: ` 2 warnings found:` then
+/// ` - <short>` each (`rawjson` and `--metadata-file` carry the detail, link and source).
+pub(crate) fn write_warnings(
+    out: &mut dyn std::io::Write,
+    warnings: &[VertexWarning],
+) -> std::io::Result<()> {
+    if warnings.is_empty() {
+        return Ok(());
     }
-    writeln!(out, "ERROR: {}", failure.message)
+    let noun = if warnings.len() == 1 {
+        "warning"
+    } else {
+        "warnings"
+    };
+    writeln!(out, "\n {} {noun} found:", warnings.len())?;
+    for w in warnings {
+        writeln!(out, " - {}", String::from_utf8_lossy(&w.short))?;
+    }
+    Ok(())
+}
+
+/// Bytes as progressui shows statuses (`tonistiigi/units` with `%.2f`): whole bytes below
+/// 1000 (`355B`), else two decimals in decimal units (`1.03MB`, `40.96kB`).
+pub(crate) fn go_bytes(n: i64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    if n.abs() < 1000 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value.abs() >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.2}{}", UNITS[unit])
 }
 
 /// Summary of the context transfer, the line tests and people read.
@@ -251,6 +337,39 @@ mod tests {
         assert_eq!(human_bytes(40960), "40.96kB");
         assert_eq!(human_bytes(1_000_000), "1MB");
         assert_eq!(human_bytes(67_108_864), "67.11MB");
+    }
+
+    #[test]
+    fn go_bytes_like_progressui() {
+        assert_eq!(go_bytes(0), "0B");
+        assert_eq!(go_bytes(355), "355B");
+        assert_eq!(go_bytes(1000), "1.00kB");
+        assert_eq!(go_bytes(1_032_192), "1.03MB");
+        assert_eq!(go_bytes(40_960), "40.96kB");
+    }
+
+    #[test]
+    fn snippets_pad_like_buildctl() {
+        let text = "l1\nl2\nl3\nl4\nl5\nl6\nl7\n";
+        let one = SourceSnippet::new("Dockerfile", text, &[(4, 4)]).unwrap();
+        assert_eq!(one.line, 4);
+        let numbers: Vec<u32> = one.lines.iter().map(|l| l.0).collect();
+        assert_eq!(numbers, vec![2, 3, 4, 5, 6]);
+        let mut out = Vec::new();
+        one.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Dockerfile:4\n--------------------\n   2 |     l2\n   3 |     l3\n   4 | >>> l4\n   5 |     l5\n   6 |     l6\n--------------------\n"
+        );
+        // A range: one line of context each side; at the top, more below.
+        let range = SourceSnippet::new("Dockerfile", text, &[(2, 3)]).unwrap();
+        let numbers: Vec<(u32, bool)> = range.lines.iter().map(|l| (l.0, l.1)).collect();
+        assert_eq!(numbers, vec![(1, false), (2, true), (3, true), (4, false)]);
+        let top = SourceSnippet::new("Dockerfile", text, &[(1, 1)]).unwrap();
+        let numbers: Vec<u32> = top.lines.iter().map(|l| l.0).collect();
+        assert_eq!(numbers, vec![1, 2, 3]);
+        assert!(SourceSnippet::new("Dockerfile", text, &[(40, 40)]).is_none());
+        assert!(SourceSnippet::new("Dockerfile", text, &[]).is_none());
     }
 
     #[test]

@@ -4,10 +4,14 @@
 use std::io::Write;
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{FailureReport, ProgressSink, TransferSummary};
-use crate::buildkit::proto::control::StatusResponse;
+use crate::buildkit::proto::control::{
+    StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
+};
+use crate::buildkit::proto::pb;
 
 /// JSON-lines progress written to `W`.
 pub struct RawJsonProgress<W: Write + Send> {
@@ -21,135 +25,226 @@ impl<W: Write + Send> RawJsonProgress<W> {
     }
 }
 
+/// One status update as buildctl's `SolveStatus` marshals it. Empty fields are left out.
+#[derive(Serialize)]
+struct SolveStatusJson {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vertexes: Vec<VertexJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    statuses: Vec<StatusJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    logs: Vec<LogJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<WarningJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VertexJson {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    digest: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    inputs: Vec<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    cached: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress_group: Option<GroupJson>,
+}
+
+#[derive(Serialize)]
+struct GroupJson {
+    id: String,
+    name: String,
+    weak: bool,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    vertex: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    total: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    current: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LogJson {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    vertex: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    stream: i64,
+    data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+}
+
+/// A warning as buildctl marshals `client.VertexWarning` (bytes in base64).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WarningJson {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    vertex: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    level: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    short: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_info: Option<SourceInfoJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty", rename = "range")]
+    ranges: Vec<RangeJson>,
+}
+
+#[derive(Serialize)]
+struct SourceInfoJson {
+    filename: String,
+    data: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    language: String,
+}
+
+#[derive(Serialize)]
+struct RangeJson {
+    start: PositionJson,
+    end: PositionJson,
+}
+
+#[derive(Serialize, Default)]
+struct PositionJson {
+    line: i32,
+    character: i32,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+impl From<&Vertex> for VertexJson {
+    fn from(v: &Vertex) -> Self {
+        VertexJson {
+            digest: v.digest.clone(),
+            inputs: v.inputs.clone(),
+            name: v.name.clone(),
+            started: time(v.started.as_ref()),
+            completed: time(v.completed.as_ref()),
+            cached: v.cached,
+            error: v.error.clone(),
+            progress_group: v.progress_group.as_ref().map(|g| GroupJson {
+                id: g.id.clone(),
+                name: g.name.clone(),
+                weak: g.weak,
+            }),
+        }
+    }
+}
+
+impl From<&VertexStatus> for StatusJson {
+    fn from(s: &VertexStatus) -> Self {
+        StatusJson {
+            id: s.id.clone(),
+            vertex: s.vertex.clone(),
+            name: s.name.clone(),
+            total: s.total,
+            current: s.current,
+            timestamp: time(s.timestamp.as_ref()),
+            started: time(s.started.as_ref()),
+            completed: time(s.completed.as_ref()),
+        }
+    }
+}
+
+impl From<&VertexLog> for LogJson {
+    fn from(l: &VertexLog) -> Self {
+        LogJson {
+            vertex: l.vertex.clone(),
+            stream: l.stream,
+            data: b64(&l.msg),
+            timestamp: time(l.timestamp.as_ref()),
+        }
+    }
+}
+
+impl From<&VertexWarning> for WarningJson {
+    fn from(w: &VertexWarning) -> Self {
+        let position = |p: Option<&pb::Position>| {
+            p.map_or_else(PositionJson::default, |p| PositionJson {
+                line: p.line,
+                character: p.character,
+            })
+        };
+        WarningJson {
+            vertex: w.vertex.clone(),
+            level: w.level,
+            short: b64(&w.short),
+            detail: w.detail.iter().map(|d| b64(d)).collect(),
+            url: w.url.clone(),
+            source_info: w.info.as_ref().map(|i| SourceInfoJson {
+                filename: i.filename.clone(),
+                data: b64(&i.data),
+                language: i.language.clone(),
+            }),
+            ranges: w
+                .ranges
+                .iter()
+                .map(|r| RangeJson {
+                    start: position(r.start.as_ref()),
+                    end: position(r.end.as_ref()),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The JSON form of one status update, as buildctl's `--progress rawjson` prints it.
 pub fn status_json(status: &StatusResponse) -> Value {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let mut root = Map::new();
-    if !status.vertexes.is_empty() {
-        let vertexes: Vec<Value> = status
-            .vertexes
-            .iter()
-            .map(|v| {
-                let mut m = Map::new();
-                put_str(&mut m, "digest", &v.digest);
-                if !v.inputs.is_empty() {
-                    m.insert("inputs".into(), json!(v.inputs));
-                }
-                put_str(&mut m, "name", &v.name);
-                put_time(&mut m, "started", v.started.as_ref());
-                put_time(&mut m, "completed", v.completed.as_ref());
-                if v.cached {
-                    m.insert("cached".into(), json!(true));
-                }
-                put_str(&mut m, "error", &v.error);
-                if let Some(g) = &v.progress_group {
-                    m.insert(
-                        "progressGroup".into(),
-                        json!({"id": g.id, "name": g.name, "weak": g.weak}),
-                    );
-                }
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("vertexes".into(), Value::Array(vertexes));
-    }
-    if !status.statuses.is_empty() {
-        let statuses: Vec<Value> = status
-            .statuses
-            .iter()
-            .map(|s| {
-                let mut m = Map::new();
-                put_str(&mut m, "id", &s.id);
-                put_str(&mut m, "vertex", &s.vertex);
-                put_str(&mut m, "name", &s.name);
-                if s.total != 0 {
-                    m.insert("total".into(), json!(s.total));
-                }
-                if s.current != 0 {
-                    m.insert("current".into(), json!(s.current));
-                }
-                put_time(&mut m, "timestamp", s.timestamp.as_ref());
-                put_time(&mut m, "started", s.started.as_ref());
-                put_time(&mut m, "completed", s.completed.as_ref());
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("statuses".into(), Value::Array(statuses));
-    }
-    if !status.logs.is_empty() {
-        let logs: Vec<Value> = status
-            .logs
-            .iter()
-            .map(|l| {
-                let mut m = Map::new();
-                put_str(&mut m, "vertex", &l.vertex);
-                if l.stream != 0 {
-                    m.insert("stream".into(), json!(l.stream));
-                }
-                m.insert("data".into(), json!(b64(&l.msg)));
-                put_time(&mut m, "timestamp", l.timestamp.as_ref());
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("logs".into(), Value::Array(logs));
-    }
-    if !status.warnings.is_empty() {
-        let warnings: Vec<Value> = status
-            .warnings
-            .iter()
-            .map(|w| {
-                let mut m = Map::new();
-                put_str(&mut m, "vertex", &w.vertex);
-                if w.level != 0 {
-                    m.insert("level".into(), json!(w.level));
-                }
-                if !w.short.is_empty() {
-                    m.insert("short".into(), json!(b64(&w.short)));
-                }
-                if !w.detail.is_empty() {
-                    let d: Vec<String> = w.detail.iter().map(|d| b64(d)).collect();
-                    m.insert("detail".into(), json!(d));
-                }
-                put_str(&mut m, "url", &w.url);
-                if let Some(info) = &w.info {
-                    m.insert(
-                        "sourceInfo".into(),
-                        json!({"filename": info.filename, "data": b64(&info.data), "language": info.language}),
-                    );
-                }
-                if !w.ranges.is_empty() {
-                    let r: Vec<Value> = w
-                        .ranges
-                        .iter()
-                        .map(|r| {
-                            let pos = |p: &Option<crate::buildkit::proto::pb::Position>| {
-                                p.as_ref().map_or(json!({}), |p| {
-                                    json!({"line": p.line, "character": p.character})
-                                })
-                            };
-                            json!({"start": pos(&r.start), "end": pos(&r.end)})
-                        })
-                        .collect();
-                    m.insert("range".into(), json!(r));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        root.insert("warnings".into(), Value::Array(warnings));
-    }
-    Value::Object(root)
+    let json = SolveStatusJson {
+        vertexes: status.vertexes.iter().map(VertexJson::from).collect(),
+        statuses: status.statuses.iter().map(StatusJson::from).collect(),
+        logs: status.logs.iter().map(LogJson::from).collect(),
+        warnings: status.warnings.iter().map(WarningJson::from).collect(),
+    };
+    serde_json::to_value(json).unwrap_or(Value::Null)
 }
 
-fn put_str(m: &mut Map<String, Value>, key: &str, value: &str) {
-    if !value.is_empty() {
-        m.insert(key.into(), Value::String(value.to_owned()));
-    }
-}
-
-fn put_time(m: &mut Map<String, Value>, key: &str, t: Option<&prost_types::Timestamp>) {
-    if let Some(t) = t {
-        m.insert(key.into(), Value::String(rfc3339(t)));
-    }
+/// Warnings as a JSON array, the form buildx writes to `--metadata-file` under
+/// `buildx.build.warnings`.
+pub fn warnings_json(warnings: &[VertexWarning]) -> Value {
+    let list: Vec<WarningJson> = warnings.iter().map(WarningJson::from).collect();
+    serde_json::to_value(list).unwrap_or(Value::Null)
 }
 
 /// RFC 3339 with nanoseconds in UTC, as Go's `time.Time` marshals.
@@ -212,6 +307,44 @@ mod tests {
             }),
             "1970-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn warnings_carry_their_source() {
+        let w = VertexWarning {
+            vertex: "sha256:b".into(),
+            level: 1,
+            short: b"FromAsCasing: casing (line 1)".to_vec().into(),
+            url: "https://docs.docker.com/go/dockerfile/rule/from-as-casing/".into(),
+            info: Some(pb::SourceInfo {
+                filename: "Dockerfile".into(),
+                data: b"FROM x as b\n".to_vec().into(),
+                ..Default::default()
+            }),
+            ranges: vec![pb::Range {
+                start: Some(pb::Position {
+                    line: 1,
+                    character: 0,
+                }),
+                end: Some(pb::Position {
+                    line: 1,
+                    character: 0,
+                }),
+            }],
+            ..Default::default()
+        };
+        let v = warnings_json(std::slice::from_ref(&w));
+        assert_eq!(v[0]["vertex"], "sha256:b");
+        assert_eq!(v[0]["level"], 1);
+        assert_eq!(v[0]["short"], b64(&w.short));
+        assert_eq!(v[0]["sourceInfo"]["filename"], "Dockerfile");
+        assert_eq!(v[0]["range"][0]["start"]["line"], 1);
+        assert!(v[0].get("detail").is_none());
+        let status = StatusResponse {
+            warnings: vec![w],
+            ..Default::default()
+        };
+        assert_eq!(status_json(&status)["warnings"], v);
     }
 
     #[test]

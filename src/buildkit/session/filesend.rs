@@ -122,10 +122,19 @@ async fn receive_file(
     // writer still running after a cancellation writes to an unlinked file.
     let file = {
         let path = tmp_path.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::create(path))
-            .await
-            .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?
-            .map_err(|e| io_status("create", &tmp_path, &e))?
+        // A new file, never one already there: O_EXCL does not follow a symlink planted at
+        // the temporary name, so the export cannot be redirected through it. A leftover from
+        // an earlier run with the same process id is removed first (unlink never follows).
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&path);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?
+        .map_err(|e| io_status("create", &tmp_path, &e))?
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

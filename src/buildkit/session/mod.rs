@@ -23,7 +23,9 @@ mod tunnel;
 
 pub use super::fsutil::TransferStats;
 
-/// The gRPC methods this session serves, announced to the daemon.
+/// The gRPC methods every session serves, announced to the daemon: health, the local
+/// directories (FileSync), exports (FileSend) and registry credentials (Auth, which buildctl
+/// also always offers).
 const METHODS: &[&str] = &[
     "/grpc.health.v1.Health/Check",
     "/moby.filesync.v1.FileSync/DiffCopy",
@@ -32,10 +34,29 @@ const METHODS: &[&str] = &[
     "/moby.filesync.v1.Auth/FetchToken",
     "/moby.filesync.v1.Auth/GetTokenAuthority",
     "/moby.filesync.v1.Auth/VerifyTokenAuthority",
-    "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+];
+
+/// The Secrets service's methods, announced only when the build has secrets (`--secret`).
+const SECRETS_METHODS: &[&str] = &["/moby.buildkit.secrets.v1.Secrets/GetSecret"];
+
+/// The SSH service's methods, announced only when the build forwards agents (`--ssh`).
+const SSH_METHODS: &[&str] = &[
     "/moby.sshforward.v1.SSH/CheckAgent",
     "/moby.sshforward.v1.SSH/ForwardAgent",
 ];
+
+/// The methods a session with `options` announces: like buildctl, the Secrets and SSH
+/// services only when the user configured them, so a daemon cannot even probe for them.
+fn announced_methods(options: &SessionOptions) -> Vec<&'static str> {
+    let mut methods = METHODS.to_vec();
+    if !options.secrets.is_empty() {
+        methods.extend_from_slice(SECRETS_METHODS);
+    }
+    if !options.ssh.is_empty() {
+        methods.extend_from_slice(SSH_METHODS);
+    }
+    methods
+}
 
 /// Where a secret's value comes from. Values are read when the daemon asks, never logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +175,8 @@ impl Session {
             .map(|name| (name.clone(), Arc::new(TransferStats::default())))
             .collect();
         let failure = Arc::new(Mutex::new(None));
-        let headers = tunnel::session_headers(&id, &options.shared_key, METHODS);
+        let headers =
+            tunnel::session_headers(&id, &options.shared_key, &announced_methods(&options));
         let via_control = options.via_control;
         let routes = routes(options, stats.clone());
         let client = client.clone();
@@ -225,12 +247,19 @@ fn routes(
         shared_key: _,
         via_control: _,
     } = options;
-    tonic::service::Routes::new(health::service())
+    let mut routes = tonic::service::Routes::new(health::service())
         .add_service(filesync::service(dirs, stats))
         .add_service(filesend::service(exports))
-        .add_service(auth::service(docker_config))
-        .add_service(secrets::service(secrets))
-        .add_service(ssh::service(ssh))
+        .add_service(auth::service(docker_config));
+    // Not routed unless configured: a call to either then finds no service (Unimplemented),
+    // matching what the session announced.
+    if !secrets.is_empty() {
+        routes = routes.add_service(secrets::service(secrets));
+    }
+    if !ssh.is_empty() {
+        routes = routes.add_service(ssh::service(ssh));
+    }
+    routes
 }
 
 /// A random 25-character base-36 id, like buildkit's session ids.
@@ -331,6 +360,31 @@ fn cache_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_and_ssh_are_announced_only_when_configured() {
+        let mut options = SessionOptions::default();
+        let plain = announced_methods(&options);
+        assert!(plain.contains(&"/moby.filesync.v1.Auth/Credentials"));
+        assert!(
+            !plain
+                .iter()
+                .any(|m| m.contains("Secrets") || m.contains("SSH"))
+        );
+
+        options
+            .secrets
+            .insert("token".into(), SecretSource::Env("TOKEN".into()));
+        let with_secrets = announced_methods(&options);
+        assert!(with_secrets.contains(&"/moby.buildkit.secrets.v1.Secrets/GetSecret"));
+        assert!(!with_secrets.iter().any(|m| m.contains("SSH")));
+
+        options
+            .ssh
+            .insert("default".into(), PathBuf::from("/run/agent.sock"));
+        let with_both = announced_methods(&options);
+        assert!(with_both.contains(&"/moby.sshforward.v1.SSH/ForwardAgent"));
+    }
 
     #[test]
     fn ids_are_25_base36_chars_and_differ() {

@@ -2,12 +2,14 @@
 //! the HTTP/2 gRPC server that runs over it: the daemon is the HTTP/2 client, we serve.
 
 use std::io;
+use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::Routes;
 
 use crate::buildkit::proto::control::BytesMessage;
@@ -21,12 +23,23 @@ const TUNNEL_CHUNK: usize = 256 << 10;
 /// In-memory buffer between the h2 server and the tunnel pumps.
 const PIPE_BUFFER: usize = 1 << 20;
 
-/// HTTP/2 flow-control windows of the session server: large enough that exports (FileSend)
-/// are not throttled by round trips (4 MiB per round trip), small enough that what the daemon
-/// may push ahead of our disk writes stays well inside the client's memory budget (with 16 MiB
-/// per stream, an exported tarball could queue 16 MiB in memory behind a slow disk).
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of each stream of the session server: what the daemon may send
+/// on one stream (an exported file, a local export) before we read it. 1 MiB per round trip
+/// does not throttle an export on a local or cluster link, and it is all that a stream can
+/// leave in memory while its receiver waits for a slow disk: that wait is the backpressure on
+/// the daemon (fsutil has none of its own for STATs, which the sender sends unasked).
+const STREAM_WINDOW: u32 = 1 << 20;
+
+/// The connection window of the session server. Each stream is held to [`STREAM_WINDOW`], so
+/// this sizes h2's DATA-frame budget, which is half of it: every frame under 256 bytes that a
+/// stream leaves unread costs `256 - len`, and past the budget h2 ends the session with GOAWAY
+/// `ENHANCE_YOUR_CALM "too_many_data_frames"`. A local export's receiver reads a packet only
+/// when the previous one is on disk, so behind a slow disk a stream fills its window with
+/// whatever the daemon sends: STATs (26 bytes and more), small files' data and EOFs (10
+/// bytes for file ids from 128 on). A whole window of EOFs costs under 26 MiB, so a 64 MiB
+/// budget lets two such streams wait at once and the budget never ends a well-behaved
+/// session, however slow the disk.
+const CONNECTION_WINDOW: u32 = 128 << 20;
 
 /// The headers that announce a session, as `(name, value)` pairs; the grpc-method header is
 /// repeated once per served method.
@@ -76,7 +89,7 @@ async fn open_docker(host: &DockerHost, headers: &[(String, String)]) -> io::Res
 /// pipe: one pump batches outbound bytes into messages, the other always reads inbound ones.
 async fn open_control(client: &Client, headers: &[(String, String)]) -> io::Result<BoxedIo> {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-    let (mut from_server, mut to_server) = tokio::io::split(theirs);
+    let (mut from_server, to_server) = tokio::io::split(theirs);
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(16);
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(TUNNEL_CHUNK);
@@ -109,17 +122,68 @@ async fn open_control(client: &Client, headers: &[(String, String)]) -> io::Resu
             crate::buildkit::error::describe_status(&status)
         ))
     })?;
-    let mut inbound = response.into_inner();
-    tokio::spawn(async move {
-        while let Some(message) = inbound.next().await {
-            let Ok(message) = message else { break };
-            if to_server.write_all(&message.data).await.is_err() {
+    let inbound = response.into_inner();
+    tokio::spawn(pump_inbound(inbound, to_server));
+    Ok(Box::pin(ours))
+}
+
+/// Bytes from the daemon that may wait in memory for the session's HTTP/2 server (see
+/// [`pump_inbound`]). What a well-behaved daemon sends while that server is not reading is
+/// small: REQs (~30 bytes a file) and window updates, under 8 MiB for 200,000 files. Past the
+/// limit, the outer connection's own flow control holds the daemon back.
+const INBOUND_LIMIT: usize = 16 << 20;
+
+/// Memory charged per queued message on top of its bytes (the `Bytes` handle and the queue
+/// slot), so that a flood of tiny messages is bounded as well as a few large ones.
+const INBOUND_MESSAGE_COST: usize = 64;
+
+/// Moves the daemon's `BytesMessage`s into the in-memory pipe that the session's HTTP/2 server
+/// reads, without ever letting that server's pace stop the reading of the outer stream.
+///
+/// Why: the outer stream is one HTTP/2 stream of the Control connection, and every message on
+/// it arrives as its own small DATA frame (the daemon writes one message per write of the
+/// inner connection: often a single fsutil REQ, ~30 bytes). h2 charges each DATA frame under
+/// 256 bytes that the application has not taken yet against a connection budget (`256 - len`
+/// each, half the connection window: see `CONTROL_CONNECTION_WINDOW` in `client.rs`) and
+/// sends GOAWAY `ENHANCE_YOUR_CALM "too_many_data_frames"` when it runs out. The inner server
+/// stops reading its input whenever its own output cannot be written (h2 reads the next frame
+/// only once its write buffer has room), which is normal while a context is being uploaded:
+/// the daemon's REQs then pile up. Before this reader existed, a writer blocked on the pipe
+/// left them in h2's buffer and a 40,000-file context ended after about a thousand files. So
+/// the reader takes every message at once into a queue charged against [`INBOUND_LIMIT`]
+/// bytes, and a second task writes the queue into the pipe at the server's pace.
+async fn pump_inbound(
+    mut inbound: tonic::Streaming<BytesMessage>,
+    mut to_server: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+) {
+    let budget = Arc::new(Semaphore::new(INBOUND_LIMIT));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+    let writer = tokio::spawn(async move {
+        // Each permit is released once its bytes are in the pipe.
+        while let Some((data, _permit)) = rx.recv().await {
+            if to_server.write_all(&data).await.is_err() {
                 break;
             }
         }
         let _ = to_server.shutdown().await;
     });
-    Ok(Box::pin(ours))
+    while let Some(message) = inbound.next().await {
+        let Ok(message) = message else { break };
+        if message.data.is_empty() {
+            continue;
+        }
+        let cost = (message.data.len() + INBOUND_MESSAGE_COST).min(INBOUND_LIMIT);
+        let Ok(cost) = u32::try_from(cost) else { break };
+        let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
+            break;
+        };
+        if tx.send((message.data, permit)).is_err() {
+            break;
+        }
+    }
+    // Closing the queue lets the writer drain it and then shut the pipe down.
+    drop(tx);
+    let _ = writer.await;
 }
 
 /// Serves `routes` over the session stream until the daemon closes it or the future is

@@ -7,11 +7,19 @@
 //! Tests state their cluster with [`Scenario`] and run the real binary against the kubeconfig
 //! the fake writes (contexts `fake` with a token user, `exec` with an exec auth plugin).
 //!
+//! What a real kube-apiserver v1.36 was measured to do (see `kube.md` §7.5) and the fake
+//! repeats: a refused WebSocket port-forward answers 403 `pods "NAME" is forbidden: ` with an
+//! empty reason; an absent metrics API is 404 to an account that may read it and 403 to one
+//! that may not (authorization runs first); a deleted PVC comes back carrying a
+//! `deletionTimestamp` and the `kubernetes.io/pvc-protection` finalizer and stays
+//! `Terminating` while a pod mounts it; a stale `metadata.resourceVersion` in a patch is 409.
+//!
 //! Deliberate simplifications (none of them used by the client under test): one namespace
 //! holds objects (others are empty); strategic-merge patches are applied as JSON merge
 //! patches, which is exact for the maps patched here (annotations, replicas); no watch; no
-//! exec; PVCs are deleted at once (no `pvc-protection` finalizer); no StatefulSet controller,
-//! except [`Scenario::auto_available`], which makes scaling set the available count at once.
+//! exec; the pvc-protection controller is instant (an unmounted PVC goes at its delete); no
+//! StatefulSet controller, except [`Scenario::auto_available`], which makes scaling set the
+//! available count at once.
 #![allow(dead_code)]
 
 mod portforward;
@@ -28,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-pub use portforward::{docker_engine, tcp};
+pub use portforward::{docker_engine, tcp, without_build_history};
 
 /// The token of the `fake` context's user.
 pub const TOKEN: &str = "fake-token";
@@ -73,6 +81,8 @@ pub struct Recorded {
     pub authorization: String,
     /// Sec-WebSocket-Protocol offered.
     pub ws_protocol: String,
+    /// User-Agent.
+    pub user_agent: String,
 }
 
 /// The cluster a test states.
@@ -86,6 +96,7 @@ pub struct Scenario {
     pub(crate) dials: BTreeMap<String, DialFn>,
     pub(crate) auto_available: bool,
     pub(crate) stamp_before_scale: Vec<String>,
+    pub(crate) claim_template: String,
 }
 
 impl Default for Scenario {
@@ -107,7 +118,15 @@ impl Scenario {
             dials: BTreeMap::new(),
             auto_available: false,
             stamp_before_scale: Vec::new(),
+            claim_template: "buildkitd".into(),
         }
+    }
+
+    /// The claim template name of the StatefulSets and pods stated after this call
+    /// (`buildkitd`, Panfactum's, until changed): pods mount `TEMPLATE-POD`.
+    pub fn claim_template(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.claim_template);
+        self
     }
 
     /// StatefulSet `buildkit-<arch>` with `replicas` wanted and `available` available, and the
@@ -138,7 +157,7 @@ impl Scenario {
                     "metadata": { "labels": { "id": id } },
                     "spec": { "containers": [ { "name": "buildkitd", "image": "moby/buildkit:v0.28.1-rootless" } ] }
                 },
-                "volumeClaimTemplates": [ { "metadata": { "name": "buildkitd" }, "spec": { "accessModes": ["ReadWriteOnce"] } } ]
+                "volumeClaimTemplates": [ { "metadata": { "name": self.claim_template }, "spec": { "accessModes": ["ReadWriteOnce"] } } ]
             },
             "status": { "replicas": available, "availableReplicas": available, "readyReplicas": available, "currentReplicas": available }
         }));
@@ -146,7 +165,8 @@ impl Scenario {
     }
 
     /// A pod in `phase` with `ip`, Ready when `ready`, scheduled on a node, mounting its
-    /// StatefulSet PVC `buildkitd-<name>`, with the `buildkitd` and `linkerd-proxy` containers.
+    /// StatefulSet PVC `<claim template>-<name>`, with the `buildkitd` and `linkerd-proxy`
+    /// containers.
     pub fn pod(mut self, name: &str, phase: &str, ip: &str, ready: bool) -> Self {
         let id = format!("{:x}", (name.len() - 2) * 7919);
         let mut status = json!({
@@ -167,7 +187,7 @@ impl Scenario {
             "spec": {
                 "nodeName": "node-1",
                 "containers": [ { "name": "buildkitd", "ports": [ { "containerPort": 1234 } ] }, { "name": "linkerd-proxy" } ],
-                "volumes": [ { "name": "buildkitd", "persistentVolumeClaim": { "claimName": format!("buildkitd-{name}") } } ]
+                "volumes": [ { "name": self.claim_template, "persistentVolumeClaim": { "claimName": format!("{}-{name}", self.claim_template) } } ]
             },
             "status": status
         }));
@@ -192,6 +212,18 @@ impl Scenario {
             "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "25Gi" } }, "storageClassName": "ebs-standard" },
             "status": { "phase": "Bound" }
         }));
+        self
+    }
+
+    /// A PersistentVolumeClaim already being deleted: `Terminating` behind the
+    /// `kubernetes.io/pvc-protection` finalizer (a pod still uses it).
+    pub fn terminating_pvc(mut self, name: &str) -> Self {
+        self = self.pvc(name);
+        if let Some(meta) = self.pvcs.last_mut().map(|p| &mut p["metadata"]) {
+            meta["deletionTimestamp"] = json!("2026-01-01T00:10:00Z");
+            meta["deletionGracePeriodSeconds"] = json!(0);
+            meta["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+        }
         self
     }
 
@@ -352,6 +384,11 @@ impl FakeKube {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// How many patches were refused with 409 for a stale `metadata.resourceVersion`.
+    pub fn conflicts(&self) -> usize {
+        self.state.lock().unwrap().conflicts
     }
 
     /// How many port-forwards were upgraded (101) so far.

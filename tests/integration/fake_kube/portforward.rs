@@ -345,3 +345,55 @@ pub fn tcp(host_port: String) -> DialFn {
         })
     })
 }
+
+/// Port-forwards to the BuildKit `inner` reaches, as a daemon without the build history API
+/// would answer: `Control.ListenBuildHistory` is UNIMPLEMENTED, every other call reaches the
+/// real daemon (an HTTP/2 relay in between, per connection).
+pub fn without_build_history(inner: DialFn) -> DialFn {
+    use http_body_util::BodyExt;
+    use http_body_util::combinators::BoxBody;
+    use hyper_util::rt::TokioExecutor;
+
+    Arc::new(move |port| {
+        let inner = inner.clone();
+        Box::pin(async move {
+            let upstream = inner(port).await?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
+                    .await
+                    .map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let (ours, theirs) = tokio::io::duplex(1 << 20);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                // HTTP/2 senders are cheap handles onto one connection.
+                let mut sender = sender.clone();
+                let forward = (req.uri().path() != "/moby.buildkit.v1.Control/ListenBuildHistory")
+                    .then(move || sender.send_request(req));
+                async move {
+                    let response: Response<BoxBody<Bytes, hyper::Error>> = match forward {
+                        Some(call) => call.await?.map(BodyExt::boxed),
+                        None => Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "12")
+                            .header("grpc-message", "unknown method ListenBuildHistory")
+                            .body(
+                                Empty::<Bytes>::new()
+                                    .map_err(|never| match never {})
+                                    .boxed(),
+                            )
+                            .unwrap(),
+                    };
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(theirs), service)
+                    .await;
+            });
+            Ok(Box::pin(ours) as std::pin::Pin<Box<dyn Stream>>)
+        })
+    })
+}

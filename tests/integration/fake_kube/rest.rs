@@ -28,6 +28,8 @@ pub(crate) struct State {
     pub resource_version: u64,
     pub log: Vec<Recorded>,
     pub portforwards: Vec<PortForward>,
+    /// Patches refused with 409 for a stale resourceVersion.
+    pub conflicts: usize,
     pub changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -44,6 +46,7 @@ impl State {
             resource_version: 100,
             log: Vec::new(),
             portforwards: Vec::new(),
+            conflicts: 0,
             changes: tokio::sync::watch::channel(0).0,
         };
         for (collection, items) in [
@@ -378,6 +381,17 @@ fn list(kind: &str, api_version: &str, rv: u64, items: Vec<Value>) -> Response<B
     )
 }
 
+/// Whether a refused resource as a test names it (`pods`, `statefulsets/scale`, or qualified
+/// with its group, `pods.metrics.k8s.io`) is `resource` of `group`. Unqualified names mean the
+/// core and apps groups, as RBAC rules for this fleet are written.
+fn rbac_names(refused: &str, resource: &str, group: &str) -> bool {
+    if group == "metrics.k8s.io" {
+        refused == format!("{resource}.{group}")
+    } else {
+        refused == resource || refused == format!("{resource}.{group}")
+    }
+}
+
 /// What a request needs from RBAC: verbs, resource, group.
 fn permission(
     method: &Method,
@@ -417,6 +431,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     let content_type = header("content-type");
     let authorization = header("authorization");
     let ws_protocol = header("sec-websocket-protocol");
+    let user_agent = header("user-agent");
     let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket");
     let ws_key = header("sec-websocket-key");
     let (parts, body) = req.into_parts();
@@ -438,6 +453,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
             body: String::from_utf8_lossy(&body).into_owned(),
             authorization: authorization.clone(),
             ws_protocol: ws_protocol.clone(),
+            user_agent,
         });
     }
     if authorization != format!("Bearer {TOKEN}") && authorization != format!("Bearer {EXEC_TOKEN}")
@@ -470,6 +486,29 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     if !known {
         return not_found_path();
     }
+    // Authorization runs before the API group is looked up: without rights on metrics.k8s.io
+    // an absent metrics API is 403, not 404.
+    let (verbs, resource) = permission(&method, collection, sub, name.is_some());
+    {
+        let s = state.lock().unwrap();
+        for verb in &verbs {
+            if s.forbidden
+                .iter()
+                .any(|(v, r)| v == verb && rbac_names(r, &resource, group))
+            {
+                if is_upgrade && sub == Some("portforward") {
+                    // The WebSocket path's refusal gives no reason (measured on v1.36).
+                    return status(
+                        403,
+                        "Forbidden",
+                        &format!("pods \"{}\" is forbidden: ", name.unwrap_or_default()),
+                        json!({ "name": name.unwrap_or_default(), "kind": "pods" }),
+                    );
+                }
+                return forbidden(verb, &resource, group, name, ns);
+            }
+        }
+    }
     if group == "metrics.k8s.io" {
         match &state.lock().unwrap().metrics {
             Metrics::Absent => return not_found_path(),
@@ -482,16 +521,6 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
                 );
             }
             Metrics::Present(_) => {}
-        }
-    }
-
-    let (verbs, resource) = permission(&method, collection, sub, name.is_some());
-    {
-        let s = state.lock().unwrap();
-        for verb in &verbs {
-            if s.forbidden.iter().any(|(v, r)| v == verb && *r == resource) {
-                return forbidden(verb, &resource, group, name, ns);
-            }
         }
     }
 
@@ -640,6 +669,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
             if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
                 && current["metadata"]["resourceVersion"].as_str() != Some(rv)
             {
+                s.conflicts += 1;
                 return status(
                     409,
                     "Conflict",
@@ -701,11 +731,38 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
                 json_response(StatusCode::OK, &updated)
             }
         }
+        (&Method::DELETE, Some(n), None) if coll == "persistentvolumeclaims" => {
+            // The API server marks the claim for deletion behind the pvc-protection finalizer
+            // and answers with it (ReturnDeletedObject); the claim goes only once no pod
+            // mounts it (the controller is instant here).
+            let rv = s.bump();
+            let mounted = s.objects["pods"].values().any(|p| {
+                p["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v["persistentVolumeClaim"]["claimName"] == n)
+            });
+            let pvc = s.objects.get_mut(coll).unwrap().get_mut(n).unwrap();
+            if pvc["metadata"]["deletionTimestamp"].is_null() {
+                let meta = &mut pvc["metadata"];
+                meta["deletionTimestamp"] = json!("2026-01-01T00:10:00Z");
+                meta["deletionGracePeriodSeconds"] = json!(0);
+                meta["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+                meta["resourceVersion"] = json!(rv);
+            }
+            let answer = pvc.clone();
+            if !mounted {
+                s.objects.get_mut(coll).unwrap().remove(n);
+            }
+            s.notify();
+            json_response(StatusCode::OK, &answer)
+        }
         (&Method::DELETE, Some(n), None) => {
             let removed = s.objects.get_mut(coll).unwrap().remove(n).unwrap();
             s.bump();
             s.notify();
-            // PVCs and pods answer with the deleted object (ReturnDeletedObject).
+            // Pods answer with the deleted object (ReturnDeletedObject).
             json_response(StatusCode::OK, &removed)
         }
         _ => status(
