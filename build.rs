@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "buildkit/secrets.proto",
         "buildkit/ssh.proto",
         "grpc/health.proto",
+        "containerd/content.proto",
     ];
     let descriptors = protox::compile(files, ["vendor-protos"])?;
     tonic_prost_build::configure()

@@ -150,6 +150,10 @@ pub struct BuildkitConfig {
     /// The region of that bucket.
     #[serde(default)]
     pub cache_bucket_region: Option<String>,
+    /// A directory for per-architecture local build caches (`DIR/ARCH`); relative to the
+    /// directory of `buildkit.json`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
     /// Where this configuration was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -223,6 +227,18 @@ impl BuildkitConfig {
     /// [`ConfigError::Field`] when missing or empty.
     pub fn cluster(&self) -> Result<&str, ConfigError> {
         self.field(&self.cluster, "cluster", "set it to the kubeconfig context of the BuildKit cluster, or give the context or a builder for each architecture explicitly")
+    }
+
+    /// The local cache directory, resolved against the directory of `buildkit.json`.
+    pub fn local_cache_dir(&self) -> Option<PathBuf> {
+        let dir = self
+            .cache_dir
+            .as_ref()
+            .filter(|d| !d.as_os_str().is_empty())?;
+        Some(match self.path.parent() {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir.clone(),
+        })
     }
 
     /// The S3 cache bucket and region, when configured; both or neither.

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod aws;
 pub mod buildkit;
 pub mod config;
 pub mod fleet;

@@ -70,7 +70,11 @@ fn init_logging() {
         Some(filter) => registry.with(format.with_filter(filter)).init(),
         None => registry
             .with(format.with_filter(
-                LevelFilter::WARN.and(filter_fn(|m| *m.level() == tracing::Level::WARN)),
+                // The AWS SDK warns about each credential source that fails; the one-line
+                // error already says where it looked.
+                LevelFilter::WARN.and(filter_fn(|m| {
+                    *m.level() == tracing::Level::WARN && !m.target().starts_with("aws_")
+                })),
             ))
             .init(),
     }

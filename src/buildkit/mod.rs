@@ -11,12 +11,14 @@ mod client;
 pub mod endpoint;
 mod error;
 pub mod fsutil;
+pub mod oci_layout;
 pub mod progress;
 pub mod proto;
 mod scheme;
 pub mod session;
 mod solve;
 pub mod spec;
+mod stores;
 mod transport;
 
 pub use client::{

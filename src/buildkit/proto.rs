@@ -43,6 +43,17 @@ pub mod fsutil {
     }
 }
 
+/// containerd's content store API (`containerd.services.content.v1`).
+pub mod containerd {
+    pub mod services {
+        pub mod content {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+    }
+}
+
 /// gRPC's health service.
 pub mod grpc {
     pub mod health {

@@ -19,6 +19,7 @@ use super::proto::control::{
 };
 use super::session::{ExportTarget, SecretSource, Session, SessionOptions, shared_key_for};
 use super::spec::{CacheSpec, OutputSpec};
+use super::stores::BuildStores;
 use crate::registry::DockerConfig;
 use crate::registry::credentials::CredentialsError;
 
@@ -68,6 +69,10 @@ pub struct BuildOptions {
     /// `--local NAME=DIR`; pair with `--opt context:X=local:NAME`). `context` and
     /// `dockerfile` here replace the directories derived from `context` and `dockerfile`.
     pub locals: BTreeMap<String, PathBuf>,
+    /// OCI layout directories offered as content stores by name (buildctl's
+    /// `--oci-layout NAME=DIR`): name them in a named context as
+    /// `oci-layout://NAME@sha256:…` or `oci-layout://NAME:TAG`.
+    pub oci_layouts: BTreeMap<String, PathBuf>,
     /// Exporters, in order.
     pub outputs: Vec<OutputSpec>,
     /// Cache exports.
@@ -145,7 +150,7 @@ impl BuildOptions {
                 Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
                 _ => PathBuf::from("."),
             };
-            if output.kind == "local" {
+            if output.kind == "local" || output.is_layout_dir() {
                 if dest.exists() && !dest.is_dir() {
                     return invalid(format!(
                         "--output dest {} exists and is not a directory",
@@ -273,6 +278,8 @@ impl BuildOptions {
             .outputs
             .iter()
             .map(|o| match (&o.dest, o.kind.as_str()) {
+                // The daemon writes a layout through the content store, not FileSend.
+                (Some(_), _) if o.is_layout_dir() => ExportTarget::None,
                 (Some(d), "local") => ExportTarget::Directory(absolute(d)),
                 (Some(d), _) => ExportTarget::File(absolute(d)),
                 (None, _) => ExportTarget::None,
@@ -284,6 +291,7 @@ impl BuildOptions {
             None
         };
         Ok(SessionOptions {
+            content_stores: BTreeMap::new(),
             dirs,
             secrets: self.secrets.clone(),
             ssh: self.ssh.clone(),
@@ -318,6 +326,11 @@ pub enum BuildError {
     /// The options are unusable; nothing was sent.
     #[error("{0}")]
     Invalid(String),
+    /// A client-side content store (an OCI layout directory: local cache or layout output)
+    /// could not be written; the message names the path. What the build had written there
+    /// was taken back.
+    #[error("{0}")]
+    Store(String),
     /// The Docker configuration could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -350,7 +363,10 @@ impl Client {
         progress: &mut dyn ProgressSink,
     ) -> Result<BuildResult, BuildError> {
         options.validate()?;
-        let session_options = options.session_options()?;
+        let (options, stores) = BuildStores::prepare(options)?;
+        let options = &options;
+        let mut session_options = options.session_options()?;
+        session_options.content_stores = stores.by_id.clone();
         let session = Session::start(self, session_options);
         let reference = super::session::random_id();
         let request = options.solve_request(&reference, session.id());
@@ -418,19 +434,31 @@ impl Client {
         session.close();
         match solved {
             Ok(response) => {
+                let exporter_response: BTreeMap<String, String> = response
+                    .into_inner()
+                    .exporter_response
+                    .into_iter()
+                    .collect();
+                stores.finish(&exporter_response)?;
                 progress.finish(&transfer, None);
                 Ok(BuildResult {
                     reference,
-                    exporter_response: response
-                        .into_inner()
-                        .exporter_response
-                        .into_iter()
-                        .collect(),
+                    exporter_response,
                     transfer,
                     warnings,
                 })
             }
             Err(status) => {
+                // Nothing of a failed build stays in the user's layout directories.
+                stores.rollback();
+                if let Some(failure) = stores.failure() {
+                    let report = FailureReport {
+                        message: failure.clone(),
+                        ..Default::default()
+                    };
+                    progress.finish(&transfer, Some(&report));
+                    return Err(BuildError::Store(failure));
+                }
                 let mut report = failure_report(&status);
                 if let Some(reason) = session_failure {
                     report.message = format!("{} (session: {reason})", report.message);

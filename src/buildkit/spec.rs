@@ -116,8 +116,17 @@ pub struct OutputSpec {
     pub kind: String,
     /// Attributes sent to the daemon (client-side `dest` and `tar` removed).
     pub attrs: BTreeMap<String, String>,
-    /// Where the client writes the result (`local`: a directory; `tar`/`oci`/`docker`: a file).
+    /// Where the client writes the result (`local`: a directory; `tar`/`oci`/`docker`: a file;
+    /// `oci` with `tar=false`: an OCI layout directory).
     pub dest: Option<PathBuf>,
+}
+
+impl OutputSpec {
+    /// Whether this output is an OCI layout directory (`type=oci,tar=false`), which the
+    /// daemon writes through the session's content store.
+    pub fn is_layout_dir(&self) -> bool {
+        self.kind == "oci" && self.attrs.get("tar").is_some_and(|t| t == "false")
+    }
 }
 
 const OUTPUT_TYPES: &str = "image, local, tar, oci, docker or moby";
@@ -156,15 +165,28 @@ impl FromStr for OutputSpec {
                         "writing to stdout (dest=-) is not supported; give a file name",
                     ));
                 }
-                if let Some(tar) = tar
-                    && kind != "local"
-                    && tar != "true"
-                {
-                    return Err(SpecError::new(
-                        WHAT,
-                        s,
-                        "only tar=true is supported (an OCI layout directory needs a content store)",
-                    ));
+                match tar.as_deref() {
+                    None | Some("true") => {}
+                    Some("false") if kind == "oci" => {
+                        // The daemon reads tar=false too: it then writes into the client's
+                        // content store instead of sending a tarball.
+                        attrs.insert("tar".into(), "false".into());
+                    }
+                    Some("false") if kind == "local" => {}
+                    Some("false") => {
+                        return Err(SpecError::new(
+                            WHAT,
+                            s,
+                            format!("tar=false is supported for type=oci only, not type={kind}"),
+                        ));
+                    }
+                    Some(other) => {
+                        return Err(SpecError::new(
+                            WHAT,
+                            s,
+                            format!("tar must be true or false, not {other:?}"),
+                        ));
+                    }
                 }
                 Ok(OutputSpec {
                     kind,
@@ -212,7 +234,7 @@ pub enum CacheDirection {
 /// One `--export-cache` / `--import-cache` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSpec {
-    /// `registry`, `inline`, `s3`, `gha`, `azblob`.
+    /// `registry`, `local`, `inline`, `s3`, `gha`, `azblob`.
     pub kind: String,
     /// The backend's attributes.
     pub attrs: BTreeMap<String, String>,
@@ -223,8 +245,8 @@ impl CacheSpec {
     /// `type=registry,ref=<it>`.
     ///
     /// # Errors
-    /// [`SpecError`] for a malformed spec, an unknown type, a missing `ref`, or `type=local`
-    /// (which needs a client content store this client does not serve).
+    /// [`SpecError`] for a malformed spec, an unknown type, a missing `ref` (registry) or
+    /// `dest`/`src` (local).
     pub fn parse(s: &str, direction: CacheDirection) -> Result<Self, SpecError> {
         let what = match direction {
             CacheDirection::Export => "--export-cache",
@@ -261,18 +283,33 @@ impl CacheSpec {
             }
             "inline" | "s3" | "gha" | "azblob" => {}
             "local" => {
-                return Err(SpecError::new(
-                    what,
-                    s,
-                    "type=local needs a client-side content store, which pf-buildkit does not serve; use type=registry",
-                ));
+                let (key, example) = match direction {
+                    CacheDirection::Export => ("dest", "type=local,dest=DIR"),
+                    CacheDirection::Import => ("src", "type=local,src=DIR"),
+                };
+                if attrs.get(key).is_none_or(|d| d.is_empty()) {
+                    return Err(SpecError::new(
+                        what,
+                        s,
+                        format!("type=local needs {key}=DIR ({example})"),
+                    ));
+                }
+                if let Some(digest) = attrs.get("digest")
+                    && crate::buildkit::oci_layout::parse_digest(digest).is_err()
+                {
+                    return Err(SpecError::new(
+                        what,
+                        s,
+                        "digest must be sha256:<64 hex digits>",
+                    ));
+                }
             }
             other => {
                 return Err(SpecError::new(
                     what,
                     s,
                     format!(
-                        "unknown type {other:?} (expected registry, inline, s3, gha or azblob)"
+                        "unknown type {other:?} (expected registry, local, inline, s3, gha or azblob)"
                     ),
                 ));
             }
@@ -435,7 +472,8 @@ mod tests {
             "type=nope,dest=x",
             "type=image,push=true",
             "type=local,dest",
-            "type=oci,dest=x,tar=false",
+            "type=docker,dest=x,tar=false",
+            "type=oci,dest=x,tar=maybe",
         ] {
             let err = bad.parse::<OutputSpec>().unwrap_err();
             assert!(err.to_string().starts_with("invalid --output"), "{err}");
@@ -452,7 +490,21 @@ mod tests {
         assert_eq!(c.attrs["ref"], "r/c:1");
         assert!(CacheSpec::parse("type=registry", CacheDirection::Import).is_err());
         assert!(CacheSpec::parse("type=registry,ref=x,mode=all", CacheDirection::Export).is_err());
-        assert!(CacheSpec::parse("type=local,dest=d", CacheDirection::Export).is_err());
+        assert!(CacheSpec::parse("type=local,dest=d", CacheDirection::Export).is_ok());
+        assert!(CacheSpec::parse("type=local,src=d", CacheDirection::Export).is_err());
+        assert!(CacheSpec::parse("type=local,src=d", CacheDirection::Import).is_ok());
+        assert!(
+            CacheSpec::parse("type=local,src=d,digest=sha256:x", CacheDirection::Import).is_err()
+        );
+        let o: OutputSpec = "type=oci,dest=layout,tar=false,name=a/b:c".parse().unwrap();
+        assert!(o.is_layout_dir());
+        assert_eq!(o.attrs["tar"], "false");
+        assert!(
+            !"type=oci,dest=x.tar"
+                .parse::<OutputSpec>()
+                .unwrap()
+                .is_layout_dir()
+        );
         assert!(CacheSpec::parse("type=inline", CacheDirection::Export).is_ok());
     }
 

@@ -46,6 +46,10 @@ pub struct BuildArgs {
     /// --opt context:NAME=local:NAME (repeatable)
     #[arg(long = "local", value_name = "NAME=DIR")]
     locals: Vec<String>,
+    /// OCI layout directory offered to the daemon by name, as buildctl's --oci-layout; use it
+    /// with --opt context:NAME=oci-layout://NAME:TAG or …@sha256:DIGEST (repeatable)
+    #[arg(long = "oci-layout", value_name = "NAME=DIR")]
+    oci_layouts: Vec<String>,
     /// Raw frontend attribute, e.g. force-network-mode=none (repeatable)
     #[arg(long = "opt", value_name = "K=V")]
     opts: Vec<String>,
@@ -55,14 +59,15 @@ pub struct BuildArgs {
     /// Write the exporter response as JSON to FILE
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Output in buildctl syntax, e.g. type=image,name=R,push=true or type=local,dest=DIR
+    /// Output in buildctl syntax, e.g. type=image,name=R,push=true, type=local,dest=DIR or
+    /// type=oci,dest=DIR,tar=false
     /// (repeatable)
     #[arg(long = "output", short = 'o', value_name = "SPEC")]
     outputs: Vec<String>,
-    /// Cache export, e.g. type=registry,ref=R,mode=max (repeatable)
+    /// Cache export, e.g. type=registry,ref=R,mode=max or type=local,dest=DIR (repeatable)
     #[arg(long = "export-cache", value_name = "SPEC")]
     export_cache: Vec<String>,
-    /// Cache import, e.g. type=registry,ref=R (repeatable)
+    /// Cache import, e.g. type=registry,ref=R or type=local,src=DIR (repeatable)
     #[arg(long = "import-cache", value_name = "SPEC")]
     import_cache: Vec<String>,
     #[command(flatten)]
@@ -124,6 +129,10 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .collect();
         options.no_cache = args.no_cache;
         options.locals = key_values("--local", &args.locals)?
+            .into_iter()
+            .map(|(name, dir)| (name, PathBuf::from(dir)))
+            .collect();
+        options.oci_layouts = key_values("--oci-layout", &args.oci_layouts)?
             .into_iter()
             .map(|(name, dir)| (name, PathBuf::from(dir)))
             .collect();

@@ -8,8 +8,7 @@ use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
     Arch, BusySignal, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune,
-    PvcAction,
-    ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
+    PvcAction, ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;

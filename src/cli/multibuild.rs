@@ -47,6 +47,10 @@ pub struct MultiArgs {
     /// Export each image to this client and push it from here, rather than from the daemon
     #[arg(long, requires = "repo")]
     pub push_from_client: bool,
+    /// Local build cache per architecture in DIR/ARCH, imported and exported on every build
+    /// (default: "cache_dir" in buildkit.json)
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    pub cache_dir: Option<PathBuf>,
     /// Kubeconfig context of the BuildKit cluster (default: "cluster" in buildkit.json); used
     /// for architectures without --builder when neither --addr nor BUILDKIT_HOST is set
     #[arg(long, value_name = "CONTEXT", requires = "repo")]
@@ -104,6 +108,7 @@ pub async fn run(
     request.scale_up_wait = Duration::from_secs(args.timeout);
     request.tls = global.tls();
     request.insecure_registry = args.insecure_registry;
+    request.cache_dir = args.cache_dir.clone();
     request.push = if args.push_from_client {
         PushMode::FromClient
     } else {

@@ -40,7 +40,9 @@ impl std::fmt::Debug for Fleet {
 impl Fleet {
     /// Connects with the kubeconfig (`KUBECONFIG` or `~/.kube/config`) and `context` (its
     /// current context when `None`), or with the pod's service account when there is no
-    /// kubeconfig and no context was asked for. Exec auth plugins named by the kubeconfig run.
+    /// kubeconfig and no context was asked for. Exec auth plugins named by the kubeconfig run,
+    /// except `aws eks get-token` and `aws-iam-authenticator token`, whose tokens are made
+    /// in-process (see [`crate::aws::eks`]).
     ///
     /// # Errors
     /// [`Error::NoConfig`] when there is neither; [`Error::UnknownContext`] when the kubeconfig
@@ -72,9 +74,23 @@ impl Fleet {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(crate::USER_AGENT),
         ));
-        let client = Client::try_from(config).map_err(|e| Error::Client {
-            reason: describe_kube_error(&e),
-        })?;
+        let client = match super::eks_auth::eks_request(&config) {
+            // An EKS exec plugin: the token is made here, so kube must not run the program.
+            Some(request) => {
+                tracing::debug!(cluster = %request.cluster, "making EKS tokens in-process");
+                config.auth_info.exec = None;
+                let source = std::sync::Arc::new(crate::aws::EksTokenSource::new(request));
+                kube::client::ClientBuilder::try_from(config)
+                    .map_err(|e| Error::Client {
+                        reason: describe_kube_error(&e),
+                    })?
+                    .with_layer(&super::eks_auth::EksAuthLayer::new(source))
+                    .build()
+            }
+            None => Client::try_from(config).map_err(|e| Error::Client {
+                reason: describe_kube_error(&e),
+            })?,
+        };
         Ok(Fleet {
             client,
             namespace: NAMESPACE.to_owned(),

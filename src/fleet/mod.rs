@@ -23,6 +23,7 @@
 
 mod address;
 mod cache;
+mod eks_auth;
 mod error;
 mod kube_client;
 mod kube_pod;

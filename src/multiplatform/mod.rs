@@ -30,7 +30,7 @@ mod metadata;
 pub mod plan;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures_util::future::try_join_all;
 
@@ -117,6 +117,10 @@ pub struct MultiPlatformBuild {
     /// A per-architecture S3 layer cache (`name=REGISTRY/REPO-ARCH`, so architectures do not
     /// overwrite each other's cache manifest).
     pub s3_cache: Option<S3Cache>,
+    /// A local cache per architecture in `DIR/ARCH` (an OCI layout each, as
+    /// `--export-cache type=local` writes): imported when it holds a cache, exported with
+    /// `mode=max` after each build. For CI runners that keep a directory between runs.
+    pub cache_dir: Option<PathBuf>,
     /// Registry client settings (credentials, retries) for the index and client-side pushes.
     pub registry_credentials: registry::DockerConfig,
     /// Where client-side pushes stage their OCI tarballs (default: the system temp dir).
@@ -280,6 +284,7 @@ impl MultiPlatformBuild {
             insecure_registry: false,
             push: PushMode::Auto,
             s3_cache: None,
+            cache_dir: None,
             registry_credentials: registry::DockerConfig::empty(),
             scratch_dir: None,
         }
@@ -353,6 +358,22 @@ impl MultiPlatformBuild {
         })
     }
 
+    /// Gets the registry's login now when it comes from AWS (an ECR registry the docker
+    /// config has nothing for), so an unreachable AWS or missing credentials fail before any
+    /// builder is scaled up or any daemon starts and asks for it. Later lookups hit the cache.
+    ///
+    /// # Errors
+    /// [`Error::Registry`] naming the registry, the AWS call and the reason.
+    pub async fn check_registry_login(&self) -> Result<(), Error> {
+        if crate::aws::EcrHost::parse(&self.registry).is_some() {
+            self.registry_credentials
+                .resolve(&self.registry)
+                .await
+                .map_err(registry::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// Builds every architecture concurrently, then pushes the index.
     ///
     /// `progress` makes one sink per architecture. Dropping the returned future cancels every
@@ -374,6 +395,7 @@ impl MultiPlatformBuild {
             .validate()
             .map_err(|e| Error::Options(Box::new(e)))?;
         let registry = self.registry_client()?;
+        self.check_registry_login().await?;
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
             let mut sink = progress(&builder.arch);
@@ -429,6 +451,24 @@ impl MultiPlatformBuild {
             options.cache_imports.push(CacheSpec {
                 kind: "s3".into(),
                 attrs: attrs(None),
+            });
+        }
+        if let Some(dir) = &self.cache_dir {
+            let dir = dir.join(arch).to_string_lossy().into_owned();
+            // The first run has nothing to import; a directory holding something that is
+            // not a layout still fails the import, naming it.
+            if Path::new(&dir).exists() {
+                options.cache_imports.push(CacheSpec {
+                    kind: "local".into(),
+                    attrs: BTreeMap::from([("src".to_owned(), dir.clone())]),
+                });
+            }
+            options.cache_exports.push(CacheSpec {
+                kind: "local".into(),
+                attrs: BTreeMap::from([
+                    ("dest".to_owned(), dir),
+                    ("mode".to_owned(), "max".to_owned()),
+                ]),
             });
         }
         options

@@ -55,6 +55,9 @@ pub struct BuildRequest {
     pub push: PushMode,
     /// Registry credentials; `None` reads the Docker CLI's config as `docker push` would.
     pub registry_credentials: Option<DockerConfig>,
+    /// A local cache per architecture in `DIR/ARCH`; `None` takes `cache_dir` from
+    /// `buildkit.json` (relative to that file's directory).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl BuildRequest {
@@ -80,6 +83,7 @@ impl BuildRequest {
             insecure_registry: false,
             push: PushMode::Auto,
             registry_credentials: None,
+            cache_dir: None,
         }
     }
 
@@ -142,6 +146,10 @@ impl BuildRequest {
                 region: region.to_owned(),
             });
         }
+        build.cache_dir = self
+            .cache_dir
+            .clone()
+            .or_else(|| config.and_then(BuildkitConfig::local_cache_dir));
         let arch_refs: Vec<&str> = arches.iter().map(String::as_str).collect();
         build.validate(&arch_refs)?;
         build
@@ -361,6 +369,8 @@ impl Plan {
         events: &(dyn Fn(Event<'_>) + Sync),
         progress: &(dyn Fn(&str) -> Box<dyn ProgressSink> + Sync),
     ) -> Result<MultiPlatformResult, Error> {
+        // Before scaling anything up: a missing ECR login would fail the build anyway.
+        self.build.check_registry_login().await?;
         let builders = self.connect(events).await?;
         self.build.run(&builders.builders, progress).await
     }

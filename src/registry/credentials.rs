@@ -1,16 +1,19 @@
 //! Registry credentials from the Docker CLI's config file (`$DOCKER_CONFIG/config.json` or
-//! `~/.docker/config.json`): `auths`, `credHelpers` and `credsStore`.
+//! `~/.docker/config.json`): `auths`, `credHelpers` and `credsStore`; and, for ECR hosts the
+//! config says nothing about, a login from ECR itself (no `docker login`, no helper program).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::aws::{AwsError, EcrCredentials, EcrHost};
 /// How long a credential helper may take to answer. Cloud helpers call their provider's API;
 /// a helper waiting on a locked keychain or a prompt nobody sees must not hang a push.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +60,15 @@ pub enum CredentialsError {
         /// What went wrong, with the helper's own stderr when it said something (never the
         /// secret, which a helper prints on stdout).
         message: String,
+    },
+    /// An ECR registry's login could not be had from AWS.
+    #[error("cannot get credentials for ECR registry {registry}")]
+    Ecr {
+        /// The registry host.
+        registry: String,
+        /// What AWS (or the credential chain) said.
+        #[source]
+        source: AwsError,
     },
     /// A configured credential helper could not be run or talked to.
     #[error("credential helper docker-credential-{helper} for {registry}: cannot {action}")]
@@ -133,21 +145,71 @@ impl fmt::Debug for AuthEntry {
 /// A parsed docker config: where each registry's credentials come from.
 ///
 /// Credential helpers (`docker-credential-<name> get`) run only when the config names one,
-/// and only when a registry's credentials are asked for.
+/// and only when a registry's credentials are asked for. ECR logins (when enabled, as
+/// [`DockerConfig::load`] does) are asked of AWS only for an ECR host the file has no entry
+/// or helper for; clones share their cache.
 #[derive(Debug, Clone, Default)]
 pub struct DockerConfig {
     path: Option<PathBuf>,
     file: ConfigFile,
+    ecr: Option<Arc<EcrCredentials>>,
 }
 
 impl DockerConfig {
-    /// An empty config: anonymous access everywhere.
+    /// An empty config: anonymous access everywhere (ECR logins off).
     pub fn empty() -> Self {
         Self::default()
     }
 
+    /// Gets logins for ECR hosts from `ecr` when the file has nothing for them.
+    pub fn with_ecr(mut self, ecr: Arc<EcrCredentials>) -> Self {
+        self.ecr = Some(ecr);
+        self
+    }
+
+    /// Never asks AWS: ECR hosts are anonymous unless the file has credentials for them.
+    pub fn without_ecr(mut self) -> Self {
+        self.ecr = None;
+        self
+    }
+
+    /// The credentials for `registry`: [`DockerConfig::credentials`], then, for an ECR host
+    /// with nothing configured, a login from `ecr:GetAuthorizationToken` (when enabled).
+    /// Helper programs run off the async workers.
+    ///
+    /// # Errors
+    /// As [`DockerConfig::credentials`], and [`CredentialsError::Ecr`] when AWS fails.
+    pub async fn resolve(&self, registry: &str) -> Result<Option<Credential>, CredentialsError> {
+        let config = self.clone();
+        let key = registry.to_owned();
+        let found = tokio::task::spawn_blocking(move || config.credentials(&key))
+            .await
+            .map_err(|e| CredentialsError::Helper {
+                helper: "(credential helper)".into(),
+                registry: registry.to_owned(),
+                message: e.to_string(),
+            })??;
+        if found.is_some() {
+            return Ok(found);
+        }
+        let (Some(ecr), Some(host)) = (&self.ecr, EcrHost::parse(registry)) else {
+            return Ok(None);
+        };
+        let login = ecr
+            .login(&host)
+            .await
+            .map_err(|source| CredentialsError::Ecr {
+                registry: registry.to_owned(),
+                source,
+            })?;
+        Ok(Some(Credential::Basic {
+            username: login.username,
+            password: login.password,
+        }))
+    }
+
     /// The config the Docker CLI would use: `$DOCKER_CONFIG/config.json`, else
-    /// `$HOME/.docker/config.json`. A missing file is an empty config.
+    /// `$HOME/.docker/config.json`. A missing file is an empty config. ECR logins are on.
     ///
     /// # Errors
     /// The file exists but cannot be read or parsed.
@@ -156,10 +218,11 @@ impl DockerConfig {
             Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
             _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")),
         };
-        match dir {
-            Some(dir) => Self::from_file(&dir.join("config.json")),
-            None => Ok(Self::empty()),
-        }
+        let config = match dir {
+            Some(dir) => Self::from_file(&dir.join("config.json"))?,
+            None => Self::empty(),
+        };
+        Ok(config.with_ecr(EcrCredentials::shared()))
     }
 
     /// Reads one config file; a missing file is an empty config.
@@ -184,6 +247,7 @@ impl DockerConfig {
         Ok(Self {
             path: Some(path.to_owned()),
             file,
+            ecr: None,
         })
     }
 
@@ -196,7 +260,11 @@ impl DockerConfig {
             path: PathBuf::from("<memory>"),
             source,
         })?;
-        Ok(Self { path: None, file })
+        Ok(Self {
+            path: None,
+            file,
+            ecr: None,
+        })
     }
 
     /// The credentials for `registry` (a host such as `ghcr.io` or `127.0.0.1:5000`), or `None`

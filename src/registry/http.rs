@@ -249,19 +249,8 @@ impl Transport {
                 return Ok(known);
             }
         }
-        // A credential helper is a program that may take a while (cloud helpers call their
-        // APIs): keep it off the async workers.
-        let config = self.config.clone();
-        let key = registry.to_owned();
-        let found = tokio::task::spawn_blocking(move || config.credentials(&key))
-            .await
-            .map_err(|e| {
-                Error::Credentials(super::credentials::CredentialsError::Helper {
-                    helper: "(credential helper)".into(),
-                    registry: registry.to_owned(),
-                    message: e.to_string(),
-                })
-            })??;
+        // Helpers are programs and ECR is a network call: both happen in `resolve`.
+        let found = self.config.resolve(registry).await?;
         lock(&self.auth)
             .entry(registry.to_owned())
             .or_default()

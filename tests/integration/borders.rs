@@ -29,6 +29,19 @@ const RULES: &[(&str, &[&str])] = &[
             "k8s_openapi",
         ],
     ),
+    // AWS is a leaf under both the registry (ECR logins) and the fleet (EKS tokens).
+    (
+        "src/aws",
+        &[
+            "crate::buildkit",
+            "crate::registry",
+            "crate::fleet",
+            "crate::multiplatform",
+            "crate::config",
+            "kube::",
+            "k8s_openapi",
+        ],
+    ),
     // The fleet drives Kubernetes and hands BuildKit connections up; it runs no builds.
     ("src/fleet", &["crate::multiplatform", "crate::config"]),
     // buildkit.json is plain data.

@@ -10,9 +10,11 @@
 #[macro_use]
 mod util;
 
+mod aws;
 mod borders;
 mod build;
 mod cli;
+mod content;
 mod daemon;
 mod fake_kube;
 mod faults;

@@ -311,4 +311,64 @@ tier_tests!(
     async client_side_push_and_builders_per_architecture,
     async one_architecture_failing_cancels_the_other_and_pushes_no_index,
     async registry_comes_from_buildkit_json,
+    async local_cache_per_architecture_from_buildkit_json_or_flag,
 );
+
+async fn local_cache_per_architecture_from_buildkit_json_or_flag(tier: Tier) {
+    let dir = context(
+        "FROM scratch\nARG TARGETARCH\nCOPY hello-${TARGETARCH}.txt /hello.txt\n",
+        &[
+            ("hello-amd64.txt", "amd64\n"),
+            ("hello-arm64.txt", "arm64\n"),
+        ],
+    );
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        format!(
+            "{{\"registry\": \"{}\", \"cluster\": \"unused\", \"cache_dir\": \"cache\"}}",
+            util::env("PF_TEST_REGISTRY")
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join(".buildkit/cache");
+    let repo = unique_repo("cache-dir");
+    let args = ["--progress", "plain", "--repo", &repo, "--tag", "v1"];
+    let args = [&args[..], &["--insecure-registry"]].concat();
+
+    // First run: nothing to import; each architecture exports its own layout.
+    let out = build_in(tier, dir.path(), &args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for arch in ["amd64", "arm64"] {
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(cache.join(arch).join("index.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "latest",
+            "{arch}: {index}"
+        );
+        let digest = index["manifests"][0]["digest"].as_str().unwrap();
+        assert!(
+            cache
+                .join(arch)
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"))
+                .is_file()
+        );
+    }
+
+    // Second run, the directory named by the flag: each architecture imports its cache.
+    let flag = ["--cache-dir", cache.to_str().unwrap()];
+    let out = build_in(tier, dir.path(), &[&args[..], &flag[..]].concat()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for arch in ["amd64", "arm64"] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&format!("{arch}: #"))
+                && l.contains("importing cache manifest from local:")),
+            "{arch} imported no local cache:\n{err}"
+        );
+    }
+    assert_index(&repo, stdout(&out).trim(), &["amd64", "arm64"]).await;
+}

@@ -1,4 +1,5 @@
-//! `moby.filesync.v1.Auth`: registry credentials from the Docker configuration. Token
+//! `moby.filesync.v1.Auth`: registry credentials from the Docker configuration (and ECR
+//! logins for ECR hosts it has nothing for), so the daemon itself can push. Token
 //! authority calls answer Unavailable, so the daemon falls back to `Credentials` and fetches
 //! tokens itself.
 
@@ -30,11 +31,8 @@ impl Auth for AuthService {
         let Some(config) = self.config.clone() else {
             return Ok(tonic::Response::new(CredentialsResponse::default()));
         };
-        // Credential helpers are programs: keep them off the async threads.
-        let lookup_host = host.clone();
-        let found = tokio::task::spawn_blocking(move || config.credentials(&lookup_host))
-            .await
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        // Helpers (programs) and ECR (an AWS call) are both behind `resolve`.
+        let found = config.resolve(&host).await;
         match found {
             Ok(Some(credential)) => {
                 tracing::debug!(%host, "serving registry credentials");
@@ -51,7 +49,9 @@ impl Auth for AuthService {
             }
             // Empty credentials mean anonymous access to the daemon.
             Ok(None) => Ok(tonic::Response::new(CredentialsResponse::default())),
-            Err(err) => Err(tonic::Status::unavailable(err.to_string())),
+            // The whole chain: the daemon shows it in the build error, and the AWS reason is
+            // what the user needs.
+            Err(err) => Err(tonic::Status::unavailable(chain(&err))),
         }
     }
 
@@ -77,6 +77,18 @@ impl Auth for AuthService {
     ) -> Result<tonic::Response<VerifyTokenAuthorityResponse>, tonic::Status> {
         Err(tonic::Status::unavailable("no token authority"))
     }
+}
+
+/// An error and its sources on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::Client;
 use crate::registry::DockerConfig;
 
 mod auth;
+mod content;
 mod filesend;
 mod filesync;
 mod health;
@@ -22,6 +23,7 @@ mod ssh;
 mod tunnel;
 
 pub use super::fsutil::TransferStats;
+pub use content::STORE_ID_HEADER;
 
 /// The gRPC methods every session serves, announced to the daemon: health, the local
 /// directories (FileSync), exports (FileSend) and registry credentials (Auth, which buildctl
@@ -54,6 +56,9 @@ fn announced_methods(options: &SessionOptions) -> Vec<&'static str> {
     }
     if !options.ssh.is_empty() {
         methods.extend_from_slice(SSH_METHODS);
+    }
+    if !options.content_stores.is_empty() {
+        methods.extend_from_slice(content::METHODS);
     }
     methods
 }
@@ -124,6 +129,10 @@ pub struct SessionOptions {
     pub ssh: BTreeMap<String, PathBuf>,
     /// One entry per exporter of the solve, in the same order.
     pub exports: Vec<ExportTarget>,
+    /// Content stores (OCI layout directories) by the store id the daemon names them with:
+    /// `local:<dir>` for local caches, `export` for an OCI layout output, `oci:<name>` for
+    /// `--oci-layout` inputs. The content service is offered only when there is one.
+    pub content_stores: BTreeMap<String, Arc<crate::buildkit::oci_layout::LayoutStore>>,
     /// Serve registry credentials from the Docker configuration.
     pub docker_config: Option<Arc<DockerConfig>>,
     /// The shared key: equal keys let the daemon reuse the last transfer of a directory, so
@@ -243,6 +252,7 @@ fn routes(
         secrets,
         ssh,
         exports,
+        content_stores,
         docker_config,
         shared_key: _,
         via_control: _,
@@ -258,6 +268,9 @@ fn routes(
     }
     if !ssh.is_empty() {
         routes = routes.add_service(ssh::service(ssh));
+    }
+    if !content_stores.is_empty() {
+        routes = routes.add_service(content::service(content_stores));
     }
     routes
 }

@@ -53,6 +53,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 pub type DialFn =
     Arc<dyn Fn(u16) -> BoxFuture<'static, io::Result<Pin<Box<dyn Stream>>>> + Send + Sync>;
 
+/// A TokenReview-style authenticator: given a bearer token the fake does not know, says
+/// whether it is valid (as the API server asks its webhook, e.g. aws-iam-authenticator).
+pub type TokenReview = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What metrics.k8s.io answers.
 #[derive(Clone)]
 pub enum Metrics {
@@ -97,6 +101,7 @@ pub struct Scenario {
     pub(crate) auto_available: bool,
     pub(crate) stamp_before_scale: Vec<String>,
     pub(crate) claim_template: String,
+    pub(crate) token_review: Option<TokenReview>,
 }
 
 impl Default for Scenario {
@@ -119,6 +124,7 @@ impl Scenario {
             auto_available: false,
             stamp_before_scale: Vec::new(),
             claim_template: "buildkitd".into(),
+            token_review: None,
         }
     }
 
@@ -279,6 +285,12 @@ impl Scenario {
     /// it arrives (the race a scale-down must not lose).
     pub fn build_recorded_during_next_scale(mut self, statefulset: &str) -> Self {
         self.stamp_before_scale.push(statefulset.to_owned());
+        self
+    }
+
+    /// Bearer tokens other than [`TOKEN`] and [`EXEC_TOKEN`] are accepted when `review` says so.
+    pub fn token_review(mut self, review: TokenReview) -> Self {
+        self.token_review = Some(review);
         self
     }
 

@@ -388,6 +388,17 @@ impl Control for FakeControl {
         result.map(tonic::Response::new)
     }
 
+    type ListenBuildHistoryStream =
+        BoxStream<pf_buildkit::buildkit::proto::control::BuildHistoryEvent>;
+
+    /// The hostile peer keeps no build history.
+    async fn listen_build_history(
+        &self,
+        _request: tonic::Request<pf_buildkit::buildkit::proto::control::BuildHistoryRequest>,
+    ) -> Result<tonic::Response<Self::ListenBuildHistoryStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no build history"))
+    }
+
     type StatusStream = BoxStream<StatusResponse>;
 
     async fn status(

@@ -1,0 +1,293 @@
+//! The client's content stores for one build, set up as buildctl sets them up: which OCI
+//! layout directories the session offers under which store ids, the attributes rewritten to
+//! match (absolute paths, digests resolved from tags), and what is written to `index.json`
+//! once the build succeeds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::oci_layout::{IndexName, LayoutError, LayoutStore, parse_digest};
+use super::solve::{BuildError, BuildOptions};
+
+/// The store id of an `--output type=oci,tar=false` directory (buildctl's).
+const EXPORT_STORE_ID: &str = "export";
+/// The exporter-response key holding the cache manifest's descriptor (JSON).
+const CACHE_MANIFEST_KEY: &str = "cache.manifest";
+/// The exporter-response key holding the image descriptor (base64 JSON).
+const IMAGE_DESCRIPTOR_KEY: &str = "containerimage.descriptor";
+/// The exporter-response key holding the image names (comma-separated).
+const IMAGE_NAME_KEY: &str = "image.name";
+/// The prefix of a named context served from an `--oci-layout` store.
+const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
+
+/// The stores of one build.
+#[derive(Debug, Default)]
+pub(crate) struct BuildStores {
+    /// By store id, as the session offers them.
+    pub(crate) by_id: BTreeMap<String, Arc<LayoutStore>>,
+    /// Local cache destinations and the tag their `index.json` entry gets.
+    cache_exports: Vec<(Arc<LayoutStore>, String)>,
+    /// The OCI layout output, if any.
+    oci_output: Option<Arc<LayoutStore>>,
+}
+
+fn invalid(message: String) -> BuildError {
+    BuildError::Invalid(message)
+}
+
+fn absolute_str(what: &str, path: &Path) -> Result<String, BuildError> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    absolute
+        .to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| invalid(format!("{what} {} is not valid UTF-8", path.display())))
+}
+
+impl BuildStores {
+    /// Opens every store the options name and returns the options as the daemon must see
+    /// them: store paths absolute (the daemon names a local cache store by its path), cache
+    /// import digests and `oci-layout://NAME:TAG` contexts resolved to digests. Fails, having
+    /// written nothing, on a destination that is a file, a source that is not a layout, or
+    /// a digest or tag the layout does not hold.
+    pub(crate) fn prepare(
+        options: &BuildOptions,
+    ) -> Result<(BuildOptions, BuildStores), BuildError> {
+        let mut resolved = options.clone();
+        let mut stores = BuildStores::default();
+
+        for spec in resolved
+            .cache_exports
+            .iter_mut()
+            .filter(|c| c.kind == "local")
+        {
+            let dest = spec.attrs.get("dest").cloned().unwrap_or_default();
+            let path = absolute_str("--export-cache dest", Path::new(&dest))?;
+            let store = Arc::new(
+                LayoutStore::for_writing(Path::new(&path))
+                    .map_err(|e| invalid(format!("--export-cache: {e}")))?,
+            );
+            let tag = spec
+                .attrs
+                .get("tag")
+                .cloned()
+                .unwrap_or_else(|| "latest".into());
+            spec.attrs.insert("dest".into(), path.clone());
+            stores.by_id.insert(format!("local:{path}"), store.clone());
+            stores.cache_exports.push((store, tag));
+        }
+
+        for spec in resolved
+            .cache_imports
+            .iter_mut()
+            .filter(|c| c.kind == "local")
+        {
+            let src = spec.attrs.get("src").cloned().unwrap_or_default();
+            let path = absolute_str("--import-cache src", Path::new(&src))?;
+            let reader = LayoutStore::for_reading(Path::new(&path))
+                .map_err(|e| invalid(format!("--import-cache: {e}")))?;
+            let digest = match spec.attrs.get("digest") {
+                Some(d) => d.clone(),
+                None => {
+                    let tag = spec
+                        .attrs
+                        .get("tag")
+                        .cloned()
+                        .unwrap_or_else(|| "latest".into());
+                    descriptor_digest(&reader.resolve(&tag), "--import-cache")?
+                }
+            };
+            reader
+                .info(&digest)
+                .map_err(|e| invalid(format!("--import-cache: {e}")))?;
+            spec.attrs.insert("src".into(), path.clone());
+            spec.attrs.insert("digest".into(), digest);
+            // The same directory as a cache destination is one store, writable.
+            stores
+                .by_id
+                .entry(format!("local:{path}"))
+                .or_insert_with(|| Arc::new(reader));
+        }
+
+        for output in resolved.outputs.iter_mut().filter(|o| o.is_layout_dir()) {
+            if stores.oci_output.is_some() {
+                return Err(invalid(
+                    "only one --output type=oci,tar=false per build (the daemon names its store \"export\")"
+                        .into(),
+                ));
+            }
+            let dest = output.dest.clone().unwrap_or_default();
+            let path = absolute_str("--output dest", &dest)?;
+            let store = Arc::new(
+                LayoutStore::for_writing(Path::new(&path))
+                    .map_err(|e| invalid(format!("--output: {e}")))?,
+            );
+            output.dest = Some(PathBuf::from(&path));
+            stores.by_id.insert(EXPORT_STORE_ID.into(), store.clone());
+            stores.oci_output = Some(store);
+        }
+
+        let mut layouts = BTreeMap::new();
+        for (name, dir) in &options.oci_layouts {
+            if name.is_empty()
+                || name.contains([':', '@', ','])
+                || name != &name.to_ascii_lowercase()
+            {
+                return Err(invalid(format!(
+                    "--oci-layout name {name:?} must be a lower-case reference name (no ':' or '@')"
+                )));
+            }
+            let store = LayoutStore::for_reading(dir)
+                .map_err(|e| invalid(format!("--oci-layout {name}: {e}")))?;
+            let store = Arc::new(store);
+            layouts.insert(name.clone(), store.clone());
+            stores.by_id.insert(format!("oci:{name}"), store);
+        }
+        for (key, value) in resolved.frontend_attrs.iter_mut() {
+            let Some(reference) = value.strip_prefix(OCI_LAYOUT_SCHEME) else {
+                continue;
+            };
+            let (name, tag, digest) = split_reference(reference);
+            let store = layouts.get(name).ok_or_else(|| {
+                invalid(format!(
+                    "{key}={value}: no --oci-layout {name}=DIR offers a layout named {name}"
+                ))
+            })?;
+            let digest = match digest {
+                Some(d) => {
+                    parse_digest(d).map_err(|e| invalid(format!("{key}={value}: {e}")))?;
+                    d.to_owned()
+                }
+                None => descriptor_digest(&store.resolve(tag.unwrap_or("latest")), key)?,
+            };
+            store
+                .info(&digest)
+                .map_err(|e| invalid(format!("{key}: {e}")))?;
+            *value = match tag {
+                Some(tag) => format!("{OCI_LAYOUT_SCHEME}{name}:{tag}@{digest}"),
+                None => format!("{OCI_LAYOUT_SCHEME}{name}@{digest}"),
+            };
+        }
+        Ok((resolved, stores))
+    }
+
+    /// After a successful build: records the cache manifest and the image in the
+    /// destinations' `index.json`, as buildctl does.
+    pub(crate) fn finish(&self, response: &BTreeMap<String, String>) -> Result<(), BuildError> {
+        if !self.cache_exports.is_empty() {
+            match response.get(CACHE_MANIFEST_KEY) {
+                Some(json) => {
+                    let descriptor: Value = serde_json::from_str(json).map_err(|e| {
+                        invalid(format!(
+                            "the daemon's cache manifest descriptor is not JSON: {e}"
+                        ))
+                    })?;
+                    for (store, tag) in &self.cache_exports {
+                        store
+                            .put_index(&descriptor, &[IndexName::Tag(tag.clone())])
+                            .map_err(|e| self.write_failed(store, e))?;
+                    }
+                }
+                // With ignore-error=true a failed cache export is not a build failure.
+                None => tracing::warn!(
+                    "the daemon reported no cache manifest; local cache index not updated"
+                ),
+            }
+        }
+        if let Some(store) = &self.oci_output {
+            let encoded = response.get(IMAGE_DESCRIPTOR_KEY).ok_or_else(|| {
+                invalid(format!(
+                    "the daemon reported no image descriptor for {}",
+                    store.root().display()
+                ))
+            })?;
+            let descriptor: Value = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+                .ok_or_else(|| invalid("the daemon's image descriptor is malformed".into()))?;
+            let names: Vec<IndexName> = match response.get(IMAGE_NAME_KEY) {
+                Some(names) => names
+                    .split(',')
+                    .map(|n| IndexName::Name(n.to_owned()))
+                    .collect(),
+                None => vec![IndexName::Tag("latest".into())],
+            };
+            store
+                .put_index(&descriptor, &names)
+                .map_err(|e| self.write_failed(store, e))?;
+        }
+        Ok(())
+    }
+
+    fn write_failed(&self, store: &LayoutStore, err: LayoutError) -> BuildError {
+        self.rollback();
+        invalid(format!(
+            "cannot update OCI layout {}: {err}",
+            store.root().display()
+        ))
+    }
+
+    /// The first write failure of any store, as one line naming the directory.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.by_id.values().find_map(|s| {
+            s.failure()
+                .map(|f| format!("cannot write to OCI layout {}: {f}", s.root().display()))
+        })
+    }
+
+    /// Takes back everything the build wrote into the stores.
+    pub(crate) fn rollback(&self) {
+        for store in self.by_id.values().filter(|s| s.is_writable()) {
+            store.rollback();
+        }
+    }
+}
+
+/// The digest of an `index.json` entry.
+fn descriptor_digest(entry: &Result<Value, LayoutError>, what: &str) -> Result<String, BuildError> {
+    match entry {
+        Ok(descriptor) => descriptor
+            .get("digest")
+            .and_then(Value::as_str)
+            .filter(|d| parse_digest(d).is_ok())
+            .map(str::to_owned)
+            .ok_or_else(|| invalid(format!("{what}: an index.json entry has no valid digest"))),
+        Err(e) => Err(invalid(format!("{what}: {e}"))),
+    }
+}
+
+/// Splits `NAME[:TAG][@DIGEST]`.
+fn split_reference(reference: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[slash..].find(':') {
+        Some(i) => (&rest[..slash + i], Some(&rest[slash + i + 1..]), digest),
+        None => (rest, None, digest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_name_tag_digest() {
+        assert_eq!(split_reference("base"), ("base", None, None));
+        assert_eq!(split_reference("base:v1"), ("base", Some("v1"), None));
+        assert_eq!(
+            split_reference("base@sha256:ab"),
+            ("base", None, Some("sha256:ab"))
+        );
+        assert_eq!(
+            split_reference("org/base:v1@sha256:ab"),
+            ("org/base", Some("v1"), Some("sha256:ab"))
+        );
+    }
+}
