@@ -23,6 +23,7 @@
 pub mod aws;
 pub mod buildkit;
 pub mod config;
+mod files;
 pub mod fleet;
 pub mod multiplatform;
 pub mod registry;
