@@ -27,9 +27,9 @@ use hyper_util::rt::TokioIo;
 use pf_buildkit::buildkit::proto::control::control_server::{Control, ControlServer};
 use pf_buildkit::buildkit::proto::control::types::{BuildkitVersion, WorkerRecord};
 use pf_buildkit::buildkit::proto::control::{
-    BytesMessage, DiskUsageRequest, DiskUsageResponse, InfoRequest, InfoResponse,
-    ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
-    StatusRequest, StatusResponse, UsageRecord,
+    BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
+    InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
+    SolveResponse, StatusRequest, StatusResponse, UsageRecord,
 };
 use pf_buildkit::buildkit::proto::fsutil::types::Packet;
 use pf_buildkit::buildkit::proto::pb::Platform;
@@ -388,15 +388,14 @@ impl Control for FakeControl {
         result.map(tonic::Response::new)
     }
 
-    type ListenBuildHistoryStream =
-        BoxStream<pf_buildkit::buildkit::proto::control::BuildHistoryEvent>;
+    type ListenBuildHistoryStream = BoxStream<BuildHistoryEvent>;
 
-    /// The hostile peer keeps no build history.
     async fn listen_build_history(
         &self,
-        _request: tonic::Request<pf_buildkit::buildkit::proto::control::BuildHistoryRequest>,
+        _request: tonic::Request<BuildHistoryRequest>,
     ) -> Result<tonic::Response<Self::ListenBuildHistoryStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("no build history"))
+        // This peer keeps no history; the client treats that as a daemon without the API.
+        Err(tonic::Status::unimplemented("no build history here"))
     }
 
     type StatusStream = BoxStream<StatusResponse>;
