@@ -13,7 +13,10 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, without_build_history};
+use crate::fake_kube::{
+    DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
+};
+use crate::private_daemon::PrivateDaemon;
 use crate::util::{self, Tier};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
@@ -938,8 +941,49 @@ async fn wait_until_no_build_runs(client: &Client) {
     }
 }
 
-async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(tier: Tier) {
-    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
+/// The BuildKit of a cache-clear test that must know every build running on it. On the shared
+/// daemons other tests build in parallel, so one of their builds can make the pod look busy,
+/// or keep it busy for minutes on a loaded machine: a private standalone buildkitd when that
+/// tier is here, else the shared Engine (the tests keep their retries for that case).
+struct WatchedDaemon {
+    private: Option<PrivateDaemon>,
+}
+
+impl WatchedDaemon {
+    fn start() -> WatchedDaemon {
+        let private = Tier::Standalone
+            .skip_reason()
+            .is_none()
+            .then(PrivateDaemon::start);
+        WatchedDaemon { private }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.private {
+            Some(_) => "private standalone buildkitd",
+            None => "engine",
+        }
+    }
+
+    fn addr(&self) -> String {
+        match &self.private {
+            Some(daemon) => daemon.addr(),
+            None => Tier::Engine.addr(),
+        }
+    }
+
+    fn dial(&self) -> DialFn {
+        match &self.private {
+            Some(daemon) => unix(daemon.socket()),
+            None => pod_dial(Tier::Engine),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() {
+    let watched = WatchedDaemon::start();
+    let (daemon, addr, dial) = (watched.name(), watched.addr(), watched.dial());
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
@@ -1009,7 +1053,6 @@ async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(ti
     );
     assert_user_agent(&fake);
 }
-tier_tests!(async cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history);
 
 fn now_nanos() -> u128 {
     SystemTime::now()
@@ -1204,19 +1247,16 @@ async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
 
 #[tokio::test]
 async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
-    // The real Engine behind a relay that answers ListenBuildHistory as a daemon without the
-    // history API does (UNIMPLEMENTED). The Engine, whatever the preferred tier: the daemon
-    // only has to build; what is tested is the client's fallback.
+    // A real BuildKit behind a relay that answers ListenBuildHistory as a daemon without the
+    // history API does (UNIMPLEMENTED): what is tested is the client's fallback.
+    let watched = WatchedDaemon::start();
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial(
-            "buildkit-amd64-0",
-            without_build_history(pod_dial(Tier::Engine)),
-        )
+        .dial("buildkit-amd64-0", without_build_history(watched.dial()))
         .start()
         .await;
-    let client = Client::connect(Tier::Engine.addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(watched.addr().parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;

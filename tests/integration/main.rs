@@ -24,6 +24,7 @@ mod hostile;
 mod hostile_peer;
 mod manifest;
 mod multiplatform;
+mod private_daemon;
 mod progress;
 mod relay;
 mod tls;
