@@ -11,7 +11,7 @@ mod daemon;
 mod fleet;
 mod live;
 mod manifest;
-mod multibuild;
+mod multiplatform;
 mod prefix;
 mod units;
 

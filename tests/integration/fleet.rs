@@ -17,7 +17,7 @@ use crate::fake_kube::{
     DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
 };
 use crate::private_daemon::PrivateDaemon;
-use crate::util::{self, Tier};
+use crate::util::{self, Tier, assert_one_line_failure};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
@@ -33,15 +33,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Asserts a failed run printed exactly one line, `pf-buildkit: …`, and exited 1.
-fn assert_one_line_failure(o: &Output) -> String {
-    let text = err(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {text}");
-    assert_eq!(text.lines().count(), 1, "one line expected: {text}");
-    assert!(text.starts_with("pf-buildkit: "), "{text}");
-    text
 }
 
 /// The port-forwards' target: the daemon of [`Tier::preferred`].

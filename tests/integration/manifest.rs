@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::util;
+use crate::util::{self, assert_one_line_failure, unique_repo};
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -50,18 +50,6 @@ fn sha(bytes: &[u8]) -> String {
         "sha256:{}",
         h.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
-}
-
-/// A repository name no other test (or earlier run) uses.
-fn unique_repo(name: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let tag = &sha(format!("{nanos}-{}-{n}", std::process::id()).as_bytes())[7..19];
-    format!("pf-test/manifest-{name}-{tag}")
 }
 
 /// Bytes that differ on every call (a fresh layer).
@@ -300,19 +288,6 @@ async fn manifest_push(
         cfg.path(),
     )
     .await
-}
-
-fn assert_one_line_failure(out: &std::process::Output) -> String {
-    let err = util::stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(
-        util::stdout(out).is_empty(),
-        "stdout: {}",
-        util::stdout(out)
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("pf-buildkit: "), "{err}");
-    err
 }
 
 /// Platforms of an index's entries, as `os/arch`, with digests.
