@@ -26,6 +26,7 @@ mod manifest;
 mod multiplatform;
 mod private_daemon;
 mod progress;
+mod registry_proxy;
 mod relay;
 mod tls;
 mod transports;

@@ -270,3 +270,14 @@ pub fn unique_repo(what: &str) -> String {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     format!("pf-test/{what}-{nanos:x}-{:x}-{n}", std::process::id())
 }
+
+/// A plain reqwest client for a test's own raw HTTP calls (reqwest is built without a default
+/// crypto provider: the library configures ring itself; the test installs it process-wide).
+pub fn http_client(redirects: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder();
+    if !redirects {
+        b = b.redirect(reqwest::redirect::Policy::none());
+    }
+    b.build().unwrap()
+}
