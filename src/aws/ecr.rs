@@ -240,7 +240,7 @@ where
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => AwsError::Unreachable {
             call,
             region,
-            reason: sdk::error_chain(&err),
+            reason: crate::error_chain(&err),
         },
         SdkError::ServiceError(service) => {
             // Some endpoints (and stand-ins such as moto) answer auth failures in the query
@@ -286,7 +286,7 @@ where
         _ => AwsError::Call {
             call,
             region,
-            reason: sdk::error_chain(&err),
+            reason: crate::error_chain(&err),
         },
     }
 }

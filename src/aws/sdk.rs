@@ -189,24 +189,9 @@ pub(crate) fn credentials_error(call: &'static str, err: &CredentialsError) -> A
         },
         other => AwsError::CredentialsFailed {
             call,
-            reason: error_chain(other),
+            reason: crate::error_chain(other),
         },
     }
-}
-
-/// An error and its sources on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether `region` has the shape of a region of one of AWS's partitions (commercial, China,

@@ -237,7 +237,7 @@ pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
         }
         next = e.source();
     }
-    let text = chain_text(err);
+    let text = crate::error_chain(err);
     // h2 hands an I/O failure of the connection to each of its streams as a copy holding only
     // the kind and the text, so a TLS alert can reach a call with its type gone. This looks
     // at our own transport's text only: a daemon's status never gets here (see `classify`).
@@ -318,20 +318,6 @@ fn tls_message(err: &rustls::Error) -> String {
         ),
         other => format!("TLS: {other}"),
     }
-}
-
-fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -28,8 +28,5 @@ pub use client::{
 pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};
 pub use error::{Error, Result};
 pub use scheme::{Scheme, SchemeError, register_scheme};
-pub use solve::{
-    BuildError, BuildOptions, BuildResult, failure_report, write_file_atomically,
-    write_metadata_file,
-};
+pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsOptions};

@@ -614,22 +614,7 @@ pub fn write_metadata_file(
     }
     let sorted: BTreeMap<_, _> = out.into_iter().collect();
     let text = serde_json::to_vec_pretty(&sorted).map_err(std::io::Error::other)?;
-    write_file_atomically(path, &text)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// readers never see a half-written file and a failure leaves nothing behind.
-///
-/// # Errors
-/// When the directory is not writable or the disk is full.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
+    crate::files::write_atomically(path, &text)
 }
 
 #[cfg(test)]

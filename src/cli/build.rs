@@ -71,7 +71,7 @@ pub struct BuildArgs {
     #[arg(long = "import-cache", value_name = "SPEC")]
     import_cache: Vec<String>,
     #[command(flatten)]
-    multi: super::multibuild::MultiArgs,
+    multi: super::multiplatform::MultiArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,7 +187,7 @@ pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outc
         );
     }
     if args.multi.repo.is_some() {
-        return super::multibuild::run(
+        return super::multiplatform::run(
             global,
             &args.multi,
             options,

@@ -11,7 +11,7 @@ mod daemon;
 mod fleet;
 mod live;
 mod manifest;
-mod multibuild;
+mod multiplatform;
 mod prefix;
 mod units;
 
@@ -147,18 +147,7 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 
 /// One line for an error: the message and its causes, each said once.
 pub fn format_error(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out.replace('\n', " ")
+    pf_buildkit::error_chain(err.as_ref())
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ impl Fleet {
             let outcome = match self.prune_pod(&name, ip.as_deref(), &options.prune).await {
                 Ok(outcome) => outcome,
                 Err(err) => PodPrune::Failed {
-                    error: super::error::error_chain(&err),
+                    error: crate::error_chain(&err),
                 },
             };
             progress(CacheClearEvent::Pruned {

@@ -214,23 +214,5 @@ pub(crate) fn describe_kube_error(err: &kube::Error) -> String {
         kube::Error::Service(e) => e.to_string(),
         other => other.to_string(),
     };
-    append_causes(first, err)
-}
-
-/// An error's text followed by each cause that adds something, `: `-separated.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    append_causes(err.to_string(), err)
-}
-
-fn append_causes(mut out: String, err: &dyn std::error::Error) -> String {
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
+    crate::append_chain(first, std::error::Error::source(err))
 }

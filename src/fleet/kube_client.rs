@@ -154,7 +154,7 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
             match err {
                 KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
                 other => Err(Error::Kubeconfig {
-                    reason: super::error::error_chain(&other),
+                    reason: crate::error_chain(&other),
                 }),
             }
         }

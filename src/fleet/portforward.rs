@@ -209,8 +209,9 @@ impl Dialer for PodDialer {
         Box::pin(async move {
             match this.open_checked().await {
                 Ok(stream) => Ok(Box::pin(stream) as BoxedIo),
-                // `Other`, so the BuildKit client reports our text rather than a generic kind.
-                Err(err) => Err(io::Error::other(err.to_string())),
+                // `Other`, so the BuildKit client reports our error rather than a generic
+                // kind; the fleet error itself is kept as the source, not flattened to text.
+                Err(err) => Err(io::Error::other(err)),
             }
         })
     }

@@ -203,9 +203,9 @@ impl Fleet {
         // resourceVersion precondition and decides again. Stamping after the scale would leave
         // a window where it sees one replica and an old stamp, and scales back to zero.
         self.record_build(arch).await?;
-        let mut report = None;
-        for _ in 0..CONFLICT_ATTEMPTS {
-            let scale = with_retry(|| api.get_scale(&name)).await.map_err(|e| {
+        let (api, name) = (&api, &name);
+        self.scale_if_unchanged(arch, "scaling up", move || async move {
+            let scale = with_retry(|| api.get_scale(name)).await.map_err(|e| {
                 self.sts_error(
                     e,
                     arch,
@@ -214,42 +214,25 @@ impl Fleet {
                 )
             })?;
             let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
-            if replicas != 0 {
-                report = Some(ScaleUpReport {
+            Ok(if replicas != 0 {
+                Decision::Keep(ScaleUpReport {
                     arch,
                     replicas_before: replicas,
                     scaled: false,
-                });
-                break;
-            }
-            let patch = json!({
-                "metadata": { "resourceVersion": scale.metadata.resource_version },
-                "spec": { "replicas": 1 },
-            });
-            let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
-            match with_retry(|| api.patch_scale(&name, &pp, &merge)).await {
-                Ok(_) => {
-                    report = Some(ScaleUpReport {
+                })
+            } else {
+                Decision::Scale {
+                    resource_version: scale.metadata.resource_version,
+                    replicas: 1,
+                    report: ScaleUpReport {
                         arch,
                         replicas_before: 0,
                         scaled: true,
-                    });
-                    break;
+                    },
                 }
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => {
-                    return Err(self.sts_error(
-                        e,
-                        arch,
-                        "scaling up",
-                        ("patch", "statefulsets/scale"),
-                    ));
-                }
-            }
-        }
-        report.ok_or_else(|| Error::Conflict {
-            statefulset: name.clone(),
+            })
         })
+        .await
     }
 
     /// Waits until each architecture's StatefulSet has an available replica, all against one
@@ -328,8 +311,9 @@ impl Fleet {
     ) -> Result<ScaleDownReport> {
         let api = self.statefulsets();
         let name = arch.statefulset();
-        for _ in 0..CONFLICT_ATTEMPTS {
-            let sts = with_retry(|| api.get(&name))
+        let (api, name) = (&api, &name);
+        self.scale_if_unchanged(arch, "scaling down", move || async move {
+            let sts = with_retry(|| api.get(name))
                 .await
                 .map_err(|e| self.sts_error(e, arch, "reading", ("get", "statefulsets")))?;
             let annotation = sts
@@ -341,44 +325,80 @@ impl Fleet {
             let last_build = annotation.as_deref().and_then(|v| v.parse::<u64>().ok());
             let invalid_annotation = annotation.filter(|_| last_build.is_none());
             let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let mut report = ScaleDownReport {
+            let report = |action| ScaleDownReport {
                 arch,
                 last_build,
-                invalid_annotation,
-                action: ScaleDownAction::Skipped,
+                invalid_annotation: invalid_annotation.clone(),
+                action,
                 timeout,
             };
-            if replicas == 0 {
-                report.action = ScaleDownAction::AlreadyZero;
-                return Ok(report);
-            }
-            if !is_idle(last_build, now_secs(), timeout) {
-                return Ok(report);
-            }
-            // Decided on this version: a build recorded since makes the write fail with 409.
+            Ok(if replicas == 0 {
+                Decision::Keep(report(ScaleDownAction::AlreadyZero))
+            } else if !is_idle(last_build, now_secs(), timeout) {
+                Decision::Keep(report(ScaleDownAction::Skipped))
+            } else {
+                // Decided on this version: a build recorded since makes the write fail with 409.
+                Decision::Scale {
+                    resource_version: sts.metadata.resource_version,
+                    replicas: 0,
+                    report: report(ScaleDownAction::ScaledDown),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Reads and decides with `decide`, and writes the decided replica count with the
+    /// `resourceVersion` it was decided on; on a 409 (the StatefulSet changed meanwhile) reads
+    /// and decides again, up to [`CONFLICT_ATTEMPTS`] times. `action` names the write in
+    /// errors ("scaling up").
+    async fn scale_if_unchanged<R, F>(
+        &self,
+        arch: Arch,
+        action: &str,
+        mut decide: impl FnMut() -> F,
+    ) -> Result<R>
+    where
+        F: Future<Output = Result<Decision<R>>>,
+    {
+        let api = self.statefulsets();
+        let name = arch.statefulset();
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let (resource_version, replicas, report) = match decide().await? {
+                Decision::Keep(report) => return Ok(report),
+                Decision::Scale {
+                    resource_version,
+                    replicas,
+                    report,
+                } => (resource_version, replicas, report),
+            };
             let patch = json!({
-                "metadata": { "resourceVersion": sts.metadata.resource_version },
-                "spec": { "replicas": 0 },
+                "metadata": { "resourceVersion": resource_version },
+                "spec": { "replicas": replicas },
             });
             let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
             match with_retry(|| api.patch_scale(&name, &pp, &merge)).await {
-                Ok(_) => {
-                    report.action = ScaleDownAction::ScaledDown;
-                    return Ok(report);
-                }
+                Ok(_) => return Ok(report),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => {
-                    return Err(self.sts_error(
-                        e,
-                        arch,
-                        "scaling down",
-                        ("patch", "statefulsets/scale"),
-                    ));
+                    return Err(self.sts_error(e, arch, action, ("patch", "statefulsets/scale")));
                 }
             }
         }
         Err(Error::Conflict { statefulset: name })
     }
+}
+
+/// What [`Fleet::scale_if_unchanged`]'s read decided.
+enum Decision<R> {
+    /// Nothing to write: return this report.
+    Keep(R),
+    /// Write `replicas` if the StatefulSet is still at `resource_version`; then return `report`.
+    Scale {
+        resource_version: Option<String>,
+        replicas: i32,
+        report: R,
+    },
 }
 
 #[cfg(test)]

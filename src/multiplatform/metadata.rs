@@ -76,7 +76,7 @@ impl Metadata {
         };
         let mut text = serde_json::to_vec_pretty(self).map_err(|e| fail(e.into()))?;
         text.push(b'\n');
-        crate::buildkit::write_file_atomically(path, &text).map_err(fail)
+        crate::files::write_atomically(path, &text).map_err(fail)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
@@ -17,7 +17,7 @@ use super::assemble::{
 };
 use super::credentials::DockerConfig;
 use super::error::Error;
-use super::http::{Request, RetryPolicy, Scope, Transport};
+use super::http::{Attempt, Request, RetryPolicy, Scope, Transport};
 use super::platform::Platform;
 
 /// Manifests and configs larger than this are refused (they are kilobytes in practice).
@@ -563,18 +563,12 @@ impl Client {
             return Ok(());
         }
         let mount_from = (source.registry() == target.registry()).then_some(source);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.copy_blob_once(source, target, desc, mount_from).await;
-            match result {
-                Err(err) if attempt < self.t.retry.attempts && is_retryable(&err) => {
-                    tracing::debug!(digest = %desc.digest, error = &err as &dyn std::error::Error, "blob copy failed; retrying");
-                    tokio::time::sleep(self.t.retry.initial_backoff * attempt).await;
-                }
-                other => return other,
-            }
-        }
+        self.t
+            .retry
+            .run(&desc.digest, move |_| async move {
+                retryable(self.copy_blob_once(source, target, desc, mount_from).await)
+            })
+            .await
     }
 
     async fn copy_blob_once(
@@ -828,40 +822,39 @@ impl Client {
         if self.blob_exists(target, &desc.digest).await? {
             return Ok(());
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let Some(location) = self.open_upload(target, &desc.digest, None).await? else {
-                    return Ok(());
-                };
-                let stream = open()?;
-                self.finish_upload(
-                    target,
-                    location,
-                    &desc.digest,
-                    desc.size,
-                    reqwest::Body::wrap_stream(stream),
-                )
-                .await
-            }
-            .await;
-            match result {
-                Err(err) if attempt < self.t.retry.attempts && is_retryable(&err) => {
-                    tokio::time::sleep(self.t.retry.initial_backoff * attempt).await;
+        self.t
+            .retry
+            .run(&desc.digest, |_| async {
+                let result = async {
+                    let Some(location) = self.open_upload(target, &desc.digest, None).await? else {
+                        return Ok(());
+                    };
+                    let stream = open()?;
+                    self.finish_upload(
+                        target,
+                        location,
+                        &desc.digest,
+                        desc.size,
+                        reqwest::Body::wrap_stream(stream),
+                    )
+                    .await
                 }
-                other => return other,
-            }
-        }
+                .await;
+                retryable(result)
+            })
+            .await
     }
 }
 
-/// Failures worth retrying a whole streamed copy for.
-fn is_retryable(err: &Error) -> bool {
-    match err {
-        Error::Connect { .. } => true,
-        Error::Status { status, .. } => super::http::is_transient(*status),
-        _ => false,
+/// A whole streamed copy's result, as an attempt: dropped connections and transient statuses
+/// are worth copying again.
+fn retryable<T>(result: Result<T, Error>) -> Attempt<T, Error> {
+    match result {
+        Err(error @ Error::Connect { .. }) => Attempt::Transient { error, wait: None },
+        Err(error @ Error::Status { status, .. }) if super::http::is_transient(status) => {
+            Attempt::Transient { error, wait: None }
+        }
+        other => Attempt::Done(other),
     }
 }
 

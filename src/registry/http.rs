@@ -1,13 +1,13 @@
 //! The registry's HTTP layer: URLs, the auth challenge dance (Basic and bearer tokens with
 //! several scopes), and bounded retries with backoff on 5xx, 429 and dropped connections.
 //!
-//! This sits on reqwest with rustls (ring), the same stack oci-client uses. oci-client's own
-//! `Client` is not used for requests because it has no retry hook, does not expose
-//! `Retry-After`, treats a refused cross-repository mount (202) as an error and drops the
-//! upload session, and asks for single-repository token scopes (a mount needs pull on the
-//! source repository as well).
+//! This sits on reqwest with rustls (ring). A registry client crate such as oci-client is not
+//! used: it has no retry hook, does not expose `Retry-After`, treats a refused
+//! cross-repository mount (202) as an error and drops the upload session, and asks for
+//! single-repository token scopes (a mount needs pull on the source repository as well).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,53 @@ impl RetryPolicy {
             .saturating_mul(factor)
             .min(self.max_backoff)
     }
+
+    /// Runs `attempt` (given its 1-based number) until it is [`Attempt::Done`] or the attempts
+    /// run out, waiting between tries as the server asked (capped at `max_retry_after`) or
+    /// else the exponential backoff (capped at `max_backoff`). The one retry loop of the
+    /// registry client: single requests, token requests and whole blob copies all use it.
+    pub(crate) async fn run<T, E, F>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut(u32) -> F,
+    ) -> Result<T, E>
+    where
+        E: std::error::Error + 'static,
+        F: Future<Output = Attempt<T, E>>,
+    {
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            match attempt(n).await {
+                Attempt::Done(result) => return result,
+                Attempt::Repeat => n -= 1,
+                Attempt::Transient { error, .. } if n >= self.attempts => return Err(error),
+                Attempt::Transient { error, wait } => {
+                    let wait =
+                        wait.map_or_else(|| self.backoff(n), |w| w.min(self.max_retry_after));
+                    tracing::debug!(
+                        what,
+                        attempt = n,
+                        ?wait,
+                        error = &error as &dyn std::error::Error,
+                        "failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// What one attempt of an operation run by [`RetryPolicy::run`] came to.
+pub(crate) enum Attempt<T, E> {
+    /// Finished: a success, or a failure that another attempt would not change.
+    Done(Result<T, E>),
+    /// Failed in a way that may pass. Tried again after `wait` (the server's `Retry-After`)
+    /// or the backoff; `error` is the result once the attempts are spent.
+    Transient { error: E, wait: Option<Duration> },
+    /// To be repeated at once without counting as an attempt (an auth challenge was answered).
+    Repeat,
 }
 
 /// What access a request needs, for the bearer token's scopes.
@@ -229,65 +276,62 @@ impl Transport {
     /// Sends a replayable request with auth and retries. Returns any response that is not an
     /// auth failure or a transient error; the caller judges other statuses.
     pub async fn send(&self, registry: &str, req: &Request) -> Result<reqwest::Response, Error> {
-        let mut attempt = 0u32;
-        let mut challenged = false;
-        loop {
-            attempt += 1;
-            let mut builder = self
-                .http
-                .request(req.method.clone(), req.url.clone())
-                .headers(req.headers.clone());
-            if let Some(value) = self.known_authorization(registry, &req.scope) {
-                builder = builder.header(reqwest::header::AUTHORIZATION, value);
-            }
-            if let Some(body) = &req.body {
-                builder = builder.body(body.clone());
-            } else if req.method == Method::POST || req.method == Method::PUT {
-                builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
-            }
-            let result = builder.send().await;
-            let response = match result {
-                Ok(response) => response,
-                Err(err) => {
-                    let hint = protocol_hint(&err, req.url.scheme());
-                    if attempt < self.retry.attempts && hint.is_empty() {
-                        tracing::debug!(registry, url = %req.url, error = &err as &dyn std::error::Error, attempt, "request failed; retrying");
-                        tokio::time::sleep(self.retry.backoff(attempt)).await;
-                        continue;
+        // Only the first 401 is answered; a second means the answer was not accepted.
+        let challenged = &AtomicBool::new(false);
+        self.retry
+            .run(req.url.as_str(), move |attempt| async move {
+                let mut builder = self
+                    .http
+                    .request(req.method.clone(), req.url.clone())
+                    .headers(req.headers.clone());
+                if let Some(value) = self.known_authorization(registry, &req.scope) {
+                    builder = builder.header(reqwest::header::AUTHORIZATION, value);
+                }
+                if let Some(body) = &req.body {
+                    builder = builder.body(body.clone());
+                } else if req.method == Method::POST || req.method == Method::PUT {
+                    builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
+                }
+                let response = match builder.send().await {
+                    Ok(response) => response,
+                    Err(err) => {
+                        let hint = protocol_hint(&err, req.url.scheme());
+                        // A protocol mismatch (HTTP to an HTTPS port and the like) stays so.
+                        let retry = hint.is_empty();
+                        let error = Error::Connect {
+                            registry: registry.to_owned(),
+                            attempts: attempt,
+                            hint,
+                            source: err,
+                        };
+                        return if retry {
+                            Attempt::Transient { error, wait: None }
+                        } else {
+                            Attempt::Done(Err(error))
+                        };
                     }
-                    return Err(Error::Connect {
-                        registry: registry.to_owned(),
-                        attempts: attempt,
-                        hint,
-                        source: err,
-                    });
+                };
+                let status = response.status();
+                if status == StatusCode::UNAUTHORIZED {
+                    if challenged.swap(true, Ordering::Relaxed) {
+                        return Attempt::Done(Err(self.unauthorized(registry)));
+                    }
+                    return match self
+                        .answer_challenge(registry, &req.scope, response.headers())
+                        .await
+                    {
+                        Ok(()) => Attempt::Repeat,
+                        Err(err) => Attempt::Done(Err(err)),
+                    };
                 }
-            };
-            let status = response.status();
-            if status == StatusCode::UNAUTHORIZED {
-                if challenged {
-                    return Err(self.unauthorized(registry));
+                if is_transient(status) {
+                    let wait = retry_after(response.headers());
+                    let error = self.status_error(registry, req, response, attempt).await;
+                    return Attempt::Transient { error, wait };
                 }
-                challenged = true;
-                self.answer_challenge(registry, &req.scope, response.headers())
-                    .await?;
-                // The challenge answer is not a failed attempt.
-                attempt -= 1;
-                continue;
-            }
-            if is_transient(status) && attempt < self.retry.attempts {
-                let wait = retry_after(response.headers())
-                    .map(|d| d.min(self.retry.max_retry_after))
-                    .unwrap_or_else(|| self.retry.backoff(attempt));
-                tracing::debug!(registry, url = %req.url, %status, attempt, ?wait, "transient status; retrying");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if is_transient(status) {
-                return Err(self.status_error(registry, req, response, attempt).await);
-            }
-            return Ok(response);
-        }
+                Attempt::Done(Ok(response))
+            })
+            .await
     }
 
     /// Sends a request whose body is a stream, once (a stream cannot be replayed; callers retry
@@ -411,10 +455,9 @@ impl Transport {
             registry: registry.to_owned(),
             realm: realm.to_owned(),
         })?;
-        let scopes = scope.strings();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
+        let scopes = &scope.strings();
+        let (credential, realm_url) = (&credential, &realm_url);
+        let token_request = move |attempt: u32| async move {
             let builder = match &credential {
                 Some(Credential::IdentityToken(token)) => {
                     // OAuth2 refresh-token grant, as the Docker CLI does with identity tokens.
@@ -447,7 +490,7 @@ impl Transport {
                         if let Some(service) = service {
                             q.append_pair("service", service);
                         }
-                        for s in &scopes {
+                        for s in scopes {
                             q.append_pair("scope", s);
                         }
                     }
@@ -462,73 +505,74 @@ impl Transport {
             };
             let response = match builder.send().await {
                 Ok(r) => r,
-                Err(err) if attempt < self.retry.attempts => {
-                    tracing::debug!(
-                        registry,
-                        error = &err as &dyn std::error::Error,
-                        "token request failed; retrying"
-                    );
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                    continue;
-                }
                 Err(source) => {
-                    return Err(Error::Connect {
+                    let error = Error::Connect {
                         registry: registry.to_owned(),
                         attempts: attempt,
                         hint: String::new(),
                         source,
-                    });
+                    };
+                    return Attempt::Transient { error, wait: None };
                 }
             };
             let status = response.status();
-            if is_transient(status) && attempt < self.retry.attempts {
-                let wait = retry_after(response.headers())
-                    .map(|d| d.min(self.retry.max_retry_after))
-                    .unwrap_or_else(|| self.retry.backoff(attempt));
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                return Err(Error::Unauthorized {
-                    registry: registry.to_owned(),
-                    had_credentials: credential.is_some(),
-                });
-            }
-            let body = response.bytes().await.map_err(|source| Error::Connect {
-                registry: registry.to_owned(),
-                attempts: attempt,
-                hint: String::new(),
-                source,
-            })?;
-            if !status.is_success() {
-                return Err(Error::Status {
+            if is_transient(status) {
+                let wait = retry_after(response.headers());
+                let body = response.bytes().await.unwrap_or_default();
+                let error = Error::Status {
                     registry: registry.to_owned(),
                     method: "GET".into(),
                     path: realm_url.path().to_owned(),
                     status,
                     attempts: attempt,
                     message: registry_message(&body),
-                });
+                };
+                return Attempt::Transient { error, wait };
             }
-            #[derive(serde::Deserialize)]
-            struct TokenAnswer {
-                token: Option<String>,
-                access_token: Option<String>,
-            }
-            let answer: TokenAnswer =
-                serde_json::from_slice(&body).map_err(|_| Error::BadChallenge {
-                    registry: registry.to_owned(),
-                    realm: realm.to_owned(),
-                })?;
-            return answer
-                .token
-                .or(answer.access_token)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| Error::BadChallenge {
-                    registry: registry.to_owned(),
-                    realm: realm.to_owned(),
-                });
+            Attempt::Done(Ok((response, attempt)))
+        };
+        let (response, attempt) = self.retry.run("token request", token_request).await?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Error::Unauthorized {
+                registry: registry.to_owned(),
+                had_credentials: credential.is_some(),
+            });
         }
+        let body = response.bytes().await.map_err(|source| Error::Connect {
+            registry: registry.to_owned(),
+            attempts: attempt,
+            hint: String::new(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(Error::Status {
+                registry: registry.to_owned(),
+                method: "GET".into(),
+                path: realm_url.path().to_owned(),
+                status,
+                attempts: attempt,
+                message: registry_message(&body),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|_| Error::BadChallenge {
+                registry: registry.to_owned(),
+                realm: realm.to_owned(),
+            })?;
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::BadChallenge {
+                registry: registry.to_owned(),
+                realm: realm.to_owned(),
+            })
     }
 }
 
@@ -748,6 +792,44 @@ mod tests {
         assert_eq!(p.backoff(1), Duration::from_millis(250));
         assert_eq!(p.backoff(2), Duration::from_millis(500));
         assert_eq!(p.backoff(10), Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn run_gives_up_after_the_attempts_and_a_repeat_is_not_one() {
+        let policy = RetryPolicy {
+            attempts: 3,
+            initial_backoff: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        let calls = &std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), std::io::Error> = policy
+            .run("test", move |n| async move {
+                let call = calls.fetch_add(1, Ordering::Relaxed) + 1;
+                if call == 1 {
+                    return Attempt::Repeat;
+                }
+                Attempt::Transient {
+                    error: std::io::Error::other(format!("attempt {n}")),
+                    wait: None,
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap_err().to_string(), "attempt 3");
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+
+        let done: Result<u32, std::io::Error> = policy
+            .run("test", |n| async move {
+                if n < 2 {
+                    Attempt::Transient {
+                        error: std::io::Error::other("not yet"),
+                        wait: None,
+                    }
+                } else {
+                    Attempt::Done(Ok(n))
+                }
+            })
+            .await;
+        assert_eq!(done.unwrap(), 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::assemble::{

@@ -1,8 +1,8 @@
-//! Parsing image references (`[registry/]repository[:tag][@digest]`) into oci-client's
+//! Parsing image references (`[registry/]repository[:tag][@digest]`) into oci-spec's
 //! `Reference`, by hand: oci-spec's own parser compiles a large regex on first use, which
 //! costs about 100 ms of a short command's run time.
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 use super::error::Error;
 

@@ -13,8 +13,11 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::fake_kube::{EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, without_build_history};
-use crate::util::{self, Tier};
+use crate::fake_kube::{
+    DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
+};
+use crate::private_daemon::PrivateDaemon;
+use crate::util::{self, Tier, assert_one_line_failure};
 use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
 
 fn out(o: &Output) -> String {
@@ -30,15 +33,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Asserts a failed run printed exactly one line, `pf-buildkit: …`, and exited 1.
-fn assert_one_line_failure(o: &Output) -> String {
-    let text = err(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {text}");
-    assert_eq!(text.lines().count(), 1, "one line expected: {text}");
-    assert!(text.starts_with("pf-buildkit: "), "{text}");
-    text
 }
 
 /// The port-forwards' target: the daemon of [`Tier::preferred`].
@@ -719,7 +713,12 @@ async fn a_tunnel_carries_concurrent_grpc_connections_and_survives_one_dropping(
         }
     }
     assert!(recovered, "the first client reconnects through the tunnel");
-    assert_eq!(fake.portforwards_opened(), probes + 3);
+    // How often the client redials is tonic's business; that the reconnection went through a
+    // new port-forward is the tunnel's.
+    assert!(
+        fake.portforwards_opened() > probes + 2,
+        "the reconnection opens a new port-forward"
+    );
 
     // Ctrl-C closes it: the process ends and nothing listens on the port any more.
     let pid = child.id().to_string();
@@ -739,6 +738,11 @@ async fn a_tunnel_carries_concurrent_grpc_connections_and_survives_one_dropping(
             .await
             .is_err()
     );
+    // Every port-forward the tunnel opened is closed with it.
+    fake.wait_until("every port-forward to close", |f| {
+        f.portforwards_open() == 0
+    })
+    .await;
 }
 
 /// An LLB op, encoded with BuildKit's field numbers (`solver/pb/ops.proto`).
@@ -928,8 +932,49 @@ async fn wait_until_no_build_runs(client: &Client) {
     }
 }
 
-async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(tier: Tier) {
-    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
+/// The BuildKit of a cache-clear test that must know every build running on it. On the shared
+/// daemons other tests build in parallel, so one of their builds can make the pod look busy,
+/// or keep it busy for minutes on a loaded machine: a private standalone buildkitd when that
+/// tier is here, else the shared Engine (the tests keep their retries for that case).
+struct WatchedDaemon {
+    private: Option<PrivateDaemon>,
+}
+
+impl WatchedDaemon {
+    fn start() -> WatchedDaemon {
+        let private = Tier::Standalone
+            .skip_reason()
+            .is_none()
+            .then(PrivateDaemon::start);
+        WatchedDaemon { private }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.private {
+            Some(_) => "private standalone buildkitd",
+            None => "engine",
+        }
+    }
+
+    fn addr(&self) -> String {
+        match &self.private {
+            Some(daemon) => daemon.addr(),
+            None => Tier::Engine.addr(),
+        }
+    }
+
+    fn dial(&self) -> DialFn {
+        match &self.private {
+            Some(daemon) => unix(daemon.socket()),
+            None => pod_dial(Tier::Engine),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history() {
+    let watched = WatchedDaemon::start();
+    let (daemon, addr, dial) = (watched.name(), watched.addr(), watched.dial());
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
@@ -999,7 +1044,6 @@ async fn cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history(ti
     );
     assert_user_agent(&fake);
 }
-tier_tests!(async cache_clear_prunes_an_idle_daemon_that_holds_a_failed_builds_history);
 
 fn now_nanos() -> u128 {
     SystemTime::now()
@@ -1194,19 +1238,16 @@ async fn a_deleted_pvc_a_pod_still_mounts_stays_terminating() {
 
 #[tokio::test]
 async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
-    // The real Engine behind a relay that answers ListenBuildHistory as a daemon without the
-    // history API does (UNIMPLEMENTED). The Engine, whatever the preferred tier: the daemon
-    // only has to build; what is tested is the client's fallback.
+    // A real BuildKit behind a relay that answers ListenBuildHistory as a daemon without the
+    // history API does (UNIMPLEMENTED): what is tested is the client's fallback.
+    let watched = WatchedDaemon::start();
     let fake = Scenario::new()
         .statefulset("amd64", 1, 1, None)
         .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial(
-            "buildkit-amd64-0",
-            without_build_history(pod_dial(Tier::Engine)),
-        )
+        .dial("buildkit-amd64-0", without_build_history(watched.dial()))
         .start()
         .await;
-    let client = Client::connect(Tier::Engine.addr().parse().unwrap(), &TlsOptions::default())
+    let client = Client::connect(watched.addr().parse().unwrap(), &TlsOptions::default())
         .await
         .unwrap();
     let build = start_busy_build(&client).await;
@@ -1770,7 +1811,9 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
         "{last}"
     );
     assert!(
-        last.contains("closed") || last.contains("connection"),
+        last.contains(
+            ": Solve failed: the daemon went away: the connection closed before the call finished"
+        ),
         "{last}"
     );
     assert_eq!(index_digest(&repo).await, None, "no index");

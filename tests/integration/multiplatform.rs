@@ -7,7 +7,7 @@ use std::process::Output;
 use pf_buildkit::registry::{self, ClientOptions};
 use serde_json::Value;
 
-use crate::util::{self, Tier, stderr, stdout};
+use crate::util::{self, Tier, stderr, stdout, unique_repo};
 
 fn registry_client() -> registry::Client {
     registry::Client::new(ClientOptions {
@@ -15,15 +15,6 @@ fn registry_client() -> registry::Client {
         ..Default::default()
     })
     .unwrap()
-}
-
-/// A repository name no other test (or earlier run) uses.
-fn unique_repo(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("pf-test/{what}-{nanos:x}")
 }
 
 fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {

@@ -5,7 +5,7 @@ use std::process::Output;
 
 use crate::relay;
 use crate::tls::Pki;
-use crate::util::{self, Tier, stderr, stdout};
+use crate::util::{self, Tier, assert_fails_with, stderr, stdout};
 
 async fn workers(args: &[&str]) -> Output {
     util::tokio_bin()
@@ -33,22 +33,6 @@ fn assert_lists_worker(out: &Output) {
         other => panic!("unexpected test architecture {other}"),
     };
     assert!(row.contains(arch), "worker row {row:?} lacks {arch}");
-}
-
-/// The one line of an error, and exit 1.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(out));
-    let err = stderr(out);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one line expected: {err}"
-    );
-    assert!(err.starts_with("pf-buildkit: "), "{err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in {err:?}");
-    }
-    assert!(stdout(out).is_empty(), "nothing on stdout on failure");
 }
 
 #[tokio::test]

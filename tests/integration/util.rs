@@ -235,3 +235,49 @@ pub fn assert_usage_error(out: &Output) -> String {
     assert!(text.starts_with("error: "), "{text}");
     text
 }
+
+/// Checks that `out` failed as a user should see it: exit 1, nothing on stdout (no result of a
+/// half-done job), and exactly one line on stderr, `pf-buildkit: …`. Returns that line.
+pub fn assert_one_line_failure(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.starts_with("pf-buildkit: "), "{err}");
+    err
+}
+
+/// [`assert_one_line_failure`], and the line holds each of `needles`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) -> String {
+    let err = assert_one_line_failure(out);
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+    err
+}
+
+/// A repository name (`pf-test/WHAT-…`) no other test, process or earlier run uses.
+pub fn unique_repo(what: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("pf-test/{what}-{nanos:x}-{:x}-{n}", std::process::id())
+}
+
+/// A plain reqwest client for a test's own raw HTTP calls (reqwest is built without a default
+/// crypto provider: the library configures ring itself; the test installs it process-wide).
+pub fn http_client(redirects: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder();
+    if !redirects {
+        b = b.redirect(reqwest::redirect::Policy::none());
+    }
+    b.build().unwrap()
+}

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-pub use portforward::{docker_engine, tcp, without_build_history};
+pub use portforward::{docker_engine, tcp, unix, without_build_history};
 
 /// The token of the `fake` context's user.
 pub const TOKEN: &str = "fake-token";

@@ -346,6 +346,17 @@ pub fn tcp(host_port: String) -> DialFn {
     })
 }
 
+/// Port-forwards to a daemon's unix socket (a test's private buildkitd).
+pub fn unix(socket: std::path::PathBuf) -> DialFn {
+    Arc::new(move |_port| {
+        let socket = socket.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(&socket).await?;
+            Ok(Box::pin(stream) as std::pin::Pin<Box<dyn Stream>>)
+        })
+    })
+}
+
 /// Port-forwards to the BuildKit `inner` reaches, as a daemon without the build history API
 /// would answer: `Control.ListenBuildHistory` is UNIMPLEMENTED, every other call reaches the
 /// real daemon (an HTTP/2 relay in between, per connection).
