@@ -87,7 +87,7 @@ pub enum ReceiveError {
 /// Receives a DiffCopy stream into `dest` (created if missing): directories, files, symlinks,
 /// hardlinks, FIFOs and (when permitted) devices, with modes and modification times. Existing
 /// files in `dest` that are not in the stream are kept ("merge" mode); uid and gid are left
-/// as the local user's. Every regular file is requested, at most [`REQUEST_WINDOW`] at a
+/// as the local user's. Every regular file is requested, at most `REQUEST_WINDOW` (256) at a
 /// time, in the order announced. Answers with FIN when all is written.
 ///
 /// # Errors
