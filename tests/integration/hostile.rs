@@ -91,6 +91,16 @@ async fn start_build(
     (build, call)
 }
 
+/// On a second FileSend stream, sends `name` as a symlink to `target` and finishes the
+/// stream; the client's FIN means the swap is applied in the destination.
+async fn swap_in_symlink(call: &mut DiffCopy, name: &str, target: &std::path::Path) {
+    call.send(stat(packets::symlink(name, target.to_str().unwrap())))
+        .await;
+    call.send(stats_end()).await;
+    assert!(until_fin(call).await.unwrap());
+    call.send(fin()).await;
+}
+
 /// Reads from a FileSend call until the client sends FIN (true) or ends the call (false).
 async fn until_fin(call: &mut DiffCopy) -> Result<bool, tonic::Status> {
     loop {
@@ -198,13 +208,8 @@ async fn r8_concurrent_streams_cannot_redirect_a_write() {
     a.send(stat(file("d/f", 4))).await;
     until_req(&mut a, 1).await;
 
-    let outside_dir = fx.outside.join("dir");
-    b.send(stat(packets::symlink("d", outside_dir.to_str().unwrap())))
-        .await;
-    b.send(stats_end()).await;
-    // B's FIN means its entries are applied: `d` is now the symlink.
-    assert!(until_fin(&mut b).await.unwrap());
-    b.send(fin()).await;
+    // Once B's FIN is in, `d` is the symlink.
+    swap_in_symlink(&mut b, "d", &fx.outside.join("dir")).await;
     b.close_send();
 
     a.send(data(1, &b"EVIL"[..])).await;
@@ -282,12 +287,7 @@ async fn r8_hardlink_through_a_swapped_directory() {
     // The REQ for d/f proves `a` is in place and `d` exists.
     until_req(&mut a, 2).await;
 
-    let outside_dir = fx.outside.join("dir");
-    b.send(stat(packets::symlink("d", outside_dir.to_str().unwrap())))
-        .await;
-    b.send(stats_end()).await;
-    assert!(until_fin(&mut b).await.unwrap());
-    b.send(fin()).await;
+    swap_in_symlink(&mut b, "d", &fx.outside.join("dir")).await;
 
     a.send(stat(packets::hardlink("d/l", "a"))).await;
     a.send(stats_end()).await;
@@ -313,12 +313,7 @@ async fn r8_hardlink_to_a_swapped_target() {
     a.send(stat(file("tz", 0))).await;
     until_req(&mut a, 1).await;
 
-    let marker = fx.outside.join("marker");
-    b.send(stat(packets::symlink("t", marker.to_str().unwrap())))
-        .await;
-    b.send(stats_end()).await;
-    assert!(until_fin(&mut b).await.unwrap());
-    b.send(fin()).await;
+    swap_in_symlink(&mut b, "t", &fx.outside.join("marker")).await;
 
     a.send(stat(packets::hardlink("u", "t"))).await;
     a.send(stats_end()).await;
