@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("pf-buildkit: {}", cli::format_error(&err));
+            eprintln!("pf-buildkit: {}", cli::error::format_error(&err));
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 mod build;
 mod daemon;
+pub mod error;
 mod fleet;
 mod live;
 mod manifest;
@@ -143,11 +144,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 pub fn print_line(line: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     writeln!(std::io::stdout().lock(), "{line}")
-}
-
-/// One line for an error: the message and its causes, each said once.
-pub fn format_error(err: &anyhow::Error) -> String {
-    pf_buildkit::error_chain(err.as_ref())
 }
 
 #[cfg(test)]

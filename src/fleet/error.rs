@@ -78,9 +78,7 @@ pub enum Error {
         code: Option<u16>,
     },
     /// No pod of an architecture can take builds.
-    #[error(
-        "no running and ready BuildKit pods for {arch} in namespace {namespace}; scale up first (pf-buildkit scale up --only {arch} --wait)"
-    )]
+    #[error("no running and ready BuildKit pods for {arch} in namespace {namespace}")]
     NoRunningPods {
         /// The architecture.
         arch: super::Arch,
