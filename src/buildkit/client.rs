@@ -162,7 +162,7 @@ impl Client {
             Ok(Err(status)) => Err(Error::probe(
                 &self.endpoint,
                 status,
-                self.dialer.hint_on_close(),
+                self.dialer.tls_without_client_certificate(),
             )),
             Ok(Ok(_)) => Ok(()),
         }
@@ -313,9 +313,11 @@ fn connect_error(endpoint: &str, err: &tonic::transport::Error) -> Error {
                     seconds: CONNECT_TIMEOUT.as_secs(),
                 };
             }
+            let (reason, tls) = describe_io_error(io);
             return Error::Connect {
                 endpoint: endpoint.to_owned(),
-                reason: describe_io_error(io),
+                reason,
+                tls,
             };
         }
         if e.to_string().contains("timed out") {
@@ -329,6 +331,7 @@ fn connect_error(endpoint: &str, err: &tonic::transport::Error) -> Error {
     Error::Connect {
         endpoint: endpoint.to_owned(),
         reason: err.to_string(),
+        tls: None,
     }
 }
 

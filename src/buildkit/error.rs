@@ -19,6 +19,8 @@ pub enum Error {
         endpoint: String,
         /// Why, in words a user can act on.
         reason: String,
+        /// The TLS problem behind it, when TLS is what failed.
+        tls: Option<TlsProblem>,
     },
     /// Connecting took longer than the connect timeout.
     #[error(
@@ -59,7 +61,35 @@ pub enum Error {
         /// The status the call ended with (not a `#[source]`: its text is already in `message`,
         /// and tonic's own rendering is meant for debugging).
         status: Box<tonic::Status>,
+        /// The TLS problem behind it, when TLS is what failed.
+        tls: Option<TlsProblem>,
     },
+}
+
+/// What TLS said when it is what ended a connection: the certificate material a user would
+/// change. `Error::tls_problem` gives it, so a caller can name its own way of setting that
+/// material (the binary names its flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The daemon's certificate is not signed by a trusted CA (the one given, or the
+    /// system's).
+    UnknownIssuer,
+    /// The daemon's certificate is not valid for the server name used.
+    WrongServerName,
+    /// The daemon refused the connection with a TLS alert, or closed it as soon as it was
+    /// open while no client certificate was offered: it most likely requires one (mTLS).
+    ClientCertificateWanted,
+}
+
+impl Error {
+    /// The TLS problem behind a failed connection or call, if TLS is what failed.
+    pub fn tls_problem(&self) -> Option<TlsProblem> {
+        match self {
+            Error::Connect { tls, .. } | Error::Rpc { tls, .. } => *tls,
+            _ => None,
+        }
+    }
 }
 
 /// The result type of the BuildKit client.
@@ -68,8 +98,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The connect probe (the first call on a new connection) failed. Only a peer that never
     /// answered HTTP/2 and gRPC at all is called "not BuildKit".
-    pub(crate) fn probe(endpoint: &str, status: tonic::Status, hint: Option<&str>) -> Self {
-        let message = match classify(&status) {
+    /// `closed_means_mtls`: the dialer offered TLS without a client certificate, so a peer
+    /// that closes at once most likely wants one (TLS 1.3 servers refuse a missing client
+    /// certificate after the handshake, and the alert can be lost when the close wins the
+    /// race).
+    pub(crate) fn probe(endpoint: &str, status: tonic::Status, closed_means_mtls: bool) -> Self {
+        let cause = classify(&status);
+        let mut tls = cause.tls_problem();
+        let message = match cause {
             Cause::Protocol(detail) => {
                 format!("the peer did not answer as a gRPC server: this is not BuildKit ({detail})")
             }
@@ -84,9 +120,9 @@ impl Error {
                 let mut message = format!(
                     "the peer closed the connection without answering as a gRPC server: this is not BuildKit, or it refused us ({detail})"
                 );
-                if let Some(hint) = hint {
-                    message.push_str("; ");
-                    message.push_str(hint);
+                if closed_means_mtls {
+                    message.push_str("; it may require a client certificate (mTLS)");
+                    tls = Some(TlsProblem::ClientCertificateWanted);
                 }
                 message
             }
@@ -97,17 +133,20 @@ impl Error {
             call: "connect",
             message,
             status: Box::new(status),
+            tls,
         }
     }
 
     /// Wraps a failed call with words that say what most likely happened.
     pub(crate) fn rpc(endpoint: &str, call: &'static str, status: tonic::Status) -> Self {
         let message = describe_status(&status);
+        let tls = classify(&status).tls_problem();
         Error::Rpc {
             endpoint: endpoint.to_owned(),
             call,
             message,
             status: Box::new(status),
+            tls,
         }
     }
 }
@@ -155,8 +194,8 @@ pub(crate) enum Cause {
     },
     /// The connection closed under the call (EOF, reset, broken pipe): the daemon went away.
     Closed(String),
-    /// A TLS alert or failure.
-    Tls(String),
+    /// A TLS alert or failure: what it says, and what the user would change, when known.
+    Tls(String, Option<TlsProblem>),
     /// Any other local failure of the HTTP/2 connection: the peer broke the protocol.
     Protocol(String),
 }
@@ -198,8 +237,17 @@ impl std::fmt::Display for Cause {
                 f,
                 "the daemon went away: the connection closed before the call finished ({detail})"
             ),
-            Cause::Tls(detail) => f.write_str(detail),
+            Cause::Tls(detail, _) => f.write_str(detail),
             Cause::Protocol(detail) => write!(f, "the HTTP/2 connection failed ({detail})"),
+        }
+    }
+}
+
+impl Cause {
+    fn tls_problem(&self) -> Option<TlsProblem> {
+        match self {
+            Cause::Tls(_, problem) => *problem,
+            _ => None,
         }
     }
 }
@@ -233,11 +281,11 @@ pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
                 return cause;
             }
         } else if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Cause::Tls(tls_message(tls));
+            return tls_cause(tls);
         }
         next = e.source();
     }
-    let text = crate::error_chain(err);
+    let text = chain_text(err);
     // h2 hands an I/O failure of the connection to each of its streams as a copy holding only
     // the kind and the text, so a TLS alert can reach a call with its type gone. This looks
     // at our own transport's text only: a daemon's status never gets here (see `classify`).
@@ -246,9 +294,10 @@ pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
             .split(|c: char| !c.is_ascii_alphanumeric())
             .next()
             .unwrap_or_default();
-        return Cause::Tls(format!(
-            "TLS: the daemon rejected the connection (alert {alert}); does it need a client certificate (--tlscert, --tlskey)?"
-        ));
+        return Cause::Tls(
+            format!("TLS: the daemon rejected the connection (alert {alert})"),
+            Some(TlsProblem::ClientCertificateWanted),
+        );
     }
     match closed {
         Some(detail) => Cause::Closed(detail),
@@ -256,11 +305,29 @@ pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> Cause {
     }
 }
 
+/// `err` and its sources as one text, for the search above and for a detail in
+/// [`Cause::Protocol`]: each message that adds something, joined by `: `.
+fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let message = e.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        next = e.source();
+    }
+    text.replace('\n', " ")
+}
+
 fn from_io(io: &std::io::Error) -> Option<Cause> {
     // io::Error's source() skips the error it wraps: look at that one first.
     if let Some(inner) = io.get_ref() {
         if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return Some(Cause::Tls(tls_message(tls)));
+            return Some(tls_cause(tls));
         }
         let cause = classify_error(inner);
         if !matches!(cause, Cause::Protocol(_)) {
@@ -309,14 +376,27 @@ fn is_closed_kind(kind: std::io::ErrorKind) -> bool {
     )
 }
 
-fn tls_message(err: &rustls::Error) -> String {
+/// What a TLS failure says, in words a user can act on, and what they would change.
+pub(crate) fn tls_cause(err: &rustls::Error) -> Cause {
+    use rustls::CertificateError;
     match err {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Cause::Tls(
+            "TLS: the daemon's certificate is not signed by the given CA".into(),
+            Some(TlsProblem::UnknownIssuer),
+        ),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => Cause::Tls(
+            "TLS: the daemon's certificate is not valid for this host name".into(),
+            Some(TlsProblem::WrongServerName),
+        ),
         // TLS 1.3 servers reject a missing or unknown client certificate after the handshake,
         // so it shows on the first call rather than while connecting.
-        rustls::Error::AlertReceived(alert) => format!(
-            "TLS: the daemon rejected the connection (alert {alert:?}); does it need a client certificate (--tlscert, --tlskey)?"
+        rustls::Error::AlertReceived(alert) => Cause::Tls(
+            format!("TLS: the daemon rejected the connection (alert {alert:?})"),
+            Some(TlsProblem::ClientCertificateWanted),
         ),
-        other => format!("TLS: {other}"),
+        other => Cause::Tls(format!("TLS: {other}"), None),
     }
 }
 

@@ -11,6 +11,7 @@ mod client;
 pub mod endpoint;
 mod error;
 pub mod fsutil;
+mod invalid;
 pub mod oci_layout;
 pub mod progress;
 pub mod proto;
@@ -26,7 +27,8 @@ pub use client::{
     Worker, format_platform,
 };
 pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TlsProblem};
+pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
 pub use scheme::{Scheme, SchemeError, register_scheme};
 pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
-pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsOptions};
+pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsFile, TlsOptions};

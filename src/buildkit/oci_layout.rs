@@ -97,6 +97,47 @@ pub enum LayoutError {
     },
 }
 
+impl LayoutError {
+    /// A copy of this error (`io::Error` is not `Clone`: an I/O cause keeps its kind, its OS
+    /// code when it has one, and its text).
+    fn duplicate(&self) -> LayoutError {
+        match self {
+            LayoutError::NotADirectory { path } => {
+                LayoutError::NotADirectory { path: path.clone() }
+            }
+            LayoutError::NotALayout { path, reason } => LayoutError::NotALayout {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            LayoutError::TagNotFound { path, tag } => LayoutError::TagNotFound {
+                path: path.clone(),
+                tag: tag.clone(),
+            },
+            LayoutError::BlobNotFound { path, digest } => LayoutError::BlobNotFound {
+                path: path.clone(),
+                digest: digest.clone(),
+            },
+            LayoutError::InvalidDigest(d) => LayoutError::InvalidDigest(d.clone()),
+            LayoutError::AlreadyExists { path, digest } => LayoutError::AlreadyExists {
+                path: path.clone(),
+                digest: digest.clone(),
+            },
+            LayoutError::ReadOnly { path } => LayoutError::ReadOnly { path: path.clone() },
+            LayoutError::Mismatch { path, reason } => LayoutError::Mismatch {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            LayoutError::Io { path, source } => LayoutError::Io {
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+        }
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
     move |source| LayoutError::Io {
         path: path.to_owned(),
@@ -194,7 +235,7 @@ pub struct LayoutStore {
     created: Mutex<Vec<PathBuf>>,
     /// The first write failure, kept so the build can report the path rather than the
     /// daemon's rewording of it.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<LayoutError>>,
 }
 
 impl LayoutStore {
@@ -466,18 +507,19 @@ impl LayoutStore {
     }
 
     /// Records a write failure the daemon was told about, so the build can name the path.
+    /// The daemon is told `err`'s words; the store keeps a copy of the first failure, typed.
     pub fn note_failure(&self, err: LayoutError) -> LayoutError {
         if let Ok(mut slot) = self.failure.lock()
             && slot.is_none()
         {
-            *slot = Some(err.to_string());
+            *slot = Some(err.duplicate());
         }
         err
     }
 
-    /// The first write failure, if any.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
+    /// Takes the first write failure, if any (a second call returns `None`).
+    pub fn take_failure(&self) -> Option<LayoutError> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
     }
 
     /// Removes every file and directory this store created (blobs, ingests, directories),

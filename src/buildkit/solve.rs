@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 use prost::Message;
 
 use super::Client;
+use super::invalid::{DestinationProblem, InvalidOptions};
+use super::oci_layout::LayoutError;
 use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
 use super::proto::control::VertexWarning;
 use super::proto::control::{
@@ -109,67 +111,58 @@ impl BuildOptions {
     /// # Errors
     /// [`BuildError::Invalid`] naming the first problem.
     pub fn validate(&self) -> Result<(), BuildError> {
-        let invalid = |m: String| Err(BuildError::Invalid(m));
+        self.check().map_err(BuildError::Invalid)
+    }
+
+    fn check(&self) -> Result<(), InvalidOptions> {
         if !self.context.is_dir() {
-            return invalid(format!(
-                "build context {} is not a directory",
-                self.context.display()
-            ));
+            return Err(InvalidOptions::ContextNotADirectory {
+                path: self.context.clone(),
+            });
         }
         let dockerfile = self.dockerfile_path();
-        if !dockerfile.is_file() {
-            return invalid(format!(
-                "Dockerfile {} does not exist (set --file)",
-                dockerfile.display()
-            ));
+        match std::fs::metadata(&dockerfile) {
+            Err(source) => {
+                return Err(InvalidOptions::Dockerfile {
+                    path: dockerfile,
+                    source,
+                });
+            }
+            Ok(meta) if !meta.is_file() => {
+                return Err(InvalidOptions::DockerfileNotAFile { path: dockerfile });
+            }
+            Ok(_) => {}
         }
         for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
             if !dir.is_dir() {
-                return invalid(format!(
-                    "local directory {name}: {} is not a directory",
-                    dir.display()
-                ));
+                return Err(InvalidOptions::LocalNotADirectory {
+                    name: name.clone(),
+                    path: dir.clone(),
+                });
             }
         }
         for (id, source) in &self.secrets {
-            if let Err(reason) = source.read() {
-                return invalid(format!("secret {id}: {reason}"));
-            }
+            source.read().map_err(|source| InvalidOptions::Secret {
+                id: id.clone(),
+                source,
+            })?;
         }
         for (id, socket) in &self.ssh {
             if !socket.exists() {
-                return invalid(format!(
-                    "ssh {id}: agent socket {} does not exist",
-                    socket.display()
-                ));
+                return Err(InvalidOptions::SshSocketMissing {
+                    id: id.clone(),
+                    path: socket.clone(),
+                });
             }
         }
         for output in &self.outputs {
             let Some(dest) = &output.dest else { continue };
-            let parent = match dest.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                _ => PathBuf::from("."),
-            };
-            if output.kind == "local" || output.is_layout_dir() {
-                if dest.exists() && !dest.is_dir() {
-                    return invalid(format!(
-                        "--output dest {} exists and is not a directory",
-                        dest.display()
-                    ));
+            destination_problem(output, dest).map_err(|problem| {
+                InvalidOptions::OutputDestination {
+                    path: dest.clone(),
+                    problem,
                 }
-            } else if !parent.is_dir() {
-                return invalid(format!(
-                    "--output dest {}: directory {} does not exist",
-                    dest.display(),
-                    parent.display()
-                ));
-            } else if dest.is_dir() {
-                return invalid(format!(
-                    "--output dest {} is a directory; type={} writes a file",
-                    dest.display(),
-                    output.kind
-                ));
-            }
+            })?;
         }
         Ok(())
     }
@@ -303,6 +296,29 @@ impl BuildOptions {
     }
 }
 
+/// Whether the exporter of `output` can write at `dest`: a directory output needs a directory
+/// or nothing there; a file output needs an existing parent directory and no directory there.
+fn destination_problem(output: &OutputSpec, dest: &Path) -> Result<(), DestinationProblem> {
+    if output.kind == "local" || output.is_layout_dir() {
+        if dest.exists() && !dest.is_dir() {
+            return Err(DestinationProblem::NotADirectory);
+        }
+        return Ok(());
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    match std::fs::metadata(&parent) {
+        Err(source) => Err(DestinationProblem::Parent { parent, source }),
+        Ok(meta) if !meta.is_dir() => Err(DestinationProblem::ParentNotADirectory { parent }),
+        Ok(_) if dest.is_dir() => Err(DestinationProblem::IsADirectory {
+            kind: output.kind.clone(),
+        }),
+        Ok(_) => Ok(()),
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
@@ -324,13 +340,28 @@ pub struct BuildResult {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The options are unusable; nothing was sent.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidOptions),
     /// A client-side content store (an OCI layout directory: local cache or layout output)
-    /// could not be written; the message names the path. What the build had written there
-    /// was taken back.
-    #[error("{0}")]
-    Store(String),
+    /// could not be written. What the build had written there was taken back.
+    #[error("cannot write to OCI layout {}", path.display())]
+    Store {
+        /// The layout directory.
+        path: PathBuf,
+        /// The first write that failed.
+        #[source]
+        source: LayoutError,
+    },
+    /// The daemon's answer about a content store it wrote is unusable (the descriptor to
+    /// record in `index.json` is missing or malformed). What the build had written there was
+    /// taken back.
+    #[error("OCI layout {}: {problem}", path.display())]
+    StoreAnswer {
+        /// The layout directory.
+        path: PathBuf,
+        /// What is wrong with the answer.
+        problem: &'static str,
+    },
     /// The Docker configuration could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -451,13 +482,14 @@ impl Client {
             Err(status) => {
                 // Nothing of a failed build stays in the user's layout directories.
                 stores.rollback();
-                if let Some(failure) = stores.failure() {
+                if let Some((path, source)) = stores.take_failure() {
+                    // The progress view's last words: the error and its cause as text.
                     let report = FailureReport {
-                        message: failure.clone(),
+                        message: format!("cannot write to OCI layout {}: {source}", path.display()),
                         ..Default::default()
                     };
                     progress.finish(&transfer, Some(&report));
-                    return Err(BuildError::Store(failure));
+                    return Err(BuildError::Store { path, source });
                 }
                 let mut report = failure_report(&status);
                 if let Some(reason) = session_failure {

@@ -1,15 +1,17 @@
-//! buildctl's CSV specs for `--output`, `--export-cache` and `--import-cache`, and the other
-//! `K=V` style build flags, parsed into typed values.
+//! buildctl's CSV specs for outputs, cache exports and imports, secrets and SSH agents
+//! (`type=…,k=v`), and `K=V` pairs, parsed into typed values. The binary reads its flags with
+//! these parsers; errors name the kind of spec, and the binary adds which flag held it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// A spec that could not be parsed; says which flag value and why.
+/// A spec that could not be parsed; says which kind of spec, the value, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value:?}: {reason}")]
 pub struct SpecError {
-    /// Which kind of value (`--output`, `--secret`, …).
+    /// Which kind of spec (`output spec`, `secret spec`, …, or what the caller of
+    /// [`parse_key_value`] named).
     pub what: &'static str,
     /// The value given, with credential-looking attributes (`secret_access_key=`,
     /// `token=`, …) masked: error messages end up in CI logs.
@@ -109,7 +111,7 @@ fn parse_kv_csv(what: &'static str, s: &str) -> Result<Vec<(String, String)>, Sp
     Ok(out)
 }
 
-/// One `--output`: an exporter and where the client puts its result.
+/// One output: an exporter and where the client puts its result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
     /// Exporter type: `image`, `local`, `tar`, `oci`, `docker`, `moby`.
@@ -135,7 +137,7 @@ impl FromStr for OutputSpec {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        const WHAT: &str = "--output";
+        const WHAT: &str = "output spec";
         let mut kind = None;
         let mut dest = None;
         let mut attrs = BTreeMap::new();
@@ -225,13 +227,13 @@ impl FromStr for OutputSpec {
 /// Whether a cache spec is for export or import (they accept different types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheDirection {
-    /// `--export-cache`.
+    /// A cache export (buildctl's `--export-cache`).
     Export,
-    /// `--import-cache`.
+    /// A cache import (buildctl's `--import-cache`).
     Import,
 }
 
-/// One `--export-cache` / `--import-cache` entry.
+/// One cache export or import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSpec {
     /// `registry`, `local`, `inline`, `s3`, `gha`, `azblob`.
@@ -249,8 +251,8 @@ impl CacheSpec {
     /// `dest`/`src` (local).
     pub fn parse(s: &str, direction: CacheDirection) -> Result<Self, SpecError> {
         let what = match direction {
-            CacheDirection::Export => "--export-cache",
-            CacheDirection::Import => "--import-cache",
+            CacheDirection::Export => "cache export spec",
+            CacheDirection::Import => "cache import spec",
         };
         if !s.contains('=') && !s.trim().is_empty() {
             return Ok(CacheSpec {
@@ -339,7 +341,7 @@ pub fn parse_key_value(what: &'static str, s: &str) -> Result<(String, String), 
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// A parsed `--secret id=ID[,src=PATH|,env=VAR]` (`source=` is accepted for `src=`). Unlike
+/// A parsed secret spec, `id=ID[,src=PATH|,env=VAR]` (`source=` is accepted for `src=`). Unlike
 /// buildctl, a source is required, so nothing is sent by accident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
@@ -354,7 +356,7 @@ impl FromStr for SecretSpec {
 
     fn from_str(s: &str) -> Result<Self, SpecError> {
         use crate::buildkit::session::SecretSource;
-        const WHAT: &str = "--secret";
+        const WHAT: &str = "secret spec";
         let mut id = None;
         let mut source = None;
         for (k, v) in parse_kv_csv(WHAT, s)? {
@@ -382,7 +384,7 @@ impl FromStr for SecretSpec {
     }
 }
 
-/// A parsed `--ssh default|ID[=SOCKET]`: `ID` alone means `$SSH_AUTH_SOCK`.
+/// A parsed SSH agent spec, `default|ID[=SOCKET]`: `ID` alone means `$SSH_AUTH_SOCK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshSpec {
     /// The id `RUN --mount=type=ssh,id=ID` names (`default` by default).
@@ -395,7 +397,7 @@ impl FromStr for SshSpec {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        const WHAT: &str = "--ssh";
+        const WHAT: &str = "ssh spec";
         let (id, socket) = match s.split_once('=') {
             Some((id, path)) => {
                 if path.contains(',') {
@@ -476,7 +478,7 @@ mod tests {
             "type=oci,dest=x,tar=maybe",
         ] {
             let err = bad.parse::<OutputSpec>().unwrap_err();
-            assert!(err.to_string().starts_with("invalid --output"), "{err}");
+            assert!(err.to_string().starts_with("invalid output spec"), "{err}");
         }
     }
 
@@ -539,10 +541,10 @@ mod tests {
     #[test]
     fn key_values() {
         assert_eq!(
-            parse_key_value("--build-arg", "A=b=c").unwrap(),
+            parse_key_value("build argument", "A=b=c").unwrap(),
             ("A".into(), "b=c".into())
         );
-        assert!(parse_key_value("--build-arg", "A").is_err());
-        assert!(parse_key_value("--build-arg", "=x").is_err());
+        assert!(parse_key_value("build argument", "A").is_err());
+        assert!(parse_key_value("build argument", "=x").is_err());
     }
 }

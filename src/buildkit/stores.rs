@@ -10,10 +10,11 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::invalid::{InvalidOptions, StoreRole};
 use super::oci_layout::{IndexName, LayoutError, LayoutStore, parse_digest};
 use super::solve::{BuildError, BuildOptions};
 
-/// The store id of an `--output type=oci,tar=false` directory (buildctl's).
+/// The store id of a `type=oci,tar=false` output directory (buildctl's).
 const EXPORT_STORE_ID: &str = "export";
 /// The exporter-response key holding the cache manifest's descriptor (JSON).
 const CACHE_MANIFEST_KEY: &str = "cache.manifest";
@@ -21,7 +22,7 @@ const CACHE_MANIFEST_KEY: &str = "cache.manifest";
 const IMAGE_DESCRIPTOR_KEY: &str = "containerimage.descriptor";
 /// The exporter-response key holding the image names (comma-separated).
 const IMAGE_NAME_KEY: &str = "image.name";
-/// The prefix of a named context served from an `--oci-layout` store.
+/// The prefix of a named context served from an OCI layout offered by name.
 const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
 
 /// The stores of one build.
@@ -35,16 +36,25 @@ pub(crate) struct BuildStores {
     oci_output: Option<Arc<LayoutStore>>,
 }
 
-fn invalid(message: String) -> BuildError {
-    BuildError::Invalid(message)
-}
-
-fn absolute_str(what: &str, path: &Path) -> Result<String, BuildError> {
+/// The store's path made absolute, as the string the daemon names it by.
+fn absolute_str(role: &StoreRole, path: &Path) -> Result<String, InvalidOptions> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     absolute
         .to_str()
         .map(str::to_owned)
-        .ok_or_else(|| invalid(format!("{what} {} is not valid UTF-8", path.display())))
+        .ok_or_else(|| InvalidOptions::NotUtf8 {
+            role: role.clone(),
+            path: path.to_owned(),
+        })
+}
+
+/// A store that cannot be used as `role`.
+fn unusable(role: &StoreRole, path: &Path) -> impl FnOnce(LayoutError) -> InvalidOptions {
+    move |source| InvalidOptions::Store {
+        role: role.clone(),
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl BuildStores {
@@ -55,7 +65,7 @@ impl BuildStores {
     /// a digest or tag the layout does not hold.
     pub(crate) fn prepare(
         options: &BuildOptions,
-    ) -> Result<(BuildOptions, BuildStores), BuildError> {
+    ) -> Result<(BuildOptions, BuildStores), InvalidOptions> {
         let mut resolved = options.clone();
         let mut stores = BuildStores::default();
 
@@ -64,11 +74,12 @@ impl BuildStores {
             .iter_mut()
             .filter(|c| c.kind == "local")
         {
+            let role = StoreRole::CacheExport;
             let dest = spec.attrs.get("dest").cloned().unwrap_or_default();
-            let path = absolute_str("--export-cache dest", Path::new(&dest))?;
+            let path = absolute_str(&role, Path::new(&dest))?;
             let store = Arc::new(
                 LayoutStore::for_writing(Path::new(&path))
-                    .map_err(|e| invalid(format!("--export-cache: {e}")))?,
+                    .map_err(unusable(&role, Path::new(&dest)))?,
             );
             let tag = spec
                 .attrs
@@ -85,10 +96,12 @@ impl BuildStores {
             .iter_mut()
             .filter(|c| c.kind == "local")
         {
+            let role = StoreRole::CacheImport;
             let src = spec.attrs.get("src").cloned().unwrap_or_default();
-            let path = absolute_str("--import-cache src", Path::new(&src))?;
-            let reader = LayoutStore::for_reading(Path::new(&path))
-                .map_err(|e| invalid(format!("--import-cache: {e}")))?;
+            let src = Path::new(&src);
+            let path = absolute_str(&role, src)?;
+            let reader =
+                LayoutStore::for_reading(Path::new(&path)).map_err(unusable(&role, src))?;
             let digest = match spec.attrs.get("digest") {
                 Some(d) => d.clone(),
                 None => {
@@ -97,12 +110,10 @@ impl BuildStores {
                         .get("tag")
                         .cloned()
                         .unwrap_or_else(|| "latest".into());
-                    descriptor_digest(&reader.resolve(&tag), "--import-cache")?
+                    descriptor_digest(reader.resolve(&tag), &role, src)?
                 }
             };
-            reader
-                .info(&digest)
-                .map_err(|e| invalid(format!("--import-cache: {e}")))?;
+            reader.info(&digest).map_err(unusable(&role, src))?;
             spec.attrs.insert("src".into(), path.clone());
             spec.attrs.insert("digest".into(), digest);
             // The same directory as a cache destination is one store, writable.
@@ -114,16 +125,13 @@ impl BuildStores {
 
         for output in resolved.outputs.iter_mut().filter(|o| o.is_layout_dir()) {
             if stores.oci_output.is_some() {
-                return Err(invalid(
-                    "only one --output type=oci,tar=false per build (the daemon names its store \"export\")"
-                        .into(),
-                ));
+                return Err(InvalidOptions::TwoLayoutOutputs);
             }
+            let role = StoreRole::LayoutOutput;
             let dest = output.dest.clone().unwrap_or_default();
-            let path = absolute_str("--output dest", &dest)?;
+            let path = absolute_str(&role, &dest)?;
             let store = Arc::new(
-                LayoutStore::for_writing(Path::new(&path))
-                    .map_err(|e| invalid(format!("--output: {e}")))?,
+                LayoutStore::for_writing(Path::new(&path)).map_err(unusable(&role, &dest))?,
             );
             output.dest = Some(PathBuf::from(&path));
             stores.by_id.insert(EXPORT_STORE_ID.into(), store.clone());
@@ -136,12 +144,10 @@ impl BuildStores {
                 || name.contains([':', '@', ','])
                 || name != &name.to_ascii_lowercase()
             {
-                return Err(invalid(format!(
-                    "--oci-layout name {name:?} must be a lower-case reference name (no ':' or '@')"
-                )));
+                return Err(InvalidOptions::OciLayoutName { name: name.clone() });
             }
-            let store = LayoutStore::for_reading(dir)
-                .map_err(|e| invalid(format!("--oci-layout {name}: {e}")))?;
+            let role = StoreRole::OciLayout { name: name.clone() };
+            let store = LayoutStore::for_reading(dir).map_err(unusable(&role, dir))?;
             let store = Arc::new(store);
             layouts.insert(name.clone(), store.clone());
             stores.by_id.insert(format!("oci:{name}"), store);
@@ -151,21 +157,30 @@ impl BuildStores {
                 continue;
             };
             let (name, tag, digest) = split_reference(reference);
-            let store = layouts.get(name).ok_or_else(|| {
-                invalid(format!(
-                    "{key}={value}: no --oci-layout {name}=DIR offers a layout named {name}"
-                ))
-            })?;
+            let store = layouts
+                .get(name)
+                .ok_or_else(|| InvalidOptions::UnknownOciLayout {
+                    key: key.clone(),
+                    value: value.clone(),
+                    name: name.to_owned(),
+                })?;
+            let role = StoreRole::OciLayout {
+                name: name.to_owned(),
+            };
             let digest = match digest {
                 Some(d) => {
-                    parse_digest(d).map_err(|e| invalid(format!("{key}={value}: {e}")))?;
+                    parse_digest(d).map_err(|source| InvalidOptions::OciLayoutDigest {
+                        key: key.clone(),
+                        value: value.clone(),
+                        source,
+                    })?;
                     d.to_owned()
                 }
-                None => descriptor_digest(&store.resolve(tag.unwrap_or("latest")), key)?,
+                None => {
+                    descriptor_digest(store.resolve(tag.unwrap_or("latest")), &role, store.root())?
+                }
             };
-            store
-                .info(&digest)
-                .map_err(|e| invalid(format!("{key}: {e}")))?;
+            store.info(&digest).map_err(unusable(&role, store.root()))?;
             *value = match tag {
                 Some(tag) => format!("{OCI_LAYOUT_SCHEME}{name}:{tag}@{digest}"),
                 None => format!("{OCI_LAYOUT_SCHEME}{name}@{digest}"),
@@ -180,10 +195,11 @@ impl BuildStores {
         if !self.cache_exports.is_empty() {
             match response.get(CACHE_MANIFEST_KEY) {
                 Some(json) => {
-                    let descriptor: Value = serde_json::from_str(json).map_err(|e| {
-                        invalid(format!(
-                            "the daemon's cache manifest descriptor is not JSON: {e}"
-                        ))
+                    let descriptor: Value = serde_json::from_str(json).map_err(|_| {
+                        self.answer_unusable(
+                            &self.cache_exports[0].0,
+                            "the daemon's cache manifest descriptor is not JSON",
+                        )
                     })?;
                     for (store, tag) in &self.cache_exports {
                         store
@@ -199,16 +215,15 @@ impl BuildStores {
         }
         if let Some(store) = &self.oci_output {
             let encoded = response.get(IMAGE_DESCRIPTOR_KEY).ok_or_else(|| {
-                invalid(format!(
-                    "the daemon reported no image descriptor for {}",
-                    store.root().display()
-                ))
+                self.answer_unusable(store, "the daemon reported no image descriptor")
             })?;
             let descriptor: Value = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .ok()
                 .and_then(|d| serde_json::from_slice(&d).ok())
-                .ok_or_else(|| invalid("the daemon's image descriptor is malformed".into()))?;
+                .ok_or_else(|| {
+                    self.answer_unusable(store, "the daemon's image descriptor is malformed")
+                })?;
             let names: Vec<IndexName> = match response.get(IMAGE_NAME_KEY) {
                 Some(names) => names
                     .split(',')
@@ -223,20 +238,27 @@ impl BuildStores {
         Ok(())
     }
 
-    fn write_failed(&self, store: &LayoutStore, err: LayoutError) -> BuildError {
+    fn write_failed(&self, store: &LayoutStore, source: LayoutError) -> BuildError {
         self.rollback();
-        invalid(format!(
-            "cannot update OCI layout {}: {err}",
-            store.root().display()
-        ))
+        BuildError::Store {
+            path: store.root().to_owned(),
+            source,
+        }
     }
 
-    /// The first write failure of any store, as one line naming the directory.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.by_id.values().find_map(|s| {
-            s.failure()
-                .map(|f| format!("cannot write to OCI layout {}: {f}", s.root().display()))
-        })
+    fn answer_unusable(&self, store: &LayoutStore, problem: &'static str) -> BuildError {
+        self.rollback();
+        BuildError::StoreAnswer {
+            path: store.root().to_owned(),
+            problem,
+        }
+    }
+
+    /// The first write failure of any store, with the directory of that store.
+    pub(crate) fn take_failure(&self) -> Option<(PathBuf, LayoutError)> {
+        self.by_id
+            .values()
+            .find_map(|s| s.take_failure().map(|f| (s.root().to_owned(), f)))
     }
 
     /// Takes back everything the build wrote into the stores.
@@ -247,17 +269,22 @@ impl BuildStores {
     }
 }
 
-/// The digest of an `index.json` entry.
-fn descriptor_digest(entry: &Result<Value, LayoutError>, what: &str) -> Result<String, BuildError> {
-    match entry {
-        Ok(descriptor) => descriptor
-            .get("digest")
-            .and_then(Value::as_str)
-            .filter(|d| parse_digest(d).is_ok())
-            .map(str::to_owned)
-            .ok_or_else(|| invalid(format!("{what}: an index.json entry has no valid digest"))),
-        Err(e) => Err(invalid(format!("{what}: {e}"))),
-    }
+/// The digest of an `index.json` entry of the store `path`, used as `role`.
+fn descriptor_digest(
+    entry: Result<Value, LayoutError>,
+    role: &StoreRole,
+    path: &Path,
+) -> Result<String, InvalidOptions> {
+    let descriptor = entry.map_err(unusable(role, path))?;
+    descriptor
+        .get("digest")
+        .and_then(Value::as_str)
+        .filter(|d| parse_digest(d).is_ok())
+        .map(str::to_owned)
+        .ok_or_else(|| InvalidOptions::NoDigest {
+            role: role.clone(),
+            path: path.to_owned(),
+        })
 }
 
 /// Splits `NAME[:TAG][@DIGEST]`.

@@ -19,6 +19,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::endpoint::{DockerHost, Endpoint};
+use super::error::{Cause, TlsProblem, tls_cause};
 
 /// A connected, bidirectional byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -66,14 +67,16 @@ pub trait Dialer: Send + Sync + 'static {
         None
     }
 
-    /// A hint added when the peer closes the connection before answering, e.g. that it may
-    /// want a client certificate.
-    fn hint_on_close(&self) -> Option<&'static str> {
-        None
+    /// Whether this dialer speaks TLS without offering a client certificate: a peer that
+    /// closes the connection before answering then most likely requires one (the error says
+    /// so, as [`super::TlsProblem::ClientCertificateWanted`]).
+    fn tls_without_client_certificate(&self) -> bool {
+        false
     }
 }
 
-/// TLS settings, as buildctl's `--tlscacert`, `--tlscert`, `--tlskey` and `--tlsservername`.
+/// TLS settings (in the binary, buildctl's `--tlscacert`, `--tlscert`, `--tlskey` and
+/// `--tlsservername`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
     /// PEM file of the CA that signs the daemon's certificate; the system roots when absent.
@@ -100,10 +103,10 @@ impl TlsOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
     /// A file could not be read.
-    #[error("cannot read {what} {path}")]
+    #[error("cannot read the {file} {}", path.display())]
     Read {
-        /// Which option the file was given for.
-        what: &'static str,
+        /// Which file of [`TlsOptions`] it is.
+        file: TlsFile,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -111,17 +114,17 @@ pub enum TlsConfigError {
         source: io::Error,
     },
     /// A file holds no usable PEM data.
-    #[error("{what} {path} holds no {expected}")]
+    #[error("the {file} {} holds no {expected}", path.display())]
     Pem {
-        /// Which option the file was given for.
-        what: &'static str,
+        /// Which file of [`TlsOptions`] it is.
+        file: TlsFile,
         /// The file.
         path: PathBuf,
         /// What the file should hold.
         expected: &'static str,
     },
     /// Only one half of the client identity was given.
-    #[error("mTLS needs both --tlscert and --tlskey")]
+    #[error("mTLS needs both a client certificate and its key")]
     HalfIdentity,
     /// rustls refused the material.
     #[error("invalid TLS material: {0}")]
@@ -132,6 +135,28 @@ pub enum TlsConfigError {
     /// TLS on a transport that does not support it.
     #[error("TLS options apply only to tcp:// addresses")]
     NotTcp,
+}
+
+/// One of the files of [`TlsOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFile {
+    /// [`TlsOptions::ca_cert`].
+    CaCertificate,
+    /// [`TlsOptions::cert`].
+    ClientCertificate,
+    /// [`TlsOptions::key`].
+    ClientKey,
+}
+
+impl fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFile::CaCertificate => "CA certificate",
+            TlsFile::ClientCertificate => "client certificate",
+            TlsFile::ClientKey => "client key",
+        })
+    }
 }
 
 /// A dialer for one built-in [`Endpoint`] (registered schemes make their own): opens raw
@@ -199,11 +224,10 @@ impl Dialer for EndpointDialer {
         self.endpoint.to_string()
     }
 
-    fn hint_on_close(&self) -> Option<&'static str> {
+    fn tls_without_client_certificate(&self) -> bool {
         // TLS 1.3 servers refuse a missing client certificate after the handshake, and the
         // alert can be lost when the close wins the race.
-        (self.tls.is_some() && !self.client_identity)
-            .then_some("if the daemon requires mTLS, pass --tlscert and --tlskey")
+        self.tls.is_some() && !self.client_identity
     }
 
     fn docker_host(&self) -> Option<&DockerHost> {
@@ -308,7 +332,7 @@ fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, TlsConfigErr
     let mut roots = rustls::RootCertStore::empty();
     match &opts.ca_cert {
         Some(path) => {
-            let certs = read_certs(path, "--tlscacert")?;
+            let certs = read_certs(path, TlsFile::CaCertificate)?;
             for cert in certs {
                 roots.add(cert)?;
             }
@@ -326,7 +350,7 @@ fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, TlsConfigErr
         .with_root_certificates(roots);
     let mut config = match (&opts.cert, &opts.key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "--tlscert")?;
+            let chain = read_certs(cert, TlsFile::ClientCertificate)?;
             let key = read_key(key)?;
             builder.with_client_auth_cert(chain, key)?
         }
@@ -338,25 +362,22 @@ fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, TlsConfigErr
     Ok(config)
 }
 
-fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsConfigError> {
+fn read_file(path: &Path, file: TlsFile) -> Result<Vec<u8>, TlsConfigError> {
     std::fs::read(path).map_err(|source| TlsConfigError::Read {
-        what,
+        file,
         path: path.to_owned(),
         source,
     })
 }
 
-fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let pem = read_file(path, what)?;
+fn read_certs(path: &Path, file: TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let pem = read_file(path, file)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsConfigError::Pem {
-            what,
+            file,
             path: path.to_owned(),
             expected: "PEM certificate",
         });
@@ -365,44 +386,37 @@ fn read_certs(
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
-    let pem = read_file(path, "--tlskey")?;
+    let pem = read_file(path, TlsFile::ClientKey)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsConfigError::Pem {
-        what: "--tlskey",
+        file: TlsFile::ClientKey,
         path: path.to_owned(),
         expected: "PEM private key",
     })
 }
 
-/// Describes why a connection attempt failed, in words a user can act on.
-pub(crate) fn describe_io_error(err: &io::Error) -> String {
+/// Describes why a connection attempt failed, in words a user can act on, with the TLS
+/// problem behind it when TLS is what failed.
+pub(crate) fn describe_io_error(err: &io::Error) -> (String, Option<TlsProblem>) {
     if let Some(refused) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<UpgradeRefused>())
     {
-        return refused.to_string();
+        return (refused.to_string(), None);
     }
     if let Some(tls) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
-        return match tls {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-                "TLS: the daemon's certificate is not signed by the given CA (--tlscacert)".into()
-            }
-            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-            | rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            ) => "TLS: the daemon's certificate is not valid for this host name (set --tlsservername)".into(),
-            rustls::Error::AlertReceived(alert) => {
-                format!("TLS: the daemon refused the handshake ({alert:?}); does it need a client certificate (--tlscert, --tlskey)?")
-            }
-            other => format!("TLS: {other}"),
+        return match tls_cause(tls) {
+            Cause::Tls(text, problem) => (text, problem),
+            other => (other.to_string(), None),
         };
     }
-    match err.kind() {
+    let text = match err.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused; is BuildKit running there?".into(),
         io::ErrorKind::NotFound => "no such socket; is BuildKit running there?".into(),
         io::ErrorKind::PermissionDenied => "permission denied opening the socket".into(),
         _ => err.to_string(),
-    }
+    };
+    (text, None)
 }

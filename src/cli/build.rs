@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use pf_buildkit::buildkit::progress::ProgressMode;
@@ -137,11 +138,11 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .map(|(name, dir)| (name, PathBuf::from(dir)))
             .collect();
         for spec in &args.secrets {
-            let secret: SecretSpec = spec.parse()?;
+            let secret: SecretSpec = spec.parse().context("--secret")?;
             options.secrets.insert(secret.id, secret.source);
         }
         for spec in &args.ssh {
-            let ssh: SshSpec = spec.parse()?;
+            let ssh: SshSpec = spec.parse().context("--ssh")?;
             let socket = match ssh.socket {
                 Some(socket) => socket,
                 None => std::env::var_os("SSH_AUTH_SOCK")
@@ -157,17 +158,19 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             options.ssh.insert(ssh.id, socket);
         }
         for spec in &args.outputs {
-            options.outputs.push(spec.parse::<OutputSpec>()?);
+            options
+                .outputs
+                .push(spec.parse::<OutputSpec>().context("--output")?);
         }
         for spec in &args.export_cache {
             options
                 .cache_exports
-                .push(CacheSpec::parse(spec, CacheDirection::Export)?);
+                .push(CacheSpec::parse(spec, CacheDirection::Export).context("--export-cache")?);
         }
         for spec in &args.import_cache {
             options
                 .cache_imports
-                .push(CacheSpec::parse(spec, CacheDirection::Import)?);
+                .push(CacheSpec::parse(spec, CacheDirection::Import).context("--import-cache")?);
         }
         options.validate()?;
         Ok(options)

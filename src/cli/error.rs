@@ -3,7 +3,10 @@
 //! flag. Library errors speak of values (a path, a pod, an architecture); only this module
 //! knows the command line, so the flag hints live here and nowhere in `pf_buildkit`.
 
-use pf_buildkit::fleet;
+use pf_buildkit::buildkit::{
+    self, BuildError, InvalidOptions, StoreRole, TlsConfigError, TlsFile, TlsProblem,
+};
+use pf_buildkit::{config, fleet, multiplatform, registry};
 
 /// One line for an error: the message and its causes, each said once, and a hint naming the
 /// flag or command that fixes it, when there is one.
@@ -41,8 +44,150 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = cause.downcast_ref::<fleet::Error>() {
             return fleet_hint(e);
         }
-        None
+        buildkit_hint(cause)
+            .or_else(|| registry_hint(cause))
+            .or_else(|| multiplatform_hint(cause))
     })
+}
+
+/// `cause` as a `T`, whether it is one or a `Box<T>` (a boxed `#[source]` is the box).
+fn as_error<'a, T: std::error::Error + 'static>(
+    cause: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    cause
+        .downcast_ref::<T>()
+        .or_else(|| cause.downcast_ref::<Box<T>>().map(|b| &**b))
+}
+
+/// Hints for the BuildKit client's errors: connecting (TLS) and the build's options.
+fn buildkit_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = as_error::<buildkit::Error>(cause) {
+        return connect_hint(e);
+    }
+    match as_error::<BuildError>(cause)? {
+        BuildError::Invalid(invalid) => options_hint(invalid),
+        BuildError::Rpc(e) => connect_hint(e),
+        _ => None,
+    }
+}
+
+/// The TLS flag that sets `file`.
+fn tls_flag(file: TlsFile) -> &'static str {
+    match file {
+        TlsFile::CaCertificate => "--tlscacert",
+        TlsFile::ClientCertificate => "--tlscert",
+        TlsFile::ClientKey => "--tlskey",
+        // A file the binary has no flag for: the flags together.
+        _ => "--tlscacert, --tlscert and --tlskey",
+    }
+}
+
+fn connect_hint(err: &buildkit::Error) -> Option<String> {
+    if let buildkit::Error::Tls(tls) = err {
+        return match tls {
+            TlsConfigError::Read { file, .. } | TlsConfigError::Pem { file, .. } => {
+                Some(format!("check {}", tls_flag(*file)))
+            }
+            TlsConfigError::HalfIdentity => Some("pass both --tlscert and --tlskey".into()),
+            TlsConfigError::ServerName(_) => Some("check --tlsservername".into()),
+            TlsConfigError::NotTcp => Some(
+                "--tlscacert, --tlscert, --tlskey and --tlsservername need a tcp:// --addr".into(),
+            ),
+            _ => None,
+        };
+    }
+    match err.tls_problem()? {
+        TlsProblem::UnknownIssuer => Some("check --tlscacert".into()),
+        TlsProblem::WrongServerName => {
+            Some("set --tlsservername to a name the daemon's certificate holds".into())
+        }
+        TlsProblem::ClientCertificateWanted => {
+            Some("if the daemon requires mTLS, pass --tlscert and --tlskey".into())
+        }
+        _ => None,
+    }
+}
+
+/// The flag and attribute that name a content store.
+fn store_flag(role: &StoreRole) -> String {
+    match role {
+        StoreRole::CacheExport => "--export-cache type=local,dest=DIR".into(),
+        StoreRole::CacheImport => "--import-cache type=local,src=DIR".into(),
+        StoreRole::LayoutOutput => "--output type=oci,dest=DIR,tar=false".into(),
+        StoreRole::OciLayout { name } => format!("--oci-layout {name}=DIR"),
+        _ => "--export-cache, --import-cache, --output and --oci-layout".into(),
+    }
+}
+
+fn options_hint(err: &InvalidOptions) -> Option<String> {
+    Some(match err {
+        InvalidOptions::ContextNotADirectory { .. } => "check --context".into(),
+        InvalidOptions::Dockerfile { .. } | InvalidOptions::DockerfileNotAFile { .. } => {
+            "give the Dockerfile's path with --file".into()
+        }
+        InvalidOptions::LocalNotADirectory { name, .. } => format!("check --local {name}=DIR"),
+        InvalidOptions::Secret { id, .. } => format!("check --secret id={id}"),
+        InvalidOptions::SshSocketMissing { id, .. } => format!("check --ssh {id}=SOCKET"),
+        InvalidOptions::OutputDestination { .. } => "check --output dest=".into(),
+        InvalidOptions::NotUtf8 { role, .. }
+        | InvalidOptions::Store { role, .. }
+        | InvalidOptions::NoDigest { role, .. } => format!("check {}", store_flag(role)),
+        InvalidOptions::TwoLayoutOutputs => "give at most one --output type=oci,tar=false".into(),
+        InvalidOptions::OciLayoutName { .. } => "check --oci-layout NAME=DIR".into(),
+        InvalidOptions::UnknownOciLayout { name, .. } => {
+            format!("offer it with --oci-layout {name}=DIR")
+        }
+        _ => return None,
+    })
+}
+
+fn registry_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    match as_error::<registry::Error>(cause)? {
+        registry::Error::Connect {
+            mismatch: Some(mismatch),
+            ..
+        } => match mismatch {
+            registry::ProtocolMismatch::PlainHttpAnswer => {
+                Some("pass --insecure-registry for a plain-HTTP registry".into())
+            }
+            registry::ProtocolMismatch::NotHttpAnswer => {
+                Some("if the registry needs HTTPS, drop --insecure-registry".into())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The multi-platform build wraps the errors above transparently: the chain skips them.
+fn multiplatform_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    match as_error::<multiplatform::Error>(cause)? {
+        multiplatform::Error::Options(build) => buildkit_hint(build),
+        multiplatform::Error::Registry(e) => registry_hint(e),
+        multiplatform::Error::Config(e) => config_hint(e),
+        multiplatform::Error::NoRegistry => Some("pass --registry HOST".into()),
+        multiplatform::Error::NoBuilder { arch }
+        | multiplatform::Error::NotInFleet { arch, .. } => {
+            Some(format!("pass --builder {arch}=ENDPOINT"))
+        }
+        multiplatform::Error::UnusedBuilder { arch } => {
+            Some(format!("add {arch} to --arch, or drop --builder {arch}=…"))
+        }
+        _ => None,
+    }
+}
+
+/// A missing `buildkit.json` field that a flag can stand in for.
+fn config_hint(err: &config::ConfigError) -> Option<String> {
+    match err {
+        config::ConfigError::Field { field, .. } if *field == "registry" => {
+            Some("or pass --registry HOST".into())
+        }
+        config::ConfigError::Field { field, .. } if *field == "cluster" => {
+            Some("or pass --builder ARCH=ENDPOINT for each architecture".into())
+        }
+        _ => None,
+    }
 }
 
 fn fleet_hint(err: &fleet::Error) -> Option<String> {

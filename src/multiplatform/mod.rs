@@ -165,8 +165,8 @@ impl From<crate::config::ConfigError> for Error {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is unusable; nothing was built.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// The build options are unusable (a missing context, an unreadable secret …).
     #[error(transparent)]
     Options(Box<BuildError>),
@@ -268,6 +268,49 @@ pub enum Error {
     },
 }
 
+/// What is unusable in a multi-platform build's request, named by its value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    /// The list of architectures is empty.
+    #[error("no architectures to build")]
+    NoArchitectures,
+    /// An architecture this build does not know.
+    #[error("unknown architecture {arch:?}; use one of {}", KNOWN_ARCHES.join(", "))]
+    UnknownArchitecture {
+        /// The architecture given.
+        arch: String,
+    },
+    /// An architecture listed twice.
+    #[error("architecture {arch} is given twice")]
+    DuplicateArchitecture {
+        /// The architecture.
+        arch: String,
+    },
+    /// A registry that is not `host[:port]`.
+    #[error("registry {registry:?} must be a host[:port] without a path")]
+    Registry {
+        /// The registry given.
+        registry: String,
+    },
+    /// A repository name the registry would refuse.
+    #[error(
+        "repository {repository:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app"
+    )]
+    Repository {
+        /// The repository given.
+        repository: String,
+    },
+    /// A tag the registry would refuse.
+    #[error(
+        "tag {tag:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+    )]
+    Tag {
+        /// The tag given.
+        tag: String,
+    },
+}
+
 impl MultiPlatformBuild {
     /// A build of `options` pushed to `registry/repository:tag`, daemons pushing.
     pub fn new(
@@ -305,42 +348,42 @@ impl MultiPlatformBuild {
     /// # Errors
     /// [`Error::Invalid`] naming the problem.
     pub fn validate(&self, arches: &[&str]) -> Result<(), Error> {
-        let invalid = |m: String| Err(Error::Invalid(m));
         if arches.is_empty() {
-            return invalid("no architectures to build".into());
+            return Err(InvalidRequest::NoArchitectures.into());
         }
-        for arch in arches {
-            if !KNOWN_ARCHES.contains(arch) {
-                return invalid(format!(
-                    "unknown architecture {arch:?}; use one of {}",
-                    KNOWN_ARCHES.join(", ")
-                ));
+        if let Some(arch) = arches.iter().find(|a| !KNOWN_ARCHES.contains(a)) {
+            return Err(InvalidRequest::UnknownArchitecture {
+                arch: (*arch).to_owned(),
             }
+            .into());
         }
         if let Some(dup) = arches
             .iter()
             .enumerate()
             .find_map(|(i, a)| arches[..i].contains(a).then_some(a))
         {
-            return invalid(format!("architecture {dup} is given twice"));
+            return Err(InvalidRequest::DuplicateArchitecture {
+                arch: (*dup).to_owned(),
+            }
+            .into());
         }
         if self.registry.is_empty() || self.registry.contains('/') {
-            return invalid(format!(
-                "registry {:?} must be a host[:port] without a path",
-                self.registry
-            ));
+            return Err(InvalidRequest::Registry {
+                registry: self.registry.clone(),
+            }
+            .into());
         }
         if !registry::valid_repository(&self.repository) {
-            return invalid(format!(
-                "repository {:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app",
-                self.repository
-            ));
+            return Err(InvalidRequest::Repository {
+                repository: self.repository.clone(),
+            }
+            .into());
         }
         if !registry::valid_tag(&self.tag) {
-            return invalid(format!(
-                "tag {:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
-                self.tag
-            ));
+            return Err(InvalidRequest::Tag {
+                tag: self.tag.clone(),
+            }
+            .into());
         }
         for arch in arches {
             // The per-architecture tag must be valid too.

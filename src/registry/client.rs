@@ -279,7 +279,7 @@ impl Client {
         let bytes = response.bytes().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
-            hint: String::new(),
+            mismatch: None,
             source,
         })?;
         let digest = sha256_digest(&bytes);
@@ -352,7 +352,7 @@ impl Client {
         let bytes = response.bytes().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
-            hint: String::new(),
+            mismatch: None,
             source,
         })?;
         verify_digest(

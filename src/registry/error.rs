@@ -31,14 +31,17 @@ pub enum Error {
     #[error("cannot set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     /// No HTTP answer (refused, dropped, not HTTP) even after retries.
-    #[error("cannot talk to registry {registry} (after {attempts} attempt(s)){hint}")]
+    #[error(
+        "cannot talk to registry {registry} (after {attempts} attempt(s)){}",
+        mismatch_text(mismatch)
+    )]
     Connect {
         /// The registry host.
         registry: String,
         /// Attempts made.
         attempts: u32,
-        /// What to try, when the failure suggests it (empty otherwise).
-        hint: String,
+        /// The registry speaks another protocol than the client, when that is what failed.
+        mismatch: Option<ProtocolMismatch>,
         /// The last failure.
         #[source]
         source: reqwest::Error,
@@ -137,7 +140,7 @@ pub enum Error {
         /// Second source.
         second: String,
     },
-    /// A `--platforms` entry that is not `os/arch[/variant]` with a known os and architecture.
+    /// A platform that is not `os/arch[/variant]` with a known os and architecture.
     #[error("invalid platform {platform:?}: {problem}")]
     InvalidPlatform {
         /// What was given.
@@ -173,6 +176,27 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+}
+
+/// HTTPS met plain HTTP, or the other way round: such failures are not retried, and the fix
+/// is the client's choice of protocol (`ClientOptions::insecure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolMismatch {
+    /// HTTPS was spoken and the registry answered in plain HTTP.
+    PlainHttpAnswer,
+    /// Plain HTTP was spoken and the answer was not HTTP (most often: TLS).
+    NotHttpAnswer,
+}
+
+fn mismatch_text(mismatch: &Option<ProtocolMismatch>) -> &'static str {
+    match mismatch {
+        Some(ProtocolMismatch::PlainHttpAnswer) => ": it answered HTTPS with plain HTTP",
+        Some(ProtocolMismatch::NotHttpAnswer) => {
+            ": it did not answer in HTTP (is it a registry? does it need HTTPS?)"
+        }
+        None => "",
+    }
 }
 
 fn retried(attempts: u32) -> String {

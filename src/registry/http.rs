@@ -17,7 +17,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::credentials::{Credential, DockerConfig};
-use super::error::Error;
+use super::error::{Error, ProtocolMismatch};
 
 /// How often and how long to retry a request that failed for a reason that may pass.
 #[derive(Debug, Clone)]
@@ -295,13 +295,13 @@ impl Transport {
                 let response = match builder.send().await {
                     Ok(response) => response,
                     Err(err) => {
-                        let hint = protocol_hint(&err, req.url.scheme());
+                        let mismatch = protocol_mismatch(&err, req.url.scheme());
                         // A protocol mismatch (HTTP to an HTTPS port and the like) stays so.
-                        let retry = hint.is_empty();
+                        let retry = mismatch.is_none();
                         let error = Error::Connect {
                             registry: registry.to_owned(),
                             attempts: attempt,
-                            hint,
+                            mismatch,
                             source: err,
                         };
                         return if retry {
@@ -353,7 +353,7 @@ impl Transport {
         let response = builder.send().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: 1,
-            hint: String::new(),
+            mismatch: None,
             source,
         })?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -509,7 +509,7 @@ impl Transport {
                     let error = Error::Connect {
                         registry: registry.to_owned(),
                         attempts: attempt,
-                        hint: String::new(),
+                        mismatch: None,
                         source,
                     };
                     return Attempt::Transient { error, wait: None };
@@ -542,7 +542,7 @@ impl Transport {
         let body = response.bytes().await.map_err(|source| Error::Connect {
             registry: registry.to_owned(),
             attempts: attempt,
-            hint: String::new(),
+            mismatch: None,
             source,
         })?;
         if !status.is_success() {
@@ -618,9 +618,9 @@ fn form_encode(s: &str) -> String {
     out
 }
 
-/// A suggestion when HTTPS met a plain-HTTP server or the other way round; such failures are
-/// not retried.
-fn protocol_hint(err: &reqwest::Error, scheme: &str) -> String {
+/// Whether HTTPS met a plain-HTTP server or the other way round; such failures are not
+/// retried. rustls and hyper say so only in their text, which reqwest keeps in the chain.
+fn protocol_mismatch(err: &reqwest::Error, scheme: &str) -> Option<ProtocolMismatch> {
     let mut source: Option<&dyn std::error::Error> = Some(err);
     let mut text = String::new();
     while let Some(e) = source {
@@ -631,12 +631,12 @@ fn protocol_hint(err: &reqwest::Error, scheme: &str) -> String {
     if scheme == "https"
         && (text.contains("InvalidContentType") || text.contains("corrupt message"))
     {
-        return ": it answered HTTPS with plain HTTP; pass --insecure-registry for a plain-HTTP registry".into();
+        return Some(ProtocolMismatch::PlainHttpAnswer);
     }
     if scheme == "http" && text.contains("invalid HTTP version") {
-        return ": it did not answer in HTTP (is it a registry? if it needs HTTPS, drop --insecure-registry)".into();
+        return Some(ProtocolMismatch::NotHttpAnswer);
     }
-    String::new()
+    None
 }
 
 /// 5xx that may pass, and 429.

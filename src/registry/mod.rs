@@ -31,7 +31,7 @@ pub use assemble::{
 };
 pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source};
 pub use credentials::{Credential, DockerConfig};
-pub use error::Error;
+pub use error::{Error, ProtocolMismatch};
 pub use http::RetryPolicy;
 pub use platform::{Platform, expand_template, has_placeholder, parse_platforms};
 pub use reference::{parse_reference, valid_repository, valid_tag};

@@ -191,6 +191,12 @@ struct Wanted {
     xattrs: Option<Box<Stat>>,
 }
 
+/// A file whose end arrived before the file was created to hold its data (an invariant of
+/// the receiver; the caller names the path).
+#[derive(Debug, thiserror::Error)]
+#[error("the file was never created")]
+struct NeverCreated;
+
 /// A regular file asked for, whose data is still coming.
 struct Pending {
     entry: Wanted,
@@ -681,7 +687,7 @@ impl Receiver {
             beneath::set_times_fd(&file, p.entry.mod_time)?;
         }
         let Some(from) = &p.parent else {
-            return Err(io::Error::other("the file was never created"));
+            return Err(io::Error::other(NeverCreated));
         };
         let (to, name) = self.root.parent(&p.entry.path)?;
         beneath::replace(from, &p.tmp, &to, name)?;

@@ -357,6 +357,12 @@ struct Opener {
     root_fd: rustix::fd::OwnedFd,
 }
 
+/// A path of the walk that is no longer a regular file when it is opened to be sent (it was
+/// replaced since the walk); the caller names the path.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file")]
+struct NotARegularFile;
+
 impl Opener {
     fn new(root: &Path) -> io::Result<Opener> {
         Ok(Opener {
@@ -400,7 +406,7 @@ impl Opener {
         let file = File::from(fd);
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::other("not a regular file"));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, NotARegularFile));
         }
         Ok((file, meta.len()))
     }

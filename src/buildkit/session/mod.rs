@@ -79,31 +79,62 @@ impl SecretSource {
     /// Reads the value.
     ///
     /// # Errors
-    /// A message naming the file or variable (never the value) when it cannot be read, is
-    /// missing, or is larger than [`MAX_SECRET_SIZE`].
-    pub fn read(&self) -> Result<Vec<u8>, String> {
+    /// [`SecretError`] naming the file or variable (never the value) when it cannot be read,
+    /// is missing, or is larger than [`MAX_SECRET_SIZE`].
+    pub fn read(&self) -> Result<Vec<u8>, SecretError> {
         match self {
             SecretSource::File(path) => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                let unreadable = |source| SecretError::Unreadable {
+                    path: path.clone(),
+                    source,
+                };
+                let file = std::fs::File::open(path).map_err(unreadable)?;
                 let mut data = Vec::new();
                 file.take(MAX_SECRET_SIZE + 1)
                     .read_to_end(&mut data)
-                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                    .map_err(unreadable)?;
                 if data.len() as u64 > MAX_SECRET_SIZE {
-                    return Err(format!(
-                        "secret file {} is larger than {} KiB",
-                        path.display(),
-                        MAX_SECRET_SIZE >> 10
-                    ));
+                    return Err(SecretError::TooLarge {
+                        path: path.clone(),
+                        limit_kib: MAX_SECRET_SIZE >> 10,
+                    });
                 }
                 Ok(data)
             }
             SecretSource::Env(var) => std::env::var_os(var)
                 .map(|v| v.into_encoded_bytes())
-                .ok_or_else(|| format!("environment variable {var} is not set")),
+                .ok_or_else(|| SecretError::EnvUnset { var: var.clone() }),
         }
     }
+}
+
+/// Why a secret's value cannot be read; names the file or variable, never the value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The file cannot be opened or read.
+    #[error("cannot read secret file {}", path.display())]
+    Unreadable {
+        /// The secret's file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than BuildKit accepts for one secret.
+    #[error("secret file {} is larger than {limit_kib} KiB", path.display())]
+    TooLarge {
+        /// The secret's file.
+        path: PathBuf,
+        /// The limit, in KiB.
+        limit_kib: u64,
+    },
+    /// The environment variable is not set.
+    #[error("environment variable {var} is not set")]
+    EnvUnset {
+        /// The variable's name.
+        var: String,
+    },
 }
 
 /// Where the client writes what one exporter sends back over the session.

@@ -117,9 +117,10 @@ async fn open_control(client: &Client, headers: &[(String, String)]) -> io::Resu
     // The response headers arrive once the daemon has accepted the session; its first bytes
     // (the h2 preface) follow, so waiting here does not delay anything.
     let response = control.session(request).await.map_err(|status| {
-        io::Error::other(format!(
-            "the daemon refused the session: {}",
-            crate::buildkit::error::describe_status(&status)
+        io::Error::other(crate::buildkit::Error::rpc(
+            client.endpoint(),
+            "Session",
+            status,
         ))
     })?;
     let inbound = response.into_inner();
