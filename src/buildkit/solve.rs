@@ -676,6 +676,157 @@ mod tests {
         o
     }
 
+    /// The `io::Error` somewhere under `err`.
+    fn io_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// A context directory with a Dockerfile, and options for it.
+    fn valid() -> (tempfile::TempDir, BuildOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let mut o = BuildOptions::new(dir.path());
+        o.registry_auth = false;
+        (dir, o)
+    }
+
+    #[test]
+    fn a_missing_dockerfile_is_named_with_its_io_error() {
+        let (dir, mut o) = valid();
+        let missing = dir.path().join("nope/Dockerfile");
+        o.dockerfile = Some(missing.clone());
+        let err = o.validate().unwrap_err();
+        let BuildError::Invalid(InvalidOptions::Dockerfile { path, source }) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &missing);
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            io_cause(&err).map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read the Dockerfile {}", missing.display())
+        );
+    }
+
+    #[test]
+    fn a_file_output_in_a_missing_directory_keeps_the_io_error() {
+        let (dir, mut o) = valid();
+        let dest = dir.path().join("no-such-dir/out.tar");
+        o.outputs
+            .push(format!("type=tar,dest={}", dest.display()).parse().unwrap());
+        let err = o.validate().unwrap_err();
+        let BuildError::Invalid(InvalidOptions::OutputDestination { path, problem }) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &dest);
+        let DestinationProblem::Parent { parent, .. } = problem else {
+            panic!("{problem:?}");
+        };
+        assert_eq!(parent, &dir.path().join("no-such-dir"));
+        assert_eq!(
+            io_cause(&err).map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert!(!err.to_string().contains("--"), "{err}");
+    }
+
+    #[test]
+    fn output_destinations_of_the_wrong_kind_say_which() {
+        let (dir, mut o) = valid();
+        let file = dir.path().join("Dockerfile");
+        o.outputs.push(
+            format!("type=local,dest={}", file.display())
+                .parse()
+                .unwrap(),
+        );
+        let err = o.validate().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BuildError::Invalid(InvalidOptions::OutputDestination {
+                    problem: DestinationProblem::NotADirectory,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        o.outputs = vec![
+            format!("type=tar,dest={}", dir.path().display())
+                .parse()
+                .unwrap(),
+        ];
+        let err = o.validate().unwrap_err();
+        let BuildError::Invalid(InvalidOptions::OutputDestination {
+            problem: DestinationProblem::IsADirectory { kind },
+            ..
+        }) = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(kind, "tar");
+    }
+
+    #[test]
+    fn a_cache_destination_that_is_a_file_is_a_typed_store_error() {
+        let (dir, mut o) = valid();
+        let file = dir.path().join("Dockerfile");
+        o.cache_exports.push(
+            CacheSpec::parse(
+                &format!("type=local,dest={}", file.display()),
+                super::super::spec::CacheDirection::Export,
+            )
+            .unwrap(),
+        );
+        o.validate().unwrap();
+        let err = BuildStores::prepare(&o).unwrap_err();
+        let InvalidOptions::Store { role, path, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(role, &crate::buildkit::StoreRole::CacheExport);
+        assert_eq!(path, &file);
+        assert!(
+            matches!(source, LayoutError::NotADirectory { .. }),
+            "{source:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("cannot use the cache export destination "),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"FROM scratch\n");
+    }
+
+    #[test]
+    fn an_unreadable_secret_keeps_its_io_error_and_never_its_value() {
+        let (dir, mut o) = valid();
+        let missing = dir.path().join("token");
+        o.secrets
+            .insert("tok".into(), SecretSource::File(missing.clone()));
+        let err = o.validate().unwrap_err();
+        let BuildError::Invalid(InvalidOptions::Secret { id, source }) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(id, "tok");
+        assert!(
+            matches!(source, super::super::session::SecretError::Unreadable { path, .. } if path == &missing),
+            "{source:?}"
+        );
+        assert_eq!(
+            io_cause(&err).map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+    }
+
     #[test]
     fn request_carries_attrs_exporters_and_caches() {
         let req = options().solve_request("ref1", "sess1");

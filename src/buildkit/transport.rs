@@ -420,3 +420,92 @@ pub(crate) fn describe_io_error(err: &io::Error) -> (String, Option<TlsProblem>)
     };
     (text, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `tcp://` endpoint; nothing is dialled.
+    fn endpoint() -> Endpoint {
+        "tcp://127.0.0.1:1234".parse().unwrap()
+    }
+
+    #[test]
+    fn an_unreadable_client_key_names_the_file_and_keeps_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        let key_path = dir.path().join("missing-key.pem");
+        let tls = TlsOptions {
+            cert: Some(cert_path),
+            key: Some(key_path.clone()),
+            ..TlsOptions::default()
+        };
+        let Err(err) = EndpointDialer::new(endpoint(), &tls) else {
+            panic!("a missing key was accepted");
+        };
+        let TlsConfigError::Read { file, path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*file, TlsFile::ClientKey);
+        assert_eq!(path, &key_path);
+        let io = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the I/O error is the source");
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            format!("cannot read the client key {}", key_path.display())
+        );
+    }
+
+    #[test]
+    fn half_an_identity_speaks_of_the_certificate_and_key_not_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsOptions {
+            key: Some(dir.path().join("key.pem")),
+            ..TlsOptions::default()
+        };
+        let Err(err) = EndpointDialer::new(endpoint(), &tls) else {
+            panic!("half an identity was accepted");
+        };
+        assert!(matches!(err, TlsConfigError::HalfIdentity), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "mTLS needs both a client certificate and its key"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_without_pem_says_what_it_should_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not PEM").unwrap();
+        let tls = TlsOptions {
+            ca_cert: Some(ca.clone()),
+            ..TlsOptions::default()
+        };
+        let Err(err) = EndpointDialer::new(endpoint(), &tls) else {
+            panic!("a CA file without PEM was accepted");
+        };
+        assert!(
+            matches!(
+                err,
+                TlsConfigError::Pem {
+                    file: TlsFile::CaCertificate,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the CA certificate {} holds no PEM certificate",
+                ca.display()
+            )
+        );
+    }
+}

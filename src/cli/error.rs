@@ -47,6 +47,7 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         buildkit_hint(cause)
             .or_else(|| registry_hint(cause))
             .or_else(|| multiplatform_hint(cause))
+            .or_else(|| as_error::<config::ConfigError>(cause).and_then(config_hint))
     })
 }
 
@@ -181,11 +182,11 @@ fn multiplatform_hint(cause: &(dyn std::error::Error + 'static)) -> Option<Strin
 fn config_hint(err: &config::ConfigError) -> Option<String> {
     match err {
         config::ConfigError::Field { field, .. } if *field == "registry" => {
-            Some("or pass --registry HOST".into())
+            Some("pass --registry HOST to give it explicitly".into())
         }
-        config::ConfigError::Field { field, .. } if *field == "cluster" => {
-            Some("or pass --builder ARCH=ENDPOINT for each architecture".into())
-        }
+        config::ConfigError::Field { field, .. } if *field == "cluster" => Some(
+            "pass --builder ARCH=ENDPOINT for each architecture to give builders explicitly".into(),
+        ),
         _ => None,
     }
 }
@@ -223,6 +224,175 @@ mod tests {
         let line = format_error(&err);
         assert!(
             line.ends_with("; scale up first: pf-buildkit scale up --only arm64 --wait"),
+            "{line}"
+        );
+    }
+
+    /// The line for `err`, checked to end with `; HINT`.
+    fn assert_hint(err: anyhow::Error, hint: &str) {
+        let line = format_error(&err);
+        assert!(line.ends_with(&format!("; {hint}")), "{line}");
+    }
+
+    fn tls_read(file: TlsFile) -> buildkit::Error {
+        buildkit::Error::Tls(TlsConfigError::Read {
+            file,
+            path: "/etc/x.pem".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
+    #[test]
+    fn an_unreadable_tls_file_names_its_flag() {
+        for (file, flag) in [
+            (TlsFile::CaCertificate, "--tlscacert"),
+            (TlsFile::ClientCertificate, "--tlscert"),
+            (TlsFile::ClientKey, "--tlskey"),
+        ] {
+            let err = anyhow::Error::new(tls_read(file));
+            let line = format_error(&err);
+            assert!(line.starts_with("cannot read the "), "{line}");
+            assert_hint(err, &format!("check {flag}"));
+        }
+    }
+
+    #[test]
+    fn half_an_identity_names_both_flags() {
+        let err = anyhow::Error::new(buildkit::Error::Tls(TlsConfigError::HalfIdentity));
+        assert_hint(err, "pass both --tlscert and --tlskey");
+    }
+
+    #[test]
+    fn a_tls_refusal_names_the_client_certificate_flags() {
+        let err = anyhow::Error::new(buildkit::Error::Connect {
+            endpoint: "tcp://localhost:1234".into(),
+            reason: "TLS: the daemon rejected the connection (alert CertificateRequired)".into(),
+            tls: Some(TlsProblem::ClientCertificateWanted),
+        });
+        assert_hint(
+            err,
+            "if the daemon requires mTLS, pass --tlscert and --tlskey",
+        );
+        let err = anyhow::Error::new(buildkit::Error::Connect {
+            endpoint: "tcp://localhost:1234".into(),
+            reason: "TLS: the daemon's certificate is not valid for this host name".into(),
+            tls: Some(TlsProblem::WrongServerName),
+        });
+        assert_hint(
+            err,
+            "set --tlsservername to a name the daemon's certificate holds",
+        );
+    }
+
+    #[test]
+    fn build_option_errors_name_their_flags() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cases: Vec<(InvalidOptions, &str)> = vec![
+            (
+                InvalidOptions::Dockerfile {
+                    path: "/ctx/Dockerfile".into(),
+                    source: io(),
+                },
+                "give the Dockerfile's path with --file",
+            ),
+            (
+                InvalidOptions::OutputDestination {
+                    path: "/x/out.tar".into(),
+                    problem: buildkit::DestinationProblem::Parent {
+                        parent: "/x".into(),
+                        source: io(),
+                    },
+                },
+                "check --output dest=",
+            ),
+            (
+                InvalidOptions::Store {
+                    role: StoreRole::CacheExport,
+                    path: "/cache".into(),
+                    source: buildkit::oci_layout::LayoutError::NotADirectory {
+                        path: "/cache".into(),
+                    },
+                },
+                "check --export-cache type=local,dest=DIR",
+            ),
+            (
+                InvalidOptions::UnknownOciLayout {
+                    key: "context:base".into(),
+                    value: "oci-layout://base:v1".into(),
+                    name: "base".into(),
+                },
+                "offer it with --oci-layout base=DIR",
+            ),
+            (
+                InvalidOptions::SshSocketMissing {
+                    id: "git".into(),
+                    path: "/run/agent.sock".into(),
+                },
+                "check --ssh git=SOCKET",
+            ),
+        ];
+        for (invalid, hint) in cases {
+            let line = invalid.to_string();
+            assert!(!line.contains("--"), "the library names no flag: {line}");
+            assert_hint(anyhow::Error::new(BuildError::Invalid(invalid)), hint);
+        }
+    }
+
+    #[test]
+    fn a_build_option_error_inside_the_multi_platform_build_gets_its_hint() {
+        let err = multiplatform::Error::Options(Box::new(BuildError::Invalid(
+            InvalidOptions::DockerfileNotAFile {
+                path: "/ctx/Dockerfile".into(),
+            },
+        )));
+        assert_hint(
+            anyhow::Error::new(err),
+            "give the Dockerfile's path with --file",
+        );
+        assert_hint(
+            anyhow::Error::new(multiplatform::Error::NoRegistry),
+            "pass --registry HOST",
+        );
+    }
+
+    #[test]
+    fn a_missing_config_field_names_the_flag_that_stands_in() {
+        let err = multiplatform::Error::Config(Box::new(config::ConfigError::Field {
+            path: "/repo/.buildkit/buildkit.json".into(),
+            field: "registry",
+            hint: "set it to the registry host images are pushed to, or give the registry explicitly",
+        }));
+        assert_hint(
+            anyhow::Error::new(err),
+            "pass --registry HOST to give it explicitly",
+        );
+    }
+
+    #[test]
+    fn a_registry_protocol_mismatch_names_insecure_registry() {
+        // A reqwest::Error to carry, made without any I/O.
+        let response = http::Response::builder()
+            .status(502)
+            .body(String::new())
+            .unwrap();
+        let source = reqwest::Response::from(response)
+            .error_for_status()
+            .unwrap_err();
+        let err = registry::Error::Connect {
+            registry: "127.0.0.1:5000".into(),
+            attempts: 1,
+            mismatch: Some(registry::ProtocolMismatch::PlainHttpAnswer),
+            source,
+        };
+        let line = format_error(&anyhow::Error::new(err));
+        assert!(
+            line.starts_with(
+                "cannot talk to registry 127.0.0.1:5000 (after 1 attempt(s)): it answered HTTPS with plain HTTP"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; pass --insecure-registry for a plain-HTTP registry"),
             "{line}"
         );
     }

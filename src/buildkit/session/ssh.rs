@@ -25,11 +25,9 @@ pub(super) struct SshService {
 impl SshService {
     fn socket(&self, id: &str) -> Result<&PathBuf, tonic::Status> {
         let id = if id.is_empty() { "default" } else { id };
-        self.agents.get(id).ok_or_else(|| {
-            tonic::Status::not_found(format!(
-                "no SSH agent for id {id}; pass --ssh {id}[=SOCKET]"
-            ))
-        })
+        self.agents
+            .get(id)
+            .ok_or_else(|| tonic::Status::not_found(format!("no SSH agent is offered for id {id}")))
     }
 }
 
