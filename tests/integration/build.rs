@@ -315,7 +315,10 @@ fn bad_input_is_one_line_and_exit_1() {
             ],
             "PF_TEST_SURELY_UNSET_VAR is not set",
         ),
-        (vec!["--ssh".into(), "x=/a,/b".into()], "invalid --ssh"),
+        (
+            vec!["--ssh".into(), "x=/a,/b".into()],
+            "--ssh: invalid ssh spec",
+        ),
         (
             vec!["--ssh".into(), format!("k={}", missing.display())],
             "agent socket",
@@ -337,7 +340,7 @@ fn bad_input_is_one_line_and_exit_1() {
                 "--file".into(),
                 missing.join("Dockerfile").display().to_string(),
             ],
-            "does not exist",
+            "No such file or directory (os error 2); give the Dockerfile's path with --file",
         ),
     ];
     for (extra, expected) in cases {

@@ -888,6 +888,11 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
     );
 
     assert!(err.contains("did not answer in HTTP"), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("; if the registry needs HTTPS, drop --insecure-registry"),
+        "{err}"
+    );
 
     // HTTPS to a plain-HTTP registry: no retries, and a hint.
     let out = run_bin(
@@ -903,9 +908,12 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
     .await;
     let err = assert_one_line_failure(&out);
     assert!(
-        err.contains(
-            "(after 1 attempt(s)): it answered HTTPS with plain HTTP; pass --insecure-registry"
-        ),
+        err.contains("(after 1 attempt(s)): it answered HTTPS with plain HTTP"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end()
+            .ends_with("; pass --insecure-registry for a plain-HTTP registry"),
         "{err}"
     );
 
