@@ -77,8 +77,9 @@ pub enum InvalidOptions {
         path: PathBuf,
     },
     /// A content store (cache destination or source, layout output, named layout) cannot
-    /// be opened, or does not hold the tag or digest asked for.
-    #[error("cannot use {role} {}", path.display())]
+    /// be opened, or does not hold the tag or digest asked for. (The text leaves the path to
+    /// the source, which names it.)
+    #[error("cannot use {role}")]
     Store {
         /// Which store.
         role: StoreRole,

@@ -798,10 +798,10 @@ mod tests {
             matches!(source, LayoutError::NotADirectory { .. }),
             "{source:?}"
         );
-        assert!(
-            err.to_string()
-                .starts_with("cannot use the cache export destination "),
-            "{err}"
+        assert_eq!(err.to_string(), "cannot use the cache export destination");
+        assert_eq!(
+            source.to_string(),
+            format!("{} is not a directory", file.display())
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"FROM scratch\n");
     }
