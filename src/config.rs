@@ -48,16 +48,13 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file is not valid JSON, or a field has the wrong type.
-    #[error("{path} is not valid: {message} at line {line}, column {column}")]
+    #[error("{path} is not valid")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What the parser found.
-        message: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
+        /// What the parser found, and where (its text gives the line and column).
+        #[source]
+        source: serde_json::Error,
     },
     /// A field the command needs is missing or empty.
     #[error("{path}: \"{field}\" is missing or empty; {hint}")]
@@ -194,16 +191,9 @@ impl BuildkitConfig {
             });
         }
         let mut config: BuildkitConfig =
-            serde_json::from_str(&text).map_err(|e| ConfigError::Invalid {
+            serde_json::from_str(&text).map_err(|source| ConfigError::Invalid {
                 path: path.to_owned(),
-                message: e
-                    .to_string()
-                    .split(" at line")
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-                line: e.line(),
-                column: e.column(),
+                source,
             })?;
         config.path = path.to_owned();
         Ok(config)
@@ -367,8 +357,13 @@ mod tests {
                 .contains("is empty")
         );
         write(tmp.path(), "buildkit.json", "{\"registry\": ");
-        let err = BuildkitConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("not valid") && err.contains("line 1"), "{err}");
+        let err = BuildkitConfig::load(&path).unwrap_err();
+        assert_eq!(err.to_string(), format!("{} is not valid", path.display()));
+        // The parser's error is the source, with where it stopped.
+        let ConfigError::Invalid { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!((source.line(), source.column()), (1, 13), "{source}");
         write(tmp.path(), "buildkit.json", "{\"registry\": 5}");
         assert!(
             BuildkitConfig::load(&path)
