@@ -451,4 +451,22 @@ mod tests {
         assert!(matches!(cause, Cause::Closed(_)), "{cause:?}");
         assert!(describe_status(&status).starts_with("the daemon went away"));
     }
+
+    #[test]
+    fn a_tls_alert_known_only_by_its_text_is_a_client_certificate_problem() {
+        // What h2 hands each stream: the I/O error's kind and text, its type gone.
+        let io = std::io::Error::other("received fatal alert: CertificateRequired");
+        let status = tonic::Status::from_error(Box::new(io));
+        let cause = classify(&status);
+        assert_eq!(
+            cause,
+            Cause::Tls(
+                "TLS: the daemon rejected the connection (alert CertificateRequired)".into(),
+                Some(TlsProblem::ClientCertificateWanted)
+            )
+        );
+        let err = Error::rpc("tcp://localhost:1234", "ListWorkers", status);
+        assert_eq!(err.tls_problem(), Some(TlsProblem::ClientCertificateWanted));
+        assert!(!err.to_string().contains("--"), "{err}");
+    }
 }

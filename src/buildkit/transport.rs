@@ -214,7 +214,7 @@ impl Dialer for EndpointDialer {
                 Endpoint::Docker(host) => docker_upgrade(&host, "/grpc", &[]).await,
                 Endpoint::Registered { scheme, .. } => Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    format!("{scheme}:// endpoints are dialled by their registered scheme"),
+                    DialledByScheme { scheme },
                 )),
             }
         })
@@ -236,6 +236,13 @@ impl Dialer for EndpointDialer {
             _ => None,
         }
     }
+}
+
+/// A registered scheme's endpoint given to the built-in dialer, which cannot dial it.
+#[derive(Debug, thiserror::Error)]
+#[error("{scheme}:// endpoints are dialled by their registered scheme")]
+struct DialledByScheme {
+    scheme: String,
 }
 
 /// Opens a connection to the Docker Engine API and upgrades `POST {path}` to a raw stream

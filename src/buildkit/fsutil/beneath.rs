@@ -27,17 +27,28 @@ const LOOKUP_ONLY: OFlags = OFlags::PATH;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const LOOKUP_ONLY: OFlags = OFlags::RDONLY;
 
+/// Why a path or link was refused; carried in an `io::Error` of the kind that fits.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// Not a clean relative path (the reason says what is in it).
+    #[error("{0}")]
+    BadName(&'static str),
+    /// A symlink (or an escape) met while resolving a path under the root.
+    #[error("refused: a symlink on the path could lead outside the destination")]
+    Symlink,
+    /// A hard link's target was replaced by something other than a regular file.
+    #[error("the link target is no longer a regular file")]
+    LinkTargetReplaced,
+}
+
 /// Why a path was refused before any system call: it is not a clean relative path.
-fn bad_name(reason: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, reason.to_owned())
+fn bad_name(reason: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, Refused::BadName(reason))
 }
 
 /// The error for a symlink (or an escape) met while resolving a path under the root.
 fn refused() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        "refused: a symlink on the path could lead outside the destination",
-    )
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused::Symlink)
 }
 
 /// Maps the errors a confined resolution gives for a symlink or an escape to [`refused`].
@@ -237,7 +248,7 @@ pub(super) fn hard_link(
     ) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the link target is no longer a regular file",
+            Refused::LinkTargetReplaced,
         ));
     }
     rustix::fs::linkat(from_dir, from_name, dir, name, AtFlags::empty())?;
