@@ -227,7 +227,7 @@ pub enum Error {
         source: Box<crate::fleet::Error>,
     },
     /// One architecture failed; the others were cancelled.
-    #[error("{arch} (on {builder}): {source}")]
+    #[error("{arch} (on {builder})")]
     Arch {
         /// The architecture.
         arch: String,
@@ -681,9 +681,17 @@ mod tests {
             (&["amd64", "amd64"][..], "given twice"),
             (&[][..], "no architectures"),
         ] {
-            let err = b.validate(arches).unwrap_err().to_string();
+            let err = b.validate(arches).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+            let err = err.to_string();
             assert!(err.contains(needle), "{err}");
         }
+        let Err(Error::Invalid(InvalidRequest::UnknownArchitecture { arch })) =
+            b.validate(&["sparc"])
+        else {
+            panic!("sparc was accepted");
+        };
+        assert_eq!(arch, "sparc");
         for (repository, tag, flag) in [
             ("Team/App", "v1", "repository \"Team/App\""),
             ("team/a..b", "v1", "repository \"team/a..b\""),
