@@ -79,9 +79,13 @@ pub enum ReceiveError {
     /// The outgoing stream is gone (the call ended).
     #[error("the file transfer stream was closed while receiving")]
     OutgoingClosed,
-    /// A task of the transfer panicked or was cancelled.
+    /// A task of the transfer panicked or was cancelled. (Its text is in the message, as
+    /// the other causes here: the message is what travels to the peer.)
     #[error("the file transfer was interrupted: {0}")]
-    Interrupted(String),
+    Interrupted(tokio::task::JoinError),
+    /// A task of the transfer panicked while holding a lock the others share (named).
+    #[error("the file transfer was interrupted: a task panicked holding the {0}")]
+    Poisoned(&'static str),
 }
 
 /// Receives a DiffCopy stream into `dest` (created if missing): directories, files, symlinks,
@@ -153,12 +157,12 @@ where
     });
     let result = applier
         .await
-        .map_err(|e| ReceiveError::Interrupted(e.to_string()))
+        .map_err(ReceiveError::Interrupted)
         .and_then(|r| r);
     // The applier dropped its end of the queue; the forwarder drains what is left.
     let forwarded = forwarder
         .await
-        .map_err(|e| ReceiveError::Interrupted(e.to_string()))
+        .map_err(ReceiveError::Interrupted)
         .and_then(|r| r);
     pump.abort();
     result?;

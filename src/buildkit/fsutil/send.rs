@@ -78,9 +78,13 @@ pub enum SendError {
     /// The outgoing stream is gone (the call ended).
     #[error("the file transfer stream was closed while sending")]
     OutgoingClosed,
-    /// A task of the transfer panicked or was cancelled.
+    /// A task of the transfer panicked or was cancelled. (Its text is in the message, as
+    /// the other causes here: the message is what travels to the peer.)
     #[error("the file transfer was interrupted: {0}")]
-    Interrupted(String),
+    Interrupted(tokio::task::JoinError),
+    /// A task of the transfer panicked while holding a lock the others share (named).
+    #[error("the file transfer was interrupted: a task panicked holding the {0}")]
+    Poisoned(&'static str),
 }
 
 impl From<WalkError> for SendError {
@@ -235,7 +239,7 @@ where
                 // exactly one of them sleeps in the channel.
                 let job = job_rx
                     .lock()
-                    .map_err(|_| SendError::Interrupted("job queue poisoned".into()))?
+                    .map_err(|_| SendError::Poisoned("job queue"))?
                     .blocking_recv();
                 let Some((id, rel)) = job else {
                     return Ok(());
@@ -256,7 +260,7 @@ where
                     Ok(PacketType::PacketReq) => {
                         let path = files
                             .lock()
-                            .map_err(|_| SendError::Interrupted("file table poisoned".into()))?
+                            .map_err(|_| SendError::Poisoned("file table"))?
                             .remove(&packet.id);
                         let Some(path) = path else {
                             return Err(SendError::UnknownFileId(packet.id));
@@ -273,11 +277,11 @@ where
                 }
             }
             res = &mut walker, if !walk_done => {
-                res.map_err(|e| SendError::Interrupted(e.to_string()))??;
+                res.map_err(SendError::Interrupted)??;
                 walk_done = true;
             }
             Some(res) = workers.join_next() => {
-                res.map_err(|e| SendError::Interrupted(e.to_string()))??;
+                res.map_err(SendError::Interrupted)??;
             }
         }
     }
@@ -285,12 +289,10 @@ where
     // FIN: the receiver has everything it asked for. Let the pool and the walk finish.
     drop(job_tx);
     while let Some(res) = workers.join_next().await {
-        res.map_err(|e| SendError::Interrupted(e.to_string()))??;
+        res.map_err(SendError::Interrupted)??;
     }
     if !walk_done {
-        walker
-            .await
-            .map_err(|e| SendError::Interrupted(e.to_string()))??;
+        walker.await.map_err(SendError::Interrupted)??;
     }
     outgoing
         .send(Packet {
