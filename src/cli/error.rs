@@ -182,11 +182,11 @@ fn multiplatform_hint(cause: &(dyn std::error::Error + 'static)) -> Option<Strin
 fn config_hint(err: &config::ConfigError) -> Option<String> {
     match err {
         config::ConfigError::Field { field, .. } if *field == "registry" => {
-            Some("pass --registry HOST to give it explicitly".into())
+            Some("on the command line: --registry HOST".into())
         }
-        config::ConfigError::Field { field, .. } if *field == "cluster" => Some(
-            "pass --builder ARCH=ENDPOINT for each architecture to give builders explicitly".into(),
-        ),
+        config::ConfigError::Field { field, .. } if *field == "cluster" => {
+            Some("on the command line: --builder ARCH=ENDPOINT for each architecture".into())
+        }
         _ => None,
     }
 }
@@ -364,7 +364,7 @@ mod tests {
         }));
         assert_hint(
             anyhow::Error::new(err),
-            "pass --registry HOST to give it explicitly",
+            "on the command line: --registry HOST",
         );
     }
 
