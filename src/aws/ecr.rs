@@ -142,10 +142,10 @@ impl EcrCredentials {
         let region = host.region.clone();
         let fetched = tokio::time::timeout(LOOKUP_DEADLINE, fetch(&mut state, host))
             .await
-            .map_err(|_| AwsError::Unreachable {
+            .map_err(|_| AwsError::NoAnswer {
                 call: CALL,
                 region: region.clone(),
-                reason: format!("no answer within {} s", LOOKUP_DEADLINE.as_secs()),
+                waited: LOOKUP_DEADLINE,
             })??;
         // A token that is already stale (moto's are dated 2015) is used once, not kept.
         if fetched
@@ -233,14 +233,14 @@ pub(crate) fn call_error<E>(
     err: SdkError<E, aws_smithy_runtime_api::http::Response>,
 ) -> AwsError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let region = region.to_owned();
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => AwsError::Unreachable {
             call,
             region,
-            reason: crate::error_chain(&err),
+            source: Box::new(err),
         },
         SdkError::ServiceError(service) => {
             // Some endpoints (and stand-ins such as moto) answer auth failures in the query
@@ -283,10 +283,10 @@ where
                 },
             }
         }
-        _ => AwsError::Call {
+        _ => AwsError::Sdk {
             call,
             region,
-            reason: crate::error_chain(&err),
+            source: Box::new(err),
         },
     }
 }

@@ -355,10 +355,10 @@ impl EksTokenSource {
         }
         let made = tokio::time::timeout(LOOKUP_DEADLINE, self.make())
             .await
-            .map_err(|_| AwsError::Unreachable {
+            .map_err(|_| AwsError::NoAnswer {
                 call: CALL,
                 region: self.request.region.clone().unwrap_or_default(),
-                reason: format!("no credentials within {} s", LOOKUP_DEADLINE.as_secs()),
+                waited: LOOKUP_DEADLINE,
             })??;
         *self
             .current

@@ -166,7 +166,7 @@ impl CredentialCache {
         let creds = provider
             .provide_credentials()
             .await
-            .map_err(|err| credentials_error(call, &err))?;
+            .map_err(|err| credentials_error(call, err))?;
         *held = Some(creds.clone());
         Ok(creds)
     }
@@ -180,17 +180,14 @@ pub(crate) fn still_good(expiry: Option<SystemTime>, now: SystemTime) -> bool {
     }
 }
 
-/// Maps a credential chain failure to its message.
-pub(crate) fn credentials_error(call: &'static str, err: &CredentialsError) -> AwsError {
+/// Maps a credential chain failure: nothing found anywhere, or a source that failed.
+pub(crate) fn credentials_error(call: &'static str, err: CredentialsError) -> AwsError {
     match err {
         CredentialsError::CredentialsNotLoaded(_) => AwsError::NoCredentials {
             call,
             looked: chain_description(),
         },
-        other => AwsError::CredentialsFailed {
-            call,
-            reason: crate::error_chain(other),
-        },
+        source => AwsError::CredentialsFailed { call, source },
     }
 }
 

@@ -50,6 +50,10 @@ fn fleet_hint(err: &fleet::Error) -> Option<String> {
         fleet::Error::NoRunningPods { arch, .. } => Some(format!(
             "scale up first: pf-buildkit scale up --only {arch} --wait"
         )),
+        // Advice that names a program the library does not use: the binary's to give.
+        fleet::Error::ScaleUpTimeout { namespace, .. } => Some(format!(
+            "check the pods with `kubectl get pods -n {namespace}`"
+        )),
         _ => None,
     }
 }
@@ -79,6 +83,19 @@ mod tests {
         assert!(
             line.ends_with("; scale up first: pf-buildkit scale up --only arm64 --wait"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_scale_up_timeout_names_the_kubectl_command() {
+        let err = anyhow::Error::new(fleet::Error::ScaleUpTimeout {
+            statefulsets: "buildkit-amd64".into(),
+            seconds: 3,
+            namespace: "ci-builds".into(),
+        });
+        assert_eq!(
+            format_error(&err),
+            "timed out after 3 s waiting for an available BuildKit replica of buildkit-amd64 in namespace ci-builds; check the pods with `kubectl get pods -n ci-builds`"
         );
     }
 }

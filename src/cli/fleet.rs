@@ -189,7 +189,8 @@ async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
     let address = fleet.get_address(arch).await?;
     if let PodMetricsState::Unavailable(why) = &address.metrics {
         eprintln!(
-            "pf-buildkit: warning: {why}; using the first running pod, {}",
+            "pf-buildkit: warning: {}; using the first running pod, {}",
+            super::error::format_error(&anyhow::Error::new(why.clone())),
             address.pod
         );
     }
@@ -407,6 +408,7 @@ fn show_cache_clear(live: &Live, event: &CacheClearEvent<'_>) {
             PodPrune::Failed { error } => {
                 live.done(pod, "prune failed");
                 // Always shown, quiet or not: it makes the command fail.
+                let error = super::error::format_error(&anyhow::Error::new(error.clone()));
                 eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");
             }
         },

@@ -8,7 +8,7 @@ use kube::config::{KubeConfigOptions, KubeconfigError};
 use kube::{Client, Config};
 
 use super::NAMESPACE;
-use super::error::{Error, Result, describe_kube_error};
+use super::error::{Error, Result};
 
 /// How many times a call is tried when the API server answers 429, 503 or 504.
 pub const RETRY_ATTEMPTS: u32 = 4;
@@ -81,15 +81,11 @@ impl Fleet {
                 config.auth_info.exec = None;
                 let source = std::sync::Arc::new(crate::aws::EksTokenSource::new(request));
                 kube::client::ClientBuilder::try_from(config)
-                    .map_err(|e| Error::Client {
-                        reason: describe_kube_error(&e),
-                    })?
+                    .map_err(|source| Error::Client { source })?
                     .with_layer(&super::eks_auth::EksAuthLayer::new(source))
                     .build()
             }
-            None => Client::try_from(config).map_err(|e| Error::Client {
-                reason: describe_kube_error(&e),
-            })?,
+            None => Client::try_from(config).map_err(|source| Error::Client { source })?,
         };
         Ok(Fleet {
             client,
@@ -133,42 +129,37 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
         context: context.map(str::to_owned),
         ..Default::default()
     };
-    match Config::from_kubeconfig(&options).await {
-        Ok(config) => Ok((config, false)),
-        Err(err) => {
-            if let Some(missing) = missing_kubeconfig(&err) {
-                if let Some(context) = context {
-                    return Err(Error::NoKubeconfigForContext {
-                        context: context.to_owned(),
-                        reason: missing,
-                    });
-                }
-                return match Config::incluster() {
-                    Ok(config) => Ok((config, true)),
-                    Err(in_cluster) => Err(Error::NoConfig {
-                        kubeconfig: missing,
-                        in_cluster: in_cluster.to_string(),
-                    }),
-                };
-            }
-            match err {
-                KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
-                other => Err(Error::Kubeconfig {
-                    reason: crate::error_chain(&other),
-                }),
-            }
+    let err = match Config::from_kubeconfig(&options).await {
+        Ok(config) => return Ok((config, false)),
+        Err(err) => err,
+    };
+    if is_missing_kubeconfig(&err) {
+        if let Some(context) = context {
+            return Err(Error::NoKubeconfigForContext {
+                context: context.to_owned(),
+                source: err,
+            });
         }
+        return match Config::incluster() {
+            Ok(config) => Ok((config, true)),
+            Err(in_cluster) => Err(Error::NoConfig {
+                kubeconfig: err,
+                in_cluster,
+            }),
+        };
+    }
+    match err {
+        KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
+        source => Err(Error::Kubeconfig { source }),
     }
 }
 
-/// `Some(why)` when the error means there is no kubeconfig file at all.
-fn missing_kubeconfig(err: &KubeconfigError) -> Option<String> {
+/// Whether the error means there is no kubeconfig file at all (rather than a broken one).
+fn is_missing_kubeconfig(err: &KubeconfigError) -> bool {
     match err {
-        KubeconfigError::FindPath => Some("no home directory to find ~/.kube/config in".into()),
-        KubeconfigError::ReadConfig(io, path) if io.kind() == std::io::ErrorKind::NotFound => {
-            Some(format!("{} does not exist", path.display()))
-        }
-        _ => None,
+        KubeconfigError::FindPath => true,
+        KubeconfigError::ReadConfig(io, _) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 
@@ -189,7 +180,11 @@ where
     loop {
         match call().await {
             Err(err) if attempt < RETRY_ATTEMPTS && retryable(&err) => {
-                tracing::debug!(attempt, error = %describe_kube_error(&err), "retrying Kubernetes call");
+                tracing::debug!(
+                    attempt,
+                    error = &err as &dyn std::error::Error,
+                    "retrying Kubernetes call"
+                );
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;

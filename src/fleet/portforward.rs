@@ -20,6 +20,41 @@ use crate::buildkit::{BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 /// [`PodDialer::open_checked`]).
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// What went wrong on a port-forward the API server had opened: the cause of
+/// [`Error::PortForwardFailed`], and, for [`PortForwardError::KubeletRefused`], the error a
+/// [`PortForwardStream`]'s read ends with (inside an [`io::Error`]; take it out with
+/// [`io::Error::downcast`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortForwardError {
+    /// The kubelet reported an error for the port on the port-forward's error channel
+    /// (nothing listening in the pod, the pod's network gone).
+    #[error("{message}")]
+    KubeletRefused {
+        /// The kubelet's text.
+        message: String,
+    },
+    /// The connection closed before the server in the pod said anything.
+    #[error("the connection closed at once; is BuildKit listening there?")]
+    ClosedAtOnce,
+    /// The API server's answer carried no data or error stream for the port.
+    #[error("the API server opened no stream for the port")]
+    NoStream,
+    /// Reading from the connection failed.
+    #[error("reading from the connection failed")]
+    Read(#[source] io::Error),
+}
+
+impl PortForwardError {
+    /// The typed error a failed read carries, or the read error itself.
+    fn from_read(err: io::Error) -> Self {
+        match err.downcast::<PortForwardError>() {
+            Ok(typed) => typed,
+            Err(err) => PortForwardError::Read(err),
+        }
+    }
+}
+
 /// Opens a new port-forward to one pod's port each time BuildKit's client needs a connection.
 #[derive(Clone)]
 pub struct PodDialer {
@@ -77,10 +112,10 @@ impl PodDialer {
                     &self.namespace,
                 )
             })?;
-        let missing = || Error::Api {
-            action: format!("port-forward to pod {}", self.pod),
-            message: "the port-forward has no stream for the requested port".into(),
-            code: None,
+        let missing = || Error::PortForwardFailed {
+            pod: self.pod.clone(),
+            port: self.port,
+            source: PortForwardError::NoStream,
         };
         let stream = forwarder.take_stream(self.port).ok_or_else(missing)?;
         let errors = forwarder.take_error(self.port).ok_or_else(missing)?;
@@ -145,7 +180,9 @@ impl AsyncRead for PortForwardStream {
         {
             self.error = None;
             if let Some(message) = message {
-                return Poll::Ready(Err(io::Error::other(message.trim().to_owned())));
+                return Poll::Ready(Err(io::Error::other(PortForwardError::KubeletRefused {
+                    message: message.trim().to_owned(),
+                })));
             }
         }
         Poll::Ready(Ok(()))
@@ -182,22 +219,20 @@ impl PodDialer {
     /// or closes before the server has said anything.
     pub async fn open_checked(&self) -> Result<PortForwardStream> {
         let mut stream = self.open().await?;
-        let failed = |reason: String| Error::PortForwardFailed {
+        let failed = |source| Error::PortForwardFailed {
             pod: self.pod.clone(),
             port: self.port,
-            reason,
+            source,
         };
         let mut first = vec![0u8; 16 * 1024];
         match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut first)).await {
-            Ok(Ok(0)) => Err(failed(
-                "the connection closed at once; is BuildKit listening there?".into(),
-            )),
+            Ok(Ok(0)) => Err(failed(PortForwardError::ClosedAtOnce)),
             Ok(Ok(n)) => {
                 first.truncate(n);
                 stream.pending = first.into();
                 Ok(stream)
             }
-            Ok(Err(err)) => Err(failed(err.to_string())),
+            Ok(Err(err)) => Err(failed(PortForwardError::from_read(err))),
             Err(_) => Ok(stream),
         }
     }
