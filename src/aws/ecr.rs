@@ -360,4 +360,36 @@ mod tests {
         };
         assert!(!format!("{login:?}").contains("hunter2"));
     }
+
+    type TokenError = SdkError<
+        aws_sdk_ecr::operation::get_authorization_token::GetAuthorizationTokenError,
+        aws_smithy_runtime_api::http::Response,
+    >;
+
+    #[test]
+    fn an_unreachable_aws_keeps_the_sdk_error_as_the_source() {
+        use std::error::Error as _;
+        let timeout: TokenError =
+            SdkError::timeout_error(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let err = call_error(CALL, "eu-west-1", timeout);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach AWS for ecr:GetAuthorizationToken in eu-west-1"
+        );
+        let sdk = err
+            .source()
+            .and_then(|e| e.downcast_ref::<TokenError>())
+            .expect("the SDK's error is the source");
+        assert!(matches!(sdk, SdkError::TimeoutError(_)), "{sdk:?}");
+
+        let unbuilt: TokenError = SdkError::construction_failure("no endpoint");
+        let err = call_error(CALL, "eu-west-1", unbuilt);
+        assert!(matches!(err, AwsError::Sdk { .. }), "{err:?}");
+        assert!(
+            err.source()
+                .and_then(|e| e.downcast_ref::<TokenError>())
+                .is_some_and(|e| matches!(e, SdkError::ConstructionFailure(_))),
+            "{err:?}"
+        );
+    }
 }

@@ -245,4 +245,23 @@ mod tests {
         assert!(!still_good(Some(now + Duration::from_secs(299)), now));
         assert!(!still_good(Some(now - Duration::from_secs(1)), now));
     }
+
+    #[test]
+    fn a_failing_credential_source_is_kept_as_the_source() {
+        use std::error::Error as _;
+        let err = credentials_error(
+            "eks token",
+            CredentialsError::provider_error("the role could not be assumed"),
+        );
+        assert_eq!(err.to_string(), "cannot load AWS credentials for eks token");
+        assert!(
+            err.source()
+                .and_then(|e| e.downcast_ref::<CredentialsError>())
+                .is_some_and(|e| matches!(e, CredentialsError::ProviderError(_))),
+            "{err:?}"
+        );
+        // Nothing configured anywhere is its own message, listing where the chain looked.
+        let err = credentials_error("eks token", CredentialsError::not_loaded_no_source());
+        assert!(matches!(err, AwsError::NoCredentials { .. }), "{err:?}");
+    }
 }

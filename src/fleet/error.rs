@@ -86,7 +86,11 @@ pub enum Error {
     },
     /// A call that got no answer from the API server: the connection, TLS, an auth plugin,
     /// or a response that could not be read.
-    #[error("{action}")]
+    ///
+    /// The text quotes the cause as well as keeping it as the source (a formatter that walks
+    /// the chain says it once): a port-forward's failure reaches the BuildKit client as an
+    /// `io::Error`, which reports only the text of what it wraps.
+    #[error("{action}: {source}")]
     Request {
         /// What was being done.
         action: String,
@@ -104,7 +108,9 @@ pub enum Error {
     },
     /// A port-forward opened but its connection failed (nothing listening in the pod, the
     /// pod's network going away).
-    #[error("port-forward to pod {pod} port {port} failed")]
+    ///
+    /// The text quotes the cause as well (see [`Error::Request`] for why).
+    #[error("port-forward to pod {pod} port {port} failed: {source}")]
     PortForwardFailed {
         /// The pod.
         pod: String,
@@ -235,5 +241,72 @@ fn missing_kubeconfig_text(err: &KubeconfigError) -> String {
             format!("{} does not exist", path.display())
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn status(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            reason: "ServiceUnavailable".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_call_without_an_answer_keeps_kubes_error_as_the_source() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = Error::from_kube(
+            kube::Error::Service(Box::new(refused)),
+            "listing pods in namespace ci",
+            ("list", "pods"),
+            "ci",
+        );
+        assert!(matches!(err, Error::Request { .. }), "{err:?}");
+        assert_eq!(err.code(), None);
+        let kube = err
+            .source()
+            .and_then(|e| e.downcast_ref::<kube::Error>())
+            .expect("kube::Error is the source");
+        assert!(matches!(kube, kube::Error::Service(_)), "{kube:?}");
+        assert!(
+            err.to_string()
+                .starts_with("listing pods in namespace ci: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_api_status_is_data_with_its_code() {
+        let err = Error::from_kube(
+            status(503, "the server is busy"),
+            "reading",
+            ("get", "pods"),
+            "ci",
+        );
+        assert_eq!(err.to_string(), "reading: the server is busy");
+        assert_eq!(err.code(), Some(503));
+        assert!(err.source().is_none(), "a status is the server's words");
+
+        let err = Error::from_kube(status(500, ""), "reading", ("get", "pods"), "ci");
+        assert_eq!(err.to_string(), "reading: HTTP 500 ServiceUnavailable");
+
+        let err = Error::from_kube(
+            status(403, "pods is forbidden: "),
+            "listing pods",
+            ("list", "pods"),
+            "ci",
+        );
+        assert_eq!(err.code(), Some(403));
+        assert_eq!(
+            err.to_string(),
+            "listing pods: permission denied (pods is forbidden); the Kubernetes account needs verb list on pods in namespace ci"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, KubeconfigError};
+use kube::config::{InClusterError, KubeConfigOptions, KubeconfigError};
 use kube::{Client, Config};
 
 use super::NAMESPACE;
@@ -129,10 +129,19 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
         context: context.map(str::to_owned),
         ..Default::default()
     };
-    let err = match Config::from_kubeconfig(&options).await {
-        Ok(config) => return Ok((config, false)),
-        Err(err) => err,
-    };
+    match Config::from_kubeconfig(&options).await {
+        Ok(config) => Ok((config, false)),
+        Err(err) => without_kubeconfig(err, context, Config::incluster),
+    }
+}
+
+/// What a kubeconfig that failed to load leaves: the service account (`in_cluster`) when
+/// there is no kubeconfig at all and no context was asked for, an error otherwise.
+fn without_kubeconfig(
+    err: KubeconfigError,
+    context: Option<&str>,
+    in_cluster: impl FnOnce() -> std::result::Result<Config, InClusterError>,
+) -> Result<(Config, bool)> {
     if is_missing_kubeconfig(&err) {
         if let Some(context) = context {
             return Err(Error::NoKubeconfigForContext {
@@ -140,7 +149,7 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
                 source: err,
             });
         }
-        return match Config::incluster() {
+        return match in_cluster() {
             Ok(config) => Ok((config, true)),
             Err(in_cluster) => Err(Error::NoConfig {
                 kubeconfig: err,
@@ -191,5 +200,105 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use kube::config::Kubeconfig;
+
+    use super::*;
+
+    /// The in-cluster lookup of a process outside a cluster.
+    fn outside_a_cluster() -> std::result::Result<Config, InClusterError> {
+        Err(InClusterError::ReadEnvironmentVariable(
+            std::env::VarError::NotPresent,
+        ))
+    }
+
+    fn read_error(path: &std::path::Path) -> KubeconfigError {
+        match Kubeconfig::read_from(path) {
+            Ok(_) => panic!("{} should not load", path.display()),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn no_kubeconfig_and_no_cluster_keeps_both_causes_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let Err(err) = without_kubeconfig(read_error(&path), None, outside_a_cluster) else {
+            panic!("no configuration at all must fail");
+        };
+        assert!(
+            err.to_string().contains(&format!(
+                "no kubeconfig ({} does not exist)",
+                path.display()
+            )),
+            "{err}"
+        );
+        let Error::NoConfig { kubeconfig, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            matches!(kubeconfig, KubeconfigError::ReadConfig(io, p)
+                if io.kind() == std::io::ErrorKind::NotFound && p == &path),
+            "{kubeconfig:?}"
+        );
+        let source = err.source().expect("the in-cluster failure is the source");
+        assert!(
+            matches!(
+                source.downcast_ref::<InClusterError>(),
+                Some(InClusterError::ReadEnvironmentVariable(_))
+            ),
+            "{source:?}"
+        );
+    }
+
+    #[test]
+    fn a_context_without_a_kubeconfig_keeps_the_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let err = without_kubeconfig(read_error(&path), Some("prod"), || {
+            panic!("a named context never falls back to the service account")
+        })
+        .map(drop)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no kubeconfig to take context \"prod\" from"
+        );
+        let kubeconfig = err
+            .source()
+            .and_then(|e| e.downcast_ref::<KubeconfigError>())
+            .expect("kube's KubeconfigError is the source");
+        let io = kubeconfig
+            .source()
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the read's io::Error under it");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_broken_kubeconfig_is_an_error_with_kubes_cause_not_a_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "clusters: [unclosed").unwrap();
+        let err = without_kubeconfig(read_error(&path), None, || {
+            panic!("a broken kubeconfig never falls back to the service account")
+        })
+        .map(drop)
+        .unwrap_err();
+        assert_eq!(err.to_string(), "cannot use the kubeconfig");
+        assert!(
+            matches!(
+                err.source()
+                    .and_then(|e| e.downcast_ref::<KubeconfigError>()),
+                Some(KubeconfigError::Parse(_))
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -291,3 +291,78 @@ impl Fleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A port-forwarded connection whose peer has closed and whose error channel holds
+    /// `message`, as kube hands them over when the kubelet refuses the port.
+    fn refused_stream(message: &str) -> PortForwardStream {
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let message = Some(message.to_owned());
+        PortForwardStream {
+            pending: bytes::Bytes::new(),
+            inner: ours,
+            error: Some(Box::pin(async move { message })),
+            pod: "buildkit-amd64-1".into(),
+            port: 1234,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kubelets_refusal_ends_the_read_as_a_typed_error() {
+        let mut stream = refused_stream("error forwarding port 1234 to pod buildkit-amd64-1\n");
+        let mut buf = [0u8; 8];
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "error forwarding port 1234 to pod buildkit-amd64-1"
+        );
+        match err.downcast::<PortForwardError>() {
+            Ok(PortForwardError::KubeletRefused { message }) => {
+                assert_eq!(
+                    message,
+                    "error forwarding port 1234 to pod buildkit-amd64-1"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Said once: the next read is a plain end of stream.
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_port_forward_keeps_the_refusal_as_its_source() {
+        let mut stream = refused_stream("nothing listens");
+        let mut buf = [0u8; 8];
+        let read = stream.read(&mut buf).await.unwrap_err();
+        let err = Error::PortForwardFailed {
+            pod: "buildkit-amd64-1".into(),
+            port: 1234,
+            source: PortForwardError::from_read(read),
+        };
+        assert_eq!(
+            err.to_string(),
+            "port-forward to pod buildkit-amd64-1 port 1234 failed: nothing listens"
+        );
+        assert!(
+            matches!(
+                err.source().and_then(|e| e.downcast_ref::<PortForwardError>()),
+                Some(PortForwardError::KubeletRefused { message }) if message == "nothing listens"
+            ),
+            "{err:?}"
+        );
+
+        // Any other read failure is kept as the io::Error it is.
+        let other = PortForwardError::from_read(io::Error::from(io::ErrorKind::BrokenPipe));
+        let PortForwardError::Read(io) = &other else {
+            panic!("{other:?}");
+        };
+        assert_eq!(io.kind(), io::ErrorKind::BrokenPipe);
+        assert!(other.source().is_some());
+    }
+}
