@@ -1,4 +1,4 @@
-//! The connection to the Kubernetes API: kubeconfig (with `--context` and exec auth plugins) or
+//! The connection to the Kubernetes API: kubeconfig (with a named context and exec auth plugins) or
 //! the in-cluster service account, and a short, bounded retry around every call.
 
 use std::future::Future;
