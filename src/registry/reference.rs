@@ -115,7 +115,8 @@ fn valid_registry(host: &str) -> bool {
     name_ok && port_ok
 }
 
-/// A repository path: `/`-separated components, each [`valid_component`].
+/// Whether `repository` is a valid repository path: `/`-separated components, each a run of
+/// `[a-z0-9]+` joined by `.`, `_`, `__` or any number of `-` (the distribution spec's grammar).
 pub fn valid_repository(repository: &str) -> bool {
     !repository.is_empty() && repository.split('/').all(valid_component)
 }
