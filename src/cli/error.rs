@@ -74,19 +74,6 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_pod_names_the_scale_up_command() {
-        let err = anyhow::Error::new(fleet::Error::NoRunningPods {
-            arch: fleet::Arch::Arm64,
-            namespace: "buildkit".into(),
-        });
-        let line = format_error(&err);
-        assert!(
-            line.ends_with("; scale up first: pf-buildkit scale up --only arm64 --wait"),
-            "{line}"
-        );
-    }
-
-    #[test]
     fn a_scale_up_timeout_names_the_kubectl_command() {
         let err = anyhow::Error::new(fleet::Error::ScaleUpTimeout {
             statefulsets: "buildkit-amd64".into(),
@@ -96,6 +83,19 @@ mod tests {
         assert_eq!(
             format_error(&err),
             "timed out after 3 s waiting for an available BuildKit replica of buildkit-amd64 in namespace ci-builds; check the pods with `kubectl get pods -n ci-builds`"
+        );
+    }
+
+    #[test]
+    fn a_missing_pod_names_the_scale_up_command() {
+        let err = anyhow::Error::new(fleet::Error::NoRunningPods {
+            arch: fleet::Arch::Arm64,
+            namespace: "buildkit".into(),
+        });
+        let line = format_error(&err);
+        assert!(
+            line.ends_with("; scale up first: pf-buildkit scale up --only arm64 --wait"),
+            "{line}"
         );
     }
 }
