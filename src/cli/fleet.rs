@@ -8,7 +8,8 @@ use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
     Arch, BusySignal, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune,
-    PvcAction, ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
+    PvcAction, ReadyProgress, ScaleDownAction, ScaleUpOptions, ScaleUpReport, TunnelOptions,
+    WaitState,
 };
 
 use super::Outcome;
@@ -305,7 +306,12 @@ async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
             (None, None) => "<none>".to_owned(),
         };
         eprintln!("{}: The last recorded build was: {last}", report.arch);
-        eprintln!("{}", report.message());
+        if report.action == ScaleDownAction::ScaledDown && report.timeout.is_none() {
+            // The library speaks of the value; the command line names the flag.
+            eprintln!("{}: No --timeout given. Scaling down...", report.arch);
+        } else {
+            eprintln!("{}", report.message());
+        }
     }
     Ok(Outcome::Success)
 }

@@ -435,6 +435,21 @@ async fn suspend_respects_its_timeout_and_treats_a_missing_annotation_as_idle() 
     assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 0);
     assert!(err(&o).contains("amd64: Last build occurred over 50 seconds ago. Scaling down..."));
     assert!(err(&o).contains("arm64: Already scaled down."));
+
+    // Without a timeout, whatever was recorded: the line names the flag that was not given.
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, Some(&recent))
+        .statefulset("arm64", 0, 0, None)
+        .start()
+        .await;
+    let o = fake.run(&["scale", "down"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 0);
+    assert!(
+        err(&o).contains("amd64: No --timeout given. Scaling down..."),
+        "{}",
+        err(&o)
+    );
 }
 
 #[tokio::test]
