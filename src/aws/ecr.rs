@@ -174,6 +174,7 @@ async fn fetch(state: &mut State, host: &EcrHost) -> Result<EcrLogin, AwsError> 
         return Err(AwsError::Request {
             call: CALL,
             reason: "no configuration for the region".into(),
+            source: None,
         });
     };
     let creds = cache.get(config, CALL).await?;

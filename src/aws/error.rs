@@ -124,7 +124,10 @@ pub enum AwsError {
     Request {
         /// The call.
         call: &'static str,
-        /// Why.
+        /// What is wrong, naming the value.
         reason: String,
+        /// The parser's or signer's error, when one said why.
+        #[source]
+        source: Option<SdkFailure>,
     },
 }
