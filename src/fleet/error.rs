@@ -74,7 +74,8 @@ pub enum Error {
         /// The namespace.
         namespace: String,
     },
-    /// The API server refused a call for another reason than permission or absence.
+    /// The API server answered a call with an error status (a refused permission is
+    /// [`Error::Forbidden`]).
     #[error("{action}: {message}")]
     Api {
         /// What was being done.
