@@ -142,10 +142,10 @@ impl EcrCredentials {
         let region = host.region.clone();
         let fetched = tokio::time::timeout(LOOKUP_DEADLINE, fetch(&mut state, host))
             .await
-            .map_err(|_| AwsError::Unreachable {
+            .map_err(|_| AwsError::NoAnswer {
                 call: CALL,
                 region: region.clone(),
-                reason: format!("no answer within {} s", LOOKUP_DEADLINE.as_secs()),
+                waited: LOOKUP_DEADLINE,
             })??;
         // A token that is already stale (moto's are dated 2015) is used once, not kept.
         if fetched
@@ -174,6 +174,7 @@ async fn fetch(state: &mut State, host: &EcrHost) -> Result<EcrLogin, AwsError> 
         return Err(AwsError::Request {
             call: CALL,
             reason: "no configuration for the region".into(),
+            source: None,
         });
     };
     let creds = cache.get(config, CALL).await?;
@@ -233,14 +234,14 @@ pub(crate) fn call_error<E>(
     err: SdkError<E, aws_smithy_runtime_api::http::Response>,
 ) -> AwsError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let region = region.to_owned();
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => AwsError::Unreachable {
             call,
             region,
-            reason: crate::error_chain(&err),
+            source: Box::new(err),
         },
         SdkError::ServiceError(service) => {
             // Some endpoints (and stand-ins such as moto) answer auth failures in the query
@@ -283,10 +284,10 @@ where
                 },
             }
         }
-        _ => AwsError::Call {
+        _ => AwsError::Sdk {
             call,
             region,
-            reason: crate::error_chain(&err),
+            source: Box::new(err),
         },
     }
 }
@@ -359,5 +360,37 @@ mod tests {
             expires: None,
         };
         assert!(!format!("{login:?}").contains("hunter2"));
+    }
+
+    type TokenError = SdkError<
+        aws_sdk_ecr::operation::get_authorization_token::GetAuthorizationTokenError,
+        aws_smithy_runtime_api::http::Response,
+    >;
+
+    #[test]
+    fn an_unreachable_aws_keeps_the_sdk_error_as_the_source() {
+        use std::error::Error as _;
+        let timeout: TokenError =
+            SdkError::timeout_error(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let err = call_error(CALL, "eu-west-1", timeout);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach AWS for ecr:GetAuthorizationToken in eu-west-1"
+        );
+        let sdk = err
+            .source()
+            .and_then(|e| e.downcast_ref::<TokenError>())
+            .expect("the SDK's error is the source");
+        assert!(matches!(sdk, SdkError::TimeoutError(_)), "{sdk:?}");
+
+        let unbuilt: TokenError = SdkError::construction_failure("no endpoint");
+        let err = call_error(CALL, "eu-west-1", unbuilt);
+        assert!(matches!(err, AwsError::Sdk { .. }), "{err:?}");
+        assert!(
+            err.source()
+                .and_then(|e| e.downcast_ref::<TokenError>())
+                .is_some_and(|e| matches!(e, SdkError::ConstructionFailure(_))),
+            "{err:?}"
+        );
     }
 }

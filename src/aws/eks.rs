@@ -20,7 +20,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use base64::Engine;
 
-use super::error::AwsError;
+use super::error::{AwsError, SdkFailure};
 use super::sdk::{self, CredentialCache, LOOKUP_DEADLINE, LoadOptions};
 
 /// What errors call the token request.
@@ -214,10 +214,25 @@ pub fn presign_token(
     credentials: &Credentials,
     now: SystemTime,
 ) -> Result<String, AwsError> {
-    let bad = |reason: String| AwsError::Request { call: CALL, reason };
-    let base: http::Uri = endpoint
-        .parse()
-        .map_err(|_| bad(format!("STS endpoint {endpoint:?} is not a URL")))?;
+    let bad = |reason: String| AwsError::Request {
+        call: CALL,
+        reason,
+        source: None,
+    };
+    // The signer's own errors: what failed is the signing, its error says why.
+    let unsigned = |source: SdkFailure| AwsError::Request {
+        call: CALL,
+        reason: "the request could not be signed".into(),
+        source: Some(source),
+    };
+    let base: http::Uri =
+        endpoint
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| AwsError::Request {
+                call: CALL,
+                reason: format!("STS endpoint {endpoint:?} is not a URL"),
+                source: Some(e.into()),
+            })?;
     let (Some(scheme), Some(authority)) = (base.scheme_str(), base.authority()) else {
         return Err(bad(format!(
             "STS endpoint {endpoint:?} is not an absolute URL"
@@ -245,7 +260,7 @@ pub fn presign_token(
         .time(now)
         .settings(settings)
         .build()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| unsigned(e.into()))?
         .into();
     let headers = [("host", host.as_str()), (CLUSTER_HEADER, cluster)];
     let signable = SignableRequest::new(
@@ -254,14 +269,14 @@ pub fn presign_token(
         headers.into_iter(),
         SignableBody::Bytes(&[]),
     )
-    .map_err(|e| bad(e.to_string()))?;
+    .map_err(|e| unsigned(e.into()))?;
     let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| unsigned(e.into()))?
         .into_parts();
     let mut request = http::Request::builder()
         .uri(url.as_str())
         .body(())
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| unsigned(e.into()))?;
     instructions.apply_to_request_http1x(&mut request);
     let signed = request.uri().to_string();
     Ok(format!(
@@ -355,10 +370,10 @@ impl EksTokenSource {
         }
         let made = tokio::time::timeout(LOOKUP_DEADLINE, self.make())
             .await
-            .map_err(|_| AwsError::Unreachable {
+            .map_err(|_| AwsError::NoAnswer {
                 call: CALL,
                 region: self.request.region.clone().unwrap_or_default(),
-                reason: format!("no credentials within {} s", LOOKUP_DEADLINE.as_secs()),
+                waited: LOOKUP_DEADLINE,
             })??;
         *self
             .current
@@ -645,5 +660,44 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_sts_endpoint_keeps_the_parsers_error() {
+        use std::error::Error as _;
+        let creds = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let err = presign_token(
+            "prod",
+            "eu-west-1",
+            "https://sts eu-west-1",
+            &creds,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot form the {CALL} request: STS endpoint \"https://sts eu-west-1\" is not a URL"
+            )
+        );
+        assert!(
+            err.source()
+                .is_some_and(|e| e.downcast_ref::<http::uri::InvalidUri>().is_some()),
+            "{err:?}"
+        );
+        // A value that is wrong by itself has no cause beyond its description.
+        let err = presign_token(
+            "bad cluster",
+            "eu-west-1",
+            "https://sts.eu-west-1.amazonaws.com",
+            &creds,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot be sent as a header"),
+            "{err}"
+        );
+        assert!(err.source().is_none());
     }
 }

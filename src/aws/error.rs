@@ -1,5 +1,13 @@
-//! Errors of the AWS layer. Each names the AWS call and, where known, the region; the cause
-//! is a reason string (AWS's own code and message), never a secret.
+//! Errors of the AWS layer. Each names the AWS call and, where known, the region. What AWS
+//! answered (its error code and message) is kept as text, as it came over the wire; a failure
+//! of the SDK or the connection is kept as the typed source. Neither holds a secret.
+
+use std::time::Duration;
+
+use aws_credential_types::provider::error::CredentialsError;
+
+/// A failure inside the AWS SDK, boxed: its types are generic over each operation.
+pub type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An AWS call, or the credentials for it, failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,12 +23,13 @@ pub enum AwsError {
     },
     /// A credential source was configured but failed (a profile that does not parse, a web
     /// identity exchange STS refused, a container endpoint that answered an error).
-    #[error("cannot load AWS credentials for {call}: {reason}")]
+    #[error("cannot load AWS credentials for {call}")]
     CredentialsFailed {
         /// The call that needed them.
         call: &'static str,
-        /// What the failing source said.
-        reason: String,
+        /// What the failing source reported.
+        #[source]
+        source: CredentialsError,
     },
     /// AWS answered that the identity may not make this call.
     #[error("AWS denied {call} in {region} (access denied): {reason}")]
@@ -57,24 +66,48 @@ pub enum AwsError {
         call: &'static str,
     },
     /// No answer from AWS (refused, timed out, name not resolved).
-    #[error("cannot reach AWS for {call} in {region}: {reason}")]
+    #[error("cannot reach AWS for {call} in {region}")]
     Unreachable {
         /// The call.
         call: &'static str,
         /// The region.
         region: String,
-        /// What the connection attempt said.
-        reason: String,
+        /// What the SDK reported of the connection attempt.
+        #[source]
+        source: SdkFailure,
     },
-    /// Any other failed call.
+    /// The whole lookup (credentials, role assumption, the call and its retries) ran out of
+    /// time.
+    #[error("cannot reach AWS for {call} in {region}: no answer within {} s", .waited.as_secs())]
+    NoAnswer {
+        /// The call.
+        call: &'static str,
+        /// The region (empty when none was known yet).
+        region: String,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// AWS answered the call with another error.
     #[error("{call} failed in {region}: {reason}")]
     Call {
         /// The call.
         call: &'static str,
         /// The region.
         region: String,
-        /// AWS's code and message, or the client's reason.
+        /// AWS's error code and message (or the HTTP status when it sent no code).
         reason: String,
+    },
+    /// The SDK failed the call on its side (a request it could not build, an answer it could
+    /// not read).
+    #[error("{call} failed in {region}")]
+    Sdk {
+        /// The call.
+        call: &'static str,
+        /// The region.
+        region: String,
+        /// What the SDK reported.
+        #[source]
+        source: SdkFailure,
     },
     /// AWS answered, but without what the call exists for.
     #[error("{call} in {region} answered without {missing}")]
@@ -91,7 +124,10 @@ pub enum AwsError {
     Request {
         /// The call.
         call: &'static str,
-        /// Why.
+        /// What is wrong, naming the value.
         reason: String,
+        /// The parser's or signer's error, when one said why.
+        #[source]
+        source: Option<SdkFailure>,
     },
 }

@@ -21,5 +21,5 @@ mod sdk;
 
 pub use ecr::{EcrCredentials, EcrHost, EcrLogin};
 pub use eks::{EksToken, EksTokenRequest, EksTokenSource, presign_token};
-pub use error::AwsError;
+pub use error::{AwsError, SdkFailure};
 pub use sdk::LOOKUP_DEADLINE;

@@ -166,7 +166,7 @@ impl CredentialCache {
         let creds = provider
             .provide_credentials()
             .await
-            .map_err(|err| credentials_error(call, &err))?;
+            .map_err(|err| credentials_error(call, err))?;
         *held = Some(creds.clone());
         Ok(creds)
     }
@@ -180,17 +180,14 @@ pub(crate) fn still_good(expiry: Option<SystemTime>, now: SystemTime) -> bool {
     }
 }
 
-/// Maps a credential chain failure to its message.
-pub(crate) fn credentials_error(call: &'static str, err: &CredentialsError) -> AwsError {
+/// Maps a credential chain failure: nothing found anywhere, or a source that failed.
+pub(crate) fn credentials_error(call: &'static str, err: CredentialsError) -> AwsError {
     match err {
         CredentialsError::CredentialsNotLoaded(_) => AwsError::NoCredentials {
             call,
             looked: chain_description(),
         },
-        other => AwsError::CredentialsFailed {
-            call,
-            reason: crate::error_chain(other),
-        },
+        source => AwsError::CredentialsFailed { call, source },
     }
 }
 
@@ -247,5 +244,24 @@ mod tests {
         assert!(still_good(Some(now + Duration::from_secs(301)), now));
         assert!(!still_good(Some(now + Duration::from_secs(299)), now));
         assert!(!still_good(Some(now - Duration::from_secs(1)), now));
+    }
+
+    #[test]
+    fn a_failing_credential_source_is_kept_as_the_source() {
+        use std::error::Error as _;
+        let err = credentials_error(
+            "eks token",
+            CredentialsError::provider_error("the role could not be assumed"),
+        );
+        assert_eq!(err.to_string(), "cannot load AWS credentials for eks token");
+        assert!(
+            err.source()
+                .and_then(|e| e.downcast_ref::<CredentialsError>())
+                .is_some_and(|e| matches!(e, CredentialsError::ProviderError(_))),
+            "{err:?}"
+        );
+        // Nothing configured anywhere is its own message, listing where the chain looked.
+        let err = credentials_error("eks token", CredentialsError::not_loaded_no_source());
+        assert!(matches!(err, AwsError::NoCredentials { .. }), "{err:?}");
     }
 }

@@ -196,6 +196,10 @@ fn fleet_hint(err: &fleet::Error) -> Option<String> {
         fleet::Error::NoRunningPods { arch, .. } => Some(format!(
             "scale up first: pf-buildkit scale up --only {arch} --wait"
         )),
+        // Advice that names a program the library does not use: the binary's to give.
+        fleet::Error::ScaleUpTimeout { namespace, .. } => Some(format!(
+            "check the pods with `kubectl get pods -n {namespace}`"
+        )),
         _ => None,
     }
 }
@@ -213,6 +217,19 @@ mod tests {
         let err = anyhow::Error::new(Quoting(std::io::Error::other("disk full")))
             .context("cannot write /x");
         assert_eq!(format_error(&err), "cannot write /x: outer: disk full");
+    }
+
+    #[test]
+    fn a_scale_up_timeout_names_the_kubectl_command() {
+        let err = anyhow::Error::new(fleet::Error::ScaleUpTimeout {
+            statefulsets: "buildkit-amd64".into(),
+            seconds: 3,
+            namespace: "ci-builds".into(),
+        });
+        assert_eq!(
+            format_error(&err),
+            "timed out after 3 s waiting for an available BuildKit replica of buildkit-amd64 in namespace ci-builds; check the pods with `kubectl get pods -n ci-builds`"
+        );
     }
 
     #[test]

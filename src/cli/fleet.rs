@@ -8,7 +8,8 @@ use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
     Arch, BusySignal, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune,
-    PvcAction, ReadyProgress, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
+    PvcAction, ReadyProgress, ScaleDownAction, ScaleUpOptions, ScaleUpReport, TunnelOptions,
+    WaitState,
 };
 
 use super::Outcome;
@@ -189,7 +190,8 @@ async fn get_address(args: GetAddressArgs) -> anyhow::Result<Outcome> {
     let address = fleet.get_address(arch).await?;
     if let PodMetricsState::Unavailable(why) = &address.metrics {
         eprintln!(
-            "pf-buildkit: warning: {why}; using the first running pod, {}",
+            "pf-buildkit: warning: {}; using the first running pod, {}",
+            super::error::format_error(&anyhow::Error::new(why.clone())),
             address.pod
         );
     }
@@ -304,7 +306,12 @@ async fn scale_down(args: ScaleDownArgs) -> anyhow::Result<Outcome> {
             (None, None) => "<none>".to_owned(),
         };
         eprintln!("{}: The last recorded build was: {last}", report.arch);
-        eprintln!("{}", report.message());
+        if report.action == ScaleDownAction::ScaledDown && report.timeout.is_none() {
+            // The library speaks of the value; the command line names the flag.
+            eprintln!("{}: No --timeout given. Scaling down...", report.arch);
+        } else {
+            eprintln!("{}", report.message());
+        }
     }
     Ok(Outcome::Success)
 }
@@ -407,6 +414,7 @@ fn show_cache_clear(live: &Live, event: &CacheClearEvent<'_>) {
             PodPrune::Failed { error } => {
                 live.done(pod, "prune failed");
                 // Always shown, quiet or not: it makes the command fail.
+                let error = super::error::format_error(&anyhow::Error::new(error.clone()));
                 eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");
             }
         },

@@ -10,13 +10,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
-use super::error::{Error, Result, describe_kube_error};
+use super::error::{Error, Result, status_message};
 use super::kube_client::{Fleet, with_retry};
 use super::quantity::cpu_nanocores;
 use super::{Arch, PORT};
 
 /// The pod chosen for an architecture.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PodAddress {
     /// The architecture.
     pub arch: Arch,
@@ -33,12 +33,43 @@ pub struct PodAddress {
 }
 
 /// What the metrics API said.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PodMetricsState {
     /// Metrics were read; the pod with the least CPU was chosen.
     Used,
-    /// No metrics API (or it failed); the first running pod was chosen. The text says why.
-    Unavailable(String),
+    /// No metrics API (or it failed); the first running pod was chosen.
+    Unavailable(MetricsUnavailable),
+}
+
+/// Why pod metrics could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsUnavailable {
+    /// The API server does not serve `metrics.k8s.io`.
+    #[error("the metrics API (metrics.k8s.io) is not installed")]
+    NotInstalled,
+    /// The account may not list pod metrics (authorization comes before the group lookup, so
+    /// this is also what a cluster without the metrics API answers such an account).
+    #[error(
+        "the metrics API (metrics.k8s.io) may not be read by this account, or is not installed (needs verb list on pods.metrics.k8s.io in namespace {namespace})"
+    )]
+    Forbidden {
+        /// The namespace the pods were listed in.
+        namespace: String,
+    },
+    /// The API server answered the call with another error status (503 while the metrics
+    /// server restarts).
+    #[error("the metrics API (metrics.k8s.io) failed: {message}")]
+    Answered {
+        /// The HTTP status code.
+        code: u16,
+        /// The API server's status message (or its HTTP status line when it sent none).
+        message: String,
+    },
+    /// The call got no answer (the connection, an auth plugin, a response that could not be
+    /// read).
+    #[error("the metrics API (metrics.k8s.io) failed")]
+    Failed(#[source] std::sync::Arc<kube::Error>),
 }
 
 impl PodAddress {
@@ -203,7 +234,7 @@ impl Fleet {
     }
 
     /// CPU per pod name, or why metrics are unavailable.
-    async fn pod_cpu(&self) -> std::result::Result<BTreeMap<String, u64>, String> {
+    async fn pod_cpu(&self) -> std::result::Result<BTreeMap<String, u64>, MetricsUnavailable> {
         let api: Api<PodMetrics> = Api::namespaced(self.client.clone(), &self.namespace);
         let params = ListParams::default();
         match with_retry(|| api.list(&params)).await {
@@ -213,18 +244,20 @@ impl Fleet {
                 .filter_map(|m| Some((m.metadata.name.clone()?, m.cpu_nanocores())))
                 .collect()),
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                Err("the metrics API (metrics.k8s.io) is not installed".into())
+                Err(MetricsUnavailable::NotInstalled)
             }
             // Authorization comes before the group lookup, so an account without rights on
             // metrics.k8s.io gets 403 whether or not the API is installed.
-            Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
-                "the metrics API (metrics.k8s.io) may not be read by this account, or is not installed (needs verb list on pods.metrics.k8s.io in namespace {})",
-                self.namespace
-            )),
-            Err(err) => Err(format!(
-                "the metrics API (metrics.k8s.io) failed: {}",
-                describe_kube_error(&err)
-            )),
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                Err(MetricsUnavailable::Forbidden {
+                    namespace: self.namespace.clone(),
+                })
+            }
+            Err(kube::Error::Api(status)) => Err(MetricsUnavailable::Answered {
+                code: status.code,
+                message: status_message(&status),
+            }),
+            Err(err) => Err(MetricsUnavailable::Failed(std::sync::Arc::new(err))),
         }
     }
 }

@@ -74,7 +74,7 @@ impl std::fmt::Display for BusySignal {
 }
 
 /// What happened in one running pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PodPrune {
     /// Pruned.
     Pruned {
@@ -95,8 +95,8 @@ pub enum PodPrune {
     },
     /// BuildKit in the pod could not be pruned.
     Failed {
-        /// Why.
-        error: String,
+        /// Why (shared, so the report stays cheap to clone).
+        error: std::sync::Arc<Error>,
     },
 }
 
@@ -285,7 +285,7 @@ impl Fleet {
             let outcome = match self.prune_pod(&name, ip.as_deref(), &options.prune).await {
                 Ok(outcome) => outcome,
                 Err(err) => PodPrune::Failed {
-                    error: crate::error_chain(&err),
+                    error: std::sync::Arc::new(err),
                 },
             };
             progress(CacheClearEvent::Pruned {

@@ -60,9 +60,10 @@ pub(crate) struct EksAuth<S> {
 
 fn bearer(token: &str) -> Result<HeaderValue, AwsError> {
     let mut value =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| AwsError::Request {
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| AwsError::Request {
             call: crate::aws::eks::CALL,
             reason: "the token is not a valid header value".into(),
+            source: Some(e.into()),
         })?;
     value.set_sensitive(true);
     Ok(value)

@@ -2,26 +2,31 @@
 
 use std::path::PathBuf;
 
+use kube::config::{InClusterError, KubeconfigError};
+
 /// Everything that can go wrong operating the fleet.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Neither a kubeconfig nor an in-cluster service account was found.
     #[error(
-        "no Kubernetes configuration: no kubeconfig ({kubeconfig}) and not running in a cluster ({in_cluster})"
+        "no Kubernetes configuration: no kubeconfig ({}) and not running in a cluster",
+        missing_kubeconfig_text(.kubeconfig)
     )]
     NoConfig {
-        /// Why no kubeconfig was found.
-        kubeconfig: String,
+        /// Why no kubeconfig was found (no home directory, or no file at the path).
+        kubeconfig: KubeconfigError,
         /// Why the in-cluster configuration was not usable.
-        in_cluster: String,
+        #[source]
+        in_cluster: InClusterError,
     },
-    /// `--context` was given but there is no kubeconfig to hold it.
-    #[error("no kubeconfig to take context {context:?} from ({reason})")]
+    /// A context was asked for but there is no kubeconfig to hold it.
+    #[error("no kubeconfig to take context {context:?} from")]
     NoKubeconfigForContext {
         /// The context asked for.
         context: String,
         /// Why no kubeconfig was found.
-        reason: String,
+        #[source]
+        source: KubeconfigError,
     },
     /// The kubeconfig has no such context.
     #[error("kubeconfig has no context {context:?}")]
@@ -30,16 +35,18 @@ pub enum Error {
         context: String,
     },
     /// The kubeconfig could not be used.
-    #[error("cannot use the kubeconfig: {reason}")]
+    #[error("cannot use the kubeconfig")]
     Kubeconfig {
-        /// What is wrong with it (kube's own words).
-        reason: String,
+        /// What is wrong with it.
+        #[source]
+        source: KubeconfigError,
     },
     /// A kube client could not be built from the configuration (e.g. an exec auth plugin failed).
-    #[error("cannot create the Kubernetes client: {reason}")]
+    #[error("cannot create the Kubernetes client")]
     Client {
-        /// kube's words.
-        reason: String,
+        /// What kube reported.
+        #[source]
+        source: kube::Error,
     },
     /// The account lacks a permission the operation needs.
     #[error(
@@ -67,15 +74,30 @@ pub enum Error {
         /// The namespace.
         namespace: String,
     },
-    /// Any other failed API call.
+    /// The API server answered a call with an error status (a refused permission is
+    /// [`Error::Forbidden`]).
     #[error("{action}: {message}")]
     Api {
         /// What was being done.
         action: String,
-        /// What the API server or the connection said.
+        /// The API server's status message (or its HTTP status line when it sent none).
         message: String,
-        /// The HTTP status code, when the server answered.
-        code: Option<u16>,
+        /// The HTTP status code it answered with.
+        code: u16,
+    },
+    /// A call that got no answer from the API server: the connection, TLS, an auth plugin,
+    /// or a response that could not be read.
+    ///
+    /// The text quotes the cause as well as keeping it as the source (a formatter that walks
+    /// the chain says it once): a port-forward's failure reaches the BuildKit client as an
+    /// `io::Error`, which reports only the text of what it wraps.
+    #[error("{action}: {source}")]
+    Request {
+        /// What was being done.
+        action: String,
+        /// What kube reported.
+        #[source]
+        source: kube::Error,
     },
     /// No pod of an architecture can take builds.
     #[error("no running and ready BuildKit pods for {arch} in namespace {namespace}")]
@@ -87,14 +109,17 @@ pub enum Error {
     },
     /// A port-forward opened but its connection failed (nothing listening in the pod, the
     /// pod's network going away).
-    #[error("port-forward to pod {pod} port {port} failed: {reason}")]
+    ///
+    /// The text quotes the cause as well (see [`Error::Request`] for why).
+    #[error("port-forward to pod {pod} port {port} failed: {source}")]
     PortForwardFailed {
         /// The pod.
         pod: String,
         /// The pod's port.
         port: u16,
-        /// The kubelet's or the connection's words.
-        reason: String,
+        /// What the kubelet or the connection reported.
+        #[source]
+        source: super::portforward::PortForwardError,
     },
     /// A running pod has no IP yet.
     #[error("BuildKit pod {pod} has no IP address")]
@@ -104,7 +129,7 @@ pub enum Error {
     },
     /// Waiting for replicas ran out of time.
     #[error(
-        "timed out after {seconds} s waiting for an available BuildKit replica of {statefulsets} in namespace {namespace}; check the pods with `kubectl get pods -n {namespace}`"
+        "timed out after {seconds} s waiting for an available BuildKit replica of {statefulsets} in namespace {namespace}"
     )]
     ScaleUpTimeout {
         /// The StatefulSets still without an available replica, comma-separated.
@@ -179,25 +204,17 @@ impl Error {
             },
             kube::Error::Api(status) => Error::Api {
                 action,
-                message: if status.message.is_empty() {
-                    format!("HTTP {} {}", status.code, status.reason)
-                } else {
-                    status.message.clone()
-                },
-                code: Some(status.code),
+                message: status_message(&status),
+                code: status.code,
             },
-            other => Error::Api {
-                action,
-                message: describe_kube_error(&other),
-                code: None,
-            },
+            source => Error::Request { action, source },
         }
     }
 
     /// The HTTP status code the API server answered with, if this is an API error.
     pub fn code(&self) -> Option<u16> {
         match self {
-            Error::Api { code, .. } => *code,
+            Error::Api { code, .. } => Some(*code),
             Error::Forbidden { .. } => Some(403),
             Error::NotFound { .. } => Some(404),
             _ => None,
@@ -205,12 +222,92 @@ impl Error {
     }
 }
 
-/// kube's error text with its causes, minus its debug dumps.
-pub(crate) fn describe_kube_error(err: &kube::Error) -> String {
-    let first = match err {
-        kube::Error::Api(status) => return status.message.clone(),
-        kube::Error::Service(e) => e.to_string(),
+/// An API server's answer in its own words: the status message, or the HTTP status line when
+/// it sent none.
+pub(crate) fn status_message(status: &kube::core::Status) -> String {
+    if status.message.is_empty() {
+        format!("HTTP {} {}", status.code, status.reason)
+    } else {
+        status.message.clone()
+    }
+}
+
+/// Why there is no kubeconfig, in a few words: the file that does not exist, or that there
+/// is no home directory to look in. (Only these two errors mean "no kubeconfig"; any other is
+/// shown in kube's words.)
+fn missing_kubeconfig_text(err: &KubeconfigError) -> String {
+    match err {
+        KubeconfigError::FindPath => "no home directory to find ~/.kube/config in".to_owned(),
+        KubeconfigError::ReadConfig(io, path) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("{} does not exist", path.display())
+        }
         other => other.to_string(),
-    };
-    crate::append_chain(first, std::error::Error::source(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn status(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            reason: "ServiceUnavailable".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_call_without_an_answer_keeps_kubes_error_as_the_source() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = Error::from_kube(
+            kube::Error::Service(Box::new(refused)),
+            "listing pods in namespace ci",
+            ("list", "pods"),
+            "ci",
+        );
+        assert!(matches!(err, Error::Request { .. }), "{err:?}");
+        assert_eq!(err.code(), None);
+        let kube = err
+            .source()
+            .and_then(|e| e.downcast_ref::<kube::Error>())
+            .expect("kube::Error is the source");
+        assert!(matches!(kube, kube::Error::Service(_)), "{kube:?}");
+        assert!(
+            err.to_string()
+                .starts_with("listing pods in namespace ci: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_api_status_is_data_with_its_code() {
+        let err = Error::from_kube(
+            status(503, "the server is busy"),
+            "reading",
+            ("get", "pods"),
+            "ci",
+        );
+        assert_eq!(err.to_string(), "reading: the server is busy");
+        assert_eq!(err.code(), Some(503));
+        assert!(err.source().is_none(), "a status is the server's words");
+
+        let err = Error::from_kube(status(500, ""), "reading", ("get", "pods"), "ci");
+        assert_eq!(err.to_string(), "reading: HTTP 500 ServiceUnavailable");
+
+        let err = Error::from_kube(
+            status(403, "pods is forbidden: "),
+            "listing pods",
+            ("list", "pods"),
+            "ci",
+        );
+        assert_eq!(err.code(), Some(403));
+        assert_eq!(
+            err.to_string(),
+            "listing pods: permission denied (pods is forbidden); the Kubernetes account needs verb list on pods in namespace ci"
+        );
+    }
 }

@@ -1,14 +1,14 @@
-//! The connection to the Kubernetes API: kubeconfig (with `--context` and exec auth plugins) or
+//! The connection to the Kubernetes API: kubeconfig (with a named context and exec auth plugins) or
 //! the in-cluster service account, and a short, bounded retry around every call.
 
 use std::future::Future;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, KubeconfigError};
+use kube::config::{InClusterError, KubeConfigOptions, KubeconfigError};
 use kube::{Client, Config};
 
 use super::NAMESPACE;
-use super::error::{Error, Result, describe_kube_error};
+use super::error::{Error, Result};
 
 /// How many times a call is tried when the API server answers 429, 503 or 504.
 pub const RETRY_ATTEMPTS: u32 = 4;
@@ -81,15 +81,11 @@ impl Fleet {
                 config.auth_info.exec = None;
                 let source = std::sync::Arc::new(crate::aws::EksTokenSource::new(request));
                 kube::client::ClientBuilder::try_from(config)
-                    .map_err(|e| Error::Client {
-                        reason: describe_kube_error(&e),
-                    })?
+                    .map_err(|source| Error::Client { source })?
                     .with_layer(&super::eks_auth::EksAuthLayer::new(source))
                     .build()
             }
-            None => Client::try_from(config).map_err(|e| Error::Client {
-                reason: describe_kube_error(&e),
-            })?,
+            None => Client::try_from(config).map_err(|source| Error::Client { source })?,
         };
         Ok(Fleet {
             client,
@@ -135,40 +131,44 @@ async fn load_config(context: Option<&str>) -> Result<(Config, bool)> {
     };
     match Config::from_kubeconfig(&options).await {
         Ok(config) => Ok((config, false)),
-        Err(err) => {
-            if let Some(missing) = missing_kubeconfig(&err) {
-                if let Some(context) = context {
-                    return Err(Error::NoKubeconfigForContext {
-                        context: context.to_owned(),
-                        reason: missing,
-                    });
-                }
-                return match Config::incluster() {
-                    Ok(config) => Ok((config, true)),
-                    Err(in_cluster) => Err(Error::NoConfig {
-                        kubeconfig: missing,
-                        in_cluster: in_cluster.to_string(),
-                    }),
-                };
-            }
-            match err {
-                KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
-                other => Err(Error::Kubeconfig {
-                    reason: crate::error_chain(&other),
-                }),
-            }
-        }
+        Err(err) => without_kubeconfig(err, context, Config::incluster),
     }
 }
 
-/// `Some(why)` when the error means there is no kubeconfig file at all.
-fn missing_kubeconfig(err: &KubeconfigError) -> Option<String> {
-    match err {
-        KubeconfigError::FindPath => Some("no home directory to find ~/.kube/config in".into()),
-        KubeconfigError::ReadConfig(io, path) if io.kind() == std::io::ErrorKind::NotFound => {
-            Some(format!("{} does not exist", path.display()))
+/// What a kubeconfig that failed to load leaves: the service account (`in_cluster`) when
+/// there is no kubeconfig at all and no context was asked for, an error otherwise.
+fn without_kubeconfig(
+    err: KubeconfigError,
+    context: Option<&str>,
+    in_cluster: impl FnOnce() -> std::result::Result<Config, InClusterError>,
+) -> Result<(Config, bool)> {
+    if is_missing_kubeconfig(&err) {
+        if let Some(context) = context {
+            return Err(Error::NoKubeconfigForContext {
+                context: context.to_owned(),
+                source: err,
+            });
         }
-        _ => None,
+        return match in_cluster() {
+            Ok(config) => Ok((config, true)),
+            Err(in_cluster) => Err(Error::NoConfig {
+                kubeconfig: err,
+                in_cluster,
+            }),
+        };
+    }
+    match err {
+        KubeconfigError::LoadContext(name) => Err(Error::UnknownContext { context: name }),
+        source => Err(Error::Kubeconfig { source }),
+    }
+}
+
+/// Whether the error means there is no kubeconfig file at all (rather than a broken one).
+fn is_missing_kubeconfig(err: &KubeconfigError) -> bool {
+    match err {
+        KubeconfigError::FindPath => true,
+        KubeconfigError::ReadConfig(io, _) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 
@@ -189,12 +189,116 @@ where
     loop {
         match call().await {
             Err(err) if attempt < RETRY_ATTEMPTS && retryable(&err) => {
-                tracing::debug!(attempt, error = %describe_kube_error(&err), "retrying Kubernetes call");
+                tracing::debug!(
+                    attempt,
+                    error = &err as &dyn std::error::Error,
+                    "retrying Kubernetes call"
+                );
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use kube::config::Kubeconfig;
+
+    use super::*;
+
+    /// The in-cluster lookup of a process outside a cluster.
+    fn outside_a_cluster() -> std::result::Result<Config, InClusterError> {
+        Err(InClusterError::ReadEnvironmentVariable(
+            std::env::VarError::NotPresent,
+        ))
+    }
+
+    fn read_error(path: &std::path::Path) -> KubeconfigError {
+        match Kubeconfig::read_from(path) {
+            Ok(_) => panic!("{} should not load", path.display()),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn no_kubeconfig_and_no_cluster_keeps_both_causes_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let Err(err) = without_kubeconfig(read_error(&path), None, outside_a_cluster) else {
+            panic!("no configuration at all must fail");
+        };
+        assert!(
+            err.to_string().contains(&format!(
+                "no kubeconfig ({} does not exist)",
+                path.display()
+            )),
+            "{err}"
+        );
+        let Error::NoConfig { kubeconfig, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            matches!(kubeconfig, KubeconfigError::ReadConfig(io, p)
+                if io.kind() == std::io::ErrorKind::NotFound && p == &path),
+            "{kubeconfig:?}"
+        );
+        let source = err.source().expect("the in-cluster failure is the source");
+        assert!(
+            matches!(
+                source.downcast_ref::<InClusterError>(),
+                Some(InClusterError::ReadEnvironmentVariable(_))
+            ),
+            "{source:?}"
+        );
+    }
+
+    #[test]
+    fn a_context_without_a_kubeconfig_keeps_the_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let err = without_kubeconfig(read_error(&path), Some("prod"), || {
+            panic!("a named context never falls back to the service account")
+        })
+        .map(drop)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no kubeconfig to take context \"prod\" from"
+        );
+        let kubeconfig = err
+            .source()
+            .and_then(|e| e.downcast_ref::<KubeconfigError>())
+            .expect("kube's KubeconfigError is the source");
+        let io = kubeconfig
+            .source()
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the read's io::Error under it");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_broken_kubeconfig_is_an_error_with_kubes_cause_not_a_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "clusters: [unclosed").unwrap();
+        let err = without_kubeconfig(read_error(&path), None, || {
+            panic!("a broken kubeconfig never falls back to the service account")
+        })
+        .map(drop)
+        .unwrap_err();
+        assert_eq!(err.to_string(), "cannot use the kubeconfig");
+        assert!(
+            matches!(
+                err.source()
+                    .and_then(|e| e.downcast_ref::<KubeconfigError>()),
+                Some(KubeconfigError::Parse(_))
+            ),
+            "{err:?}"
+        );
     }
 }

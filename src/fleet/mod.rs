@@ -35,14 +35,14 @@ mod tunnel;
 use std::fmt;
 use std::str::FromStr;
 
-pub use address::{PodAddress, PodMetricsState};
+pub use address::{MetricsUnavailable, PodAddress, PodMetricsState};
 pub use cache::{
     BusySignal, CacheClearEvent, CacheClearOptions, CacheClearReport, PodPrune, PvcAction,
 };
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodScheme, connect, register_kube_pod};
-pub use portforward::{PodDialer, PortForwardStream};
+pub use portforward::{PodDialer, PortForwardError, PortForwardStream};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
 pub use tunnel::{
     DEFAULT_SCALE_UP_WAIT, Lease, LeaseOptions, RECORD_INTERVAL, ReadyProgress, Tunnel,

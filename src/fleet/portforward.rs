@@ -20,6 +20,41 @@ use crate::buildkit::{BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 /// [`PodDialer::open_checked`]).
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// What went wrong on a port-forward the API server had opened: the cause of
+/// [`Error::PortForwardFailed`], and, for [`PortForwardError::KubeletRefused`], the error a
+/// [`PortForwardStream`]'s read ends with (inside an [`io::Error`]; take it out with
+/// [`io::Error::downcast`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortForwardError {
+    /// The kubelet reported an error for the port on the port-forward's error channel
+    /// (nothing listening in the pod, the pod's network gone).
+    #[error("{message}")]
+    KubeletRefused {
+        /// The kubelet's text.
+        message: String,
+    },
+    /// The connection closed before the server in the pod said anything.
+    #[error("the connection closed at once; is BuildKit listening there?")]
+    ClosedAtOnce,
+    /// The API server's answer carried no data or error stream for the port.
+    #[error("the API server opened no stream for the port")]
+    NoStream,
+    /// Reading from the connection failed.
+    #[error("reading from the connection failed")]
+    Read(#[source] io::Error),
+}
+
+impl PortForwardError {
+    /// The typed error a failed read carries, or the read error itself.
+    fn from_read(err: io::Error) -> Self {
+        match err.downcast::<PortForwardError>() {
+            Ok(typed) => typed,
+            Err(err) => PortForwardError::Read(err),
+        }
+    }
+}
+
 /// Opens a new port-forward to one pod's port each time BuildKit's client needs a connection.
 #[derive(Clone)]
 pub struct PodDialer {
@@ -77,10 +112,10 @@ impl PodDialer {
                     &self.namespace,
                 )
             })?;
-        let missing = || Error::Api {
-            action: format!("port-forward to pod {}", self.pod),
-            message: "the port-forward has no stream for the requested port".into(),
-            code: None,
+        let missing = || Error::PortForwardFailed {
+            pod: self.pod.clone(),
+            port: self.port,
+            source: PortForwardError::NoStream,
         };
         let stream = forwarder.take_stream(self.port).ok_or_else(missing)?;
         let errors = forwarder.take_error(self.port).ok_or_else(missing)?;
@@ -145,7 +180,9 @@ impl AsyncRead for PortForwardStream {
         {
             self.error = None;
             if let Some(message) = message {
-                return Poll::Ready(Err(io::Error::other(message.trim().to_owned())));
+                return Poll::Ready(Err(io::Error::other(PortForwardError::KubeletRefused {
+                    message: message.trim().to_owned(),
+                })));
             }
         }
         Poll::Ready(Ok(()))
@@ -182,22 +219,20 @@ impl PodDialer {
     /// or closes before the server has said anything.
     pub async fn open_checked(&self) -> Result<PortForwardStream> {
         let mut stream = self.open().await?;
-        let failed = |reason: String| Error::PortForwardFailed {
+        let failed = |source| Error::PortForwardFailed {
             pod: self.pod.clone(),
             port: self.port,
-            reason,
+            source,
         };
         let mut first = vec![0u8; 16 * 1024];
         match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut first)).await {
-            Ok(Ok(0)) => Err(failed(
-                "the connection closed at once; is BuildKit listening there?".into(),
-            )),
+            Ok(Ok(0)) => Err(failed(PortForwardError::ClosedAtOnce)),
             Ok(Ok(n)) => {
                 first.truncate(n);
                 stream.pending = first.into();
                 Ok(stream)
             }
-            Ok(Err(err)) => Err(failed(err.to_string())),
+            Ok(Err(err)) => Err(failed(PortForwardError::from_read(err))),
             Err(_) => Ok(stream),
         }
     }
@@ -254,5 +289,80 @@ impl Fleet {
                 .await
                 .map_err(wrap),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A port-forwarded connection whose peer has closed and whose error channel holds
+    /// `message`, as kube hands them over when the kubelet refuses the port.
+    fn refused_stream(message: &str) -> PortForwardStream {
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let message = Some(message.to_owned());
+        PortForwardStream {
+            pending: bytes::Bytes::new(),
+            inner: ours,
+            error: Some(Box::pin(async move { message })),
+            pod: "buildkit-amd64-1".into(),
+            port: 1234,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kubelets_refusal_ends_the_read_as_a_typed_error() {
+        let mut stream = refused_stream("error forwarding port 1234 to pod buildkit-amd64-1\n");
+        let mut buf = [0u8; 8];
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "error forwarding port 1234 to pod buildkit-amd64-1"
+        );
+        match err.downcast::<PortForwardError>() {
+            Ok(PortForwardError::KubeletRefused { message }) => {
+                assert_eq!(
+                    message,
+                    "error forwarding port 1234 to pod buildkit-amd64-1"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Said once: the next read is a plain end of stream.
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_port_forward_keeps_the_refusal_as_its_source() {
+        let mut stream = refused_stream("nothing listens");
+        let mut buf = [0u8; 8];
+        let read = stream.read(&mut buf).await.unwrap_err();
+        let err = Error::PortForwardFailed {
+            pod: "buildkit-amd64-1".into(),
+            port: 1234,
+            source: PortForwardError::from_read(read),
+        };
+        assert_eq!(
+            err.to_string(),
+            "port-forward to pod buildkit-amd64-1 port 1234 failed: nothing listens"
+        );
+        assert!(
+            matches!(
+                err.source().and_then(|e| e.downcast_ref::<PortForwardError>()),
+                Some(PortForwardError::KubeletRefused { message }) if message == "nothing listens"
+            ),
+            "{err:?}"
+        );
+
+        // Any other read failure is kept as the io::Error it is.
+        let other = PortForwardError::from_read(io::Error::from(io::ErrorKind::BrokenPipe));
+        let PortForwardError::Read(io) = &other else {
+            panic!("{other:?}");
+        };
+        assert_eq!(io.kind(), io::ErrorKind::BrokenPipe);
+        assert!(other.source().is_some());
     }
 }

@@ -95,7 +95,7 @@ impl ScaleDownReport {
                 "{arch}: Last build occurred less than {timeout} seconds ago. Skipping scale down."
             ),
             ScaleDownAction::ScaledDown if self.timeout.is_none() => {
-                format!("{arch}: No --timeout given. Scaling down...")
+                format!("{arch}: No idle timeout given. Scaling down...")
             }
             ScaleDownAction::ScaledDown if self.last_build.is_none() => {
                 format!("{arch}: No builds recorded. Scaling down...")
@@ -419,5 +419,28 @@ mod tests {
         assert!(is_idle(Some(10_000), 10_000, None));
         // A stamp from the future (clock skew) is recent, not idle.
         assert!(!is_idle(Some(20_000), 10_000, t));
+    }
+
+    #[test]
+    fn decisions_speak_of_the_timeout_not_a_flag() {
+        let report = |timeout: Option<u64>, last_build, action| ScaleDownReport {
+            arch: Arch::Arm64,
+            last_build,
+            invalid_annotation: None,
+            action,
+            timeout: timeout.map(Duration::from_secs),
+        };
+        assert_eq!(
+            report(None, Some(5), ScaleDownAction::ScaledDown).message(),
+            "arm64: No idle timeout given. Scaling down..."
+        );
+        assert_eq!(
+            report(Some(60), None, ScaleDownAction::ScaledDown).message(),
+            "arm64: No builds recorded. Scaling down..."
+        );
+        assert_eq!(
+            report(Some(60), Some(5), ScaleDownAction::Skipped).message(),
+            "arm64: Last build occurred less than 60 seconds ago. Skipping scale down."
+        );
     }
 }

@@ -18,7 +18,10 @@ use crate::fake_kube::{
 };
 use crate::private_daemon::PrivateDaemon;
 use crate::util::{self, Tier, assert_one_line_failure};
-use pf_buildkit::fleet::{Arch, Fleet, LeaseOptions, TunnelOptions};
+use pf_buildkit::fleet::{
+    Arch, Error as FleetError, Fleet, LeaseOptions, PodDialer, PodPrune, PortForwardError,
+    TunnelOptions,
+};
 
 fn out(o: &Output) -> String {
     util::stdout(o)
@@ -432,6 +435,21 @@ async fn suspend_respects_its_timeout_and_treats_a_missing_annotation_as_idle() 
     assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 0);
     assert!(err(&o).contains("amd64: Last build occurred over 50 seconds ago. Scaling down..."));
     assert!(err(&o).contains("arm64: Already scaled down."));
+
+    // Without a timeout, whatever was recorded: the line names the flag that was not given.
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, Some(&recent))
+        .statefulset("arm64", 0, 0, None)
+        .start()
+        .await;
+    let o = fake.run(&["scale", "down"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 0);
+    assert!(
+        err(&o).contains("amd64: No --timeout given. Scaling down..."),
+        "{}",
+        err(&o)
+    );
 }
 
 #[tokio::test]
@@ -1268,6 +1286,74 @@ async fn cache_clear_falls_back_to_records_in_use_without_a_history_api() {
         "{e}"
     );
     assert!(!e.contains("Pruned"), "{e}");
+}
+
+#[tokio::test]
+async fn cache_clear_names_the_pod_it_cannot_prune_and_fails() {
+    // The pod runs, but nothing listens on its BuildKit port: the kubelet refuses the
+    // port-forward on its error channel.
+    let fake = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .start()
+        .await;
+
+    // The library reports the pod's failure with its typed cause.
+    let report = fleet_for(&fake)
+        .await
+        .cache_clear(&Default::default())
+        .await
+        .unwrap();
+    let [(pod, PodPrune::Failed { error })] = report.pods.as_slice() else {
+        panic!("{:?}", report.pods);
+    };
+    assert_eq!(pod, "buildkit-amd64-0");
+    assert!(
+        matches!(&**error, FleetError::Buildkit { pod, .. } if pod == "buildkit-amd64-0"),
+        "{error:?}"
+    );
+
+    // The binary says which pod, why (the kubelet's words), and fails.
+    let o = fake.run(&["cache", "clear"]).await;
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("pf-buildkit: cannot prune pod buildkit-amd64-0: "))
+        .unwrap_or_else(|| panic!("no line for the pod: {e}"));
+    assert!(
+        line.contains(
+            "port-forward to pod buildkit-amd64-0 port 1234 failed: error forwarding port 1234 to pod buildkit-amd64-0"
+        ),
+        "{line}"
+    );
+    assert_eq!(
+        e.lines().last(),
+        Some("pf-buildkit: 1 pod(s) could not be pruned"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_kubelets_refusal_of_a_port_is_a_typed_cause() {
+    let fake = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .start()
+        .await;
+    let fleet = fleet_for(&fake).await;
+    let err = PodDialer::new(&fleet, "buildkit-amd64-0", 1234)
+        .open_checked()
+        .await
+        .map(drop)
+        .unwrap_err();
+    let source = std::error::Error::source(&err).expect("the refusal is the source");
+    match source.downcast_ref::<PortForwardError>() {
+        Some(PortForwardError::KubeletRefused { message }) => assert!(
+            message.starts_with("error forwarding port 1234 to pod buildkit-amd64-0"),
+            "{message}"
+        ),
+        other => panic!("{other:?}: {err:?}"),
+    }
 }
 
 /// The library, connected to the fake through its kubeconfig's `fake` context.
