@@ -41,7 +41,7 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// The command-line fix for the first error in the chain that has one.
 fn hint(err: &anyhow::Error) -> Option<String> {
     err.chain().find_map(|cause| {
-        if let Some(e) = cause.downcast_ref::<fleet::Error>() {
+        if let Some(e) = as_error::<fleet::Error>(cause) {
             return fleet_hint(e);
         }
         buildkit_hint(cause)
@@ -242,6 +242,22 @@ mod tests {
         assert!(
             line.ends_with("; scale up first: pf-buildkit scale up --only arm64 --wait"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_missing_pod_under_the_cluster_build_names_the_scale_up_command() {
+        // The multi-platform build boxes the fleet's error as its source.
+        let err = anyhow::Error::new(multiplatform::Error::Lease {
+            arch: "arm64".into(),
+            source: Box::new(fleet::Error::NoRunningPods {
+                arch: fleet::Arch::Arm64,
+                namespace: "buildkit".into(),
+            }),
+        });
+        assert_hint(
+            err,
+            "scale up first: pf-buildkit scale up --only arm64 --wait",
         );
     }
 
