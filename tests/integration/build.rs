@@ -245,7 +245,8 @@ fn pushes_to_the_registry_and_writes_metadata(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
     let registry = util::env("PF_TEST_REGISTRY");
-    let tag = format!("t{}", std::process::id());
+    // One tag per tier: both tiers run at once, and each must find its own push.
+    let tag = format!("t{}-{}", std::process::id(), tier.name());
     write(
         &dir.path().join("Dockerfile"),
         &format!("FROM {base}\nRUN echo {tag} > /tag\n"),
