@@ -31,26 +31,3 @@ pub mod registry;
 /// The `User-Agent` of every HTTP request this crate makes (Kubernetes API, registries, AWS),
 /// so that audit and access logs name the client: `pf-buildkit/VERSION`.
 pub const USER_AGENT: &str = concat!("pf-buildkit/", env!("CARGO_PKG_VERSION"));
-
-/// An error and its `source()` chain as one line: each message that adds something, joined by
-/// `: ` (a cause whose text its parent already quotes, or an empty one, is left out; line
-/// breaks become spaces). The one chain formatter of the crate: the binary prints its errors
-/// with it, and the library uses it only where a cause must become text.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    append_chain(String::new(), Some(err))
-}
-
-/// [`error_chain`] of `next` appended to `out` (a caller's own rendering of the top error).
-pub(crate) fn append_chain(mut out: String, mut next: Option<&dyn std::error::Error>) -> String {
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out.replace('\n', " ")
-}

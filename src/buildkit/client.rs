@@ -14,7 +14,7 @@ use super::error::{Error, Result};
 use super::proto::control::control_client::ControlClient;
 use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest};
 use super::proto::moby::buildkit::v1::types::WorkerRecord;
-use super::transport::{Dialer, EndpointDialer, TlsOptions, describe_io_error};
+use super::transport::{Dialer, EndpointDialer, TlsOptions, tls_problem_of};
 
 /// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -107,10 +107,40 @@ impl Client {
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the first stream cannot be opened.
     pub async fn connect_with_shared_dialer(dialer: Arc<dyn Dialer>) -> Result<Self> {
         let endpoint = dialer.describe();
+        // One deadline for the connection and the probe together: "fails within
+        // CONNECT_TIMEOUT" holds even when the connection takes most of it.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        // The first stream is dialled here rather than by tonic, so that a failure keeps the
+        // dialer's own error (a scheme's typed error inside it) as the source; tonic would
+        // hand it back only behind its transport layers, by reference.
+        let first = match tokio::time::timeout_at(deadline, dialer.dial()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(source)) if source.kind() != std::io::ErrorKind::TimedOut => {
+                return Err(Error::Connect {
+                    tls: tls_problem_of(&source),
+                    endpoint,
+                    source,
+                });
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(Error::ConnectTimeout {
+                    endpoint,
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                });
+            }
+        };
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
         let connector_dialer = dialer.clone();
         let connector = tower::service_fn(move |_uri: http::Uri| {
+            // Reconnections dial again; the first connection takes the stream above.
+            let ready = first.lock().ok().and_then(|mut first| first.take());
             let dialer = connector_dialer.clone();
-            async move { dialer.dial().await.map(TokioIo::new) }
+            async move {
+                match ready {
+                    Some(io) => Ok(TokioIo::new(io)),
+                    None => dialer.dial().await.map(TokioIo::new),
+                }
+            }
         });
         let builder = tonic::transport::Endpoint::from_static("http://buildkit")
             .connect_timeout(CONNECT_TIMEOUT)
@@ -119,9 +149,6 @@ impl Client {
             .keep_alive_timeout(Duration::from_secs(20))
             .initial_stream_window_size(CONTROL_STREAM_WINDOW)
             .initial_connection_window_size(CONTROL_CONNECTION_WINDOW);
-        // One deadline for the connection and the probe together: "fails within
-        // CONNECT_TIMEOUT" holds even when the connection takes most of it.
-        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let channel = builder.connect_with_connector(connector);
         let channel = match tokio::time::timeout_at(deadline, channel).await {
             Err(_) => {
@@ -130,9 +157,7 @@ impl Client {
                     seconds: CONNECT_TIMEOUT.as_secs(),
                 });
             }
-            Ok(Err(err)) => {
-                return Err(connect_error(&endpoint, &err));
-            }
+            Ok(Err(err)) => return Err(handshake_error(endpoint, err)),
             Ok(Ok(channel)) => channel,
         };
         let control = ControlClient::new(channel)
@@ -302,36 +327,31 @@ impl Client {
     }
 }
 
-fn connect_error(endpoint: &str, err: &tonic::transport::Error) -> Error {
-    // Find our own io::Error in the chain: it says what actually went wrong.
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+/// The HTTP/2 handshake on a dialled stream failed: the I/O error under it, when there is
+/// one, says what went wrong.
+fn handshake_error(endpoint: String, err: tonic::transport::Error) -> Error {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return Error::ConnectTimeout {
-                    endpoint: endpoint.to_owned(),
+                    endpoint,
                     seconds: CONNECT_TIMEOUT.as_secs(),
                 };
             }
-            let (reason, tls) = describe_io_error(io);
+            let tls = tls_problem_of(io);
             return Error::Connect {
-                endpoint: endpoint.to_owned(),
-                reason,
+                endpoint,
                 tls,
-            };
-        }
-        if e.to_string().contains("timed out") {
-            return Error::ConnectTimeout {
-                endpoint: endpoint.to_owned(),
-                seconds: CONNECT_TIMEOUT.as_secs(),
+                source: std::io::Error::other(err),
             };
         }
         next = e.source();
     }
     Error::Connect {
-        endpoint: endpoint.to_owned(),
-        reason: err.to_string(),
+        endpoint,
         tls: None,
+        source: std::io::Error::other(err),
     }
 }
 

@@ -12,15 +12,17 @@ pub enum Error {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
-    /// The daemon could not be reached.
-    #[error("cannot connect to BuildKit at {endpoint}: {reason}")]
+    /// The daemon could not be reached: the dialer's error is the source (for a registered
+    /// scheme such as `kube-pod://`, it wraps that scheme's own typed error).
+    #[error("cannot connect to BuildKit at {endpoint}{}", tls_words(*.tls))]
     Connect {
         /// The address tried.
         endpoint: String,
-        /// Why, in words a user can act on.
-        reason: String,
         /// The TLS problem behind it, when TLS is what failed.
         tls: Option<TlsProblem>,
+        /// What the dialer (or, past it, the HTTP/2 handshake) reported.
+        #[source]
+        source: std::io::Error,
     },
     /// Connecting took longer than the connect timeout.
     #[error(
@@ -80,6 +82,19 @@ pub enum TlsProblem {
     /// The daemon refused the connection with a TLS alert, or closed it as soon as it was
     /// open while no client certificate was offered: it most likely requires one (mTLS).
     ClientCertificateWanted,
+}
+
+/// What a TLS failure means for the user, in the connect error's own words (the TLS
+/// library's text follows as the source).
+fn tls_words(tls: Option<TlsProblem>) -> &'static str {
+    match tls {
+        Some(TlsProblem::UnknownIssuer) => " (TLS: its certificate is not signed by a trusted CA)",
+        Some(TlsProblem::WrongServerName) => {
+            " (TLS: its certificate is not valid for this host name)"
+        }
+        Some(TlsProblem::ClientCertificateWanted) => " (TLS: it wants a client certificate)",
+        None => "",
+    }
 }
 
 impl Error {
@@ -244,7 +259,7 @@ impl std::fmt::Display for Cause {
 }
 
 impl Cause {
-    fn tls_problem(&self) -> Option<TlsProblem> {
+    pub(crate) fn tls_problem(&self) -> Option<TlsProblem> {
         match self {
             Cause::Tls(_, problem) => *problem,
             _ => None,

@@ -19,7 +19,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::endpoint::{DockerHost, Endpoint};
-use super::error::{Cause, TlsProblem, tls_cause};
+use super::error::{TlsProblem, tls_cause};
 
 /// A connected, bidirectional byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -401,31 +401,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
     })
 }
 
-/// Describes why a connection attempt failed, in words a user can act on, with the TLS
-/// problem behind it when TLS is what failed.
-pub(crate) fn describe_io_error(err: &io::Error) -> (String, Option<TlsProblem>) {
-    if let Some(refused) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<UpgradeRefused>())
-    {
-        return (refused.to_string(), None);
-    }
-    if let Some(tls) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    {
-        return match tls_cause(tls) {
-            Cause::Tls(text, problem) => (text, problem),
-            other => (other.to_string(), None),
-        };
-    }
-    let text = match err.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused; is BuildKit running there?".into(),
-        io::ErrorKind::NotFound => "no such socket; is BuildKit running there?".into(),
-        io::ErrorKind::PermissionDenied => "permission denied opening the socket".into(),
-        _ => err.to_string(),
-    };
-    (text, None)
+/// The TLS problem behind a failed dial, when TLS is what failed (rustls's error travels
+/// inside the `io::Error` the TLS stream returns).
+pub(crate) fn tls_problem_of(err: &io::Error) -> Option<TlsProblem> {
+    let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    tls_cause(tls).tls_problem()
 }
 
 #[cfg(test)]

@@ -97,6 +97,16 @@ fn connect_hint(err: &buildkit::Error) -> Option<String> {
             _ => None,
         };
     }
+    if let buildkit::Error::Connect {
+        tls: None, source, ..
+    } = err
+        && matches!(
+            source.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        )
+    {
+        return Some("is BuildKit running at that address?".into());
+    }
     match err.tls_problem()? {
         TlsProblem::UnknownIssuer => Some("check --tlscacert".into()),
         TlsProblem::WrongServerName => {
@@ -299,8 +309,8 @@ mod tests {
     fn a_tls_refusal_names_the_client_certificate_flags() {
         let err = anyhow::Error::new(buildkit::Error::Connect {
             endpoint: "tcp://localhost:1234".into(),
-            reason: "TLS: the daemon rejected the connection (alert CertificateRequired)".into(),
             tls: Some(TlsProblem::ClientCertificateWanted),
+            source: std::io::Error::other("received fatal alert: CertificateRequired"),
         });
         assert_hint(
             err,
@@ -308,13 +318,28 @@ mod tests {
         );
         let err = anyhow::Error::new(buildkit::Error::Connect {
             endpoint: "tcp://localhost:1234".into(),
-            reason: "TLS: the daemon's certificate is not valid for this host name".into(),
             tls: Some(TlsProblem::WrongServerName),
+            source: std::io::Error::other("invalid peer certificate: NotValidForName"),
         });
         assert_hint(
             err,
             "set --tlsservername to a name the daemon's certificate holds",
         );
+    }
+
+    #[test]
+    fn nothing_listening_asks_whether_buildkit_runs_there() {
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::NotFound,
+        ] {
+            let err = anyhow::Error::new(buildkit::Error::Connect {
+                endpoint: "unix:///run/buildkit/buildkitd.sock".into(),
+                tls: None,
+                source: std::io::Error::from(kind),
+            });
+            assert_hint(err, "is BuildKit running at that address?");
+        }
     }
 
     #[test]

@@ -347,7 +347,7 @@ mod tests {
         };
         assert_eq!(
             err.to_string(),
-            "port-forward to pod buildkit-amd64-1 port 1234 failed: nothing listens"
+            "port-forward to pod buildkit-amd64-1 port 1234 failed"
         );
         assert!(
             matches!(
