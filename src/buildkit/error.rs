@@ -107,6 +107,20 @@ impl Error {
     }
 }
 
+/// An error as text for the daemon (a session service's status, an fsutil error packet):
+/// the message, then each cause. The wire carries only text, so this is where a cause chain becomes words;
+/// what the library returns to its caller keeps the typed chain, and only the binary formats it.
+pub(crate) fn wire_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// The result type of the BuildKit client.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

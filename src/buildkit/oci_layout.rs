@@ -87,8 +87,8 @@ pub enum LayoutError {
         /// What differed.
         reason: String,
     },
-    /// A file operation failed.
-    #[error("{}: {source}", path.display())]
+    /// A file operation failed (the OS error is the source).
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,

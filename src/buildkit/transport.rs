@@ -127,7 +127,7 @@ pub enum TlsConfigError {
     #[error("mTLS needs both a client certificate and its key")]
     HalfIdentity,
     /// rustls refused the material.
-    #[error("invalid TLS material: {0}")]
+    #[error("invalid TLS material")]
     Rustls(#[from] rustls::Error),
     /// The server name is not a valid DNS name or IP address.
     #[error("TLS server name {0:?} is not a valid host name")]

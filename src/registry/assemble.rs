@@ -374,9 +374,10 @@ pub fn assemble_index(sources: &[ResolvedSource]) -> Result<AssembledIndex, Erro
         media_type,
         manifests,
     };
-    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Unusable {
-        reference: "index".into(),
-        problem: format!("cannot serialise: {e}"),
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|source| Error::Json {
+        reference: "the assembled index".into(),
+        document: "index",
+        source,
     })?;
     let digest = sha256_digest(&bytes);
     Ok(AssembledIndex {

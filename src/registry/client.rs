@@ -88,10 +88,11 @@ impl FetchedManifest {
     /// # Errors
     /// The bytes are not JSON.
     pub fn to_pretty_json(&self) -> Result<String, Error> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&self.bytes).map_err(|e| {
-            Error::Unusable {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&self.bytes).map_err(|source| {
+            Error::Json {
                 reference: self.digest.clone(),
-                problem: format!("not JSON: {e}"),
+                document: "manifest",
+                source,
             }
         })?;
         Ok(reindent(&String::from_utf8_lossy(&self.bytes)))
@@ -380,8 +381,12 @@ impl Client {
             problem,
         };
         let content = if is_index(&fetched.media_type) {
-            let doc: IndexDoc = serde_json::from_slice(&fetched.bytes)
-                .map_err(|e| unusable(format!("invalid index: {e}")))?;
+            let doc: IndexDoc =
+                serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
+                    reference: reference.whole(),
+                    document: "index",
+                    source,
+                })?;
             for entry in &doc.manifests {
                 if !assemble::is_valid_digest(&entry.digest) {
                     return Err(Error::BadDigest {
@@ -394,8 +399,12 @@ impl Client {
                 entries: doc.manifests,
             }
         } else {
-            let doc: ManifestDoc = serde_json::from_slice(&fetched.bytes)
-                .map_err(|e| unusable(format!("invalid manifest: {e}")))?;
+            let doc: ManifestDoc =
+                serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
+                    reference: reference.whole(),
+                    document: "manifest",
+                    source,
+                })?;
             let config = self.fetch_small_blob(reference, &doc.config).await?;
             let platform: Platform = serde_json::from_slice(&config)
                 .map_err(|_| unusable("its config has no os and architecture".into()))?;
@@ -420,9 +429,10 @@ impl Client {
     /// As [`Client::fetch_manifest`], or a body that is not JSON.
     pub async fn inspect(&self, reference: &Reference) -> Result<serde_json::Value, Error> {
         let fetched = self.fetch_manifest(reference).await?;
-        serde_json::from_slice(&fetched.bytes).map_err(|e| Error::Unusable {
+        serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
             reference: reference.whole(),
-            problem: format!("not JSON: {e}"),
+            document: "manifest",
+            source,
         })
     }
 
@@ -698,9 +708,10 @@ impl Client {
             &desc.digest,
             &bytes,
         )?;
-        let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|e| Error::Unusable {
+        let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
             reference: format!("{}@{}", source.whole(), desc.digest),
-            problem: format!("invalid manifest: {e}"),
+            document: "manifest",
+            source: e,
         })?;
         let blobs = std::iter::once(doc.config).chain(doc.layers).collect();
         Ok(Some((bytes, blobs)))
@@ -883,6 +894,26 @@ mod tests {
     use super::*;
     use crate::registry::assemble::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST};
     use crate::registry::parse_reference;
+
+    #[test]
+    fn a_document_that_is_not_json_keeps_the_parsers_error() {
+        let fetched = FetchedManifest {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: "sha256:00".into(),
+            bytes: Bytes::from_static(b"{\"schemaVersion\": 2,"),
+        };
+        let err = fetched.to_pretty_json().unwrap_err();
+        assert!(
+            matches!(&err, Error::Json { document: "manifest", reference, .. } if reference == "sha256:00"),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(
+            source.downcast_ref::<serde_json::Error>().is_some(),
+            "{source:?}"
+        );
+        assert_eq!(err.to_string(), "sha256:00: invalid manifest JSON");
+    }
 
     #[test]
     fn media_type_from_body() {

@@ -112,6 +112,17 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// A document (manifest, index, the index being pushed) that is not the JSON it must be.
+    #[error("{reference}: invalid {document} JSON")]
+    Json {
+        /// The reference, or what the document is when it has none yet.
+        reference: String,
+        /// Which document: `manifest`, `index`, ….
+        document: &'static str,
+        /// What the JSON parser or writer said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A source image is not the platform it was listed for.
     #[error("{reference} is {actual}, not {expected}")]
     PlatformMismatch {
@@ -165,6 +176,15 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file given as an OCI layout tarball is not a tar archive.
+    #[error("{path} is not a tar archive")]
+    NotTar {
+        /// The file.
+        path: PathBuf,
+        /// What the tar reader said.
         #[source]
         source: std::io::Error,
     },

@@ -33,9 +33,9 @@ impl TarIndex {
         let mut archive = tar::Archive::new(std::io::BufReader::new(file));
         let mut files = HashMap::new();
         for entry in archive.entries().map_err(io)? {
-            let entry = entry.map_err(|e| Error::Layout {
+            let entry = entry.map_err(|source| Error::NotTar {
                 path: path.to_owned(),
-                problem: format!("not a tar archive: {e}"),
+                source,
             })?;
             if !entry.header().entry_type().is_file() {
                 continue;

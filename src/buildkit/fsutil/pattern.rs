@@ -10,13 +10,16 @@
 use regex::Regex;
 
 /// A pattern that cannot be compiled, named with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid pattern {pattern:?}: {reason}")]
 pub struct PatternError {
     /// The pattern as given.
     pub pattern: String,
     /// Why it was rejected.
-    pub reason: String,
+    pub reason: &'static str,
+    /// The regular-expression engine's error, when the pattern's translation was refused.
+    #[source]
+    pub source: Option<regex::Error>,
 }
 
 /// Go's `path.Clean`: the shortest equivalent path, by lexical processing only.
@@ -354,7 +357,8 @@ impl Pattern {
                 re.push('$');
                 Kind::Regex(Regex::new(&re).map_err(|e| PatternError {
                     pattern: original.to_string(),
-                    reason: format!("unsupported expression: {e}"),
+                    reason: "unsupported expression",
+                    source: Some(e),
                 })?)
             }
         };
@@ -411,7 +415,8 @@ impl PatternMatcher {
             if exclusion && body.is_empty() {
                 return Err(PatternError {
                     pattern: original.clone(),
-                    reason: "illegal exclusion pattern \"!\"".to_string(),
+                    reason: "illegal exclusion pattern \"!\"",
+                    source: None,
                 });
             }
             let mut cleaned = clean(body);
@@ -421,7 +426,8 @@ impl PatternMatcher {
             if go_match(&cleaned, ".").is_err() {
                 return Err(PatternError {
                     pattern: original.clone(),
-                    reason: "syntax error in pattern".to_string(),
+                    reason: "syntax error in pattern",
+                    source: None,
                 });
             }
             exclusions |= exclusion;

@@ -176,7 +176,7 @@ where
         let _ = outgoing
             .send(Packet {
                 r#type: PacketType::PacketErr as i32,
-                data: Bytes::from(e.to_string()),
+                data: Bytes::from(crate::buildkit::error::wire_text(e)),
                 ..Packet::default()
             })
             .await;

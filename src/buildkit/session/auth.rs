@@ -51,7 +51,9 @@ impl Auth for AuthService {
             Ok(None) => Ok(tonic::Response::new(CredentialsResponse::default())),
             // The whole chain: the daemon shows it in the build error, and the AWS reason is
             // what the user needs.
-            Err(err) => Err(tonic::Status::unavailable(chain(&err))),
+            Err(err) => Err(tonic::Status::unavailable(
+                crate::buildkit::error::wire_text(&err),
+            )),
         }
     }
 
@@ -77,18 +79,6 @@ impl Auth for AuthService {
     ) -> Result<tonic::Response<VerifyTokenAuthorityResponse>, tonic::Status> {
         Err(tonic::Status::unavailable("no token authority"))
     }
-}
-
-/// An error and its sources on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

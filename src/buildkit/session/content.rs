@@ -104,7 +104,7 @@ impl ContentService {
 /// containerd's error codes for each kind of store failure (the daemon's content client turns
 /// them back into its `errdefs` errors, so `AlreadyExists` means "skip this blob").
 fn status(err: LayoutError) -> tonic::Status {
-    let message = err.to_string();
+    let message = crate::buildkit::error::wire_text(&err);
     match err {
         LayoutError::BlobNotFound { .. } | LayoutError::TagNotFound { .. } => {
             tonic::Status::not_found(message)

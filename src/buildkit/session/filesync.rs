@@ -50,7 +50,10 @@ impl FileSync for FileSyncService {
         let follow = values(metadata, "followpaths");
         tracing::debug!(dir = %name, root = %root.display(), ?includes, ?excludes, ?follow, "sending local directory");
         let filter = fsutil::Filter::new(includes, excludes, follow).map_err(|e| {
-            tonic::Status::invalid_argument(format!("bad file patterns for {name}: {e}"))
+            tonic::Status::invalid_argument(format!(
+                "bad file patterns for {name}: {}",
+                crate::buildkit::error::wire_text(&e)
+            ))
         })?;
         let incoming = request.into_inner();
         let stats = self.stats.get(&name).cloned().unwrap_or_default();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::buildkit::proto::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use crate::buildkit::proto::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
 
-use super::{SecretError, SecretSource};
+use super::SecretSource;
 
 pub(super) fn service(secrets: BTreeMap<String, SecretSource>) -> SecretsServer<SecretsService> {
     SecretsServer::new(SecretsService { secrets })
@@ -28,20 +28,15 @@ impl Secrets for SecretsService {
             .secrets
             .get(&id)
             .ok_or_else(|| tonic::Status::not_found(format!("secret {id} not provided")))?;
-        let data = source
-            .read()
-            .map_err(|e| tonic::Status::not_found(format!("secret {id}: {}", wire_text(&e))))?;
+        let data = source.read().map_err(|e| {
+            tonic::Status::not_found(format!(
+                "secret {id}: {}",
+                crate::buildkit::error::wire_text(&e)
+            ))
+        })?;
         Ok(tonic::Response::new(GetSecretResponse {
             data: data.into(),
         }))
-    }
-}
-
-/// A status is text on the wire: the message carries the I/O cause's words too.
-fn wire_text(err: &SecretError) -> String {
-    match err {
-        SecretError::Unreadable { source, .. } => format!("{err}: {source}"),
-        _ => err.to_string(),
     }
 }
 
