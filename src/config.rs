@@ -21,15 +21,17 @@ pub enum ConfigError {
         "no repository root above {start}: none of its ancestors holds .git or panfactum.yaml; run from inside the repository, or give the registry and a builder for each architecture explicitly"
     )]
     NoRepository {
-        /// Where the search started.
+        /// The directory the search started from, made absolute when the working directory is
+        /// known.
         start: PathBuf,
     },
     /// A file could not be read.
     #[error("cannot read {path}")]
     Read {
-        /// The file.
+        /// The file that could not be read: `panfactum.yaml` or `buildkit.json`.
         path: PathBuf,
-        /// Why.
+        /// The I/O error; a missing `buildkit.json` is [`Self::Missing`] instead, and a missing
+        /// `panfactum.yaml` is no error.
         #[source]
         source: std::io::Error,
     },
@@ -38,19 +40,20 @@ pub enum ConfigError {
         "no BuildKit configuration at {path}: create it with at least {{\"registry\": \"HOST\", \"cluster\": \"KUBE-CONTEXT\"}}, or give the registry and a builder for each architecture explicitly"
     )]
     Missing {
-        /// The file.
+        /// The `buildkit.json` path that was looked for (under `buildkit_dir`, or as given to
+        /// [`BuildkitConfig::load`]).
         path: PathBuf,
     },
-    /// The file is empty.
+    /// `buildkit.json` holds nothing but whitespace.
     #[error("{path} is empty: it must hold a JSON object with \"registry\" and \"cluster\"")]
     Empty {
-        /// The file.
+        /// The `buildkit.json` that holds only whitespace.
         path: PathBuf,
     },
     /// The file is not valid JSON, or a field has the wrong type.
     #[error("{path} is not valid")]
     Invalid {
-        /// The file.
+        /// The `buildkit.json` that failed to parse.
         path: PathBuf,
         /// What the parser found, and where (its text gives the line and column).
         #[source]
@@ -59,11 +62,12 @@ pub enum ConfigError {
     /// A field the command needs is missing or empty.
     #[error("{path}: \"{field}\" is missing or empty; {hint}")]
     Field {
-        /// The file.
+        /// The `buildkit.json` the configuration came from; empty for a config made with `Default`.
         path: PathBuf,
-        /// The field.
+        /// The JSON key as written in the file: `registry`, `cluster`, `cache_bucket` or
+        /// `cache_bucket_region`.
         field: &'static str,
-        /// What to do.
+        /// How to fix it: a clause that follows the semicolon in the message.
         hint: &'static str,
     },
     /// A directory setting in `panfactum.yaml` is malformed.
@@ -71,11 +75,11 @@ pub enum ConfigError {
         "{path}: {key} must be a relative path without a leading or trailing '/', not {value:?}"
     )]
     BadDir {
-        /// The file.
+        /// The `panfactum.yaml` holding the setting.
         path: PathBuf,
-        /// The key.
+        /// The YAML key, such as `buildkit_dir`.
         key: &'static str,
-        /// The value found.
+        /// The value with its quotes and any trailing ` #` comment stripped; may be empty.
         value: String,
     },
 }
@@ -141,17 +145,18 @@ pub struct BuildkitConfig {
     /// The kubeconfig context of the cluster running the BuildKit fleet.
     #[serde(default)]
     pub cluster: Option<String>,
-    /// The S3 bucket of the layer cache.
+    /// The S3 bucket of the layer cache, by name (not an `s3://` URL); set together with
+    /// `cache_bucket_region`.
     #[serde(default)]
     pub cache_bucket: Option<String>,
-    /// The region of that bucket.
+    /// The AWS region of `cache_bucket`, such as `us-east-2`.
     #[serde(default)]
     pub cache_bucket_region: Option<String>,
     /// A directory for per-architecture local build caches (`DIR/ARCH`); relative to the
     /// directory of `buildkit.json`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
-    /// Where this configuration was read from.
+    /// The `buildkit.json` this was loaded from; empty for a config made with `Default`.
     #[serde(skip)]
     pub path: PathBuf,
 }

@@ -358,13 +358,13 @@ fn handshake_error(endpoint: String, err: tonic::transport::Error) -> Error {
 /// A BuildKit worker: where builds run, and for which platforms.
 #[derive(Debug, Clone, Serialize)]
 pub struct Worker {
-    /// Worker id.
+    /// The worker's id, as the daemon reports it.
     pub id: String,
     /// Platforms it can build for, as `os/arch[/variant]`.
     pub platforms: Vec<String>,
     /// Worker labels (executor, snapshotter, hostname, …).
     pub labels: BTreeMap<String, String>,
-    /// Garbage-collection policies.
+    /// The worker's garbage-collection rules, as the daemon reports them; empty when it has none.
     pub gc_policies: Vec<GcPolicy>,
     /// The BuildKit version running the worker, when reported.
     pub buildkit_version: Option<DaemonInfo>,
@@ -377,13 +377,13 @@ pub struct GcPolicy {
     pub all: bool,
     /// Keep records used within this many seconds.
     pub keep_duration_seconds: i64,
-    /// Keep at least this many bytes.
+    /// Bytes of cache the rule always keeps (0: no floor).
     pub reserved_space: i64,
-    /// Keep at most this many bytes.
+    /// Bytes of cache above which the rule prunes (0: no ceiling).
     pub max_used_space: i64,
-    /// Keep this many bytes of the disk free.
+    /// Bytes of the disk the rule keeps free (0: no such target).
     pub min_free_space: i64,
-    /// Which records the rule covers.
+    /// containerd-style filters choosing the records the rule covers; empty covers all.
     pub filters: Vec<String>,
 }
 
@@ -394,34 +394,34 @@ pub struct DaemonInfo {
     pub package: String,
     /// Version, e.g. `v0.13.2`.
     pub version: String,
-    /// Source revision.
+    /// The source revision (git commit) the daemon was built from.
     pub revision: String,
 }
 
 /// One record of the build cache.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheRecord {
-    /// Record id.
+    /// The record's id, as `parents` of other records name it.
     pub id: String,
     /// Mutable (a working snapshot, such as a local source) rather than a committed layer.
     pub mutable: bool,
     /// Held by a running build.
     pub in_use: bool,
-    /// Bytes on disk.
+    /// Bytes on disk, as the daemon counted them.
     pub size: i64,
-    /// Shared with another record.
+    /// Its data is also held by another record.
     pub shared: bool,
     /// Kind of record (`regular`, `source.local`, `exec.cachemount`, …).
     pub record_type: String,
-    /// What created it.
+    /// What created it, in the daemon's words (e.g. the `RUN` command); may be empty.
     pub description: String,
-    /// Creation time, seconds since the Unix epoch.
+    /// Creation time, seconds since the Unix epoch; `None` when the daemon sent none.
     pub created_at: Option<i64>,
-    /// Last use, seconds since the Unix epoch.
+    /// Last use, seconds since the Unix epoch; `None` when the daemon sent none.
     pub last_used_at: Option<i64>,
-    /// How often it was used.
+    /// How many times builds have used it.
     pub usage_count: i64,
-    /// Parent record ids.
+    /// The ids of the records it was built on; empty for a base record.
     pub parents: Vec<String>,
 }
 
@@ -430,11 +430,11 @@ pub struct CacheRecord {
 pub struct PruneOptions {
     /// Prune everything, not only records the GC would consider unused.
     pub all: bool,
-    /// Keep records used more recently than this.
+    /// Keep records used more recently than this; with `None`, age protects no record.
     pub keep_duration: Option<Duration>,
-    /// Keep this many bytes of cache.
+    /// Stop pruning once the cache is down to this many bytes; `None` has no such floor.
     pub keep_storage: Option<u64>,
-    /// containerd-style filters.
+    /// containerd-style filters (e.g. `type==source.local`) choosing what may be pruned.
     pub filters: Vec<String>,
 }
 

@@ -32,9 +32,9 @@ pub enum Endpoint {
     /// [`register_scheme`](crate::buildkit::register_scheme), such as the fleet's
     /// `kube-pod://POD?namespace=NS`; that scheme checked the address and dials it.
     Registered {
-        /// The scheme, without `://`.
+        /// The scheme name as registered, without `://`, e.g. `kube-pod`.
         scheme: String,
-        /// Everything after `://`.
+        /// Everything after `://`, for the scheme to interpret (e.g. `POD?namespace=NS`).
         address: String,
     },
 }
@@ -63,7 +63,7 @@ pub const DEFAULT_BUILDKIT_PORT: u16 = 1234;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid BuildKit address {addr:?}: {reason}")]
 pub struct ParseEndpointError {
-    /// What was given.
+    /// The address text exactly as passed to the parser, before any `DOCKER_HOST` was applied.
     pub addr: String,
     /// What is wrong with it and what would be right.
     pub reason: String,

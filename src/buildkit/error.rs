@@ -16,7 +16,8 @@ pub enum Error {
     /// scheme such as `kube-pod://`, it wraps that scheme's own typed error).
     #[error("cannot connect to BuildKit at {endpoint}{}", tls_words(*.tls))]
     Connect {
-        /// The address tried.
+        /// The daemon's address as the dialer describes it: the endpoint URL (`tcp://HOST:PORT`,
+        /// `kube-pod://…`) or a custom dialer's own words.
         endpoint: String,
         /// The TLS problem behind it, when TLS is what failed.
         tls: Option<TlsProblem>,
@@ -29,15 +30,17 @@ pub enum Error {
         "timed out after {seconds} s connecting to BuildKit at {endpoint}; is the address reachable?"
     )]
     ConnectTimeout {
-        /// The address tried.
+        /// The daemon's address as the dialer describes it, as in [`Self::Connect`].
         endpoint: String,
-        /// The timeout.
+        /// The bound that ran out, in whole seconds: [`CONNECT_TIMEOUT`](super::CONNECT_TIMEOUT)
+        /// for dialling and the first call together.
         seconds: u64,
     },
     /// The registered scheme of the endpoint could not make a dialer for it.
     #[error("{endpoint}")]
     Scheme {
-        /// The address given.
+        /// The endpoint URL as the caller wrote it, e.g.
+        /// `kube-pod://buildkit-amd64-0?namespace=buildkit`.
         endpoint: String,
         /// The scheme's reason.
         #[source]
@@ -46,15 +49,15 @@ pub enum Error {
     /// The endpoint's scheme is no longer registered (it was when the address was parsed).
     #[error("{endpoint}: no scheme {scheme}:// is registered")]
     UnknownScheme {
-        /// The address given.
+        /// The endpoint URL as the caller wrote it.
         endpoint: String,
-        /// The scheme.
+        /// The scheme name without `://`, e.g. `kube-pod`.
         scheme: String,
     },
     /// A call to the daemon failed.
     #[error("BuildKit at {endpoint}: {call} failed: {message}")]
     Rpc {
-        /// The daemon's address.
+        /// The daemon's address, as [`Client::endpoint`](super::Client::endpoint) gives it.
         endpoint: String,
         /// The gRPC method, e.g. `ListWorkers`.
         call: &'static str,
@@ -218,7 +221,7 @@ pub(crate) enum Cause {
     Reset {
         /// The daemon sent it (else our HTTP/2 layer did).
         remote: bool,
-        /// The error code.
+        /// The HTTP/2 error code, e.g. `CANCEL` or `PROTOCOL_ERROR`.
         code: String,
     },
     /// The connection closed under the call (EOF, reset, broken pipe): the daemon went away.

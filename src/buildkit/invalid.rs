@@ -15,7 +15,7 @@ pub enum InvalidOptions {
     /// The build context is not a directory (or does not exist).
     #[error("build context {} is not a directory", path.display())]
     ContextNotADirectory {
-        /// The context given.
+        /// The context directory as set in the options (relative paths are not resolved).
         path: PathBuf,
     },
     /// The Dockerfile cannot be looked at (it does not exist, or its directory is unreadable).
@@ -23,45 +23,45 @@ pub enum InvalidOptions {
     Dockerfile {
         /// The Dockerfile's path (given, or `CONTEXT/Dockerfile`).
         path: PathBuf,
-        /// Why.
+        /// The I/O error from looking at it; `NotFound` when there is no such file.
         #[source]
         source: std::io::Error,
     },
     /// The Dockerfile's path names a directory or another non-file.
     #[error("Dockerfile {} is not a file", path.display())]
     DockerfileNotAFile {
-        /// The Dockerfile's path.
+        /// The Dockerfile's path (given, or `CONTEXT/Dockerfile`).
         path: PathBuf,
     },
     /// A named context or extra local directory is not a directory.
     #[error("local directory {name}: {} is not a directory", path.display())]
     LocalNotADirectory {
-        /// The name the daemon asks for it by.
+        /// The name the daemon asks for it by: a named context's name, or an extra local's.
         name: String,
-        /// The directory given.
+        /// The directory as set in the options.
         path: PathBuf,
     },
     /// A secret's value cannot be read.
     #[error("secret {id}")]
     Secret {
-        /// The secret's id.
+        /// The secret's id, as the Dockerfile's `RUN --mount=type=secret,id=ID` names it.
         id: String,
-        /// Why.
+        /// What went wrong reading the secret's file or environment variable.
         #[source]
         source: SecretError,
     },
     /// An SSH agent socket does not exist.
     #[error("ssh {id}: agent socket {} does not exist", path.display())]
     SshSocketMissing {
-        /// The agent's id.
+        /// The agent's id (`default` unless named), as `RUN --mount=type=ssh,id=ID` names it.
         id: String,
-        /// The socket given.
+        /// The agent socket path as set in the options.
         path: PathBuf,
     },
     /// An output's destination cannot be written as the exporter needs.
     #[error("output destination {}", path.display())]
     OutputDestination {
-        /// The destination given.
+        /// The destination path as set in the output's options.
         path: PathBuf,
         /// What is wrong with it.
         #[source]
@@ -73,7 +73,7 @@ pub enum InvalidOptions {
     NotUtf8 {
         /// Which store.
         role: StoreRole,
-        /// The directory given.
+        /// The directory as set in the options.
         path: PathBuf,
     },
     /// A content store (cache destination or source, layout output, named layout) cannot
@@ -83,9 +83,10 @@ pub enum InvalidOptions {
     Store {
         /// Which store.
         role: StoreRole,
-        /// The directory given.
+        /// The directory as set in the options; the source's text names it too.
         path: PathBuf,
-        /// Why.
+        /// What the layout check found: missing or malformed layout files, a missing tag or digest,
+        /// or an I/O error.
         #[source]
         source: LayoutError,
     },
@@ -94,7 +95,7 @@ pub enum InvalidOptions {
     NoDigest {
         /// Which store.
         role: StoreRole,
-        /// The directory.
+        /// The layout directory whose `index.json` holds the entry.
         path: PathBuf,
     },
     /// More than one OCI layout directory output: the daemon has one store id for it.
@@ -105,7 +106,7 @@ pub enum InvalidOptions {
     /// A name for an OCI layout that cannot appear in an `oci-layout://` reference.
     #[error("OCI layout name {name:?} must be a lower-case reference name (no ':', '@' or ',')")]
     OciLayoutName {
-        /// The name given.
+        /// The name as set in the options.
         name: String,
     },
     /// A frontend attribute names an `oci-layout://` store that no layout was offered as.
@@ -115,13 +116,13 @@ pub enum InvalidOptions {
         key: String,
         /// Its value.
         value: String,
-        /// The layout name it uses.
+        /// The layout name taken from the value's `oci-layout://NAME`.
         name: String,
     },
     /// A frontend attribute's `oci-layout://NAME@DIGEST` has a malformed digest.
     #[error("{key}={value}")]
     OciLayoutDigest {
-        /// The attribute.
+        /// The frontend attribute's key, e.g. `context:base`.
         key: String,
         /// Its value.
         value: String,
@@ -141,7 +142,7 @@ pub enum DestinationProblem {
     /// A file output (`tar`, `oci`, `docker`) at a path that is a directory.
     #[error("it is a directory, and type={kind} writes a file")]
     IsADirectory {
-        /// The exporter type.
+        /// The exporter type as written, e.g. `tar` or `oci`.
         kind: String,
     },
     /// The directory the file would go in cannot be looked at (most often: it does not
@@ -150,7 +151,7 @@ pub enum DestinationProblem {
     Parent {
         /// The destination's parent directory.
         parent: PathBuf,
-        /// Why.
+        /// The I/O error from looking at the parent (`NotFound` when it does not exist).
         #[source]
         source: std::io::Error,
     },
@@ -174,7 +175,7 @@ pub enum StoreRole {
     LayoutOutput,
     /// An OCI layout offered to the build by name.
     OciLayout {
-        /// The name.
+        /// The name the layout was offered under, as in `oci-layout://NAME`.
         name: String,
     },
 }

@@ -35,31 +35,32 @@ pub enum LayoutError {
     /// The path exists but is a file (or something else that is not a directory).
     #[error("{} is not a directory", path.display())]
     NotADirectory {
-        /// The path given.
+        /// The path as the caller gave it for the layout's root.
         path: PathBuf,
     },
     /// The directory holds no readable `index.json`.
     #[error("{} is not an OCI layout: {reason}", path.display())]
     NotALayout {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
-        /// What is missing or malformed.
+        /// What is missing or malformed, in words, e.g. "the directory does not exist".
         reason: String,
     },
     /// No entry of `index.json` has this tag or name.
     #[error("OCI layout {} has no tag {tag:?} in its index.json", path.display())]
     TagNotFound {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
-        /// The tag looked for.
+        /// The tag (or reference name) as asked for, matched against `index.json`'s ref-name
+        /// annotations.
         tag: String,
     },
     /// The blob is not in the layout.
     #[error("OCI layout {} has no blob {digest}", path.display())]
     BlobNotFound {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
-        /// The digest looked for.
+        /// The digest as asked for, `ALG:HEX`.
         digest: String,
     },
     /// A digest that is not `sha256:<64 hex>` (or `sha512:<128 hex>`).
@@ -68,31 +69,32 @@ pub enum LayoutError {
     /// The blob is already stored (an upload of it is not needed).
     #[error("blob {digest} already exists in {}", path.display())]
     AlreadyExists {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
-        /// The blob.
+        /// The digest of the blob already there, `ALG:HEX`.
         digest: String,
     },
     /// The store was offered for reading only.
     #[error("OCI layout {} is read-only for this build", path.display())]
     ReadOnly {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
     },
     /// An upload did not match the size or digest it was announced with.
     #[error("upload to {} rejected: {reason}", path.display())]
     Mismatch {
-        /// The directory.
+        /// The layout's root directory.
         path: PathBuf,
-        /// What differed.
+        /// What differed: the announced and the received size or digest, in words.
         reason: String,
     },
     /// A file operation failed (the OS error is the source).
     #[error("{}", path.display())]
     Io {
-        /// The file or directory.
+        /// The exact file or directory the operation was on (a blob, an ingest file, `index.json`,
+        /// or the lock file).
         path: PathBuf,
-        /// The OS error.
+        /// The OS error from that operation.
         source: std::io::Error,
     },
 }
@@ -285,7 +287,7 @@ impl LayoutStore {
         Ok(store)
     }
 
-    /// The directory.
+    /// The layout's root directory, as the store was opened with.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -49,19 +49,20 @@ pub struct BuildOptions {
     pub context: PathBuf,
     /// The Dockerfile; `<context>/Dockerfile` when `None`.
     pub dockerfile: Option<PathBuf>,
-    /// The stage to build.
+    /// The Dockerfile stage to build (`FROM … AS NAME`); the last stage when `None`.
     pub target: Option<String>,
-    /// `ARG` values.
+    /// `ARG` values by name, sent as `build-arg:NAME` frontend attributes.
     pub build_args: BTreeMap<String, String>,
-    /// Image labels.
+    /// Labels set on the image config, by key, sent as `label:KEY` frontend attributes.
     pub labels: BTreeMap<String, String>,
     /// Target platforms (`linux/amd64`, …); the daemon's own when empty.
     pub platforms: Vec<String>,
     /// Ignore the cache for every stage.
     pub no_cache: bool,
-    /// Secrets by id.
+    /// Secrets by the id a `RUN --mount=type=secret,id=ID` asks for.
     pub secrets: BTreeMap<String, SecretSource>,
-    /// SSH agent sockets by id.
+    /// SSH agent sockets by the id a `RUN --mount=type=ssh,id=ID` asks for (`default` when it names
+    /// none).
     pub ssh: BTreeMap<String, PathBuf>,
     /// Raw frontend attributes (`--opt`); they override the ones derived above.
     pub frontend_attrs: BTreeMap<String, String>,
@@ -75,11 +76,11 @@ pub struct BuildOptions {
     /// `--oci-layout NAME=DIR`): name them in a named context as
     /// `oci-layout://NAME@sha256:…` or `oci-layout://NAME:TAG`.
     pub oci_layouts: BTreeMap<String, PathBuf>,
-    /// Exporters, in order.
+    /// Exporters, in order; none leaves the result only in the daemon's cache.
     pub outputs: Vec<OutputSpec>,
-    /// Cache exports.
+    /// Where the build cache is exported to, each one backend (`type=registry`, `local`, `s3`, …).
     pub cache_exports: Vec<CacheSpec>,
-    /// Cache imports.
+    /// Caches the daemon may reuse layers from, each one backend as in `cache_exports`.
     pub cache_imports: Vec<CacheSpec>,
     /// Serve registry credentials from the Docker configuration (`DOCKER_CONFIG`).
     pub registry_auth: bool,
@@ -346,7 +347,7 @@ pub enum BuildError {
     /// could not be written. What the build had written there was taken back.
     #[error("cannot write to OCI layout {}", path.display())]
     Store {
-        /// The layout directory.
+        /// The layout's root directory, as set in the options.
         path: PathBuf,
         /// The first write that failed.
         #[source]
@@ -357,7 +358,7 @@ pub enum BuildError {
     /// taken back.
     #[error("OCI layout {}: {problem}", path.display())]
     StoreAnswer {
-        /// The layout directory.
+        /// The layout's root directory, as set in the options.
         path: PathBuf,
         /// What is wrong with the answer.
         problem: &'static str,
@@ -370,7 +371,8 @@ pub enum BuildError {
     Failed {
         /// What failed, with the failing step and Dockerfile lines when known.
         report: FailureReport,
-        /// The daemon's status.
+        /// The gRPC status the Solve call ended with, error details included (not a `source`:
+        /// `report` already holds its text).
         status: Box<tonic::Status>,
     },
     /// The daemon could not be talked to.

@@ -107,9 +107,9 @@ pub enum TlsConfigError {
     Read {
         /// Which file of [`TlsOptions`] it is.
         file: TlsFile,
-        /// The file.
+        /// The path as set in [`TlsOptions`].
         path: PathBuf,
-        /// Why.
+        /// The I/O error from reading it.
         #[source]
         source: io::Error,
     },
@@ -118,7 +118,7 @@ pub enum TlsConfigError {
     Pem {
         /// Which file of [`TlsOptions`] it is.
         file: TlsFile,
-        /// The file.
+        /// The path as set in [`TlsOptions`].
         path: PathBuf,
         /// What the file should hold.
         expected: &'static str,

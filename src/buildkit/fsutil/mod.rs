@@ -66,7 +66,7 @@ pub struct TransferStats {
 
 /// Go `os.FileMode` bits, as carried in [`Stat::mode`] (the low 9 bits are the permissions).
 pub mod mode {
-    /// A directory.
+    /// The entry is a directory (Go's `ModeDir`, the top bit).
     pub const DIR: u32 = 1 << 31;
     /// Append-only (unused on Linux).
     pub const APPEND: u32 = 1 << 30;
@@ -74,7 +74,8 @@ pub mod mode {
     pub const EXCLUSIVE: u32 = 1 << 29;
     /// Temporary file (unused on Linux).
     pub const TEMPORARY: u32 = 1 << 28;
-    /// A symbolic link.
+    /// The entry is a symbolic link; its target travels in
+    /// [`Stat::linkname`](super::Stat::linkname).
     pub const SYMLINK: u32 = 1 << 27;
     /// A device file (block, or character with [`CHAR_DEVICE`]).
     pub const DEVICE: u32 = 1 << 26;
@@ -82,17 +83,17 @@ pub mod mode {
     pub const NAMED_PIPE: u32 = 1 << 25;
     /// A Unix socket (fsutil clears it before sending).
     pub const SOCKET: u32 = 1 << 24;
-    /// Set-user-ID.
+    /// Set-user-ID, as in `chmod u+s`.
     pub const SETUID: u32 = 1 << 23;
-    /// Set-group-ID.
+    /// Set-group-ID, as in `chmod g+s`.
     pub const SETGID: u32 = 1 << 22;
     /// A character device (set together with [`DEVICE`]).
     pub const CHAR_DEVICE: u32 = 1 << 21;
-    /// Sticky bit.
+    /// Sticky bit, as in `chmod +t`.
     pub const STICKY: u32 = 1 << 20;
     /// A non-regular file of unknown type.
     pub const IRREGULAR: u32 = 1 << 19;
-    /// Permission bits.
+    /// The permission bits, `rwxrwxrwx` (Go keeps the setuid, setgid and sticky bits apart, above).
     pub const PERM: u32 = 0o777;
     /// Go's `os.ModeType`: the bits that make an entry something other than a regular file.
     /// Entries with none of them carry data (and are the only ones a REQ may name).

@@ -13,9 +13,10 @@ use regex::Regex;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid pattern {pattern:?}: {reason}")]
 pub struct PatternError {
-    /// The pattern as given.
+    /// The pattern exactly as the caller wrote it (an include, exclude or `.dockerignore` line),
+    /// before trimming or cleaning.
     pub pattern: String,
-    /// Why it was rejected.
+    /// What is wrong with it, e.g. "syntax error in pattern".
     pub reason: &'static str,
     /// The regular-expression engine's error, when the pattern's translation was refused.
     #[source]

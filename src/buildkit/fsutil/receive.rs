@@ -32,18 +32,19 @@ use super::{Packet, PacketType, Stat, TransferStats, beneath, io_reason, mode};
 /// Why receiving into a directory failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// Writing into the destination failed.
+    /// Creating or writing an entry under the destination failed.
     #[error("cannot write {path}: {}", io_reason(error))]
     Write {
-        /// The path written to.
+        /// The destination, or the entry's path joined onto it.
         path: PathBuf,
-        /// The underlying error.
+        /// The OS error (not a `source`: its reason is in the message, the text that travels to the
+        /// sender).
         error: io::Error,
     },
     /// The sender sent a path that is not a clean relative path inside the destination.
     #[error("the sender sent an invalid path {path:?}: {reason}")]
     InvalidPath {
-        /// The path as sent.
+        /// The path exactly as the sender's STAT packet carried it.
         path: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -51,7 +52,7 @@ pub enum ReceiveError {
     /// The sender's entries are not in walk order (or a parent directory is missing).
     #[error("the sender sent {path:?} out of order (after {previous:?})")]
     OutOfOrder {
-        /// The path as sent.
+        /// The path exactly as the sender's STAT packet carried it.
         path: String,
         /// The entry before it in the same directory, if any.
         previous: String,
@@ -59,9 +60,9 @@ pub enum ReceiveError {
     /// A hardlink names a file that was not sent before it.
     #[error("the sender sent a hardlink {path:?} to unknown path {target:?}")]
     UnknownLink {
-        /// The link.
+        /// The hardlink's own path, relative to the destination, as sent.
         path: String,
-        /// Its target.
+        /// The path it links to, relative to the destination, as sent.
         target: String,
     },
     /// Data arrived for an ID that was not requested or is already complete.

@@ -25,9 +25,11 @@ pub enum SendError {
     /// The directory to send cannot be used.
     #[error("cannot use {path} as a directory to send: {}", io_reason(error))]
     Root {
-        /// The directory as given.
+        /// The directory as given, or its canonical path when only the check after resolving
+        /// failed.
         path: PathBuf,
-        /// The underlying error.
+        /// The OS error (not a `source`: its reason is in the message, the text that travels to the
+        /// receiver); `NotADirectory` when it is a file.
         error: io::Error,
     },
     /// The filter's patterns (with the follow paths added) do not compile.
@@ -36,25 +38,25 @@ pub enum SendError {
     /// A follow path could not be resolved.
     #[error("cannot resolve followpath {path}: {}", io_reason(error))]
     FollowPath {
-        /// The path inside the directory.
+        /// The follow path, relative to the directory.
         path: String,
-        /// The underlying error.
+        /// The OS error (not a `source`, as in [`Self::Root`]).
         error: io::Error,
     },
     /// An entry of the directory could not be read.
     #[error("cannot read {path}: {}", io_reason(error))]
     Read {
-        /// The path inside the directory.
+        /// The entry's path relative to the directory, as it would be sent.
         path: String,
-        /// The underlying error.
+        /// The OS error (not a `source`, as in [`Self::Root`]).
         error: io::Error,
     },
     /// The extended attributes of an entry could not be read.
     #[error("cannot read the extended attributes of {path}: {}", io_reason(error))]
     Xattr {
-        /// The path inside the directory.
+        /// The entry's path relative to the directory, as it would be sent.
         path: String,
-        /// The underlying error.
+        /// The OS error (not a `source`, as in [`Self::Root`]).
         error: io::Error,
     },
     /// A file name cannot travel in the protocol (its paths are UTF-8 strings).

@@ -29,9 +29,11 @@ pub struct TransferSummary {
 /// Why a solve failed, as far as the renderers need it.
 #[derive(Debug, Clone, Default)]
 pub struct FailureReport {
-    /// The daemon's message.
+    /// What failed, one line: the daemon's gRPC status message (or, for a local failure, what the
+    /// connection or store did).
     pub message: String,
-    /// The digest of the failed step, when the daemon said.
+    /// The vertex digest (`sha256:…`) of the failed step, from the daemon's error details; `None`
+    /// when it named none.
     pub vertex: Option<String>,
     /// The source lines the error points at, one snippet per range the daemon sent.
     pub sources: Vec<SourceSnippet>,
@@ -132,7 +134,7 @@ pub enum ProgressMode {
     Plain,
     /// One JSON status object per line.
     RawJson,
-    /// Nothing.
+    /// No output at all; the build's result and errors still reach the caller.
     Quiet,
 }
 

@@ -66,9 +66,10 @@ fn announced_methods(options: &SessionOptions) -> Vec<&'static str> {
 /// Where a secret's value comes from. Values are read when the daemon asks, never logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
-    /// The contents of a file.
+    /// The whole contents of the file at this path, read when the daemon asks (at most
+    /// [`MAX_SECRET_SIZE`]).
     File(PathBuf),
-    /// The value of an environment variable.
+    /// The value of the environment variable of this name in the client's process, as raw bytes.
     Env(String),
 }
 
@@ -76,7 +77,7 @@ pub enum SecretSource {
 pub const MAX_SECRET_SIZE: u64 = 500 << 10;
 
 impl SecretSource {
-    /// Reads the value.
+    /// Reads the value from the file or the client's environment.
     ///
     /// # Errors
     /// [`SecretError`] naming the file or variable (never the value) when it cannot be read,
@@ -117,7 +118,7 @@ pub enum SecretError {
     Unreadable {
         /// The secret's file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error from opening or reading the file.
         #[source]
         source: std::io::Error,
     },
@@ -154,7 +155,7 @@ pub struct SessionOptions {
     /// Local directories by the name the frontend asks for (`context`, `dockerfile`, named
     /// contexts).
     pub dirs: BTreeMap<String, PathBuf>,
-    /// Secrets by id.
+    /// Secrets by the id a `RUN --mount=type=secret,id=ID` asks for.
     pub secrets: BTreeMap<String, SecretSource>,
     /// SSH agent sockets by id (`default` is the usual id).
     pub ssh: BTreeMap<String, PathBuf>,
@@ -180,9 +181,10 @@ pub enum SessionError {
     /// The session stream could not be opened or broke.
     #[error("session with BuildKit at {endpoint} failed: {reason}")]
     Stream {
-        /// The daemon.
+        /// The daemon's address, as [`Client::endpoint`](crate::buildkit::Client::endpoint) gives
+        /// it.
         endpoint: String,
-        /// What happened.
+        /// What happened, in words (the gRPC status or transport failure as text).
         reason: String,
     },
 }
