@@ -18,13 +18,14 @@ use super::{Arch, PORT};
 /// The pod chosen for an architecture.
 #[derive(Debug, Clone)]
 pub struct PodAddress {
-    /// The architecture.
+    /// The architecture asked for; the pod belongs to its StatefulSet.
     pub arch: Arch,
     /// The pod's name, e.g. `buildkit-amd64-1`.
     pub pod: String,
-    /// The pod's IP.
+    /// The pod's IP as its status reports it (`podIP`), never empty; the address a client in the
+    /// cluster dials.
     pub ip: String,
-    /// The namespace.
+    /// The namespace the pod runs in (the fleet's, [`NAMESPACE`](super::NAMESPACE) by default).
     pub namespace: String,
     /// CPU in use, in nanocores, when metrics were available for the pod.
     pub cpu_nanocores: Option<u64>,

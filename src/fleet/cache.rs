@@ -46,7 +46,7 @@ impl Default for CacheClearOptions {
 pub enum PvcAction {
     /// No pod mounted it; deleted.
     Deleted,
-    /// A pod mounts it.
+    /// A pod mounts it; kept.
     InUse,
     /// Belongs to a replica the StatefulSet wants (its pod is about to be created).
     Wanted,
@@ -76,7 +76,7 @@ impl std::fmt::Display for BusySignal {
 /// What happened in one running pod.
 #[derive(Debug, Clone)]
 pub enum PodPrune {
-    /// Pruned.
+    /// Idle, so pruned with [`CacheClearOptions::prune`].
     Pruned {
         /// Records deleted.
         records: usize,
@@ -112,14 +112,14 @@ pub enum CacheClearEvent<'a> {
     },
     /// A pod's BuildKit is being checked and pruned.
     Pruning {
-        /// The pod.
+        /// The pod's name, e.g. `buildkit-amd64-0`.
         pod: &'a str,
     },
     /// A pod's prune ended.
     Pruned {
-        /// The pod.
+        /// The pod's name, e.g. `buildkit-amd64-0`.
         pod: &'a str,
-        /// How.
+        /// How it ended: pruned, busy, or failed.
         outcome: &'a PodPrune,
     },
 }

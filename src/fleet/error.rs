@@ -22,16 +22,16 @@ pub enum Error {
     /// A context was asked for but there is no kubeconfig to hold it.
     #[error("no kubeconfig to take context {context:?} from")]
     NoKubeconfigForContext {
-        /// The context asked for.
+        /// The kubeconfig context as the caller named it.
         context: String,
-        /// Why no kubeconfig was found.
+        /// Why no kubeconfig was found: no file at the path, or no home directory to look in.
         #[source]
         source: KubeconfigError,
     },
     /// The kubeconfig has no such context.
     #[error("kubeconfig has no context {context:?}")]
     UnknownContext {
-        /// The context asked for.
+        /// The kubeconfig context as the caller named it.
         context: String,
     },
     /// The kubeconfig could not be used.
@@ -53,32 +53,37 @@ pub enum Error {
         "{action}: permission denied ({message}); the Kubernetes account needs verb {verb} on {resource} in namespace {namespace}"
     )]
     Forbidden {
-        /// What was being done.
+        /// What was being done, as a phrase that names the object, e.g. "listing pods in namespace
+        /// buildkit".
         action: String,
-        /// The API server's message.
+        /// The API server's Status message, trailing colon trimmed; may be short, as for a refused
+        /// WebSocket upgrade.
         message: String,
         /// The missing verb(s), e.g. `create`.
         verb: &'static str,
         /// The resource, e.g. `pods/portforward`.
         resource: &'static str,
-        /// The namespace.
+        /// The namespace the call was made in (the fleet's, [`NAMESPACE`](super::NAMESPACE) by
+        /// default).
         namespace: String,
     },
     /// An object the fleet needs does not exist.
     #[error("{kind} {name:?} not found in namespace {namespace}")]
     NotFound {
-        /// `statefulset`, `pod`, ….
+        /// The object's kind as the message names it: `pod` or `StatefulSet`.
         kind: &'static str,
         /// The object's name.
         name: String,
-        /// The namespace.
+        /// The namespace it was looked for in (the fleet's, [`NAMESPACE`](super::NAMESPACE) by
+        /// default).
         namespace: String,
     },
     /// The API server answered a call with an error status (a refused permission is
     /// [`Error::Forbidden`]).
     #[error("{action}: {message}")]
     Api {
-        /// What was being done.
+        /// What was being done, as a phrase that names the object, e.g. "listing pods in namespace
+        /// buildkit".
         action: String,
         /// The API server's status message (or its HTTP status line when it sent none).
         message: String,
@@ -89,27 +94,28 @@ pub enum Error {
     /// or a response that could not be read.
     #[error("{action}")]
     Request {
-        /// What was being done.
+        /// What was being done, as a phrase that names the object, e.g. "listing pods in namespace
+        /// buildkit".
         action: String,
-        /// What kube reported.
+        /// What kube reported: the connection, TLS, auth plugin or decoding failure.
         #[source]
         source: kube::Error,
     },
     /// No pod of an architecture can take builds.
     #[error("no running and ready BuildKit pods for {arch} in namespace {namespace}")]
     NoRunningPods {
-        /// The architecture.
+        /// The architecture whose StatefulSet has no running and ready pod.
         arch: super::Arch,
-        /// The namespace.
+        /// The namespace searched (the fleet's, [`NAMESPACE`](super::NAMESPACE) by default).
         namespace: String,
     },
     /// A port-forward opened but its connection failed (nothing listening in the pod, the
     /// pod's network going away).
     #[error("port-forward to pod {pod} port {port} failed")]
     PortForwardFailed {
-        /// The pod.
+        /// The name of the pod the port-forward was opened to, e.g. `buildkit-amd64-0`.
         pod: String,
-        /// The pod's port.
+        /// The pod's port the forward was for, usually [`PORT`](super::PORT).
         port: u16,
         /// What the kubelet or the connection reported.
         #[source]
@@ -118,7 +124,8 @@ pub enum Error {
     /// A running pod has no IP yet.
     #[error("BuildKit pod {pod} has no IP address")]
     PodHasNoIp {
-        /// The pod.
+        /// The name of the least-loaded running pod, chosen for its address, whose status has no
+        /// `podIP`.
         pod: String,
     },
     /// Waiting for replicas ran out of time.
@@ -128,32 +135,34 @@ pub enum Error {
     ScaleUpTimeout {
         /// The StatefulSets still without an available replica, comma-separated.
         statefulsets: String,
-        /// The timeout.
+        /// The bound that ran out, in whole seconds (the caller's timeout).
         seconds: u64,
-        /// The namespace.
+        /// The namespace of the StatefulSets (the fleet's, [`NAMESPACE`](super::NAMESPACE) by
+        /// default).
         namespace: String,
     },
     /// The StatefulSet's replica count kept changing under us.
     #[error("StatefulSet {statefulset} kept changing while scaling it; try again")]
     Conflict {
-        /// The StatefulSet.
+        /// The StatefulSet's name, e.g. `buildkit-amd64`.
         statefulset: String,
     },
     /// BuildKit in a pod failed.
     #[error("BuildKit in pod {pod}")]
     Buildkit {
-        /// The pod.
+        /// The name of the pod whose BuildKit was called (through a port-forward, or its IP
+        /// in-cluster).
         pod: String,
-        /// What failed.
+        /// What the BuildKit client reported, naming the endpoint it used.
         #[source]
         source: crate::buildkit::Error,
     },
     /// The tunnel's local port could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
-        /// The address.
+        /// The local address asked for, `127.0.0.1:PORT` (port 0 picks a free one).
         addr: String,
-        /// Why.
+        /// The OS error from binding, or from reading back the bound address.
         #[source]
         source: std::io::Error,
     },
@@ -165,9 +174,9 @@ pub enum Error {
     /// A kubeconfig path that could not be read.
     #[error("cannot read kubeconfig {path}")]
     ReadKubeconfig {
-        /// The file.
+        /// The kubeconfig path as given. (No code path returns this variant at present.)
         path: PathBuf,
-        /// Why.
+        /// The I/O error from reading it.
         #[source]
         source: std::io::Error,
     },

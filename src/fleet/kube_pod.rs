@@ -14,7 +14,8 @@ use super::kube_client::Fleet;
 use super::portforward::PodDialer;
 use crate::buildkit::{Client, Dialer, Scheme, SchemeError, TlsOptions, register_scheme};
 
-/// The scheme name.
+/// The scheme name `kube-pod` (endpoints read `kube-pod://POD?...`), as [`register_kube_pod`]
+/// registers it.
 pub const KUBE_POD_SCHEME: &str = "kube-pod";
 
 /// A pod addressed by a `kube-pod://` endpoint.

@@ -83,7 +83,7 @@ impl PodDialer {
         }
     }
 
-    /// The pod.
+    /// The name of the pod this dialer forwards to, e.g. `buildkit-amd64-0`.
     pub fn pod(&self) -> &str {
         &self.pod
     }

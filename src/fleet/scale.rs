@@ -31,9 +31,9 @@ pub struct ScaleUpOptions {
 /// What [`Fleet::scale_up`] did for one architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleUpReport {
-    /// The architecture.
+    /// The architecture whose StatefulSet (`buildkit-ARCH`) was looked at.
     pub arch: Arch,
-    /// The replica count found.
+    /// The StatefulSet's `spec.replicas` as read before any change (0 when it was suspended).
     pub replicas_before: i32,
     /// Whether it was scaled from 0 to 1.
     pub scaled: bool,
@@ -42,7 +42,7 @@ pub struct ScaleUpReport {
 /// Progress of waiting for replicas, one per architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitState {
-    /// The architecture.
+    /// The architecture whose StatefulSet is being waited for.
     pub arch: Arch,
     /// Available replicas seen.
     pub available: i32,
@@ -60,15 +60,16 @@ impl WaitState {
 /// What [`Fleet::scale_down`] decided for one architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleDownReport {
-    /// The architecture.
+    /// The architecture whose StatefulSet (`buildkit-ARCH`) was looked at.
     pub arch: Arch,
-    /// The recorded last build, epoch seconds.
+    /// The last build recorded in the StatefulSet's annotation, in epoch seconds; `None` when
+    /// absent or unreadable.
     pub last_build: Option<u64>,
     /// The annotation's text when it was not a number of seconds (treated as no build).
     pub invalid_annotation: Option<String>,
-    /// The decision.
+    /// What was done: scaled down, skipped as recently used, or already at zero.
     pub action: ScaleDownAction,
-    /// The idle time asked for.
+    /// The idle time the caller gave; `None` scales down regardless of the last build.
     pub timeout: Option<Duration>,
 }
 

@@ -141,7 +141,8 @@ impl Lease {
         &self.client
     }
 
-    /// The chosen pod.
+    /// The pod the lease connected to: the least-loaded ready pod of the architecture when the
+    /// lease was taken.
     pub fn pod(&self) -> &PodAddress {
         &self.pod
     }
