@@ -169,7 +169,8 @@ pub enum ResolvedContent {
 /// A reference resolved in its registry.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// The reference as given.
+    /// The reference as the caller gave it (a tag or a digest), not rewritten to the digest it
+    /// resolved to.
     pub reference: Reference,
     /// What it points at (media type, digest, size).
     pub descriptor: Descriptor,
@@ -182,7 +183,7 @@ pub struct Resolved {
 pub struct ResolvedSource {
     /// The platform the user asked this source to provide.
     pub requested: Platform,
-    /// The resolved source.
+    /// The source as its registry has it: digest, media type, and the image or index behind it.
     pub resolved: Resolved,
 }
 
@@ -197,7 +198,7 @@ pub struct Child {
     pub manifest: Option<Bytes>,
 }
 
-/// The index to push.
+/// The index to push, assembled and serialised but not yet sent.
 #[derive(Debug, Clone)]
 pub struct AssembledIndex {
     /// [`OCI_INDEX`] or [`DOCKER_MANIFEST_LIST`].

@@ -54,13 +54,13 @@ impl ClientOptions {
 /// One source of an index: a reference and the platform it must provide.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// The image or index.
+    /// The source image, or an index holding an image for `platform`.
     pub reference: Reference,
-    /// The platform taken from it.
+    /// The platform this source must provide; an image must be it, an index must hold it.
     pub platform: Platform,
 }
 
-/// A pushed index.
+/// An index as the registry accepted it: what the target tag now points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushedIndex {
     /// `sha256:...` of the index.
@@ -78,7 +78,7 @@ pub struct FetchedManifest {
     pub media_type: String,
     /// `sha256:...` of the bytes.
     pub digest: String,
-    /// The exact bytes.
+    /// The exact bytes the registry served, which hash to `digest`.
     pub bytes: Bytes,
 }
 

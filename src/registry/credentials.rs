@@ -27,25 +27,25 @@ pub enum CredentialsError {
     /// The config file exists but cannot be read.
     #[error("cannot read docker config {path}")]
     Read {
-        /// The file.
+        /// The docker config file (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
         path: PathBuf,
-        /// The cause.
+        /// The I/O error from reading it (a missing file is no error: it means no credentials).
         #[source]
         source: std::io::Error,
     },
     /// The config file is not valid JSON of the expected shape.
     #[error("docker config {path} is not valid")]
     Parse {
-        /// The file.
+        /// The docker config file, or `<memory>` for text given directly.
         path: PathBuf,
-        /// The cause.
+        /// Where the JSON parser stopped and why (its text gives line and column).
         #[source]
         source: serde_json::Error,
     },
     /// An `auth` entry is not base64 of `user:password`.
     #[error("docker config {path}: the auth entry for {registry} is not base64 of user:password")]
     BadAuth {
-        /// The file.
+        /// The docker config file, or `<memory>` for text given directly.
         path: PathBuf,
         /// The registry key of the entry.
         registry: String,
@@ -55,7 +55,8 @@ pub enum CredentialsError {
     Helper {
         /// The helper's suffix (`docker-credential-<helper>`).
         helper: String,
-        /// The registry asked for.
+        /// The key the helper was asked about on stdin: the registry host, or
+        /// `https://index.docker.io/v1/` for Docker Hub.
         registry: String,
         /// What went wrong, with the helper's own stderr when it said something (never the
         /// secret, which a helper prints on stdout).
@@ -64,7 +65,7 @@ pub enum CredentialsError {
     /// An ECR registry's login could not be had from AWS.
     #[error("cannot get credentials for ECR registry {registry}")]
     Ecr {
-        /// The registry host.
+        /// The ECR registry host, `ACCOUNT.dkr.ecr.REGION.amazonaws.com`.
         registry: String,
         /// What AWS (or the credential chain) said.
         #[source]
@@ -75,11 +76,12 @@ pub enum CredentialsError {
     HelperIo {
         /// The helper's suffix (`docker-credential-<helper>`).
         helper: String,
-        /// The registry asked for.
+        /// The key the helper was asked about, as in [`Self::Helper`].
         registry: String,
         /// What failed: "run it", "write to it", "read its answer".
         action: &'static str,
-        /// The cause.
+        /// The I/O error from starting the program or using its pipes (`NotFound` when it is not on
+        /// `PATH`).
         #[source]
         source: std::io::Error,
     },

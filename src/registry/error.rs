@@ -13,15 +13,16 @@ pub enum Error {
     /// A reference that does not parse.
     #[error("invalid image reference {reference:?}: {problem}")]
     InvalidReference {
-        /// What was given.
+        /// The reference text exactly as given.
         reference: String,
-        /// Why it does not parse.
+        /// What is wrong, e.g. that the tag has characters a tag may not have.
         problem: String,
     },
     /// A registry host that cannot form a URL.
     #[error("invalid registry host {registry:?}")]
     InvalidRegistry {
-        /// The host.
+        /// The registry host as given (`HOST[:PORT]`), which did not make a valid `https://` or
+        /// `http://` URL.
         registry: String,
     },
     /// The docker config could not be read.
@@ -36,36 +37,38 @@ pub enum Error {
         mismatch_text(mismatch)
     )]
     Connect {
-        /// The registry host.
+        /// The registry host as the reference names it (`HOST[:PORT]`; Docker Hub is `docker.io`).
         registry: String,
-        /// Attempts made.
+        /// Attempts made, the first included.
         attempts: u32,
         /// The registry speaks another protocol than the client, when that is what failed.
         mismatch: Option<ProtocolMismatch>,
-        /// The last failure.
+        /// The last attempt's failure (refused, reset, TLS, timeout, or an answer that is not
+        /// HTTP).
         #[source]
         source: reqwest::Error,
     },
     /// A status the operation cannot continue from.
     #[error("registry {registry} answered {status} to {method} {path}{}{}", retried(*attempts), with_message(message))]
     Status {
-        /// The registry host.
+        /// The registry host as the reference names it (`HOST[:PORT]`).
         registry: String,
-        /// HTTP method.
+        /// The HTTP method of the request, e.g. `PUT`.
         method: String,
-        /// URL path.
+        /// The URL path of the request, e.g. `/v2/app/manifests/v1`, or the token realm's path.
         path: String,
-        /// The status.
+        /// The HTTP status the last attempt got.
         status: StatusCode,
-        /// Attempts made.
+        /// Attempts made, the first included; more than one only for statuses worth retrying.
         attempts: u32,
-        /// The registry's own error message, if any.
+        /// The registry's error, `CODE: message` from its JSON error body, else up to 120
+        /// characters of the body; may be empty.
         message: String,
     },
     /// 401 after presenting what the docker config holds.
     #[error("{}", unauthorized(registry, *had_credentials))]
     Unauthorized {
-        /// The registry host.
+        /// The registry host as the reference names it (`HOST[:PORT]`).
         registry: String,
         /// Whether credentials were sent (and rejected) or there were none.
         had_credentials: bool,
@@ -75,41 +78,42 @@ pub enum Error {
         "registry {registry} sent an unusable auth challenge or token answer (realm {realm:?})"
     )]
     BadChallenge {
-        /// The registry host.
+        /// The registry host as the reference names it (`HOST[:PORT]`).
         registry: String,
-        /// The token realm.
+        /// The token service URL the challenge named (`realm="…"`), as sent.
         realm: String,
     },
     /// The manifest does not exist.
     #[error("{reference} not found in its registry")]
     NotFound {
-        /// The reference.
+        /// The whole reference, `REGISTRY/REPOSITORY[:TAG][@DIGEST]`, after Docker Hub names were
+        /// filled in.
         reference: String,
     },
     /// Content does not hash to the digest it was fetched by or announced with.
     #[error("digest mismatch for {what}: expected {expected}, content hashes to {actual}")]
     DigestMismatch {
-        /// What was checked.
+        /// What was checked, in words naming the reference, e.g. `config of REGISTRY/REPO:TAG`.
         what: String,
-        /// The claimed digest.
+        /// The digest it was fetched by or announced with, `sha256:<hex>`.
         expected: String,
-        /// The computed digest.
+        /// The sha256 of the bytes actually received, `sha256:<hex>`.
         actual: String,
     },
     /// A digest string that is not `sha256:<64 hex>`.
     #[error("unsupported or malformed digest {digest:?} in {what}")]
     BadDigest {
-        /// What held it.
+        /// What held it, in words naming the reference (a descriptor, a header).
         what: String,
-        /// The digest.
+        /// The digest text as found, which is not `sha256:` and 64 lowercase hex digits.
         digest: String,
     },
     /// A manifest or config the client cannot use.
     #[error("{reference}: {problem}")]
     Unusable {
-        /// The reference.
+        /// The whole reference, `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.
         reference: String,
-        /// What is wrong.
+        /// What is wrong with it, e.g. that the manifest is larger than 16 MiB.
         problem: String,
     },
     /// A document (manifest, index, the index being pushed) that is not the JSON it must be.
@@ -126,37 +130,38 @@ pub enum Error {
     /// A source image is not the platform it was listed for.
     #[error("{reference} is {actual}, not {expected}")]
     PlatformMismatch {
-        /// The source.
+        /// The whole source reference, `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.
         reference: String,
-        /// The requested platform.
+        /// The platform the source was listed for, `os/arch[/variant]`.
         expected: String,
-        /// The image's platform.
+        /// The platform in the image's config, `os/arch[/variant]`.
         actual: String,
     },
     /// A source index has no image for the requested platform.
     #[error("{reference} is an index with no image for {platform}")]
     NoMatchingPlatform {
-        /// The source.
+        /// The whole source reference, an index.
         reference: String,
-        /// The requested platform.
+        /// The platform the source was listed for, `os/arch[/variant]`.
         platform: String,
     },
     /// Two sources give the same platform.
     #[error("platform {platform} is given twice ({first} and {second})")]
     DuplicatePlatform {
-        /// The platform.
+        /// The platform both sources give, `os/arch[/variant]`.
         platform: String,
-        /// First source.
+        /// The first source reference giving it.
         first: String,
-        /// Second source.
+        /// The second source reference giving it.
         second: String,
     },
     /// A platform that is not `os/arch[/variant]` with a known os and architecture.
     #[error("invalid platform {platform:?}: {problem}")]
     InvalidPlatform {
-        /// What was given.
+        /// The platform text as given (one item of a comma-separated list, or the whole list when
+        /// it is empty).
         platform: String,
-        /// What is wrong.
+        /// What is wrong, e.g. an unknown architecture.
         problem: String,
     },
     /// A template without `ARCH`, `OS` or `VARIANT`.
@@ -164,7 +169,7 @@ pub enum Error {
         "template {template:?} has no ARCH, OS or VARIANT placeholder, so every platform would use the same image"
     )]
     NoPlaceholder {
-        /// The template.
+        /// The template exactly as given, e.g. `registry.example/app:v1`.
         template: String,
     },
     /// No sources given.
@@ -173,16 +178,16 @@ pub enum Error {
     /// A local file (an OCI layout tarball) cannot be read.
     #[error("cannot read {path}")]
     Io {
-        /// The file.
+        /// The tarball's path as given.
         path: PathBuf,
-        /// The cause.
+        /// The I/O error from opening or reading it.
         #[source]
         source: std::io::Error,
     },
     /// A file given as an OCI layout tarball is not a tar archive.
     #[error("{path} is not a tar archive")]
     NotTar {
-        /// The file.
+        /// The tarball's path as given.
         path: PathBuf,
         /// What the tar reader said.
         #[source]
@@ -191,9 +196,9 @@ pub enum Error {
     /// An OCI layout tarball that is not what BuildKit's `oci` exporter writes.
     #[error("{path} is not a usable OCI image layout: {problem}")]
     Layout {
-        /// The file.
+        /// The tarball's path as given.
         path: PathBuf,
-        /// What is wrong.
+        /// What is wrong, e.g. that `oci-layout` is not an image layout marker.
         problem: String,
     },
 }
