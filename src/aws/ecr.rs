@@ -19,7 +19,7 @@ pub const CALL: &str = "ecr:GetAuthorizationToken";
 /// A registry host that is an ECR private registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcrHost {
-    /// The 12-digit account.
+    /// The 12-digit AWS account id, the host's first label.
     pub account: String,
     /// The region named in the host.
     pub region: String,
@@ -74,7 +74,8 @@ impl EcrHost {
 pub struct EcrLogin {
     /// Always `AWS` for ECR, but taken from the token.
     pub username: String,
-    /// The registry password.
+    /// The registry password: the decoded token's part after `USER:`, valid until `expires`;
+    /// `Debug` never shows it.
     pub password: String,
     /// When the token stops working, as ECR says.
     pub expires: Option<SystemTime>,

@@ -288,7 +288,8 @@ pub fn presign_token(
 /// A token and when it was made.
 #[derive(Clone)]
 pub struct EksToken {
-    /// `k8s-aws-v1.…`.
+    /// The bearer token for the API server, `k8s-aws-v1.` and a presigned URL in base64url; a
+    /// secret, so `Debug` leaves it out.
     pub token: String,
     /// When it was made (it is accepted for 15 minutes from then).
     pub made: SystemTime,

@@ -16,7 +16,7 @@ pub enum AwsError {
     /// No source in the credential chain had credentials.
     #[error("no AWS credentials for {call}: looked in {looked}")]
     NoCredentials {
-        /// The call that needed them (`ecr:GetAuthorizationToken`, `eks token`).
+        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
         /// Where the chain looked, in order.
         looked: String,
@@ -25,7 +25,7 @@ pub enum AwsError {
     /// identity exchange STS refused, a container endpoint that answered an error).
     #[error("cannot load AWS credentials for {call}")]
     CredentialsFailed {
-        /// The call that needed them.
+        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
         /// What the failing source reported.
         #[source]
@@ -34,43 +34,43 @@ pub enum AwsError {
     /// AWS answered that the identity may not make this call.
     #[error("AWS denied {call} in {region} (access denied): {reason}")]
     AccessDenied {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region it was made in.
+        /// The region the call was made in, e.g. `us-east-2`.
         region: String,
-        /// AWS's code and message.
+        /// AWS's error code and message as it sent them, e.g. `AccessDeniedException: …`.
         reason: String,
     },
     /// AWS did not accept the credentials (unknown key, wrong secret, expired session).
     #[error("AWS rejected the credentials for {call} in {region}: {reason}")]
     BadCredentials {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region it was made in.
+        /// The region the call was made in, e.g. `us-east-2`.
         region: String,
-        /// AWS's code and message.
+        /// AWS's error code and message as it sent them.
         reason: String,
     },
     /// A region name that no AWS partition has.
     #[error("unknown AWS region {region:?} for {call}: expected a name such as us-east-1")]
     UnknownRegion {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The name given.
+        /// The region name as given (in the ECR host, the exec arguments or the environment).
         region: String,
     },
     /// No region anywhere (`AWS_REGION`, `AWS_DEFAULT_REGION`, the profile, the arguments).
     #[error("no AWS region for {call}: set AWS_REGION or pass --region in the exec arguments")]
     NoRegion {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
     },
     /// No answer from AWS (refused, timed out, name not resolved).
     #[error("cannot reach AWS for {call} in {region}")]
     Unreachable {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region.
+        /// The region the call was aimed at.
         region: String,
         /// What the SDK reported of the connection attempt.
         #[source]
@@ -80,19 +80,20 @@ pub enum AwsError {
     /// time.
     #[error("cannot reach AWS for {call} in {region}: no answer within {} s", .waited.as_secs())]
     NoAnswer {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region (empty when none was known yet).
+        /// The region the call was aimed at; empty when none was known yet.
         region: String,
-        /// How long was waited.
+        /// How long was waited: the whole lookup's bound,
+        /// [`LOOKUP_DEADLINE`](super::LOOKUP_DEADLINE).
         waited: Duration,
     },
     /// AWS answered the call with another error.
     #[error("{call} failed in {region}: {reason}")]
     Call {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region.
+        /// The region the call was made in.
         region: String,
         /// AWS's error code and message (or the HTTP status when it sent no code).
         reason: String,
@@ -101,9 +102,9 @@ pub enum AwsError {
     /// not read).
     #[error("{call} failed in {region}")]
     Sdk {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region.
+        /// The region the call was made in.
         region: String,
         /// What the SDK reported.
         #[source]
@@ -112,17 +113,17 @@ pub enum AwsError {
     /// AWS answered, but without what the call exists for.
     #[error("{call} in {region} answered without {missing}")]
     Incomplete {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
-        /// The region.
+        /// The region the call was made in.
         region: String,
-        /// What was missing.
+        /// What the answer lacked, in words, e.g. "an authorization token".
         missing: &'static str,
     },
     /// A request could not be signed or formed (a bad endpoint URL, a bad cluster name).
     #[error("cannot form the {call} request: {reason}")]
     Request {
-        /// The call.
+        /// The AWS call, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
         call: &'static str,
         /// What is wrong, naming the value.
         reason: String,
