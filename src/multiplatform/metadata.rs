@@ -13,7 +13,7 @@ use super::{Error, MultiPlatformResult};
 /// `{"index": {"reference", "digest", "mediaType"}, "images": {ARCH: {"reference", "digest"}}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Metadata {
-    /// The image index.
+    /// The image index pushed as `REGISTRY/REPO:TAG`, the tag users pull.
     pub index: IndexRecord,
     /// Each architecture's image, by architecture name.
     pub images: BTreeMap<String, ImageRecord>,

@@ -73,9 +73,9 @@ pub enum PushMode {
 /// An S3 layer cache, as Panfactum's `buildkit.json` configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Cache {
-    /// Bucket name.
+    /// The bucket's name (not an `s3://` URL), as BuildKit's `s3` cache backend takes it.
     pub bucket: String,
-    /// Bucket region.
+    /// The bucket's AWS region, e.g. `us-east-2`.
     pub region: String,
 }
 
@@ -106,7 +106,7 @@ pub struct MultiPlatformBuild {
     pub options: BuildOptions,
     /// Registry host (`host[:port]`).
     pub registry: String,
-    /// Repository inside the registry.
+    /// Repository inside the registry, e.g. `team/app`.
     pub repository: String,
     /// The index tag; architecture images are tagged `TAG-ARCH`.
     pub tag: String,
@@ -130,9 +130,10 @@ pub struct MultiPlatformBuild {
 /// What one architecture produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchImage {
-    /// `REGISTRY/REPO:TAG-ARCH`.
+    /// The image's whole reference, `REGISTRY/REPO:TAG-ARCH`.
     pub reference: String,
-    /// The pushed manifest's digest.
+    /// The pushed manifest's digest, `sha256:<hex>`, as the daemon's export response or the
+    /// client's push reported it.
     pub digest: String,
     /// Whether the client pushed it (rather than the daemon).
     pub pushed_by_client: bool,
@@ -143,9 +144,9 @@ pub struct ArchImage {
 pub struct MultiPlatformResult {
     /// The index `REGISTRY/REPO:TAG`.
     pub index: PushedIndex,
-    /// The index reference.
+    /// The index's whole reference, `REGISTRY/REPO:TAG`.
     pub reference: String,
-    /// Each architecture's image.
+    /// Each architecture's image, by architecture name (`amd64`, `arm64`, …).
     pub images: BTreeMap<String, ArchImage>,
 }
 
@@ -182,76 +183,77 @@ pub enum Error {
     /// A builder was given for an architecture that is not built.
     #[error("a builder is given for {arch}, which is not among the architectures built")]
     UnusedBuilder {
-        /// The architecture.
+        /// The architecture named by the builder, e.g. `riscv64`.
         arch: String,
     },
     /// An architecture has no builder: none given, no shared or fallback endpoint, no cluster.
     #[error("no BuildKit for {arch}: no builder, endpoint or cluster is given for it")]
     NoBuilder {
-        /// The architecture.
+        /// The architecture left without a builder, e.g. `arm64`.
         arch: String,
     },
     /// An architecture would build on the fleet, which has only amd64 and arm64.
     #[error("{arch} cannot build on the cluster {context}: its fleet has only amd64 and arm64")]
     NotInFleet {
-        /// The architecture.
+        /// The architecture that would go to the fleet, neither amd64 nor arm64.
         arch: String,
-        /// The kubeconfig context.
+        /// The kubeconfig context of the cluster, from the request or `buildkit.json`'s `cluster`.
         context: String,
     },
     /// An architecture's builder cannot be reached.
     #[error("{arch}")]
     Connect {
-        /// The architecture.
+        /// The architecture whose builder was being connected.
         arch: String,
-        /// Why.
+        /// What the BuildKit client reported, naming the endpoint.
         #[source]
         source: Box<crate::buildkit::Error>,
     },
     /// The fleet's cluster cannot be used (kubeconfig, context, credentials).
     #[error("cluster {context}")]
     Fleet {
-        /// The kubeconfig context.
+        /// The kubeconfig context of the cluster, from the request or `buildkit.json`'s `cluster`.
         context: String,
-        /// Why.
+        /// What the fleet reported: no kubeconfig, no such context, refused credentials.
         #[source]
         source: Box<crate::fleet::Error>,
     },
     /// No pod of the fleet could be leased for an architecture.
     #[error("{arch}")]
     Lease {
-        /// The architecture.
+        /// The architecture a pod was being leased for.
         arch: String,
-        /// Why.
+        /// What the fleet reported while scaling up, waiting, choosing a pod or connecting to it.
         #[source]
         source: Box<crate::fleet::Error>,
     },
     /// One architecture failed; the others were cancelled.
     #[error("{arch} (on {builder})")]
     Arch {
-        /// The architecture.
+        /// The architecture that failed first.
         arch: String,
-        /// The BuildKit it ran on.
+        /// The BuildKit it ran on, as [`Client::endpoint`](crate::buildkit::Client::endpoint) names
+        /// it.
         builder: String,
-        /// Its failure.
+        /// Its build's failure, with the failing step when the daemon named one.
         #[source]
         source: Box<BuildError>,
     },
     /// The scratch directory of a client-side push cannot be created.
     #[error("{arch}: cannot create a scratch directory for the client-side push")]
     Scratch {
-        /// The architecture.
+        /// The architecture whose image the client was to push.
         arch: String,
-        /// Why.
+        /// The I/O error from creating it in the scratch directory (or the system temp dir).
         #[source]
         source: std::io::Error,
     },
     /// An architecture's build produced no image digest.
     #[error("{arch}: the daemon reported no image digest for {reference}")]
     NoDigest {
-        /// The architecture.
+        /// The architecture whose build reported no digest.
         arch: String,
-        /// The image.
+        /// The image's whole reference, `REGISTRY/REPO:TAG-ARCH`.
         reference: String,
     },
     /// A client-side push or the index push failed.
@@ -260,9 +262,9 @@ pub enum Error {
     /// The metadata record cannot be written.
     #[error("cannot write the metadata file {path}")]
     Metadata {
-        /// The file.
+        /// The metadata file's path as the caller gave it.
         path: PathBuf,
-        /// Why.
+        /// The I/O error from writing it (through a temporary file in the same directory).
         #[source]
         source: std::io::Error,
     },
@@ -278,19 +280,19 @@ pub enum InvalidRequest {
     /// An architecture this build does not know.
     #[error("unknown architecture {arch:?}; use one of {}", KNOWN_ARCHES.join(", "))]
     UnknownArchitecture {
-        /// The architecture given.
+        /// The architecture name as given.
         arch: String,
     },
     /// An architecture listed twice.
     #[error("architecture {arch} is given twice")]
     DuplicateArchitecture {
-        /// The architecture.
+        /// The architecture name given more than once.
         arch: String,
     },
     /// A registry that is not `host[:port]`.
     #[error("registry {registry:?} must be a host[:port] without a path")]
     Registry {
-        /// The registry given.
+        /// The registry text as given.
         registry: String,
     },
     /// A repository name the registry would refuse.
@@ -298,7 +300,7 @@ pub enum InvalidRequest {
         "repository {repository:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app"
     )]
     Repository {
-        /// The repository given.
+        /// The repository text as given.
         repository: String,
     },
     /// A tag the registry would refuse.
@@ -306,7 +308,7 @@ pub enum InvalidRequest {
         "tag {tag:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
     )]
     Tag {
-        /// The tag given.
+        /// The tag text as given.
         tag: String,
     },
 }

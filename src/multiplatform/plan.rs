@@ -212,7 +212,7 @@ pub enum Placement {
     Endpoint(Endpoint),
     /// The least-loaded pod of the fleet in this kubeconfig context, scaled up if need be.
     Cluster {
-        /// The kubeconfig context.
+        /// The kubeconfig context of the cluster, from the request or `buildkit.json`'s `cluster`.
         context: String,
         /// The fleet's StatefulSet that builds it.
         arch: Arch,
@@ -225,7 +225,7 @@ pub enum Placement {
 pub enum Event<'a> {
     /// The fleet is being scaled up for `arch`; the lease may wait up to `wait`.
     WaitingForCluster {
-        /// The architecture.
+        /// The architecture whose fleet is being scaled up, e.g. `arm64`.
         arch: &'a str,
         /// The kubeconfig context of the fleet.
         context: &'a str,
@@ -234,16 +234,17 @@ pub enum Event<'a> {
     },
     /// How making `arch`'s pod ready goes: the scale-up, then each look at its replicas.
     Ready {
-        /// The architecture.
+        /// The architecture whose pod is being made ready.
         arch: &'a str,
-        /// The step.
+        /// The step reached: the scale-up's outcome, or the latest count of available replicas.
         progress: ReadyProgress<'a>,
     },
     /// `arch` builds on this pod of the fleet.
     Leased {
-        /// The architecture.
+        /// The architecture the pod will build.
         arch: &'a str,
-        /// The chosen pod.
+        /// The pod leased: the least-loaded ready pod of `arch`'s StatefulSet, with its IP and
+        /// load.
         pod: &'a PodAddress,
     },
 }
