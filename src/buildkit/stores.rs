@@ -25,7 +25,7 @@ const IMAGE_NAME_KEY: &str = "image.name";
 /// The prefix of a named context served from an OCI layout offered by name.
 const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
 
-/// The stores of one build.
+/// The client-side content stores (OCI layout directories) of one build, and what each is for.
 #[derive(Debug, Default)]
 pub(crate) struct BuildStores {
     /// By store id, as the session offers them.

@@ -21,7 +21,7 @@ pub enum LiveMode {
     Terminal,
     /// A line per change (stderr is a file or a pipe).
     Plain,
-    /// Nothing.
+    /// No progress lines at all (`--quiet`, or `--progress quiet`); results and errors still print.
     Quiet,
 }
 

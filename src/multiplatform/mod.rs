@@ -292,7 +292,7 @@ pub enum InvalidRequest {
     /// A registry that is not `host[:port]`.
     #[error("registry {registry:?} must be a host[:port] without a path")]
     Registry {
-        /// The registry text as given.
+        /// The registry exactly as the caller gave it.
         registry: String,
     },
     /// A repository name the registry would refuse.
@@ -300,7 +300,7 @@ pub enum InvalidRequest {
         "repository {repository:?} is not a valid repository name: lowercase letters, digits and separators (. _ - /), like team/app"
     )]
     Repository {
-        /// The repository text as given.
+        /// The repository exactly as the caller gave it.
         repository: String,
     },
     /// A tag the registry would refuse.
@@ -308,7 +308,7 @@ pub enum InvalidRequest {
         "tag {tag:?} is not a valid tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
     )]
     Tag {
-        /// The tag text as given.
+        /// The tag exactly as the caller gave it.
         tag: String,
     },
 }

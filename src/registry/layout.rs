@@ -52,7 +52,7 @@ impl TarIndex {
     }
 }
 
-/// An open layout tarball.
+/// An OCI layout tarball opened for reading: its path and where each member lies in it.
 struct Layout {
     path: PathBuf,
     index: TarIndex,

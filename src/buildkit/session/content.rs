@@ -589,13 +589,13 @@ impl Upload {
 
 /// What one write request left behind.
 enum Step {
-    /// The upload goes on.
+    /// The upload is not complete yet: the ingest stays open for the next request.
     Open(Ingest),
-    /// The blob is stored.
+    /// The blob is committed into the layout under its digest.
     Committed {
-        /// Its digest.
+        /// Its digest, `ALG:HEX`, checked against the bytes received.
         digest: String,
-        /// Its size.
+        /// Its size in bytes.
         size: u64,
     },
 }
