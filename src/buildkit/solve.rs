@@ -45,7 +45,8 @@ const STATUS_DRAIN: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// The build context directory.
+    /// The build context directory, served to the daemon as the `context` local; a relative
+    /// path is taken from the working directory.
     pub context: PathBuf,
     /// The Dockerfile; `<context>/Dockerfile` when `None`.
     pub dockerfile: Option<PathBuf>,

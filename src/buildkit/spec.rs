@@ -238,7 +238,8 @@ pub enum CacheDirection {
 pub struct CacheSpec {
     /// `registry`, `local`, `inline`, `s3`, `gha`, `azblob`.
     pub kind: String,
-    /// The backend's attributes.
+    /// The backend's other `key=value` pairs as written (`ref`, `mode`, `dest`, …), without
+    /// `type`.
     pub attrs: BTreeMap<String, String>,
 }
 

@@ -21,7 +21,7 @@ pub const KUBE_POD_SCHEME: &str = "kube-pod";
 /// A pod addressed by a `kube-pod://` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubePod {
-    /// Pod name.
+    /// The pod's name, the endpoint's host part, e.g. `buildkit-amd64-0`.
     pub pod: String,
     /// Namespace; `None` means the context's default.
     pub namespace: Option<String>,

@@ -44,7 +44,7 @@ pub struct ScaleUpReport {
 pub struct WaitState {
     /// The architecture whose StatefulSet is being waited for.
     pub arch: Arch,
-    /// Available replicas seen.
+    /// The StatefulSet's `status.availableReplicas` at this look (0 when absent).
     pub available: i32,
     /// Time left until the shared deadline.
     pub remaining: Duration,

@@ -53,7 +53,7 @@ pub const KNOWN_ARCHES: [&str; 7] = [
 /// One architecture's BuildKit.
 #[derive(Debug, Clone)]
 pub struct Builder {
-    /// `amd64`, `arm64`, …
+    /// The architecture it builds, one of [`KNOWN_ARCHES`], e.g. `amd64`.
     pub arch: String,
     /// A connected client for that architecture's daemon.
     pub client: Client,

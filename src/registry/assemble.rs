@@ -89,29 +89,30 @@ pub fn verify_digest(what: &str, expected: &str, bytes: &[u8]) -> Result<(), Err
 /// A content descriptor: what a manifest or blob is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
-    /// Media type.
+    /// The media type, e.g. [`OCI_MANIFEST`]; empty when the document declared none.
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
-    /// `sha256:...`.
+    /// The digest of the exact bytes, `sha256:<hex>`.
     pub digest: String,
-    /// Size in bytes.
+    /// The size of the exact bytes.
     pub size: u64,
 }
 
 /// One entry of an index or manifest list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
-    /// Media type of the child.
+    /// The child's media type (an image manifest, or an attestation's); empty when absent.
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
-    /// Digest of the child.
+    /// The child manifest's digest, `sha256:<hex>`.
     pub digest: String,
-    /// Size of the child.
+    /// The child manifest's size in bytes.
     pub size: u64,
     /// Platform of the child (absent on some artifacts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
-    /// OCI annotations.
+    /// The entry's annotations as the source had them (e.g. an attestation's reference);
+    /// `None` writes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
     /// OCI artifact type.

@@ -55,7 +55,7 @@ pub struct Platform {
         skip_serializing_if = "Option::is_none"
     )]
     pub os_features: Option<Vec<String>>,
-    /// CPU variant (`v7`, `v8`, ...).
+    /// CPU variant (`v7`, `v8`, ...); `None` when the platform names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
