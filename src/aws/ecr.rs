@@ -1,6 +1,9 @@
 //! ECR registry credentials: which hosts are ECR registries, and their login from
 //! `ecr:GetAuthorizationToken` (what `docker login` with `aws ecr get-login-password` does),
 //! made in-process and cached until shortly before the token expires.
+//!
+//! Border: part of [`crate::aws`], a leaf; it uses only that module's SDK setup and errors, and
+//! knows nothing of registries beyond the host name it is given.
 
 use std::collections::HashMap;
 use std::fmt;

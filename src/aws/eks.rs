@@ -5,6 +5,9 @@
 //! `GetCallerIdentity` URL. The API server's authenticator replays that URL against STS to
 //! learn who signed it; the `x-k8s-aws-id` header binds the token to one cluster. The URL is
 //! valid for 15 minutes after signing, so tokens are remade well before that.
+//!
+//! Border: part of [`crate::aws`], a leaf; it uses only that module's SDK setup and errors, and
+//! knows nothing of kubeconfig files or kube clients (the fleet hands it the exec entry's values).
 
 use std::collections::HashMap;
 use std::fmt;

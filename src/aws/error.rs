@@ -16,7 +16,8 @@ pub enum AwsError {
     /// No source in the credential chain had credentials.
     #[error("no AWS credentials for {call}: looked in {looked}")]
     NoCredentials {
-        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
+        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or
+        /// [`eks::CALL`](super::eks::CALL).
         call: &'static str,
         /// Where the chain looked, in order.
         looked: String,
@@ -25,7 +26,8 @@ pub enum AwsError {
     /// identity exchange STS refused, a container endpoint that answered an error).
     #[error("cannot load AWS credentials for {call}")]
     CredentialsFailed {
-        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or [`eks::CALL`](super::eks::CALL).
+        /// The call that needed them, [`ecr::CALL`](super::ecr::CALL) or
+        /// [`eks::CALL`](super::eks::CALL).
         call: &'static str,
         /// What the failing source reported.
         #[source]

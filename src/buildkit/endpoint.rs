@@ -1,4 +1,8 @@
 //! BuildKit addresses: what `--addr` and `BUILDKIT_HOST` accept, parsed into a typed value.
+//!
+//! Border: pure parsing, no I/O: connecting is [`Client::connect`](super::Client::connect)'s job.
+//! It knows the built-in schemes and asks the scheme registry about others (`kube-pod://` is
+//! the fleet's); it must not import `fleet`, `multiplatform` or `config`.
 
 use std::fmt;
 use std::path::PathBuf;

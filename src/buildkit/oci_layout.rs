@@ -13,6 +13,9 @@
 //!   buildctl's) never lose each other's entries.
 //! - Everything a store creates is remembered, so a failed build can take it all back and
 //!   leave the directory as it found it ([`LayoutStore::rollback`]).
+//!
+//! Border: plain file-system code; it uses only the session's id generator, and must not import
+//! the session services, `registry`, `fleet` or anything above `buildkit`.
 
 use std::collections::BTreeMap;
 use std::fs::File;

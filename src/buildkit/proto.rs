@@ -2,6 +2,8 @@
 //!
 //! The module tree mirrors the proto packages because prost refers across packages with
 //! `super::` paths.
+//!
+//! Border: generated code only; it imports nothing of the crate, and hand-written code stays out.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 /// `moby.*` packages.

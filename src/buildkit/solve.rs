@@ -79,7 +79,7 @@ pub struct BuildOptions {
     pub oci_layouts: BTreeMap<String, PathBuf>,
     /// Exporters, in order; none leaves the result only in the daemon's cache.
     pub outputs: Vec<OutputSpec>,
-    /// Where the build cache is exported to, each one backend (`type=registry`, `local`, `s3`, …).
+    /// Where the build cache is exported to, each one backend (`registry`, `local`, `s3`, …).
     pub cache_exports: Vec<CacheSpec>,
     /// Caches the daemon may reuse layers from, each one backend as in `cache_exports`.
     pub cache_imports: Vec<CacheSpec>,

@@ -1,6 +1,9 @@
 //! buildctl's CSV specs for outputs, cache exports and imports, secrets and SSH agents
 //! (`type=…,k=v`), and `K=V` pairs, parsed into typed values. The binary reads its flags with
 //! these parsers; errors name the kind of spec, and the binary adds which flag held it.
+//!
+//! Border: pure parsing, no I/O; it uses only the session's secret sources and the layout's
+//! digest check, and must not import anything above `buildkit`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

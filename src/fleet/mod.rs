@@ -8,8 +8,8 @@
 //! seconds of the last build as a decimal string.
 //!
 //! Border: owns everything Kubernetes. It may use [`crate::buildkit`] (it hands BuildKit
-//! connections up as dialers) and must not import `multiplatform` or `config`
-//! (`tests/integration/borders.rs` checks this).
+//! connections up as dialers) and [`crate::aws`] (EKS tokens), and must not import
+//! `multiplatform` or `config` (`tests/integration/borders.rs` checks this).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::fleet::Error> {

@@ -1,4 +1,6 @@
 //! Kubernetes quantities as metrics-server reports CPU: `123456n`, `250u`, `12m`, `2`, `1.5`.
+//!
+//! Border: pure parsing; it imports nothing of the crate or of kube.
 
 /// Parses a CPU quantity into nanocores (`1` core = 1 000 000 000).
 ///

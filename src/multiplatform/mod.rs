@@ -8,8 +8,8 @@
 //! ([`plan`]), leases cluster builders from the [`fleet`](crate::fleet) and releases them
 //! ([`Builders`]), and [`Metadata`] is the record of what was pushed.
 //!
-//! Border: this module sits above `config`, `fleet`, `buildkit` and `registry` and may use all
-//! of them; nothing in the library imports it. It prints nothing: what a user should see
+//! Border: this module sits above `config`, `fleet`, `buildkit`, `registry` and `aws` and may
+//! use all of them; nothing in the library imports it. It prints nothing: what a user should see
 //! arrives as [`Event`]s and progress sinks.
 //!
 //! ```no_run

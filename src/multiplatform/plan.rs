@@ -5,6 +5,9 @@
 //! The order of precedence is the CLI's: a per-architecture builder, then the shared endpoint
 //! (`--addr`/`BUILDKIT_HOST` in the binary), then the cluster named by the request or
 //! `buildkit.json`, then the fallback endpoint (the binary's default socket).
+//!
+//! Border: part of [`crate::multiplatform`]; it may use `config`, `fleet`, `buildkit` and
+//! `registry`, and prints nothing (what a user should see arrives as [`Event`]s).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! Pure index assembly: resolved per-platform sources in, the index bytes and the children to
 //! make present in the target repository out. No I/O, so every rule is unit-tested.
+//!
+//! Border: it uses only the registry's own reference, platform and error types, and no HTTP.
 
 use std::collections::{BTreeMap, HashSet};
 

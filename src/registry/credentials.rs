@@ -1,6 +1,9 @@
 //! Registry credentials from the Docker CLI's config file (`$DOCKER_CONFIG/config.json` or
 //! `~/.docker/config.json`): `auths`, `credHelpers` and `credsStore`; and, for ECR hosts the
 //! config says nothing about, a login from ECR itself (no `docker login`, no helper program).
+//!
+//! Border: it uses [`crate::aws`] for ECR logins and nothing else of the crate; it must not import
+//! `buildkit`, `fleet`, `multiplatform` or `config`.
 
 use std::collections::HashMap;
 use std::fmt;

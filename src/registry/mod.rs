@@ -2,7 +2,9 @@
 //! assembly and push (`manifest push`), `manifest inspect`, and pushing OCI layout tarballs.
 //!
 //! Border: owns the OCI distribution API and Docker credentials; it imports no other module
-//! of this crate (`tests/integration/borders.rs` checks this), so it can be used alone.
+//! of this crate but [`crate::aws`] (ECR logins), and never `buildkit`, `fleet`,
+//! `multiplatform`, `config` or kube (`tests/integration/borders.rs` checks this), so it can be
+//! used alone.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pf_buildkit::registry::Error> {

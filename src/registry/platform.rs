@@ -1,4 +1,6 @@
 //! Platforms (`os/arch[/variant]`), how they match, and manifest-tool's source-name templates.
+//!
+//! Border: pure parsing and matching, no I/O; it uses only the registry's error type.
 
 use std::fmt;
 use std::str::FromStr;

@@ -11,6 +11,9 @@
 //!    files interleaving;
 //! 3. the receiver sends `PACKET_FIN` when done, the sender answers `PACKET_FIN` and ends;
 //!    either side may abort with `PACKET_ERR{data: message}`.
+//!
+//! Border: it uses only the generated fsutil types and the client's error text helper; it must
+//! not import the session, `registry`, `fleet` or anything above `buildkit`.
 
 mod beneath;
 mod filter;

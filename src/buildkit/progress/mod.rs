@@ -1,5 +1,8 @@
 //! The status stream of a solve, rendered for people (`tty`, `plain`), scripts (`rawjson`)
 //! or not at all (`quiet`), as buildctl's `--progress` modes.
+//!
+//! Border: renders only: it reads the generated status types and writes to the writer it is
+//! given (the binary picks stderr); it imports nothing else of the crate.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;

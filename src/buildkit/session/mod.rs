@@ -1,6 +1,9 @@
 //! The client side of a BuildKit session: a gRPC server, run over the session's byte stream,
 //! that the daemon calls back for the build context (FileSync), exported results (FileSend),
 //! registry credentials (Auth), secrets and SSH agents, and health checks.
+//!
+//! Border: it may use `fsutil`, `oci_layout` and [`crate::registry`] (credentials for Auth); it
+//! must not import `fleet`, `multiplatform` or `config`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
