@@ -62,7 +62,7 @@ pub enum MetricsUnavailable {
     /// server restarts).
     #[error("the metrics API (metrics.k8s.io) failed: {message}")]
     Answered {
-        /// The HTTP status code.
+        /// The HTTP status code the API server answered the metrics call with, e.g. 503.
         code: u16,
         /// The API server's status message (or its HTTP status line when it sent none).
         message: String,

@@ -31,7 +31,8 @@ pub enum PortForwardError {
     /// (nothing listening in the pod, the pod's network gone).
     #[error("{message}")]
     KubeletRefused {
-        /// The kubelet's text.
+        /// The kubelet's text from the error channel, as sent (e.g. that the connection to the
+        /// pod's port was refused).
         message: String,
     },
     /// The connection closed before the server in the pod said anything.
