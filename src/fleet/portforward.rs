@@ -1,6 +1,8 @@
 //! Byte streams to a pod's BuildKit through Kubernetes port-forwards: one WebSocket per
 //! connection (the v4 protocol carries one TCP connection per port), handed to the BuildKit
-//! client as a [`Dialer`]. Also [`connect`], which serves `kube-pod://` endpoints.
+//! client as a [`Dialer`]; and [`Fleet::pod_client`](super::Fleet::pod_client), a BuildKit
+//! client for one pod (by its IP in the cluster, else through a port-forward). The
+//! `kube-pod://` scheme built on these lives in `kube_pod`.
 
 use std::future::Future;
 use std::io;

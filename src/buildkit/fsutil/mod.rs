@@ -1,6 +1,6 @@
 //! fsutil's DiffCopy protocol (the file-sync wire format of BuildKit sessions), both ends:
-//! [`send`] streams a directory the way buildctl does (FileSync, the build context) and
-//! [`receive`] writes a stream into a directory (FileSend, the `local` exporter).
+//! [`send()`] streams a directory the way buildctl does (FileSync, the build context) and
+//! [`receive()`] writes a stream into a directory (FileSend, the `local` exporter).
 //!
 //! Pure protocol over streams of [`Packet`]s: the session code owns the gRPC calls and hands
 //! their two directions in. The protocol (see fsutil's `send.go`/`receive.go`):
