@@ -1,7 +1,5 @@
 //! Errors of the fleet module: configuration, API calls, permissions, pods and timeouts.
 
-use std::path::PathBuf;
-
 use kube::config::{InClusterError, KubeconfigError};
 
 /// Everything that can go wrong operating the fleet.
@@ -171,15 +169,6 @@ pub enum Error {
         "TLS options do not apply to kube-pod:// endpoints (the port-forward is the secure channel)"
     )]
     TlsOverPortForward,
-    /// A kubeconfig path that could not be read.
-    #[error("cannot read kubeconfig {path}")]
-    ReadKubeconfig {
-        /// The kubeconfig path as given. (No code path returns this variant at present.)
-        path: PathBuf,
-        /// The I/O error from reading it.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// The result type of the fleet module.

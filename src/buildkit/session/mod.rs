@@ -178,20 +178,6 @@ pub struct SessionOptions {
     pub via_control: bool,
 }
 
-/// A problem opening or running a session.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The session stream could not be opened or broke.
-    #[error("session with BuildKit at {endpoint} failed: {reason}")]
-    Stream {
-        /// The daemon's address, as [`Client::endpoint`](crate::buildkit::Client::endpoint) gives
-        /// it.
-        endpoint: String,
-        /// What happened, in words (the gRPC status or transport failure as text).
-        reason: String,
-    },
-}
-
 /// A running session. Dropping it (or [`Session::close`]) ends it.
 pub struct Session {
     id: String,
