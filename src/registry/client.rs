@@ -88,13 +88,7 @@ impl FetchedManifest {
     /// # Errors
     /// The bytes are not JSON.
     pub fn to_pretty_json(&self) -> Result<String, Error> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&self.bytes).map_err(|source| {
-            Error::Json {
-                reference: self.digest.clone(),
-                document: "manifest",
-                source,
-            }
-        })?;
+        parse_json::<serde::de::IgnoredAny>(&self.bytes, &self.digest, "manifest")?;
         Ok(reindent(&String::from_utf8_lossy(&self.bytes)))
     }
 }
@@ -381,12 +375,7 @@ impl Client {
             problem,
         };
         let content = if is_index(&fetched.media_type) {
-            let doc: IndexDoc =
-                serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
-                    reference: reference.whole(),
-                    document: "index",
-                    source,
-                })?;
+            let doc: IndexDoc = parse_json(&fetched.bytes, &reference.whole(), "index")?;
             for entry in &doc.manifests {
                 if !assemble::is_valid_digest(&entry.digest) {
                     return Err(Error::BadDigest {
@@ -399,12 +388,7 @@ impl Client {
                 entries: doc.manifests,
             }
         } else {
-            let doc: ManifestDoc =
-                serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
-                    reference: reference.whole(),
-                    document: "manifest",
-                    source,
-                })?;
+            let doc: ManifestDoc = parse_json(&fetched.bytes, &reference.whole(), "manifest")?;
             let config = self.fetch_small_blob(reference, &doc.config).await?;
             let platform: Platform = serde_json::from_slice(&config)
                 .map_err(|_| unusable("its config has no os and architecture".into()))?;
@@ -429,11 +413,7 @@ impl Client {
     /// As [`Client::fetch_manifest`], or a body that is not JSON.
     pub async fn inspect(&self, reference: &Reference) -> Result<serde_json::Value, Error> {
         let fetched = self.fetch_manifest(reference).await?;
-        serde_json::from_slice(&fetched.bytes).map_err(|source| Error::Json {
-            reference: reference.whole(),
-            document: "manifest",
-            source,
-        })
+        parse_json(&fetched.bytes, &reference.whole(), "manifest")
     }
 
     /// Whether a blob exists in `reference`'s repository.
@@ -708,11 +688,11 @@ impl Client {
             &desc.digest,
             &bytes,
         )?;
-        let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
-            reference: format!("{}@{}", source.whole(), desc.digest),
-            document: "manifest",
-            source: e,
-        })?;
+        let doc: ManifestDoc = parse_json(
+            &bytes,
+            &format!("{}@{}", source.whole(), desc.digest),
+            "manifest",
+        )?;
         let blobs = std::iter::once(doc.config).chain(doc.layers).collect();
         Ok(Some((bytes, blobs)))
     }
@@ -887,6 +867,19 @@ pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
         None if probe.config.is_some() => Some(OCI_MANIFEST.to_owned()),
         None => None,
     }
+}
+
+/// `bytes` as the JSON `document` of `reference`, or [`Error::Json`] naming both.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    reference: &str,
+    document: &'static str,
+) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        reference: reference.to_owned(),
+        document,
+        source,
+    })
 }
 
 #[cfg(test)]
