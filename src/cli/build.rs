@@ -211,7 +211,7 @@ pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outc
     };
     if let Some(path) = &args.metadata_file {
         write_metadata_file(path, &result.exporter_response, &result.warnings)
-            .map_err(|e| anyhow::anyhow!("cannot write --metadata-file {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot write --metadata-file {}", path.display()))?;
     }
     if let Some(digest) = result.exporter_response.get("containerimage.digest") {
         super::print_line(digest)?;
