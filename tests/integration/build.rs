@@ -218,29 +218,6 @@ fn missing_copy_source_keeps_the_daemons_text(tier: Tier) {
     }
 }
 
-/// Reads one manifest's digest from the registry (plain HTTP on loopback).
-fn registry_digest(registry: &str, repo: &str, tag: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(registry).unwrap();
-    write!(
-        stream,
-        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {registry}\r\n\
-         Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-         application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    if !response.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    response.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("docker-content-digest:")
-            .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-    })
-}
-
 fn pushes_to_the_registry_and_writes_metadata(tier: Tier) {
     let dir = tempfile::tempdir().unwrap();
     let base = util::env("PF_TEST_BASE_IMAGE");
@@ -273,7 +250,7 @@ fn pushes_to_the_registry_and_writes_metadata(tier: Tier) {
     let printed = util::stdout(&out).trim().to_owned();
     assert!(printed.starts_with("sha256:"), "{printed}");
     assert_eq!(
-        registry_digest(&registry, "pf-test/build-push", &tag).as_deref(),
+        util::registry_digest("pf-test/build-push", &tag).as_deref(),
         Some(printed.as_str())
     );
     let meta: serde_json::Value =
@@ -714,7 +691,7 @@ fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry(tier:
         "{docker_files}"
     );
     assert!(
-        registry_digest(&registry, "pf-test/build-cache", &tag).is_some(),
+        util::registry_digest("pf-test/build-cache", &tag).is_some(),
         "no cache manifest in the registry"
     );
 

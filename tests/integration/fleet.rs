@@ -11,7 +11,6 @@ use pf_buildkit::buildkit::proto::control::{BuildHistoryRequest, SolveRequest, S
 use pf_buildkit::buildkit::proto::pb::Definition;
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::fake_kube::{
     DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
@@ -822,10 +821,6 @@ struct Platform {
     os: String,
 }
 
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
 /// A build of one RUN step, `script` in the base image, under a fresh ref; returns the
 /// request and the step's unique command line (the name its progress vertex carries: BuildKit
 /// v0.32 reports vertices under digests of its own normalised ops, not the client's).
@@ -850,7 +845,7 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
     let nonce = format!("{:?}", SystemTime::now());
     let exec = Op {
         inputs: vec![Input {
-            digest: digest(&source),
+            digest: util::sha256_digest(&source),
             index: 0,
         }],
         exec: Some(ExecOp {
@@ -873,7 +868,7 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
     let command = format!("/bin/sh -c {script} # {nonce}");
     let terminal = Op {
         inputs: vec![Input {
-            digest: digest(&exec),
+            digest: util::sha256_digest(&exec),
             index: 0,
         }],
         ..Default::default()
@@ -1720,25 +1715,6 @@ fn cluster_repo(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// The digest of `REGISTRY/repo:v1`, if it exists.
-async fn index_digest(repo: &str) -> Option<String> {
-    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let reference = pf_buildkit::registry::parse_reference(&format!(
-        "{}/{repo}:v1",
-        util::env("PF_TEST_REGISTRY")
-    ))
-    .unwrap();
-    match registry.fetch_manifest(&reference).await {
-        Ok(manifest) => Some(manifest.digest),
-        Err(pf_buildkit::registry::Error::NotFound { .. }) => None,
-        Err(other) => panic!("{other}"),
-    }
-}
-
 #[tokio::test]
 async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
     // The cluster from buildkit.json, both StatefulSets at zero: the build scales them up,
@@ -1778,7 +1754,7 @@ async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
         .unwrap();
     assert!(o.status.success(), "{}", err(&o));
     let digest = out(&o).trim().to_owned();
-    assert_eq!(index_digest(&repo).await, Some(digest));
+    assert_eq!(util::registry_digest(&repo, "v1"), Some(digest));
     for arch in ["amd64", "arm64"] {
         let sts = fake.statefulset(&format!("buildkit-{arch}"));
         assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
@@ -1902,7 +1878,7 @@ async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
         ),
         "{last}"
     );
-    assert_eq!(index_digest(&repo).await, None, "no index");
+    assert_eq!(util::registry_digest(&repo, "v1"), None, "no index");
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
 }

@@ -29,14 +29,6 @@ fn registry() -> String {
     util::env("PF_TEST_REGISTRY")
 }
 
-fn sha(bytes: &[u8]) -> String {
-    let h = Sha256::digest(bytes);
-    format!(
-        "sha256:{}",
-        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
 /// Bytes that differ on every call (a fresh layer).
 fn random_bytes(len: usize) -> Vec<u8> {
     let seed = unique_repo("seed");
@@ -65,7 +57,7 @@ impl Raw {
     }
 
     async fn put_blob(&self, repo: &str, data: &[u8]) -> String {
-        let digest = sha(data);
+        let digest = util::sha256_digest(data);
         let res = self
             .http
             .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.host))
@@ -111,7 +103,7 @@ impl Raw {
             .await
             .unwrap();
         assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-        sha(body)
+        util::sha256_digest(body)
     }
 
     /// (content type, bytes) of a manifest, or None on 404.
@@ -200,7 +192,12 @@ async fn push_attestation(raw: &Raw, repo: &str, subject: &str) -> Image {
     }))
     .unwrap();
     let digest = raw
-        .put_manifest(repo, &sha(&manifest), OCI_MANIFEST, &manifest)
+        .put_manifest(
+            repo,
+            &util::sha256_digest(&manifest),
+            OCI_MANIFEST,
+            &manifest,
+        )
         .await;
     Image {
         digest,
@@ -315,7 +312,11 @@ async fn push_from_two_docker_tags_makes_a_docker_manifest_list() {
 
     let (ct, bytes) = raw.get_manifest(&repo, "v1").await.expect("index pushed");
     assert_eq!(ct, DOCKER_LIST);
-    assert_eq!(printed, sha(&bytes), "printed digest is the index's");
+    assert_eq!(
+        printed,
+        util::sha256_digest(&bytes),
+        "printed digest is the index's"
+    );
     let index: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(index["mediaType"], DOCKER_LIST);
     assert_eq!(index["schemaVersion"], 2);
@@ -620,7 +621,7 @@ async fn transient_faults_are_retried() {
         "Retry-After honoured"
     );
     let (_, bytes) = raw.get_manifest(&dst, "f").await.unwrap();
-    assert_eq!(util::stdout(&out).trim(), sha(&bytes));
+    assert_eq!(util::stdout(&out).trim(), util::sha256_digest(&bytes));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -934,7 +935,7 @@ async fn oci_layout_tarballs_are_pushed_blob_by_blob() {
     // two image manifests.
     let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut add = |bytes: Vec<u8>| {
-        let d = sha(&bytes);
+        let d = util::sha256_digest(&bytes);
         let n = bytes.len();
         blobs.insert(d.clone(), bytes);
         (d, n)
@@ -998,7 +999,11 @@ async fn oci_layout_tarballs_are_pushed_blob_by_blob() {
     assert_eq!(digest, idx_digest);
     let (ct, bytes) = raw.get_manifest(&repo, "t").await.unwrap();
     assert_eq!(ct, OCI_INDEX);
-    assert_eq!(sha(&bytes), idx_digest, "the exact bytes from the tarball");
+    assert_eq!(
+        util::sha256_digest(&bytes),
+        idx_digest,
+        "the exact bytes from the tarball"
+    );
     for d in &layer_digests {
         assert_eq!(raw.head_blob(&repo, d).await, 200);
     }

@@ -271,6 +271,39 @@ pub fn unique_repo(what: &str) -> String {
     format!("pf-test/{what}-{nanos:x}-{:x}-{n}", std::process::id())
 }
 
+/// The digest of `PF_TEST_REGISTRY/repo:tag` (image, index or list), or `None` when the
+/// registry has no such manifest. Asked with a raw HTTP HEAD, not through the library, so a
+/// test's check does not depend on the code under test.
+pub fn registry_digest(repo: &str, tag: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let registry = env("PF_TEST_REGISTRY");
+    let mut stream = std::net::TcpStream::connect(&registry).unwrap();
+    write!(
+        stream,
+        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {registry}\r\n\
+         Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+         application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("docker-content-digest:")
+            .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+    })
+}
+
+/// `sha256:<hex>` of `bytes`, as registries and OCI layouts name content.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
 /// A plain reqwest client for a test's own raw HTTP calls (reqwest is built without a default
 /// crypto provider: the library configures ring itself; the test installs it process-wide).
 pub fn http_client(redirects: bool) -> reqwest::Client {
