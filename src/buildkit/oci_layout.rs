@@ -41,6 +41,15 @@ pub enum LayoutError {
         /// The path as the caller gave it for the layout's root.
         path: PathBuf,
     },
+    /// The layout's `index.json` is not JSON.
+    #[error("{} is not an OCI layout: its index.json is not JSON", path.display())]
+    IndexNotJson {
+        /// The layout's root directory.
+        path: PathBuf,
+        /// The JSON parser's error (shared, so that the error can be duplicated).
+        #[source]
+        source: std::sync::Arc<serde_json::Error>,
+    },
     /// The directory holds no readable `index.json`.
     #[error("{} is not an OCI layout: {reason}", path.display())]
     NotALayout {
@@ -113,6 +122,10 @@ impl LayoutError {
             LayoutError::NotALayout { path, reason } => LayoutError::NotALayout {
                 path: path.clone(),
                 reason: reason.clone(),
+            },
+            LayoutError::IndexNotJson { path, source } => LayoutError::IndexNotJson {
+                path: path.clone(),
+                source: source.clone(),
             },
             LayoutError::TagNotFound { path, tag } => LayoutError::TagNotFound {
                 path: path.clone(),
@@ -581,7 +594,8 @@ impl LayoutStore {
     /// Reads `index.json`.
     ///
     /// # Errors
-    /// [`LayoutError::NotALayout`] when it is missing or is not an image index.
+    /// [`LayoutError::NotALayout`] when it is missing or is not an image index,
+    /// [`LayoutError::IndexNotJson`] when it is not JSON.
     pub fn read_index(&self) -> Result<Map<String, Value>, LayoutError> {
         let path = self.root.join("index.json");
         let not_layout = |reason: String| LayoutError::NotALayout {
@@ -598,8 +612,11 @@ impl LayoutStore {
                 }
             }
         })?;
-        let index: Value = serde_json::from_slice(&data)
-            .map_err(|e| not_layout(format!("index.json is not JSON: {e}")))?;
+        let index: Value =
+            serde_json::from_slice(&data).map_err(|e| LayoutError::IndexNotJson {
+                path: self.root.clone(),
+                source: std::sync::Arc::new(e),
+            })?;
         match index {
             Value::Object(map) if map.get("manifests").is_none_or(Value::is_array) => Ok(map),
             _ => Err(not_layout("index.json is not an image index".into())),
@@ -994,6 +1011,29 @@ mod tests {
         }
         let store = LayoutStore::for_reading(&root).unwrap();
         assert_eq!(index_names(&store.read_index().unwrap()).len(), 8);
+    }
+
+    #[test]
+    fn an_index_that_is_not_json_keeps_the_parsers_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("index.json"), b"{\"manifests\": [").unwrap();
+        let err = LayoutStore::for_reading(dir.path())
+            .and_then(|store| store.read_index().map(drop))
+            .unwrap_err();
+        assert!(matches!(err, LayoutError::IndexNotJson { .. }), "{err:?}");
+        let source = std::error::Error::source(&err).expect("a source");
+        let json = source
+            .downcast_ref::<std::sync::Arc<serde_json::Error>>()
+            .expect("the JSON parser's error");
+        assert!(json.is_eof(), "{json}");
+        // A duplicate (the store keeps its first failure) still has the parser's error.
+        let again = err.duplicate();
+        assert!(std::error::Error::source(&again).is_some());
     }
 
     #[test]

@@ -113,9 +113,9 @@ fn status(err: LayoutError) -> tonic::Status {
         LayoutError::InvalidDigest(_) => tonic::Status::invalid_argument(message),
         LayoutError::ReadOnly { .. } => tonic::Status::permission_denied(message),
         LayoutError::Mismatch { .. } => tonic::Status::failed_precondition(message),
-        LayoutError::NotADirectory { .. } | LayoutError::NotALayout { .. } => {
-            tonic::Status::failed_precondition(message)
-        }
+        LayoutError::NotADirectory { .. }
+        | LayoutError::NotALayout { .. }
+        | LayoutError::IndexNotJson { .. } => tonic::Status::failed_precondition(message),
         LayoutError::Io { .. } => tonic::Status::internal(message),
     }
 }
