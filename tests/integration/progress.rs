@@ -118,12 +118,21 @@ pub fn plain_blocks(text: &str) -> Result<Vec<Block>, String> {
     Ok(blocks)
 }
 
-/// Every step's last block ends it.
+/// Every step's last block ends it. A step loading the shared base image may stop at `...`:
+/// BuildKit runs one vertex for all builds that load the same image at once, and once, on
+/// the Engine with the whole suite building from that image beside, this build's `FROM`
+/// block stopped at its `resolve` line with no end while every later step ended. Alone, 66
+/// rebuilds traced in rawjson all had the daemon end that vertex; the step is the image
+/// load, not what these tests are about.
 fn assert_every_step_ends(blocks: &[Block], text: &str) {
     let highest = blocks.iter().map(|b| b.number).max().unwrap_or(0);
     for n in 1..=highest {
         let last = blocks.iter().rev().find(|b| b.number == n).unwrap();
-        assert!(last.is_final(), "#{n} never ends:\n{text}");
+        let shared_image = last.name.contains("] FROM ");
+        assert!(
+            last.is_final() || (shared_image && last.end() == "..."),
+            "#{n} never ends:\n{text}"
+        );
     }
 }
 
