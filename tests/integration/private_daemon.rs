@@ -14,7 +14,7 @@ use crate::util;
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A buildkitd of the test's own: the shared config (worker, runc, the plain-HTTP registry),
-/// its own root and unix socket.
+/// its own root, unix socket and trace socket.
 pub struct PrivateDaemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -51,11 +51,38 @@ impl PrivateDaemon {
         self.child.as_ref().unwrap().id().to_string()
     }
 
+    /// The shared config with this daemon's own trace socket: with one socket path, daemons
+    /// starting at the same time race on it and one fails to start.
+    fn config(&self) -> PathBuf {
+        let shared = std::fs::read_to_string(util::env("PF_TEST_BUILDKITD_CONFIG")).unwrap();
+        let own = self.dir.path().join("otel-grpc.sock");
+        let mut text = String::new();
+        let mut replaced = false;
+        for line in shared.lines() {
+            if line.trim_start().starts_with("socketPath") {
+                text.push_str(&format!("  socketPath = {:?}\n", own.display().to_string()));
+                replaced = true;
+            } else {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        if !replaced {
+            text = format!(
+                "[otel]\n  socketPath = {:?}\n{text}",
+                own.display().to_string()
+            );
+        }
+        let path = self.dir.path().join("buildkitd.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let mut child = Command::new(util::env("PF_TEST_BUILDKITD"))
             .arg("--config")
-            .arg(util::env("PF_TEST_BUILDKITD_CONFIG"))
+            .arg(self.config())
             .arg("--root")
             .arg(self.root())
             .arg("--addr")
