@@ -495,7 +495,10 @@ impl Client {
                     return Err(BuildError::Store { path, source });
                 }
                 let mut report = failure_report(&status);
-                if let Some(reason) = session_failure {
+                // The session's end, unless the failure already says the same.
+                if let Some(reason) = session_failure
+                    && !report.message.contains(&reason)
+                {
                     report.message = format!("{} (session: {reason})", report.message);
                 }
                 progress.finish(&transfer, Some(&report));

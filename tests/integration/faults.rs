@@ -134,6 +134,11 @@ fn assert_went_away(status: ExitStatus, seen: &[String]) {
         .collect();
     assert_eq!(errors.len(), 1, "one error line expected:\n{all}");
     assert!(errors[0].contains("went away"), "{}", errors[0]);
+    // Where the progress names the session's end, it says what happened, not only that the
+    // session's connection failed.
+    for line in seen.iter().filter(|l| l.contains("(session: ")) {
+        assert!(line.contains("(session: the daemon went away"), "{line}");
+    }
 }
 
 /// No temporary file of an export in `dir` (the destination's folder).

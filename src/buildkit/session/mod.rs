@@ -213,18 +213,27 @@ impl Session {
         let client = client.clone();
         let failure_slot = failure.clone();
         let task = tokio::spawn(async move {
-            let result = async {
-                let io = tunnel::open(&client, &headers, via_control).await?;
-                tunnel::serve(io, routes).await
-            }
-            .await;
+            let (result, end) = match tunnel::open(&client, &headers, via_control).await {
+                Ok((io, end)) => (tunnel::serve(io, routes).await, Some(end)),
+                Err(err) => (Err(err), None),
+            };
             if let Err(err) = result {
                 tracing::debug!(error = %err, "session ended with an error");
-                // Says which side closed the session and how, when the error's types tell.
-                let reason = match crate::buildkit::error::classify_error(&err) {
-                    crate::buildkit::error::Cause::Protocol(_) => err.to_string(),
+                // Says which side closed the session and how, when the error's types tell:
+                // the status the tunnel's outer stream ended with first (it saw the daemon
+                // go), then the session server's own error.
+                use crate::buildkit::error::{Cause, classify, classify_error};
+                let ended =
+                    end.and_then(|end| end.take())
+                        .and_then(|status| match classify(&status) {
+                            Cause::Daemon => Some(status.message().to_owned()),
+                            Cause::Protocol(_) => None,
+                            cause => Some(cause.to_string()),
+                        });
+                let reason = ended.unwrap_or_else(|| match classify_error(&err) {
+                    Cause::Protocol(_) => err.to_string(),
                     cause => cause.to_string(),
-                };
+                });
                 if let Ok(mut slot) = failure_slot.lock() {
                     *slot = Some(reason);
                 }

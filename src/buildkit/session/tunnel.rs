@@ -74,10 +74,33 @@ pub(crate) async fn open(
     client: &Client,
     headers: &[(String, String)],
     via_control: bool,
-) -> io::Result<BoxedIo> {
-    match client.docker_host().filter(|_| !via_control) {
-        Some(host) => open_docker(host, headers).await,
-        None => open_control(client, headers).await,
+) -> io::Result<(BoxedIo, TunnelEnd)> {
+    let end = TunnelEnd::default();
+    let io = match client.docker_host().filter(|_| !via_control) {
+        Some(host) => open_docker(host, headers).await?,
+        None => open_control(client, headers, end.clone()).await?,
+    };
+    Ok((io, end))
+}
+
+/// How the daemon's side of a `Control.Session` tunnel ended, when it ended with an error.
+///
+/// The session server reads the tunnel through an in-memory pipe, so when the daemon goes
+/// away the server sees only the pipe closing ("connection error"); the status the outer
+/// stream ended with says what happened, and is kept here for the session's failure.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TunnelEnd(Arc<std::sync::Mutex<Option<tonic::Status>>>);
+
+impl TunnelEnd {
+    fn set(&self, status: tonic::Status) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(status);
+        }
+    }
+
+    /// What ended the daemon's side, if it ended with an error (taken once).
+    pub(crate) fn take(&self) -> Option<tonic::Status> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -87,7 +110,11 @@ async fn open_docker(host: &DockerHost, headers: &[(String, String)]) -> io::Res
 
 /// Runs `Control.Session` and joins its two halves into one byte stream through an in-memory
 /// pipe: one pump batches outbound bytes into messages, the other always reads inbound ones.
-async fn open_control(client: &Client, headers: &[(String, String)]) -> io::Result<BoxedIo> {
+async fn open_control(
+    client: &Client,
+    headers: &[(String, String)],
+    end: TunnelEnd,
+) -> io::Result<BoxedIo> {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
     let (mut from_server, to_server) = tokio::io::split(theirs);
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(16);
@@ -124,7 +151,7 @@ async fn open_control(client: &Client, headers: &[(String, String)]) -> io::Resu
         ))
     })?;
     let inbound = response.into_inner();
-    tokio::spawn(pump_inbound(inbound, to_server));
+    tokio::spawn(pump_inbound(inbound, to_server, end));
     Ok(Box::pin(ours))
 }
 
@@ -156,6 +183,7 @@ const INBOUND_MESSAGE_COST: usize = 64;
 async fn pump_inbound(
     mut inbound: tonic::Streaming<BytesMessage>,
     mut to_server: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    end: TunnelEnd,
 ) {
     let budget = Arc::new(Semaphore::new(INBOUND_LIMIT));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
@@ -169,7 +197,13 @@ async fn pump_inbound(
         let _ = to_server.shutdown().await;
     });
     while let Some(message) = inbound.next().await {
-        let Ok(message) = message else { break };
+        let message = match message {
+            Ok(message) => message,
+            Err(status) => {
+                end.set(status);
+                break;
+            }
+        };
         if message.data.is_empty() {
             continue;
         }
