@@ -124,8 +124,8 @@ fn big_context(dir: &Path, dockerfile: &str) -> PathBuf {
     ctx
 }
 
-/// The build ended with exit 1 and one error line saying the daemon went away.
-fn assert_went_away(status: ExitStatus, seen: &[String]) {
+/// The build ended with exit 1 and exactly one error line; returns it.
+fn the_error_line(status: ExitStatus, seen: &[String]) -> &String {
     let all = seen.join("\n");
     assert_eq!(status.code(), Some(1), "{all}");
     let errors: Vec<&String> = seen
@@ -133,7 +133,13 @@ fn assert_went_away(status: ExitStatus, seen: &[String]) {
         .filter(|l| l.starts_with("pf-buildkit: "))
         .collect();
     assert_eq!(errors.len(), 1, "one error line expected:\n{all}");
-    assert!(errors[0].contains("went away"), "{}", errors[0]);
+    errors[0]
+}
+
+/// The build ended with exit 1 and one error line saying the daemon went away.
+fn assert_went_away(status: ExitStatus, seen: &[String]) {
+    let error = the_error_line(status, seen);
+    assert!(error.contains("went away"), "{error}");
     // Where the progress names the session's end, it says what happened, not only that the
     // session's connection failed.
     for line in seen.iter().filter(|l| l.contains("(session: ")) {
@@ -326,19 +332,12 @@ fn session_connection_reset_mid_transfer() {
     build.wait_for(|l| l.contains("[internal] load build context"));
     reset.send(true).unwrap();
     let (status, seen) = build.end_within(Duration::from_secs(10));
-    let all = seen.join("\n");
-    assert_eq!(status.code(), Some(1), "{all}");
-    let errors: Vec<&String> = seen
-        .iter()
-        .filter(|l| l.starts_with("pf-buildkit: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{all}");
+    let error = the_error_line(status, &seen);
     assert!(
-        errors[0].contains("went away") || errors[0].contains("reset"),
-        "{}",
-        errors[0]
+        error.contains("went away") || error.contains("reset"),
+        "{error}"
     );
-    assert!(!errors[0].contains("not BuildKit"), "{}", errors[0]);
+    assert!(!error.contains("not BuildKit"), "{error}");
     assert!(!dest.exists());
     assert_no_temp_files(dir.path());
 }
