@@ -366,8 +366,15 @@ fn from_io(io: &std::io::Error) -> Option<Cause> {
             return Some(cause);
         }
     }
-    is_closed_kind(io.kind()).then(|| Cause::Closed(io.to_string()))
+    let closed = is_closed_kind(io.kind())
+        || (io.kind() == std::io::ErrorKind::Other && io.to_string() == EOF_MID_FRAME);
+    closed.then(|| Cause::Closed(io.to_string()))
 }
+
+/// How h2's frame reader (tokio-util's decoder) reports a connection that ended in the middle
+/// of a frame: an `Other` error with only this text. The peer went away while sending (a
+/// daemon killed mid-export), so it is a closed connection, not a protocol failure.
+const EOF_MID_FRAME: &str = "bytes remaining on stream";
 
 fn from_h2(err: &h2::Error) -> Option<Cause> {
     if let Some(io) = err.get_io() {
@@ -435,6 +442,18 @@ pub(crate) fn tls_cause(err: &rustls::Error) -> Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_ending_mid_frame_is_the_daemon_going_away() {
+        // As h2 hands it to each stream: a copy holding the kind and the text only.
+        let io = std::io::Error::other(EOF_MID_FRAME);
+        assert!(matches!(classify_error(&io), Cause::Closed(_)));
+        let status = tonic::Status::from_error(Box::new(io));
+        assert!(matches!(classify(&status), Cause::Closed(_)));
+        // Another `Other` error is not read as a closed connection.
+        let other = std::io::Error::other("something else");
+        assert!(matches!(classify_error(&other), Cause::Protocol(_)));
+    }
 
     #[test]
     fn a_daemon_status_keeps_its_text_whatever_words_it_uses() {
