@@ -1,5 +1,6 @@
 //! The `pf-buildkit` binary: parse arguments, run one library call, print, exit.
-//! Exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted.
+//! Exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated
+//! (SIGTERM).
 
 use std::process::ExitCode;
 
@@ -22,14 +23,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A signal drops the command's future: every guard it holds (store rollbacks, temporary
+    // files, sessions, tunnels) runs then, the same for Ctrl-C and for a CI runner's SIGTERM.
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = cli::run(args) => result,
-            _ = tokio::signal::ctrl_c() => Ok(cli::Outcome::Interrupted),
+            result = cli::run(args) => Ended::Ran(result),
+            _ = tokio::signal::ctrl_c() => Ended::Ran(Ok(cli::Outcome::Interrupted)),
+            () = terminated() => Ended::Terminated,
         }
     });
     // Do not wait for detached tasks (sessions, tunnels) beyond a moment: they are cancelled.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let outcome = match outcome {
+        Ended::Ran(outcome) => outcome,
+        Ended::Terminated => {
+            eprintln!("pf-buildkit: terminated");
+            return ExitCode::from(143);
+        }
+    };
     match outcome {
         Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Failure) => ExitCode::FAILURE,
@@ -43,6 +54,27 @@ fn main() -> ExitCode {
             }
             eprintln!("pf-buildkit: {}", cli::error::format_error(&err));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How the command's future ended: it ran to its end, or SIGTERM cut it short.
+enum Ended {
+    Ran(anyhow::Result<cli::Outcome>),
+    Terminated,
+}
+
+/// Resolves on SIGTERM (the signal CI runners and Kubernetes send before killing). If the
+/// handler cannot be installed, it never resolves and SIGTERM keeps its default action.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot handle SIGTERM");
+            std::future::pending::<()>().await;
         }
     }
 }
