@@ -163,7 +163,7 @@ impl Scenario {
                     "metadata": { "labels": { "id": id } },
                     "spec": { "containers": [ { "name": "buildkitd", "image": "moby/buildkit:v0.28.1-rootless" } ] }
                 },
-                "volumeClaimTemplates": [ { "metadata": { "name": self.claim_template }, "spec": { "accessModes": ["ReadWriteOnce"] } } ]
+                "volumeClaimTemplates": [ { "metadata": { "name": self.claim_template }, "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "25Gi" } } } } ]
             },
             "status": { "replicas": available, "availableReplicas": available, "readyReplicas": available, "currentReplicas": available }
         }));
@@ -192,7 +192,7 @@ impl Scenario {
             "metadata": { "name": name, "namespace": self.namespace, "labels": { "id": id } },
             "spec": {
                 "nodeName": "node-1",
-                "containers": [ { "name": "buildkitd", "ports": [ { "containerPort": 1234 } ] }, { "name": "linkerd-proxy" } ],
+                "containers": [ { "name": "buildkitd", "image": "moby/buildkit:v0.28.1-rootless", "ports": [ { "containerPort": 1234 } ] }, { "name": "linkerd-proxy", "image": "cr.l5d.io/linkerd/proxy:edge-25.4.1" } ],
                 "volumes": [ { "name": self.claim_template, "persistentVolumeClaim": { "claimName": format!("{}-{name}", self.claim_template) } } ]
             },
             "status": status
@@ -303,7 +303,12 @@ impl Scenario {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = Arc::new(Mutex::new(rest::State::new(self)));
         let server = tokio::spawn(rest::serve(listener, state.clone()));
-        let kubeconfig = write_kubeconfig(dir.path(), &format!("http://{addr}"));
+        let kubeconfig = write_kubeconfig(
+            dir.path(),
+            &format!("server: http://{addr}"),
+            TOKEN,
+            EXEC_TOKEN,
+        );
         FakeKube {
             addr,
             state,
@@ -347,22 +352,7 @@ impl FakeKube {
 
     /// The binary under test, pointed at this cluster, with no proxies and a scratch HOME.
     pub fn bin(&self) -> std::process::Command {
-        let mut cmd = crate::util::bin();
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path());
-        for var in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "NO_PROXY",
-            "no_proxy",
-            "KUBERNETES_SERVICE_HOST",
-            "KUBERNETES_SERVICE_PORT",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd
+        kube_bin(&self.kubeconfig, self.dir.path())
     }
 
     /// Runs the binary against this cluster, off the async runtime's threads.
@@ -448,15 +438,37 @@ impl FakeKube {
     }
 }
 
+/// The binary under test with `kubeconfig`, `home` as HOME, no proxies and no in-cluster
+/// variables.
+pub fn kube_bin(kubeconfig: &Path, home: &Path) -> std::process::Command {
+    let mut cmd = crate::util::bin();
+    cmd.env("KUBECONFIG", kubeconfig).env("HOME", home);
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Writes a kubeconfig with the contexts `fake` (current; token user, namespace `buildkit`),
 /// `exec` (a user whose token comes from an exec auth plugin script) and `broken-plugin` (an
-/// exec auth plugin that does not exist).
-fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
+/// exec auth plugin that does not exist). `cluster` holds the cluster's fields (`server:`, and
+/// `certificate-authority:` for TLS), `token` the token user's, `exec_token` what the plugin
+/// prints.
+pub fn write_kubeconfig(dir: &Path, cluster: &str, token: &str, exec_token: &str) -> PathBuf {
     let plugin = dir.join("fake-auth-plugin.sh");
     std::fs::write(
         &plugin,
         format!(
-            "#!/bin/sh\necho \"$KUBERNETES_EXEC_INFO\" > \"$(dirname \"$0\")/exec-info.json\"\ncat <<'EOF'\n{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{EXEC_TOKEN}\",\"expirationTimestamp\":\"2099-01-01T00:00:00Z\"}}}}\nEOF\n"
+            "#!/bin/sh\necho \"$KUBERNETES_EXEC_INFO\" > \"$(dirname \"$0\")/exec-info.json\"\ncat <<'EOF'\n{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{exec_token}\",\"expirationTimestamp\":\"2099-01-01T00:00:00Z\"}}}}\nEOF\n"
         ),
     )
     .expect("write plugin");
@@ -469,7 +481,7 @@ current-context: fake
 clusters:
 - name: fake
   cluster:
-    server: {server}
+    {cluster}
 contexts:
 - name: fake
   context:
@@ -487,7 +499,7 @@ contexts:
 users:
 - name: token-user
   user:
-    token: {TOKEN}
+    token: {token}
 - name: exec-user
   user:
     exec:

@@ -1,0 +1,497 @@
+//! The fleet commands against the real kube-apiserver v1.36 of the test environment (see
+//! `real_kube`): the same contract as `fleet.rs` checks on the fake, now with real
+//! validation, admission, RBAC, optimistic concurrency, the audit log, and port-forwards
+//! through the API server to the real kubelet handler and on to the standalone buildkitd.
+//! The fake keeps what a real server cannot do on cue (metrics, dying pods, 409 storms).
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
+
+use crate::fake_kube::Scenario;
+use crate::real_kube::RealKube;
+use crate::util::{self, assert_one_line_failure};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn err(o: &std::process::Output) -> String {
+    util::stderr(o)
+}
+
+fn annotation(sts: &serde_json::Value) -> Option<u64> {
+    sts["metadata"]["annotations"]["panfactum.com/last-build"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every request the test's user made carried pf-buildkit's User-Agent, as the audit log
+/// recorded it; returns the entries.
+fn assert_audited_user_agent(real: &RealKube) -> Vec<crate::real_kube::AuditEntry> {
+    let entries = real.audit();
+    assert!(
+        !entries.is_empty(),
+        "the audit log holds the test's requests"
+    );
+    for e in &entries {
+        assert_eq!(
+            e.user_agent,
+            pf_buildkit::USER_AGENT,
+            "{} {}",
+            e.verb,
+            e.uri
+        );
+    }
+    entries
+}
+
+#[tokio::test]
+async fn real_scale_up_records_builds_and_scale_down_follows_the_annotation() {
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .statefulset("arm64", 3, 3, Some("12"))
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let before = now();
+    let o = real.run(&["scale", "up"]).await;
+    let after = now();
+    assert!(o.status.success(), "{}", err(&o));
+    let amd = real.statefulset("buildkit-amd64").await;
+    let arm = real.statefulset("buildkit-arm64").await;
+    assert_eq!(amd["spec"]["replicas"], 1);
+    assert_eq!(
+        arm["spec"]["replicas"], 3,
+        "a higher count is never lowered"
+    );
+    for sts in [&amd, &arm] {
+        let stamp = annotation(sts).expect("build recorded");
+        assert!(
+            (before..=after).contains(&stamp),
+            "{stamp} not in {before}..={after}"
+        );
+    }
+    // The real server took a merge patch on the scale subresource, and logged our User-Agent.
+    let entries = assert_audited_user_agent(&real);
+    assert!(
+        entries.iter().any(|e| e.verb == "patch"
+            && e.uri.starts_with(
+                "/apis/apps/v1/namespaces/buildkit/statefulsets/buildkit-amd64/scale"
+            )
+            && e.code == 200),
+        "{entries:?}"
+    );
+
+    // Just stamped: a scale-down with a timeout keeps both; without one, both go to zero.
+    let o = real.run(&["suspend", "--timeout", "1800"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains(
+            "amd64: Last build occurred less than 1800 seconds ago. Skipping scale down."
+        ),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        real.statefulset("buildkit-amd64").await["spec"]["replicas"],
+        1
+    );
+    let o = real.run(&["scale", "down"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    for name in ["buildkit-amd64", "buildkit-arm64"] {
+        assert_eq!(
+            real.statefulset(name).await["spec"]["replicas"],
+            0,
+            "{name}"
+        );
+    }
+    let o = real.run(&["record-build", "--arch", "arm64"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(annotation(&real.statefulset("buildkit-arm64").await).is_some_and(|s| s >= before));
+}
+
+#[tokio::test]
+async fn real_scale_up_wait_follows_the_controller_and_times_out_without_one() {
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .statefulset("arm64", 1, 1, None)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    // Nothing acts on the scale: the wait ends at its deadline, naming the StatefulSet.
+    let started = Instant::now();
+    let o = real.run(&["scale", "up", "--wait", "--timeout", "3"]).await;
+    let elapsed = started.elapsed();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("timed out after 3 s waiting for an available BuildKit replica of buildkit-amd64 in namespace buildkit"),
+        "{e}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(15),
+        "{elapsed:?}"
+    );
+    drop(real);
+
+    // The test plays the StatefulSet controller: the wait sees the replica come up.
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let o = real
+        .run(&[
+            "scale",
+            "up",
+            "--only",
+            "amd64",
+            "--wait",
+            "--timeout",
+            "30",
+        ])
+        .await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("amd64: scaled StatefulSet buildkit-amd64 from 0 to 1 replica"),
+        "{e}"
+    );
+    assert!(
+        e.lines()
+            .any(|l| l.starts_with("amd64: 1 available replica(s) (")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn real_get_address_without_metrics_falls_back_and_rbac_refusals_name_the_permission() {
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 3, 2, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", false)
+        .pod("buildkit-amd64-1", "Running", "10.0.0.11", true)
+        .pod("buildkit-amd64-2", "Pending", "", false)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    // No metrics-server: the real API server answers 404 for the group; the client warns and
+    // takes the first running, ready pod.
+    let o = real.run(&["get-address", "--arch", "amd64"]).await;
+    let e = err(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(
+        util::stdout(&o),
+        "tcp://10-0-0-11.buildkit.pod.cluster.local:1234\n"
+    );
+    assert!(e.contains("warning") && e.contains("metrics.k8s.io"), "{e}");
+    let entries = assert_audited_user_agent(&real);
+    assert!(
+        entries.iter().any(|e| e
+            .uri
+            .starts_with("/apis/metrics.k8s.io/v1beta1/namespaces/buildkit/pods")
+            && e.code == 404),
+        "{entries:?}"
+    );
+    drop(real);
+
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .forbid("list", "pods")
+        .forbid("patch", "statefulsets")
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let o = real.run(&["get-address", "--arch", "amd64"]).await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("needs verb list on pods in namespace buildkit"),
+        "{e}"
+    );
+    let o = real.run(&["record-build", "--arch", "amd64"]).await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("needs verb patch on statefulsets in namespace buildkit"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn real_kube_pod_endpoints_reach_buildkit_through_the_api_server_and_the_kubelet() {
+    let Some(real) = Scenario::new()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .unscheduled_pod("buildkit-amd64-5")
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    // The `exec` context authenticates with an exec auth plugin.
+    let o = real
+        .run(&[
+            "workers",
+            "--format",
+            "json",
+            "--addr",
+            "kube-pod://buildkit-amd64-0?namespace=buildkit&context=exec",
+        ])
+        .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let workers: serde_json::Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert!(
+        workers[0]["platforms"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{workers}"
+    );
+    let entries = assert_audited_user_agent(&real);
+    assert!(
+        entries.iter().any(|e| e.uri
+            == "/api/v1/namespaces/buildkit/pods/buildkit-amd64-0/portforward?&ports=1234"
+            && e.code == 101),
+        "{entries:?}"
+    );
+
+    // The real server's refusals, each in one line.
+    let o = real
+        .run(&[
+            "workers",
+            "--addr",
+            "kube-pod://buildkit-amd64-9?namespace=buildkit",
+        ])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("pod \"buildkit-amd64-9\" not found in namespace buildkit"),
+        "{e}"
+    );
+    let o = real
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-5"])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("pod buildkit-amd64-5 does not have a host assigned"),
+        "{e}"
+    );
+    // A port the pod does not serve: the kubelet's words on the error channel.
+    let o = real
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-0?port=1235"])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("port-forward to pod buildkit-amd64-0 port 1235 failed: ") && e.contains("1235"),
+        "the kubelet's error text reaches the user: {e}"
+    );
+    drop(real);
+
+    // RBAC without `create` on pods/portforward: an empty reason from the server, so the
+    // client names the permission itself.
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .forbid("create", "pods/portforward")
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let o = real
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-0"])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("permission denied (pods \"buildkit-amd64-0\" is forbidden)")
+            && e.contains("needs verb create (and get) on pods/portforward in namespace buildkit"),
+        "{e}"
+    );
+    let o = real.run(&["tunnel", "--arch", "amd64"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("on pods/portforward"),
+        "{}",
+        err(&o)
+    );
+}
+
+/// Starts `tunnel --arch amd64 --port 0` and returns the child and its port.
+async fn start_tunnel(real: &RealKube) -> (std::process::Child, u16) {
+    let mut child = real
+        .bin()
+        .args(["tunnel", "--arch", "amd64", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("port on stdout, got {line:?}"));
+    (child, port)
+}
+
+/// Ctrl-C: the tunnel exits 130 and its port is closed.
+async fn interrupt(child: std::process::Child, port: u16) {
+    let mut child = child;
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn real_tunnel_carries_concurrent_connections_each_on_its_own_port_forward() {
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let (child, port) = start_tunnel(&real).await;
+    assert!(
+        annotation(&real.statefulset("buildkit-amd64").await).is_some(),
+        "the tunnel records a build"
+    );
+    let endpoint = || Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let a = Client::connect(endpoint(), &TlsOptions::default())
+        .await
+        .unwrap();
+    let b = Client::connect(endpoint(), &TlsOptions::default())
+        .await
+        .unwrap();
+    let (wa, wb) = tokio::join!(a.workers(), b.workers());
+    assert!(!wa.unwrap().is_empty());
+    assert!(!wb.unwrap().is_empty());
+    drop((a, b));
+    interrupt(child, port).await;
+    let forwards = real
+        .audit()
+        .into_iter()
+        .filter(|e| e.uri.contains("/pods/buildkit-amd64-0/portforward") && e.code == 101)
+        .count();
+    assert!(
+        forwards >= 2,
+        "one port-forward per connection, got {forwards}"
+    );
+    assert_audited_user_agent(&real);
+}
+
+#[tokio::test]
+async fn real_cluster_build_scales_up_and_builds_over_port_forwards() {
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .statefulset("arm64", 0, 0, None)
+        .auto_available()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .pod("buildkit-arm64-0", "Running", "10.0.1.10", true)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+    std::fs::write(
+        dir.path().join(".buildkit/buildkit.json"),
+        format!(
+            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
+            util::env("PF_TEST_REGISTRY")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hello.txt"), format!("real {}\n", now())).unwrap();
+    let repo = util::unique_repo("real-cluster-build");
+    let before = now();
+    let mut cmd = real.bin();
+    cmd.current_dir(dir.path()).args([
+        "build",
+        "--progress",
+        "plain",
+        "--repo",
+        &repo,
+        "--tag",
+        "v1",
+        "--insecure-registry",
+        "--timeout",
+        "60",
+    ]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let digest = util::stdout(&o).trim().to_owned();
+    assert_eq!(util::registry_digest(&repo, "v1"), Some(digest));
+    for arch in ["amd64", "arm64"] {
+        let sts = real.statefulset(&format!("buildkit-{arch}")).await;
+        assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
+        assert!(
+            annotation(&sts).is_some_and(|s| s >= before),
+            "{arch} build recorded"
+        );
+        assert!(
+            err(&o).contains(&format!("{arch}: building on pod buildkit-{arch}-0")),
+            "{}",
+            err(&o)
+        );
+    }
+    let entries = assert_audited_user_agent(&real);
+    for pod in ["buildkit-amd64-0", "buildkit-arm64-0"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.uri.contains(&format!("/pods/{pod}/portforward")) && e.code == 101),
+            "{pod}: {entries:?}"
+        );
+    }
+}
