@@ -41,8 +41,8 @@ impl Fleet {
     /// Connects with the kubeconfig (`KUBECONFIG` or `~/.kube/config`) and `context` (its
     /// current context when `None`), or with the pod's service account when there is no
     /// kubeconfig and no context was asked for. Exec auth plugins named by the kubeconfig run,
-    /// except `aws eks get-token` and `aws-iam-authenticator token`, whose tokens are made
-    /// in-process (see [`crate::aws::eks`]).
+    /// except (with the `aws` feature) `aws eks get-token` and `aws-iam-authenticator token`,
+    /// whose tokens are made in-process (see the `aws::eks` module).
     ///
     /// # Errors
     /// [`Error::NoConfig`] when there is neither; [`Error::UnknownContext`] when the kubeconfig
@@ -74,6 +74,7 @@ impl Fleet {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(crate::USER_AGENT),
         ));
+        #[cfg(feature = "aws")]
         let client = match super::eks_auth::eks_request(&config) {
             // An EKS exec plugin: the token is made here, so kube must not run the program.
             Some(request) => {
@@ -87,6 +88,9 @@ impl Fleet {
             }
             None => Client::try_from(config).map_err(|source| Error::Client { source })?,
         };
+        // Without the `aws` feature an EKS exec plugin runs as kube runs any other.
+        #[cfg(not(feature = "aws"))]
+        let client = Client::try_from(config).map_err(|source| Error::Client { source })?;
         Ok(Fleet {
             client,
             namespace: NAMESPACE.to_owned(),

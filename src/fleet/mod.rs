@@ -23,6 +23,7 @@
 
 mod address;
 mod cache;
+#[cfg(feature = "aws")]
 mod eks_auth;
 mod error;
 mod kube_client;

@@ -410,6 +410,7 @@ impl MultiPlatformBuild {
     /// # Errors
     /// [`Error::Registry`] naming the registry, the AWS call and the reason.
     pub async fn check_registry_login(&self) -> Result<(), Error> {
+        #[cfg(feature = "aws")]
         if crate::aws::EcrHost::parse(&self.registry).is_some() {
             self.registry_credentials
                 .resolve(&self.registry)

@@ -10,12 +10,14 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+#[cfg(feature = "aws")]
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
 
+#[cfg(feature = "aws")]
 use crate::aws::{AwsError, EcrCredentials, EcrHost};
 /// How long a credential helper may take to answer. Cloud helpers call their provider's API;
 /// a helper waiting on a locked keychain or a prompt nobody sees must not hang a push.
@@ -66,6 +68,8 @@ pub enum CredentialsError {
         message: String,
     },
     /// An ECR registry's login could not be had from AWS.
+    #[cfg(feature = "aws")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
     #[error("cannot get credentials for ECR registry {registry}")]
     Ecr {
         /// The ECR registry host, `ACCOUNT.dkr.ecr.REGION.amazonaws.com`.
@@ -157,6 +161,7 @@ impl fmt::Debug for AuthEntry {
 pub struct DockerConfig {
     path: Option<PathBuf>,
     file: ConfigFile,
+    #[cfg(feature = "aws")]
     ecr: Option<Arc<EcrCredentials>>,
 }
 
@@ -167,15 +172,21 @@ impl DockerConfig {
     }
 
     /// Gets logins for ECR hosts from `ecr` when the file has nothing for them.
+    #[cfg(feature = "aws")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
     pub fn with_ecr(mut self, ecr: Arc<EcrCredentials>) -> Self {
         self.ecr = Some(ecr);
         self
     }
 
     /// Never asks AWS: ECR hosts are anonymous unless the file has credentials for them.
-    pub fn without_ecr(mut self) -> Self {
-        self.ecr = None;
-        self
+    /// (Without the `aws` feature that is always so.)
+    pub fn without_ecr(self) -> Self {
+        Self {
+            #[cfg(feature = "aws")]
+            ecr: None,
+            ..self
+        }
     }
 
     /// The credentials for `registry`: [`DockerConfig::credentials`], then, for an ECR host
@@ -197,6 +208,15 @@ impl DockerConfig {
         if found.is_some() {
             return Ok(found);
         }
+        #[cfg(not(feature = "aws"))]
+        return Ok(None);
+        #[cfg(feature = "aws")]
+        self.ecr_login(registry).await
+    }
+
+    /// A login from ECR for an ECR host, when ECR logins are on.
+    #[cfg(feature = "aws")]
+    async fn ecr_login(&self, registry: &str) -> Result<Option<Credential>, CredentialsError> {
         let (Some(ecr), Some(host)) = (&self.ecr, EcrHost::parse(registry)) else {
             return Ok(None);
         };
@@ -227,7 +247,9 @@ impl DockerConfig {
             Some(dir) => Self::from_file(&dir.join("config.json"))?,
             None => Self::empty(),
         };
-        Ok(config.with_ecr(EcrCredentials::shared()))
+        #[cfg(feature = "aws")]
+        let config = config.with_ecr(EcrCredentials::shared());
+        Ok(config)
     }
 
     /// Reads one config file; a missing file is an empty config.
@@ -252,6 +274,7 @@ impl DockerConfig {
         Ok(Self {
             path: Some(path.to_owned()),
             file,
+            #[cfg(feature = "aws")]
             ecr: None,
         })
     }
@@ -268,6 +291,7 @@ impl DockerConfig {
         Ok(Self {
             path: None,
             file,
+            #[cfg(feature = "aws")]
             ecr: None,
         })
     }
