@@ -9,8 +9,6 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
-    // `--addr` and `--builder` may name a pod; the address parser learns `kube-pod://` here.
-    pf_buildkit::fleet::register_kube_pod();
     let args = cli::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -9,12 +9,14 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::connector::Connectors;
 use super::endpoint::{DockerHost, Endpoint};
-use super::error::{Error, Result};
+use super::error::{Error, Result, tls_problem_of};
 use super::proto::control::control_client::ControlClient;
 use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest};
 use super::proto::moby::buildkit::v1::types::WorkerRecord;
-use super::transport::{Dialer, EndpointDialer, TlsOptions, tls_problem_of};
+use super::tls::TlsOptions;
+use super::transport::{Dialer, EndpointDialer};
 
 /// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -55,7 +57,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to an address (`tcp://`, `unix://`, `docker://`, `docker+unix://`).
+    /// Connects to an address of a built-in scheme (`tcp://`, `unix://`, `docker://`,
+    /// `docker+unix://`); [`Client::connect_with`] for the schemes of connectors.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), pf_buildkit::buildkit::Error> {
@@ -70,15 +73,29 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the daemon cannot be reached within
-    /// [`CONNECT_TIMEOUT`]; [`Error::Tls`] for unusable TLS files; [`Error::Scheme`] when a
-    /// registered scheme (such as `kube-pod://`) cannot make its dialer.
+    /// [`CONNECT_TIMEOUT`]; [`Error::Tls`] for unusable TLS material; [`Error::UnknownScheme`]
+    /// for an endpoint of a connector's scheme.
     pub async fn connect(endpoint: Endpoint, tls: &TlsOptions) -> Result<Self> {
-        if let Endpoint::Registered { scheme, address } = &endpoint {
-            let registered = super::scheme::find(scheme).ok_or_else(|| Error::UnknownScheme {
+        Self::connect_with(endpoint, tls, &Connectors::new()).await
+    }
+
+    /// Connects to an address of a built-in scheme or of one of `connectors` (such as the
+    /// fleet's `kube-pod://`, `fleet::connectors()`), whose connector makes the dialer.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`Error::Scheme`] when the connector cannot make its dialer,
+    /// [`Error::UnknownScheme`] when `connectors` has none for the endpoint's scheme.
+    pub async fn connect_with(
+        endpoint: Endpoint,
+        tls: &TlsOptions,
+        connectors: &Connectors,
+    ) -> Result<Self> {
+        if let Endpoint::Custom { scheme, address } = &endpoint {
+            let connector = connectors.get(scheme).ok_or_else(|| Error::UnknownScheme {
                 endpoint: endpoint.to_string(),
                 scheme: scheme.clone(),
             })?;
-            let dialer = registered
+            let dialer = connector
                 .dialer(address.clone(), tls.clone())
                 .await
                 .map_err(|source| Error::Scheme {
@@ -100,8 +117,8 @@ impl Client {
         Self::connect_with_shared_dialer(Arc::new(dialer)).await
     }
 
-    /// [`Client::connect_with_dialer`] for a dialer already shared, as a [`super::Scheme`]
-    /// makes one.
+    /// [`Client::connect_with_dialer`] for a dialer already shared, as a
+    /// [`Connector`](super::Connector) makes one.
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the first stream cannot be opened.

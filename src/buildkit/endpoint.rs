@@ -1,8 +1,9 @@
 //! BuildKit addresses: what `--addr` and `BUILDKIT_HOST` accept, parsed into a typed value.
 //!
 //! Border: pure parsing, no I/O: connecting is [`Client::connect`](super::Client::connect)'s job.
-//! It knows the built-in schemes and asks the scheme registry about others (`kube-pod://` is
-//! the fleet's); it must not import `fleet`, `multiplatform` or `config`.
+//! It knows the built-in schemes, and asks the caller's [`Connectors`](super::Connectors) about
+//! others through its `CustomSchemes` trait (`kube-pod://` is the fleet's). A leaf: it imports nothing
+//! of the crate.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -32,11 +33,13 @@ pub enum Endpoint {
     /// `docker://` or `docker+unix:///PATH`: the Docker Engine's embedded BuildKit, reached
     /// through the Engine API's `/grpc` and `/session` upgrades.
     Docker(DockerHost),
-    /// `SCHEME://ADDRESS` for a scheme registered with
-    /// [`register_scheme`](crate::buildkit::register_scheme), such as the fleet's
-    /// `kube-pod://POD?namespace=NS`; that scheme checked the address and dials it.
-    Registered {
-        /// The scheme name as registered, without `://`, e.g. `kube-pod`.
+    /// `SCHEME://ADDRESS` for a scheme of a [`Connector`](super::Connector), such as the
+    /// fleet's `kube-pod://POD?namespace=NS`: parsed by
+    /// [`Endpoint::parse_with`](Endpoint::parse_with) (the connector checked the address) and
+    /// connected by [`Client::connect_with`](super::Client::connect_with) with the same
+    /// connectors.
+    Custom {
+        /// The scheme name, without `://`, e.g. `kube-pod`.
         scheme: String,
         /// Everything after `://`, for the scheme to interpret (e.g. `POD?namespace=NS`).
         address: String,
@@ -73,8 +76,31 @@ pub struct ParseEndpointError {
     pub reason: String,
 }
 
+/// What the parser asks about a scheme it does not know itself; the caller's connectors
+/// answer (so this file needs nothing of them).
+pub(crate) trait CustomSchemes {
+    /// `None` when no connector has `scheme`; else its verdict on `address`.
+    fn check(&self, scheme: &str, address: &str) -> Option<Result<(), String>>;
+    /// The schemes there are connectors for, for messages.
+    fn names(&self) -> Vec<String>;
+}
+
+/// The built-in schemes alone.
+struct NoCustomSchemes;
+
+impl CustomSchemes for NoCustomSchemes {
+    fn check(&self, _: &str, _: &str) -> Option<Result<(), String>> {
+        None
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 impl Endpoint {
-    /// Parses an address, resolving `docker://` against `DOCKER_HOST` from the environment.
+    /// Parses an address of a built-in scheme, resolving `docker://` against `DOCKER_HOST`
+    /// from the environment. For other schemes (such as the fleet's `kube-pod://`) use
+    /// [`Endpoint::parse_with`].
     ///
     /// # Errors
     /// When the scheme is unknown or the rest of the address is malformed.
@@ -82,7 +108,8 @@ impl Endpoint {
         Self::parse_with_docker_host(addr, std::env::var("DOCKER_HOST").ok().as_deref())
     }
 
-    /// Parses an address, resolving `docker://` against the given `DOCKER_HOST` value.
+    /// Parses an address of a built-in scheme, resolving `docker://` against the given
+    /// `DOCKER_HOST` value.
     ///
     /// # Errors
     /// When the scheme is unknown or the rest of the address is malformed.
@@ -90,13 +117,22 @@ impl Endpoint {
         addr: &str,
         docker_host: Option<&str>,
     ) -> Result<Self, ParseEndpointError> {
+        Self::parse_inner(addr, docker_host, &NoCustomSchemes)
+    }
+
+    /// Parses `addr`, asking `custom` about schemes that are not built in.
+    pub(crate) fn parse_inner(
+        addr: &str,
+        docker_host: Option<&str>,
+        custom: &dyn CustomSchemes,
+    ) -> Result<Self, ParseEndpointError> {
         let fail = |reason: &str| ParseEndpointError {
             addr: addr.to_owned(),
             reason: reason.to_owned(),
         };
         let Some((scheme, rest)) = addr.split_once("://") else {
             return Err(fail(
-                "expected SCHEME://…, one of tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH, or a registered scheme such as kube-pod://POD",
+                "expected SCHEME://…, one of tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH, or a connector's scheme such as kube-pod://POD",
             ));
         };
         match scheme {
@@ -130,10 +166,10 @@ impl Endpoint {
                 let (host, port) = parse_host_port(rest).map_err(|r| fail(&r))?;
                 Ok(Endpoint::Docker(DockerHost::Tcp { host, port }))
             }
-            other => match super::scheme::find(other) {
-                Some(registered) => {
-                    registered.check(rest).map_err(|r| fail(&r))?;
-                    Ok(Endpoint::Registered {
+            other => match custom.check(other, rest) {
+                Some(verdict) => {
+                    verdict.map_err(|r| fail(&r))?;
+                    Ok(Endpoint::Custom {
                         scheme: other.to_owned(),
                         address: rest.to_owned(),
                     })
@@ -143,7 +179,7 @@ impl Endpoint {
                         .iter()
                         .map(|s| format!("{s}://"))
                         .collect();
-                    known.extend(super::scheme::names().iter().map(|s| format!("{s}://")));
+                    known.extend(custom.names().iter().map(|s| format!("{s}://")));
                     Err(fail(&format!(
                         "unknown scheme {other:?}; use {}",
                         known.join(", ")
@@ -183,7 +219,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Docker(DockerHost::Tcp { host, port }) => {
                 write!(f, "docker+tcp://{host}:{port}")
             }
-            Endpoint::Registered { scheme, address } => write!(f, "{scheme}://{address}"),
+            Endpoint::Custom { scheme, address } => write!(f, "{scheme}://{address}"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Errors of the BuildKit client.
 
 use super::endpoint::ParseEndpointError;
-use super::transport::TlsConfigError;
+use super::tls::{TlsConfigError, TlsProblem};
 
 /// Everything that can go wrong talking to BuildKit.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +12,7 @@ pub enum Error {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
-    /// The daemon could not be reached: the dialer's error is the source (for a registered
+    /// The daemon could not be reached: the dialer's error is the source (for a custom
     /// scheme such as `kube-pod://`, it wraps that scheme's own typed error).
     #[error("cannot connect to BuildKit at {endpoint}{}", tls_words(*.tls))]
     Connect {
@@ -36,18 +36,19 @@ pub enum Error {
         /// for dialling and the first call together.
         seconds: u64,
     },
-    /// The registered scheme of the endpoint could not make a dialer for it.
+    /// The connector of the endpoint's scheme could not make a dialer for it.
     #[error("{endpoint}")]
     Scheme {
         /// The endpoint URL as the caller wrote it, e.g.
         /// `kube-pod://buildkit-amd64-0?namespace=buildkit`.
         endpoint: String,
-        /// The scheme's reason.
+        /// The connector's reason.
         #[source]
-        source: super::SchemeError,
+        source: super::ConnectorError,
     },
-    /// The endpoint's scheme is no longer registered (it was when the address was parsed).
-    #[error("{endpoint}: no scheme {scheme}:// is registered")]
+    /// No connector for the endpoint's scheme was given to the client (it was parsed with
+    /// one, and connected without: use [`Client::connect_with`](super::Client::connect_with)).
+    #[error("{endpoint}: no connector for {scheme}:// was given")]
     UnknownScheme {
         /// The endpoint URL as the caller wrote it.
         endpoint: String,
@@ -69,22 +70,6 @@ pub enum Error {
         /// The TLS problem behind it, when TLS is what failed.
         tls: Option<TlsProblem>,
     },
-}
-
-/// What TLS said when it is what ended a connection: the certificate material a user would
-/// change. `Error::tls_problem` gives it, so a caller can name its own way of setting that
-/// material (the binary names its flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TlsProblem {
-    /// The daemon's certificate is not signed by a trusted CA (the one given, or the
-    /// system's).
-    UnknownIssuer,
-    /// The daemon's certificate is not valid for the server name used.
-    WrongServerName,
-    /// The daemon refused the connection with a TLS alert, or closed it as soon as it was
-    /// open while no client certificate was offered: it most likely requires one (mTLS).
-    ClientCertificateWanted,
 }
 
 /// What a TLS failure means for the user, in the connect error's own words (the TLS
@@ -413,6 +398,13 @@ fn is_closed_kind(kind: std::io::ErrorKind) -> bool {
         kind,
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
     )
+}
+
+/// The TLS problem behind a failed dial, when TLS is what failed (rustls's error travels
+/// inside the `io::Error` the TLS stream returns).
+pub(crate) fn tls_problem_of(err: &std::io::Error) -> Option<TlsProblem> {
+    let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    tls_cause(tls).tls_problem()
 }
 
 /// What a TLS failure says, in words a user can act on, and what they would change.

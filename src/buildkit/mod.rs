@@ -1,6 +1,6 @@
 //! The BuildKit client: addresses, transports, the Control API and (in submodules) sessions,
 //! solves and progress. Knows nothing of Kubernetes: a port-forward arrives as a [`Dialer`],
-//! made by the `kube-pod://` [`Scheme`] the fleet module registers.
+//! made by the `kube-pod://` [`Connector`] the fleet module offers.
 //!
 //! Border: owns the BuildKit wire protocol and connections to daemons. It may use
 //! [`crate::registry`] (credentials for the session's auth callback) and must not import
@@ -8,6 +8,7 @@
 //! checks this).
 
 mod client;
+mod connector;
 pub mod endpoint;
 mod error;
 pub mod fsutil;
@@ -15,20 +16,21 @@ mod invalid;
 pub mod oci_layout;
 pub mod progress;
 pub mod proto;
-mod scheme;
 pub mod session;
 mod solve;
 pub mod spec;
 mod stores;
+mod tls;
 mod transport;
 
 pub use client::{
     CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
     Worker, format_platform,
 };
+pub use connector::{Connector, ConnectorError, Connectors};
 pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};
-pub use error::{Error, Result, TlsProblem};
+pub use error::{Error, Result};
 pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
-pub use scheme::{Scheme, SchemeError, register_scheme};
 pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
-pub use transport::{BoxedIo, Dialer, EndpointDialer, Io, TlsConfigError, TlsFile, TlsOptions};
+pub use tls::{Pem, TlsConfigError, TlsFile, TlsOptions, TlsProblem};
+pub use transport::{BoxedIo, Dialer, EndpointDialer, Io};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{Client, Endpoint, Pem, TlsOptions};
 
 mod build;
 mod daemon;
@@ -64,12 +64,12 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     pub fn tls(&self) -> TlsOptions {
-        TlsOptions {
-            ca_cert: self.tlscacert.clone(),
-            cert: self.tlscert.clone(),
-            key: self.tlskey.clone(),
-            server_name: self.tlsservername.clone(),
-        }
+        let mut tls = TlsOptions::new();
+        tls.ca_cert = self.tlscacert.clone().map(Pem::File);
+        tls.cert = self.tlscert.clone().map(Pem::File);
+        tls.key = self.tlskey.clone().map(Pem::File);
+        tls.server_name = self.tlsservername.clone();
+        tls
     }
 
     /// `--addr`, or BuildKit's default socket.
@@ -79,7 +79,8 @@ impl GlobalArgs {
 
     /// Connects to `--addr`.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let endpoint: Endpoint = self.addr().parse()?;
+        // `--addr` may name a pod: the fleet's connectors know `kube-pod://`.
+        let endpoint: Endpoint = pf_buildkit::fleet::parse(self.addr())?;
         // kube-pod:// goes through a port-forward; the rest as the BuildKit client connects.
         Ok(pf_buildkit::fleet::connect(endpoint, &self.tls()).await?)
     }

@@ -66,7 +66,7 @@ fn parse_builder(spec: &str) -> Result<(String, Endpoint), String> {
     let (arch, addr) = spec
         .split_once('=')
         .ok_or_else(|| "expected ARCH=ENDPOINT, e.g. arm64=tcp://10.0.0.7:1234".to_owned())?;
-    let endpoint = addr.parse::<Endpoint>().map_err(|e| e.to_string())?;
+    let endpoint = pf_buildkit::fleet::parse(addr).map_err(|e| e.to_string())?;
     Ok((arch.to_owned(), endpoint))
 }
 

@@ -1,10 +1,9 @@
 //! `kube-pod://POD?namespace=NS&context=CTX&port=1234`: a pod's BuildKit through a Kubernetes
-//! port-forward, as an address [`Scheme`] registered with the BuildKit client
-//! ([`register_kube_pod`]), so `--addr`, `--builder` and [`Client::connect`] take it like any
-//! other address.
+//! port-forward, as a [`Connector`] the fleet offers in [`connectors`], so `--addr`,
+//! `--builder` and [`Client::connect_with`] take it like any other address.
 
 use std::str::FromStr;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
@@ -12,10 +11,12 @@ use super::PORT;
 use super::error::Error;
 use super::kube_client::Fleet;
 use super::portforward::PodDialer;
-use crate::buildkit::{Client, Dialer, Scheme, SchemeError, TlsOptions, register_scheme};
+use crate::buildkit::{
+    Client, Connector, ConnectorError, Connectors, Dialer, Endpoint, ParseEndpointError, TlsOptions,
+};
 
-/// The scheme name `kube-pod` (endpoints read `kube-pod://POD?...`), as [`register_kube_pod`]
-/// registers it.
+/// The scheme name `kube-pod` (endpoints read `kube-pod://POD?...`), as [`connectors`] offers
+/// it.
 pub const KUBE_POD_SCHEME: &str = "kube-pod";
 
 /// A pod addressed by a `kube-pod://` endpoint.
@@ -69,11 +70,11 @@ impl FromStr for KubePod {
     }
 }
 
-/// The `kube-pod://` scheme: each connection is a new port-forward to the pod.
+/// The `kube-pod://` connector: each connection is a new port-forward to the pod.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct KubePodScheme;
+pub struct KubePodConnector;
 
-impl Scheme for KubePodScheme {
+impl Connector for KubePodConnector {
     fn check(&self, address: &str) -> Result<(), String> {
         address.parse::<KubePod>().map(drop)
     }
@@ -82,7 +83,7 @@ impl Scheme for KubePodScheme {
         &self,
         address: String,
         tls: TlsOptions,
-    ) -> BoxFuture<'static, Result<Arc<dyn Dialer>, SchemeError>> {
+    ) -> BoxFuture<'static, Result<Arc<dyn Dialer>, ConnectorError>> {
         Box::pin(async move {
             let target: KubePod = address.parse()?;
             if tls.is_enabled() {
@@ -99,51 +100,54 @@ impl Scheme for KubePodScheme {
     }
 }
 
-/// Registers `kube-pod://` with the BuildKit client for this process (once; later calls do
-/// nothing). Call it before parsing addresses that may name a pod.
-pub fn register_kube_pod() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| register_scheme(KUBE_POD_SCHEME, KubePodScheme));
+/// The connectors the fleet offers the BuildKit client: `kube-pod://` ([`KubePodConnector`]).
+/// Give them to [`Endpoint::parse_with`] and [`Client::connect_with`] (or use [`parse`] and
+/// [`connect`]).
+pub fn connectors() -> Connectors {
+    Connectors::new().with(KUBE_POD_SCHEME, KubePodConnector)
 }
 
-/// Connects to any BuildKit endpoint, `kube-pod://` included: registers the scheme, then
-/// connects as [`Client::connect`] does.
+/// Parses any BuildKit address, `kube-pod://` included: [`Endpoint::parse_with`] with the
+/// fleet's [`connectors`].
+///
+/// # Errors
+/// As [`Endpoint::parse_with`]; a malformed `kube-pod://` address says what is wrong.
+pub fn parse(addr: &str) -> Result<Endpoint, ParseEndpointError> {
+    Endpoint::parse_with(addr, &connectors())
+}
+
+/// Connects to any BuildKit endpoint, `kube-pod://` included: [`Client::connect_with`] with
+/// the fleet's [`connectors`].
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use pf_buildkit::buildkit::TlsOptions;
-/// pf_buildkit::fleet::register_kube_pod();
-/// let endpoint = "kube-pod://buildkit-amd64-0?namespace=buildkit".parse()?;
+/// let endpoint = pf_buildkit::fleet::parse("kube-pod://buildkit-amd64-0?namespace=buildkit")?;
 /// let client = pf_buildkit::fleet::connect(endpoint, &TlsOptions::default()).await?;
 /// println!("{:?}", client.workers().await?);
 /// # Ok(()) }
 /// ```
 ///
 /// # Errors
-/// Those of [`Client::connect`]; a `kube-pod://` endpoint's Kubernetes configuration errors
-/// and [`Error::TlsOverPortForward`] arrive as the source of
+/// Those of [`Client::connect_with`]; a `kube-pod://` endpoint's Kubernetes configuration
+/// errors and [`Error::TlsOverPortForward`] arrive as the source of
 /// [`crate::buildkit::Error::Scheme`].
 pub async fn connect(
-    endpoint: crate::buildkit::Endpoint,
+    endpoint: Endpoint,
     tls: &TlsOptions,
 ) -> Result<Client, crate::buildkit::Error> {
-    register_kube_pod();
-    Client::connect(endpoint, tls).await
+    Client::connect_with(endpoint, tls, &connectors()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buildkit::Endpoint;
 
     #[test]
-    fn a_registered_kube_pod_parses_as_an_endpoint() {
-        register_kube_pod();
-        let endpoint: Endpoint =
-            "kube-pod://buildkit-amd64-0?namespace=buildkit&context=prod&port=1234"
-                .parse()
-                .unwrap();
-        let Endpoint::Registered { scheme, address } = &endpoint else {
+    fn a_kube_pod_parses_as_an_endpoint_with_the_fleets_connectors() {
+        let endpoint =
+            parse("kube-pod://buildkit-amd64-0?namespace=buildkit&context=prod&port=1234").unwrap();
+        let Endpoint::Custom { scheme, address } = &endpoint else {
             panic!("{endpoint:?}");
         };
         assert_eq!(scheme, KUBE_POD_SCHEME);
@@ -165,7 +169,7 @@ mod tests {
             ("kube-pod://p?colour=blue", "unknown parameter"),
             ("kube-pod://p?port=x", "not a number"),
         ] {
-            let err = addr.parse::<Endpoint>().unwrap_err().to_string();
+            let err = parse(addr).unwrap_err().to_string();
             assert!(err.contains(needle), "{addr}: {err}");
         }
     }

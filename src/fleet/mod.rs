@@ -42,7 +42,7 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
-pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodScheme, connect, register_kube_pod};
+pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodConnector, connect, connectors, parse};
 pub use portforward::{PodDialer, PortForwardError, PortForwardStream};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
 pub use tunnel::{
