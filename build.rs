@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Bytes fields that carry file data: `bytes::Bytes` lets chunks move without copies.
         .bytes(".")
+        // LLB maps (op attrs, metadata, caps) as BTreeMaps: sorted like Go's deterministic
+        // encoding, and stable when dumped or compared.
+        .btree_map(".pb")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! A Dockerfile build on one BuildKit: [`BuildOptions`] become a `SolveRequest` for the
-//! `dockerfile.v0` frontend, run together with a session and the status stream.
+//! A build on one BuildKit: [`BuildOptions`] become a `SolveRequest`, for the `dockerfile.v0`
+//! frontend or for an LLB definition the caller marshalled, run together with a session and the
+//! status stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use super::proto::control::VertexWarning;
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
+use super::proto::pb::Definition;
 use super::session::{ExportTarget, SecretSource, Session, SessionOptions, shared_key_for};
 use super::spec::{CacheSpec, OutputSpec};
 use super::stores::BuildStores;
@@ -29,7 +31,8 @@ use crate::registry::credentials::CredentialsError;
 /// for its end (buildctl's value).
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
 
-/// Everything one Dockerfile build needs. Build it directly, or from CLI flags.
+/// Everything one build needs: a Dockerfile build by default, or the solve of an LLB
+/// definition ([`BuildOptions::for_definition`]). Build it directly, or from CLI flags.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -88,6 +91,10 @@ pub struct BuildOptions {
     /// On a Docker Engine, run the session as `Control.Session` rather than through the
     /// Engine's `/session` upgrade.
     pub session_via_control: bool,
+    /// An LLB graph to solve instead of a Dockerfile (see `pf_buildkit::llb`): no frontend
+    /// runs, `context`, `dockerfile` and the Dockerfile's attributes are unused, and the
+    /// graph's local sources read the directories of `locals` by name.
+    pub definition: Option<Definition>,
 }
 
 impl BuildOptions {
@@ -95,6 +102,32 @@ impl BuildOptions {
     pub fn new(context: impl Into<PathBuf>) -> Self {
         BuildOptions {
             context: context.into(),
+            registry_auth: true,
+            ..Default::default()
+        }
+    }
+
+    /// Options that solve an LLB definition (a marshalled `pf_buildkit::llb::State`), with
+    /// registry credentials from the Docker config. Add `locals` for its local sources,
+    /// `secrets` and `ssh` for its mounts, and outputs and caches as for a Dockerfile.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+    /// use pf_buildkit::buildkit::progress::PlainProgress;
+    /// use pf_buildkit::llb::{self, MarshalOptions};
+    ///
+    /// let graph = llb::image("busybox").run_shlex("sh -c 'echo hi > /hi'").root();
+    /// let definition = graph.marshal(&MarshalOptions::host())?;
+    /// let mut options = BuildOptions::for_definition(definition.into_pb());
+    /// options.outputs.push("type=local,dest=out".parse()?);
+    /// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+    /// client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn for_definition(definition: Definition) -> Self {
+        BuildOptions {
+            definition: Some(definition),
             registry_auth: true,
             ..Default::default()
         }
@@ -117,6 +150,14 @@ impl BuildOptions {
     }
 
     fn check(&self) -> Result<(), InvalidOptions> {
+        if self.definition.is_none() {
+            self.check_dockerfile_inputs()?;
+        }
+        self.check_session_inputs()
+    }
+
+    /// The context directory and the Dockerfile, which only a Dockerfile build reads.
+    fn check_dockerfile_inputs(&self) -> Result<(), InvalidOptions> {
         if !self.context.is_dir() {
             return Err(InvalidOptions::ContextNotADirectory {
                 path: self.context.clone(),
@@ -135,6 +176,11 @@ impl BuildOptions {
             }
             Ok(_) => {}
         }
+        Ok(())
+    }
+
+    /// What the session serves and the exporters write, common to every build.
+    fn check_session_inputs(&self) -> Result<(), InvalidOptions> {
         for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
             if !dir.is_dir() {
                 return Err(InvalidOptions::LocalNotADirectory {
@@ -169,8 +215,12 @@ impl BuildOptions {
         Ok(())
     }
 
-    /// The frontend attributes of this build (without the session-specific ones).
+    /// The frontend attributes of this build (without the session-specific ones). A
+    /// definition solve runs no frontend: only the raw `frontend_attrs` are sent.
     pub fn frontend_attrs(&self) -> BTreeMap<String, String> {
+        if self.definition.is_some() {
+            return self.frontend_attrs.clone();
+        }
         let mut attrs = BTreeMap::new();
         let dockerfile = self.dockerfile_path();
         let filename = dockerfile
@@ -236,7 +286,11 @@ impl BuildOptions {
         SolveRequest {
             r#ref: reference.to_owned(),
             session: session_id.to_owned(),
-            frontend: "dockerfile.v0".into(),
+            frontend: match self.definition {
+                Some(_) => String::new(),
+                None => "dockerfile.v0".into(),
+            },
+            definition: self.definition.clone(),
             frontend_attrs: self.frontend_attrs().into_iter().collect(),
             // Daemons before v0.13 read only the deprecated single exporter.
             exporter_deprecated: exporters
@@ -264,8 +318,10 @@ impl BuildOptions {
             _ => PathBuf::from("."),
         };
         let mut dirs = BTreeMap::new();
-        dirs.insert("context".to_owned(), absolute(&self.context));
-        dirs.insert("dockerfile".to_owned(), absolute(&dockerfile_dir));
+        if self.definition.is_none() {
+            dirs.insert("context".to_owned(), absolute(&self.context));
+            dirs.insert("dockerfile".to_owned(), absolute(&dockerfile_dir));
+        }
         for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
             dirs.insert(name.clone(), absolute(dir));
         }
@@ -382,7 +438,8 @@ pub enum BuildError {
 }
 
 impl Client {
-    /// Runs a Dockerfile build: opens a session serving the context, secrets and exports,
+    /// Runs a build (a Dockerfile's, or an LLB definition's): opens a session serving the
+    /// context or locals, secrets and exports,
     /// sends the Solve, and feeds the status stream to `progress`. Dropping the future
     /// cancels the build on the daemon.
     ///
@@ -859,6 +916,24 @@ mod tests {
         assert_eq!(req.exporter_deprecated, "tar");
         assert_eq!(req.exporters[1].attrs["push"], "true");
         assert_eq!(req.cache.unwrap().imports[0].attrs["ref"], "r/c");
+    }
+
+    #[test]
+    fn a_definition_solve_sends_the_graph_and_no_frontend() {
+        let definition = Definition {
+            def: vec![bytes::Bytes::from_static(b"\x0a\x00")],
+            ..Default::default()
+        };
+        let mut o = BuildOptions::for_definition(definition.clone());
+        o.registry_auth = false;
+        o.locals.insert("context".into(), PathBuf::from("/ctx"));
+        o.validate().unwrap_err(); // /ctx does not exist: locals are still checked
+        let req = o.solve_request("ref1", "sess1");
+        assert_eq!(req.frontend, "");
+        assert_eq!(req.definition, Some(definition));
+        assert!(req.frontend_attrs.is_empty());
+        let s = o.session_options().unwrap();
+        assert_eq!(s.dirs.keys().collect::<Vec<_>>(), ["context"]);
     }
 
     #[test]

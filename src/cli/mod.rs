@@ -8,6 +8,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, Pem, TlsOptions};
 
 mod build;
 mod daemon;
+mod debug;
 pub mod error;
 mod fleet;
 mod live;
@@ -112,6 +113,9 @@ pub enum Command {
     Fleet(fleet::FleetCommand),
     /// Push or inspect multi-platform manifests in a registry
     Manifest(manifest::ManifestArgs),
+    /// Look inside what the client sends (dump-llb)
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -129,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Fleet(command) => fleet::run(command).await,
         Command::Manifest(args) => manifest::run(args).await,
+        Command::Debug(command) => debug::run(&command),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics when its writer fails, and a closed
             // stdout must end quietly like every other result.

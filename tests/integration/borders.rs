@@ -13,6 +13,19 @@ const RULES: &[(&str, &[&str])] = &[
             "crate::fleet",
             "crate::multiplatform",
             "crate::config",
+            "crate::llb",
+            "kube::",
+            "k8s_openapi",
+        ],
+    ),
+    // LLB is pure graph building on top of the wire types: a solve takes its Definition, so
+    // buildkit never needs it, and it needs nothing of the build flow.
+    (
+        "src/llb",
+        &[
+            "crate::fleet",
+            "crate::multiplatform",
+            "crate::config",
             "kube::",
             "k8s_openapi",
         ],

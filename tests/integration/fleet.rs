@@ -878,6 +878,7 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
         r#ref: format!("pf-fleet-{}", now_nanos()),
         definition: Some(Definition {
             def: vec![source.into(), exec.into(), terminal.into()],
+            ..Default::default()
         }),
         ..Default::default()
     };

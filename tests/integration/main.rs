@@ -23,6 +23,7 @@ mod fleet_real;
 mod flood;
 mod hostile;
 mod hostile_peer;
+mod llb;
 mod manifest;
 mod multiplatform;
 mod private_daemon;
