@@ -19,7 +19,7 @@
 //!
 //! | feature | what it adds | crates it brings |
 //! |---|---|---|
-//! | (none) | [`buildkit`] (client, sessions, solves, progress), [`registry`], [`config`] | tonic, hyper, rustls (ring), reqwest, oci-spec |
+//! | (none) | [`buildkit`] (client, sessions, solves, progress), [`llb`], [`registry`], [`config`] | tonic, hyper, rustls (ring), reqwest, oci-spec |
 //! | `aws` | the `aws` module: ECR logins in the registry's credentials, EKS tokens for the fleet | the AWS SDK (aws-config, aws-sdk-ecr, aws-sigv4) |
 //! | `fleet` | the `fleet` module (`kube-pod://` addresses, scaling, tunnels, cache clearing) and the `multiplatform` build | kube, k8s-openapi |
 //! | `cli` (default) | the `pf-buildkit` binary; implies `aws` and `fleet` | clap, clap_complete, anyhow, tracing-subscriber, indicatif |
