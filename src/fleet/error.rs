@@ -117,7 +117,7 @@ pub enum Error {
         port: u16,
         /// What the kubelet or the connection reported.
         #[source]
-        source: super::portforward::PortForwardError,
+        source: PortForwardError,
     },
     /// A running pod has no IP yet.
     #[error("BuildKit pod {pod} has no IP address")]
@@ -234,6 +234,42 @@ fn missing_kubeconfig_text(err: &KubeconfigError) -> String {
             format!("{} does not exist", path.display())
         }
         other => other.to_string(),
+    }
+}
+
+/// What went wrong on a port-forward the API server had opened: the cause of
+/// [`Error::PortForwardFailed`], and, for [`PortForwardError::KubeletRefused`], the error a
+/// [`PortForwardStream`](super::PortForwardStream)'s read ends with (inside an
+/// [`std::io::Error`]; take it out with [`std::io::Error::downcast`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortForwardError {
+    /// The kubelet reported an error for the port on the port-forward's error channel
+    /// (nothing listening in the pod, the pod's network gone).
+    #[error("{message}")]
+    KubeletRefused {
+        /// The kubelet's text from the error channel, as sent (e.g. that the connection to the
+        /// pod's port was refused).
+        message: String,
+    },
+    /// The connection closed before the server in the pod said anything.
+    #[error("the connection closed at once; is BuildKit listening there?")]
+    ClosedAtOnce,
+    /// The API server's answer carried no data or error stream for the port.
+    #[error("the API server opened no stream for the port")]
+    NoStream,
+    /// Reading from the connection failed.
+    #[error("reading from the connection failed")]
+    Read(#[source] std::io::Error),
+}
+
+impl PortForwardError {
+    /// The typed error a failed read carries, or the read error itself.
+    pub(crate) fn from_read(err: std::io::Error) -> Self {
+        match err.downcast::<PortForwardError>() {
+            Ok(typed) => typed,
+            Err(err) => PortForwardError::Read(err),
+        }
     }
 }
 

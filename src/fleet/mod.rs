@@ -40,10 +40,10 @@ pub use address::{MetricsUnavailable, PodAddress, PodMetricsState};
 pub use cache::{
     BusySignal, CacheClearEvent, CacheClearOptions, CacheClearReport, PodPrune, PvcAction,
 };
-pub use error::{Error, Result};
+pub use error::{Error, PortForwardError, Result};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodConnector, connect, connectors, parse};
-pub use portforward::{PodDialer, PortForwardError, PortForwardStream};
+pub use portforward::{PodDialer, PortForwardStream};
 pub use scale::{ScaleDownAction, ScaleDownReport, ScaleUpOptions, ScaleUpReport, WaitState};
 pub use tunnel::{
     DEFAULT_SCALE_UP_WAIT, Lease, LeaseOptions, RECORD_INTERVAL, ReadyProgress, Tunnel,

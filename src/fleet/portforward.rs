@@ -14,49 +14,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 
-use super::error::{Error, Result};
+use super::error::{Error, PortForwardError, Result};
 use super::kube_client::{Fleet, with_retry};
 use crate::buildkit::{BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 
 /// How long a new connection waits for the server's first bytes (see
 /// [`PodDialer::open_checked`]).
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// What went wrong on a port-forward the API server had opened: the cause of
-/// [`Error::PortForwardFailed`], and, for [`PortForwardError::KubeletRefused`], the error a
-/// [`PortForwardStream`]'s read ends with (inside an [`io::Error`]; take it out with
-/// [`io::Error::downcast`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PortForwardError {
-    /// The kubelet reported an error for the port on the port-forward's error channel
-    /// (nothing listening in the pod, the pod's network gone).
-    #[error("{message}")]
-    KubeletRefused {
-        /// The kubelet's text from the error channel, as sent (e.g. that the connection to the
-        /// pod's port was refused).
-        message: String,
-    },
-    /// The connection closed before the server in the pod said anything.
-    #[error("the connection closed at once; is BuildKit listening there?")]
-    ClosedAtOnce,
-    /// The API server's answer carried no data or error stream for the port.
-    #[error("the API server opened no stream for the port")]
-    NoStream,
-    /// Reading from the connection failed.
-    #[error("reading from the connection failed")]
-    Read(#[source] io::Error),
-}
-
-impl PortForwardError {
-    /// The typed error a failed read carries, or the read error itself.
-    fn from_read(err: io::Error) -> Self {
-        match err.downcast::<PortForwardError>() {
-            Ok(typed) => typed,
-            Err(err) => PortForwardError::Read(err),
-        }
-    }
-}
 
 /// Opens a new port-forward to one pod's port each time BuildKit's client needs a connection.
 #[derive(Clone)]
