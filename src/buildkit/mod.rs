@@ -16,6 +16,7 @@ mod invalid;
 pub mod oci_layout;
 pub mod progress;
 pub mod proto;
+mod random;
 pub mod session;
 mod solve;
 pub mod spec;

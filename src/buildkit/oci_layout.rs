@@ -14,7 +14,7 @@
 //! - Everything a store creates is remembered, so a failed build can take it all back and
 //!   leave the directory as it found it ([`LayoutStore::rollback`]).
 //!
-//! Border: plain file-system code; it uses only the session's id generator, and must not import
+//! Border: plain file-system code; it uses only the id generator (`random`), and must not import
 //! the session services, `registry`, `fleet` or anything above `buildkit`.
 
 use std::collections::BTreeMap;
@@ -427,7 +427,7 @@ impl LayoutStore {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let suffix: String = crate::buildkit::session::random_id()[..10].to_owned();
+        let suffix: String = super::random::random_id()[..10].to_owned();
         let path = ingest_dir.join(format!("{tag}-{suffix}"));
         let file = File::options()
             .write(true)
@@ -765,7 +765,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), LayoutError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let suffix: String = crate::buildkit::session::random_id()[..10].to_owned();
+    let suffix: String = super::random::random_id()[..10].to_owned();
     let tmp = path.with_file_name(format!(".{name}.{suffix}.tmp"));
     let result = (|| {
         let mut file = File::options().write(true).create_new(true).open(&tmp)?;

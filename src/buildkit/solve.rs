@@ -459,7 +459,7 @@ impl Client {
         let mut session_options = options.session_options()?;
         session_options.content_stores = stores.by_id.clone();
         let session = Session::start(self, session_options);
-        let reference = super::session::random_id();
+        let reference = super::random::random_id();
         let request = options.solve_request(&reference, session.id());
         tracing::debug!(reference, session = session.id(), "solving");
 
