@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use super::Client;
-use super::random::{random_bytes, random_id};
+// `pub(crate)`: the LLB marshaller names its local sources with session-style ids too.
+use super::random::random_bytes;
+pub(crate) use super::random::random_id;
 use crate::registry::DockerConfig;
 
 mod auth;
