@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "containerd/content.proto",
     ];
     let descriptors = protox::compile(files, ["vendor-protos"])?;
+    // The compiled descriptors, for the test that checks ops.proto against upstream's.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("vendor_protos.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -432,3 +432,117 @@ fn every_reference_graph_solves(tier: Tier) {
 }
 
 tier_tests!(every_reference_graph_solves);
+
+/// `vendor-protos/buildkit/ops.proto` against the ops.proto compiled into the standalone
+/// buildkitd v0.32.2 the test environment runs (Go binaries embed their protos' descriptors):
+/// every message, field (name, number, type, label, oneof) and enum value of upstream's is
+/// ours too, with nothing of ours missing from upstream. Skipped, saying so, without the
+/// binary.
+#[test]
+fn ops_proto_matches_buildkit_v0_32_2() {
+    use prost::Message as _;
+    use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto};
+
+    let Ok(binary) = std::env::var("PF_TEST_BUILDKITD") else {
+        eprintln!("ops_proto_matches_buildkit_v0_32_2: skipped: PF_TEST_BUILDKITD is not set");
+        return;
+    };
+    let binary = std::fs::read(&binary).unwrap();
+    let marker = b"\n,github.com/moby/buildkit/solver/pb/ops.proto\x12\x02pb";
+    let start = binary
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("buildkitd embeds solver/pb/ops.proto");
+    // The descriptor is followed by unrelated bytes: take its top-level fields while they are
+    // FileDescriptorProto's (numbers 1 to 14, varint or length-delimited).
+    let mut end = start;
+    loop {
+        let mut at = end;
+        let mut varint = || {
+            let mut value = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = binary[at];
+                at += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            value
+        };
+        let key = varint();
+        let (field, wire) = (key >> 3, key & 7);
+        if !(1..=14).contains(&field) {
+            break;
+        }
+        match wire {
+            0 => {
+                varint();
+            }
+            2 => {
+                let len = varint();
+                at += usize::try_from(len).unwrap();
+            }
+            _ => break,
+        }
+        end = at;
+    }
+    let upstream = FileDescriptorProto::decode(&binary[start..end]).unwrap();
+    let ours = prost_types::FileDescriptorSet::decode(
+        &include_bytes!(concat!(env!("OUT_DIR"), "/vendor_protos.bin"))[..],
+    )
+    .unwrap()
+    .file
+    .into_iter()
+    .find(|f| f.package() == "pb")
+    .unwrap();
+
+    fn fields(m: &DescriptorProto) -> Vec<String> {
+        let mut out: Vec<String> = m
+            .field
+            .iter()
+            .map(|f| {
+                let oneof = f
+                    .oneof_index
+                    .map(|i| m.oneof_decl[i as usize].name().to_owned())
+                    .unwrap_or_default();
+                format!(
+                    "{}.{} = {} {:?} {:?} {} {oneof}",
+                    m.name(),
+                    f.name(),
+                    f.number(),
+                    f.label(),
+                    f.r#type(),
+                    f.type_name()
+                )
+            })
+            .collect();
+        for nested in &m.nested_type {
+            out.extend(
+                fields(nested)
+                    .into_iter()
+                    .map(|f| format!("{}.{f}", m.name())),
+            );
+        }
+        out
+    }
+    fn values(e: &EnumDescriptorProto) -> Vec<String> {
+        e.value
+            .iter()
+            .map(|v| format!("{}.{} = {}", e.name(), v.name(), v.number()))
+            .collect()
+    }
+    fn shape(file: &FileDescriptorProto) -> std::collections::BTreeSet<String> {
+        let messages = file.message_type.iter().flat_map(fields);
+        let enums = file.enum_type.iter().flat_map(values);
+        messages.chain(enums).collect()
+    }
+    let (upstream, ours) = (shape(&upstream), shape(&ours));
+    assert!(upstream.len() > 200, "{upstream:?}");
+    let missing: Vec<_> = upstream.difference(&ours).collect();
+    let extra: Vec<_> = ours.difference(&upstream).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "ops.proto differs from BuildKit v0.32.2's: missing {missing:#?}, not upstream's {extra:#?}"
+    );
+}
