@@ -454,3 +454,41 @@ fn metadata_json(m: &pb::OpMetadata) -> String {
         })
         .finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llb::{self, Chown, MarshalOptions};
+
+    fn lines(state: &llb::State) -> Vec<String> {
+        let options = MarshalOptions::for_platform("linux/amd64".parse().unwrap());
+        dump_json_lines(&state.marshal(&options).unwrap().to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn owners_and_indexes_are_written_as_gos_json_go_does() {
+        let src = llb::scratch().file(llb::mkfile("/a", 0o600, "a"));
+        let st = llb::scratch().file(
+            llb::copy(&src, "/a", "/b/")
+                .owner(Chown::parse("app:10"))
+                .mode(0o640),
+        );
+        let out = lines(&st);
+        assert_eq!(out.len(), 3);
+        assert!(
+            out[1].contains(
+                r#"{"input":-1,"secondaryInput":0,"output":0,"Action":{"copy":{"src":"/a","dest":"/b/","owner":{"user":{"User":{"byName":{"name":"app","input":-1}}},"group":{"User":{"byId":10}}},"mode":416,"timestamp":-1}}}"#
+            ),
+            "{}",
+            out[1]
+        );
+        assert!(out[0].contains(r#""data":"YQ==""#), "{}", out[0]);
+        assert!(out[2].ends_with("}\n"));
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let err = dump_json_lines(b"\xff\xff\xff").unwrap_err();
+        assert!(matches!(err, LlbError::Decode { .. }), "{err:?}");
+    }
+}

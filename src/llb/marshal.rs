@@ -532,6 +532,8 @@ impl Marshaller<'_> {
             })
             .collect();
         op.op = Some(pb::op::Op::File(pb::FileOp { actions }));
+        // Go asks for `file.base` only: it collects the copy-pattern caps before it has
+        // walked the actions, so they never get in, and the metadata must match.
         vec!["file.base"]
     }
 
