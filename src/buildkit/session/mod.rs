@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use super::Client;
-// `pub(crate)`: the LLB marshaller names its local sources with session-style ids too.
 use super::random::random_bytes;
+// `pub(crate)`: the LLB marshaller names its local sources with session-style ids too.
 pub(crate) use super::random::random_id;
 use crate::registry::DockerConfig;
 
