@@ -10,6 +10,7 @@
 mod client;
 mod connector;
 pub mod endpoint;
+mod entitlement;
 mod error;
 pub mod fsutil;
 mod invalid;
@@ -30,8 +31,10 @@ pub use client::{
 };
 pub use connector::{Connector, ConnectorError, Connectors};
 pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};
+pub use entitlement::Entitlement;
 pub use error::{Error, Result};
 pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
+pub use session::Attachable;
 pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
 pub use tls::{Pem, TlsConfigError, TlsFile, TlsOptions, TlsProblem};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io};

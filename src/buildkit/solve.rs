@@ -13,6 +13,8 @@ use futures_util::StreamExt;
 use prost::Message;
 
 use super::Client;
+use super::entitlement::Entitlement;
+use super::fsutil::{Directory, MemoryTree, Source};
 use super::invalid::{DestinationProblem, InvalidOptions};
 use super::oci_layout::LayoutError;
 use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
@@ -21,7 +23,9 @@ use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
 use super::proto::pb::Definition;
-use super::session::{ExportTarget, SecretSource, Session, SessionOptions, shared_key_for};
+use super::session::{
+    Attachable, ExportTarget, SecretSource, Session, SessionOptions, shared_key_for,
+};
 use super::spec::{CacheSpec, OutputSpec};
 use super::stores::BuildStores;
 use crate::registry::DockerConfig;
@@ -95,6 +99,19 @@ pub struct BuildOptions {
     /// runs, `context`, `dockerfile` and the Dockerfile's attributes are unused, and the
     /// graph's local sources read the directories of `locals` by name.
     pub definition: Option<Definition>,
+    /// Local directories by name from any [`Source`] (a [`MemoryTree`], a tree of your own):
+    /// served like `locals`, and in place of the `context` or `dockerfile` directory when
+    /// named so (see [`BuildOptions::from_memory`]).
+    pub sources: BTreeMap<String, Arc<dyn Source>>,
+    /// The frontend to run instead of `dockerfile.v0`, e.g. `gateway.v0` with the attribute
+    /// `source=IMAGE` (see [`BuildOptions::for_frontend`]): only the raw `frontend_attrs` are
+    /// sent, and the Dockerfile's own options (`dockerfile`, `target`, …) are unused.
+    pub frontend: Option<String>,
+    /// Privileges the build asks for; the daemon must allow them too.
+    pub entitlements: Vec<Entitlement>,
+    /// Session services of the caller's own, reached by the frontend or the build's steps
+    /// (a secret store, an SSH agent, …).
+    pub attachables: Vec<Arc<dyn Attachable>>,
 }
 
 impl BuildOptions {
@@ -133,6 +150,57 @@ impl BuildOptions {
         }
     }
 
+    /// Options for a context generated in memory: `tree` is served as both the context and
+    /// the Dockerfile's directory (it holds the `Dockerfile`), never written to disk. Every
+    /// build sends the whole tree (the daemon keeps no copy to compare it with).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+    /// use pf_buildkit::buildkit::fsutil::MemoryTree;
+    /// use pf_buildkit::buildkit::progress::PlainProgress;
+    ///
+    /// let tree = MemoryTree::new()
+    ///     .file("Dockerfile", "FROM scratch\nCOPY version /\n")
+    ///     .file("version", "1.2.3\n");
+    /// let mut options = BuildOptions::from_memory(tree);
+    /// options.outputs.push("type=local,dest=out".parse()?);
+    /// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
+    /// client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_memory(tree: MemoryTree) -> Self {
+        let tree: Arc<dyn Source> = Arc::new(tree);
+        BuildOptions {
+            sources: BTreeMap::from([
+                ("context".to_owned(), tree.clone()),
+                ("dockerfile".to_owned(), tree),
+            ]),
+            registry_auth: true,
+            ..Default::default()
+        }
+    }
+
+    /// Options that run `frontend` with `attrs` (raw frontend attributes), with registry
+    /// credentials from the Docker config: e.g. `gateway.v0` with `source=IMAGE` runs a
+    /// frontend image. Add `locals` or `sources` for the directories it reads.
+    pub fn for_frontend(
+        frontend: impl Into<String>,
+        attrs: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        BuildOptions {
+            frontend: Some(frontend.into()),
+            frontend_attrs: attrs.into_iter().collect(),
+            registry_auth: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this is a Dockerfile build (neither an LLB definition nor another frontend).
+    fn is_dockerfile_build(&self) -> bool {
+        self.definition.is_none() && self.frontend.is_none()
+    }
+
     /// The Dockerfile path used.
     pub fn dockerfile_path(&self) -> PathBuf {
         self.dockerfile
@@ -150,7 +218,8 @@ impl BuildOptions {
     }
 
     fn check(&self) -> Result<(), InvalidOptions> {
-        if self.definition.is_none() {
+        // A context of another source (a tree in memory) has nothing on disk to check.
+        if self.is_dockerfile_build() && !self.sources.contains_key("context") {
             self.check_dockerfile_inputs()?;
         }
         self.check_session_inputs()
@@ -218,7 +287,7 @@ impl BuildOptions {
     /// The frontend attributes of this build (without the session-specific ones). A
     /// definition solve runs no frontend: only the raw `frontend_attrs` are sent.
     pub fn frontend_attrs(&self) -> BTreeMap<String, String> {
-        if self.definition.is_some() {
+        if !self.is_dockerfile_build() {
             return self.frontend_attrs.clone();
         }
         let mut attrs = BTreeMap::new();
@@ -286,10 +355,16 @@ impl BuildOptions {
         SolveRequest {
             r#ref: reference.to_owned(),
             session: session_id.to_owned(),
-            frontend: match self.definition {
-                Some(_) => String::new(),
-                None => "dockerfile.v0".into(),
+            frontend: match (&self.definition, &self.frontend) {
+                (Some(_), _) => String::new(),
+                (None, Some(frontend)) => frontend.clone(),
+                (None, None) => "dockerfile.v0".into(),
             },
+            entitlements: self
+                .entitlements
+                .iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
             definition: self.definition.clone(),
             frontend_attrs: self.frontend_attrs().into_iter().collect(),
             // Daemons before v0.13 read only the deprecated single exporter.
@@ -317,14 +392,24 @@ impl BuildOptions {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        let mut dirs = BTreeMap::new();
-        if self.definition.is_none() {
-            dirs.insert("context".to_owned(), absolute(&self.context));
-            dirs.insert("dockerfile".to_owned(), absolute(&dockerfile_dir));
+        let mut dirs: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+        let on_disk = |dir: &Path| Arc::new(Directory(absolute(dir))) as Arc<dyn Source>;
+        if self.is_dockerfile_build() {
+            dirs.insert("context".to_owned(), on_disk(&self.context));
+            dirs.insert("dockerfile".to_owned(), on_disk(&dockerfile_dir));
         }
         for (name, dir) in self.named_contexts.iter().chain(&self.locals) {
-            dirs.insert(name.clone(), absolute(dir));
+            dirs.insert(name.clone(), on_disk(dir));
         }
+        for (name, source) in &self.sources {
+            dirs.insert(name.clone(), source.clone());
+        }
+        // The shared key lets the daemon diff against its last copy of the context. A tree not
+        // on disk gets a key of its own each time: its entries' times say nothing about change.
+        let shared_key = match dirs.get("context").map(|c| c.path()) {
+            Some(None) => super::random::random_id(),
+            _ => shared_key_for(&self.context),
+        };
         let exports = self
             .outputs
             .iter()
@@ -348,8 +433,9 @@ impl BuildOptions {
             ssh: self.ssh.clone(),
             exports,
             docker_config,
-            shared_key: shared_key_for(&self.context),
+            shared_key,
             via_control: self.session_via_control,
+            attachables: self.attachables.clone(),
         })
     }
 }
@@ -941,8 +1027,8 @@ mod tests {
         let mut o = options();
         o.registry_auth = false;
         let s = o.session_options().unwrap();
-        assert_eq!(s.dirs["context"], PathBuf::from("/ctx"));
-        assert_eq!(s.dirs["dockerfile"], PathBuf::from("/df"));
+        assert_eq!(s.dirs["context"].path(), Some(Path::new("/ctx")));
+        assert_eq!(s.dirs["dockerfile"].path(), Some(Path::new("/df")));
         assert_eq!(s.exports[0], ExportTarget::File("/out/a.tar".into()));
         assert_eq!(s.exports[1], ExportTarget::None);
     }

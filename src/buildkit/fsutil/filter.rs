@@ -62,6 +62,16 @@ impl Filter {
             includes.extend(targets);
             includes = dedupe_paths(&includes).unwrap_or_default();
         }
+        self.compile(includes)
+    }
+
+    /// The filter for a tree with no links to follow (a tree in memory sends its links as
+    /// they are): the includes as given.
+    pub(crate) fn resolve_without_links(&self) -> Result<ResolvedFilter, ResolveError> {
+        self.compile(self.includes.clone())
+    }
+
+    fn compile(&self, includes: Vec<String>) -> Result<ResolvedFilter, ResolveError> {
         let include = if includes.is_empty() {
             None
         } else {

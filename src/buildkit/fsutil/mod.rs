@@ -17,9 +17,11 @@
 
 mod beneath;
 mod filter;
+mod memory;
 mod pattern;
 mod receive;
 mod send;
+mod source;
 mod walk;
 
 #[cfg(test)]
@@ -31,9 +33,11 @@ use std::sync::atomic::AtomicU64;
 
 pub use crate::buildkit::proto::fsutil::types::{Packet, Stat, packet::PacketType};
 pub use filter::Filter;
+pub use memory::MemoryTree;
 pub use pattern::PatternError;
 pub use receive::{ReceiveError, receive};
 pub use send::{SendError, send};
+pub use source::{Directory, Incoming, Source, Transfer};
 
 /// Bytes of file data per `PACKET_DATA`.
 ///

@@ -2,7 +2,6 @@
 //! `dockerfile`, named contexts) from us with the fsutil protocol; we are the sender.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use crate::buildkit::proto::fsutil::types::Packet;
 use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
 
 pub(super) fn service(
-    dirs: BTreeMap<String, PathBuf>,
+    dirs: BTreeMap<String, Arc<dyn fsutil::Source>>,
     stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
 ) -> FileSyncServer<FileSyncService> {
     FileSyncServer::new(FileSyncService { dirs, stats })
@@ -23,7 +22,7 @@ pub(super) fn service(
 }
 
 pub(super) struct FileSyncService {
-    dirs: BTreeMap<String, PathBuf>,
+    dirs: BTreeMap<String, Arc<dyn fsutil::Source>>,
     stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
 }
 
@@ -48,7 +47,7 @@ impl FileSync for FileSyncService {
         let includes = values(metadata, "include-patterns");
         let excludes = values(metadata, "exclude-patterns");
         let follow = values(metadata, "followpaths");
-        tracing::debug!(dir = %name, root = %root.display(), ?includes, ?excludes, ?follow, "sending local directory");
+        tracing::debug!(dir = %name, source = ?root, ?includes, ?excludes, ?follow, "sending local directory");
         let filter = fsutil::Filter::new(includes, excludes, follow).map_err(|e| {
             tonic::Status::invalid_argument(format!(
                 "bad file patterns for {name}: {}",
@@ -59,13 +58,20 @@ impl FileSync for FileSyncService {
         let stats = self.stats.get(&name).cloned().unwrap_or_default();
         let (tx, rx) = tokio::sync::mpsc::channel::<Packet>(fsutil::SEND_QUEUE);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<tonic::Status>();
+        let transfer = fsutil::Transfer {
+            filter,
+            incoming: Box::pin(incoming),
+            outgoing: tx,
+            stats,
+        };
         tokio::spawn(async move {
-            let result = fsutil::send(root.clone(), filter, incoming, tx, stats).await;
+            let result = root.send(transfer).await;
             if let Err(err) = result {
-                let _ = done_tx.send(tonic::Status::internal(format!(
-                    "sending {}: {err}",
-                    root.display()
-                )));
+                let place = match root.path() {
+                    Some(path) => path.display().to_string(),
+                    None => name,
+                };
+                let _ = done_tx.send(tonic::Status::internal(format!("sending {place}: {err}")));
             }
         });
         // The packets go straight from the sender's queue to the response; the error, if any,

@@ -5,7 +5,7 @@
 //! Border: it may use `fsutil`, `oci_layout` and [`crate::registry`] (credentials for Auth); it
 //! must not import `fleet`, `multiplatform` or `config`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use super::random::random_bytes;
 pub(crate) use super::random::random_id;
 use crate::registry::DockerConfig;
 
+mod attachable;
 mod auth;
 mod content;
 mod filesend;
@@ -29,6 +30,7 @@ mod ssh;
 mod tunnel;
 
 pub use super::fsutil::TransferStats;
+pub use attachable::Attachable;
 pub use content::STORE_ID_HEADER;
 
 /// The gRPC methods every session serves, announced to the daemon: health, the local
@@ -54,8 +56,9 @@ const SSH_METHODS: &[&str] = &[
 ];
 
 /// The methods a session with `options` announces: like buildctl, the Secrets and SSH
-/// services only when the user configured them, so a daemon cannot even probe for them.
-fn announced_methods(options: &SessionOptions) -> Vec<&'static str> {
+/// services only when the user configured them, so a daemon cannot even probe for them; and
+/// the caller's attachables' methods, in place of the built-in ones of the services they claim.
+fn announced_methods(options: &SessionOptions) -> Vec<String> {
     let mut methods = METHODS.to_vec();
     if !options.secrets.is_empty() {
         methods.extend_from_slice(SECRETS_METHODS);
@@ -66,7 +69,25 @@ fn announced_methods(options: &SessionOptions) -> Vec<&'static str> {
     if !options.content_stores.is_empty() {
         methods.extend_from_slice(content::METHODS);
     }
+    let claimed = claimed_services(&options.attachables);
+    let mut methods: Vec<String> = methods
+        .into_iter()
+        .filter(|m| !claimed.contains(attachable::service_of(m)))
+        .map(str::to_owned)
+        .collect();
+    for attachable in &options.attachables {
+        methods.extend(attachable.methods());
+    }
     methods
+}
+
+/// The services the caller's attachables serve, by name.
+fn claimed_services(attachables: &[Arc<dyn Attachable>]) -> BTreeSet<String> {
+    attachables
+        .iter()
+        .flat_map(|a| a.methods())
+        .map(|m| attachable::service_of(&m).to_owned())
+        .collect()
 }
 
 /// Where a secret's value comes from. Values are read when the daemon asks, never logged.
@@ -159,8 +180,8 @@ pub enum ExportTarget {
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     /// Local directories by the name the frontend asks for (`context`, `dockerfile`, named
-    /// contexts).
-    pub dirs: BTreeMap<String, PathBuf>,
+    /// contexts): on disk, in memory, or of the caller's own.
+    pub dirs: BTreeMap<String, Arc<dyn super::fsutil::Source>>,
     /// Secrets by the id a `RUN --mount=type=secret,id=ID` asks for.
     pub secrets: BTreeMap<String, SecretSource>,
     /// SSH agent sockets by id (`default` is the usual id).
@@ -179,6 +200,8 @@ pub struct SessionOptions {
     /// On a Docker Engine, use `Control.Session` over the `/grpc` connection instead of the
     /// Engine's `/session` upgrade (both work; buildx uses the latter).
     pub via_control: bool,
+    /// Services of the caller's own, served beside (or instead of) the built-in ones.
+    pub attachables: Vec<Arc<dyn Attachable>>,
 }
 
 /// A running session. Dropping it (or [`Session::close`]) ends it.
@@ -209,8 +232,9 @@ impl Session {
             .map(|name| (name.clone(), Arc::new(TransferStats::default())))
             .collect();
         let failure = Arc::new(Mutex::new(None));
-        let headers =
-            tunnel::session_headers(&id, &options.shared_key, &announced_methods(&options));
+        let methods = announced_methods(&options);
+        let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+        let headers = tunnel::session_headers(&id, &options.shared_key, &methods);
         let via_control = options.via_control;
         let routes = routes(options, stats.clone());
         let client = client.clone();
@@ -290,23 +314,44 @@ fn routes(
         docker_config,
         shared_key: _,
         via_control: _,
+        attachables,
     } = options;
-    let mut routes = tonic::service::Routes::new(health::service())
-        .add_service(filesync::service(dirs, stats))
-        .add_service(filesend::service(exports))
-        .add_service(auth::service(docker_config));
+    let claimed = claimed_services(&attachables);
+    let mut routes = tonic::service::Routes::builder();
+    // Adds a built-in service unless an attachable of the caller's serves it instead (the
+    // router allows one service per name).
+    macro_rules! offer {
+        ($service:expr) => {{
+            let service = $service;
+            if !claimed.contains(service_name(&service)) {
+                routes.add_service(service);
+            }
+        }};
+    }
+    offer!(health::service());
+    offer!(filesync::service(dirs, stats));
+    offer!(filesend::service(exports));
+    offer!(auth::service(docker_config));
     // Not routed unless configured: a call to either then finds no service (Unimplemented),
     // matching what the session announced.
     if !secrets.is_empty() {
-        routes = routes.add_service(secrets::service(secrets));
+        offer!(secrets::service(secrets));
     }
     if !ssh.is_empty() {
-        routes = routes.add_service(ssh::service(ssh));
+        offer!(ssh::service(ssh));
     }
     if !content_stores.is_empty() {
-        routes = routes.add_service(content::service(content_stores));
+        offer!(content::service(content_stores));
     }
-    routes
+    for attachable in &attachables {
+        attachable.register(&mut routes);
+    }
+    routes.routes()
+}
+
+/// The gRPC name of a generated service, e.g. `moby.filesync.v1.Auth`.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
 }
 
 /// The shared key for a context directory: a hash of this machine's node id (a random value
@@ -377,7 +422,11 @@ mod tests {
     fn secrets_and_ssh_are_announced_only_when_configured() {
         let mut options = SessionOptions::default();
         let plain = announced_methods(&options);
-        assert!(plain.contains(&"/moby.filesync.v1.Auth/Credentials"));
+        assert!(
+            plain
+                .iter()
+                .any(|m| m == "/moby.filesync.v1.Auth/Credentials")
+        );
         assert!(
             !plain
                 .iter()
@@ -388,14 +437,22 @@ mod tests {
             .secrets
             .insert("token".into(), SecretSource::Env("TOKEN".into()));
         let with_secrets = announced_methods(&options);
-        assert!(with_secrets.contains(&"/moby.buildkit.secrets.v1.Secrets/GetSecret"));
+        assert!(
+            with_secrets
+                .iter()
+                .any(|m| m == "/moby.buildkit.secrets.v1.Secrets/GetSecret")
+        );
         assert!(!with_secrets.iter().any(|m| m.contains("SSH")));
 
         options
             .ssh
             .insert("default".into(), PathBuf::from("/run/agent.sock"));
         let with_both = announced_methods(&options);
-        assert!(with_both.contains(&"/moby.sshforward.v1.SSH/ForwardAgent"));
+        assert!(
+            with_both
+                .iter()
+                .any(|m| m == "/moby.sshforward.v1.SSH/ForwardAgent")
+        );
     }
 
     #[test]
