@@ -231,14 +231,32 @@ impl Marshaller<'_> {
         }
     }
 
-    /// Marshals `node` after its inputs, once.
-    fn visit(&mut self, node: &Arc<Node>) -> Result<String, LlbError> {
-        if let Some(digest) = self.done.get(&Arc::as_ptr(node)) {
-            return Ok(digest.clone());
+    /// Marshals the graph under `root` in post-order (each vertex after its inputs, in
+    /// their order, each once). With an explicit stack, not recursion: a graph thousands of
+    /// steps deep must not overflow a small thread stack.
+    fn visit(&mut self, root: &Arc<Node>) -> Result<(), LlbError> {
+        // (vertex, whether its inputs are already on the stack above it)
+        let mut stack = vec![(root.clone(), false)];
+        while let Some((node, inputs_pushed)) = stack.pop() {
+            if self.done.contains_key(&Arc::as_ptr(&node)) {
+                continue;
+            }
+            if inputs_pushed {
+                self.emit(&node)?;
+                continue;
+            }
+            stack.push((node.clone(), true));
+            for input in walk_inputs(&node).into_iter().rev() {
+                if !self.done.contains_key(&Arc::as_ptr(&input.node)) {
+                    stack.push((input.node, false));
+                }
+            }
         }
-        for input in walk_inputs(node) {
-            self.visit(&input.node)?;
-        }
+        Ok(())
+    }
+
+    /// Marshals one vertex whose inputs are done.
+    fn emit(&mut self, node: &Arc<Node>) -> Result<(), LlbError> {
         let (op, caps) = self.op(node)?;
         let bytes = wire::encode_op(&op);
         let digest = digest_of(&bytes);
@@ -254,8 +272,8 @@ impl Marshaller<'_> {
         if self.in_def.insert(digest.clone()) {
             self.def.push(Bytes::from(bytes));
         }
-        self.done.insert(Arc::as_ptr(node), digest.clone());
-        Ok(digest)
+        self.done.insert(Arc::as_ptr(node), digest);
+        Ok(())
     }
 
     /// The op for `node` (its inputs already marshalled) and the caps it needs.
@@ -661,4 +679,26 @@ fn walk_inputs(node: &Node) -> Vec<Output> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A graph far deeper than any real one marshals on a thread with a small stack.
+    #[test]
+    fn deep_graphs_marshal_without_deep_recursion() {
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut st = crate::llb::scratch();
+                for i in 0..20_000 {
+                    st = st.file(crate::llb::mkfile(format!("/f{i}"), 0o644, "x"));
+                }
+                let options = MarshalOptions::for_platform("linux/amd64".parse().unwrap());
+                st.marshal(&options).unwrap().ops().count()
+            })
+            .unwrap();
+        assert_eq!(handle.join().unwrap(), 20_001);
+    }
 }

@@ -60,6 +60,52 @@ pub(crate) struct Node {
     pub options: OpOptions,
 }
 
+impl Node {
+    /// Moves the outputs this vertex holds (its inputs) out of it.
+    fn take_inputs(&mut self, into: &mut Vec<Arc<Node>>) {
+        let mut take = |o: &mut Option<Output>| {
+            if let Some(o) = o.take() {
+                into.push(o.node);
+            }
+        };
+        match &mut self.kind {
+            OpKind::Source(_) => {}
+            OpKind::Exec(spec) => {
+                for m in &mut spec.mounts {
+                    take(&mut m.source.output);
+                }
+            }
+            OpKind::File(spec) => {
+                take(&mut spec.base.output);
+                for action in &mut spec.actions {
+                    if let super::file::FileAction::Copy(c) = action {
+                        take(&mut c.source.output);
+                    }
+                }
+            }
+            OpKind::Merge(inputs) => into.extend(inputs.drain(..).map(|o| o.node)),
+            OpKind::Diff { lower, upper } => {
+                take(lower);
+                take(upper);
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Drops the vertices only this one holds one after the other instead of recursively,
+    /// so that a graph thousands of steps deep does not overflow the stack when it goes.
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.take_inputs(&mut pending);
+        while let Some(node) = pending.pop() {
+            if let Ok(mut node) = Arc::try_unwrap(node) {
+                node.take_inputs(&mut pending);
+            }
+        }
+    }
+}
+
 /// One output of a vertex.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
