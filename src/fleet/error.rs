@@ -261,6 +261,10 @@ pub enum PortForwardError {
     /// Reading from the connection failed.
     #[error("reading from the connection failed")]
     Read(#[source] std::io::Error),
+    /// The port-forward's WebSocket to the API server broke (the API server or the network
+    /// went away) or carried something the protocol does not allow.
+    #[error("the port-forward's connection to the API server broke")]
+    Broken(#[source] std::io::Error),
 }
 
 impl PortForwardError {
