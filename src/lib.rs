@@ -6,7 +6,9 @@
 //! Engine's embedded BuildKit, or any byte stream you supply. The [`fleet`] module runs a
 //! Kubernetes BuildKit fleet through the Kubernetes API (no `kubectl`): choosing and scaling
 //! pods, port-forwards (`kube-pod://` endpoints via [`fleet::connect`]), tunnels, cache clearing.
-//! [`multiplatform`] is the whole multi-platform and cluster build as one call.
+//! [`multiplatform`] is the whole multi-platform and cluster build as one call. [`llb`] builds
+//! BuildKit's LLB graphs in Rust, byte for byte as Go's `client/llb` marshals them, for
+//! [`buildkit::Client::build`] to solve.
 //!
 //! Data flows one way: [`multiplatform`] -> ([`config`], [`fleet`]) -> [`buildkit`] ->
 //! [`registry`]; a module never imports one above it (`tests/integration/borders.rs`).
