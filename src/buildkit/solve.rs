@@ -28,8 +28,8 @@ use super::session::{
 };
 use super::spec::{CacheSpec, OutputSpec};
 use super::stores::BuildStores;
-use crate::registry::DockerConfig;
 use crate::registry::credentials::CredentialsError;
+use crate::registry::{CredentialsProvider, DockerConfig};
 
 /// After Solve returns, how long the status stream may stay silent before we stop waiting
 /// for its end (buildctl's value).
@@ -112,6 +112,9 @@ pub struct BuildOptions {
     /// Session services of the caller's own, reached by the frontend or the build's steps
     /// (a secret store, an SSH agent, …).
     pub attachables: Vec<Arc<dyn Attachable>>,
+    /// Where the daemon's registry credentials come from, in place of the Docker config
+    /// (`registry_auth` is then not looked at).
+    pub credentials: Option<Arc<dyn CredentialsProvider>>,
 }
 
 impl BuildOptions {
@@ -421,10 +424,10 @@ impl BuildOptions {
                 (None, _) => ExportTarget::None,
             })
             .collect();
-        let docker_config = if self.registry_auth {
-            Some(Arc::new(DockerConfig::load()?))
-        } else {
-            None
+        let credentials = match (&self.credentials, self.registry_auth) {
+            (Some(provider), _) => Some(provider.clone()),
+            (None, true) => Some(Arc::new(DockerConfig::load()?) as Arc<dyn CredentialsProvider>),
+            (None, false) => None,
         };
         Ok(SessionOptions {
             content_stores: BTreeMap::new(),
@@ -432,7 +435,7 @@ impl BuildOptions {
             secrets: self.secrets.clone(),
             ssh: self.ssh.clone(),
             exports,
-            docker_config,
+            credentials,
             shared_key,
             via_control: self.session_via_control,
             attachables: self.attachables.clone(),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 #[cfg(feature = "aws")]
@@ -28,7 +29,17 @@ const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 
 /// Why credentials could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CredentialsError {
+    /// A [`CredentialsProvider`] of the caller's own failed.
+    #[error("cannot get credentials for {registry}")]
+    Provider {
+        /// The registry host asked about.
+        registry: String,
+        /// The provider's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The config file exists but cannot be read.
     #[error("cannot read docker config {path}")]
     Read {
@@ -92,6 +103,59 @@ pub enum CredentialsError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where registry credentials come from, asked once per registry host when they are needed:
+/// for the daemon's pushes and pulls during a build (the session's Auth service), through
+/// [`BuildOptions::credentials`](crate::buildkit::BuildOptions::credentials).
+/// [`DockerConfig`] is one; implement it to serve logins from a secret store of your own.
+///
+/// ```
+/// use futures_util::future::BoxFuture;
+/// use pf_buildkit::registry::{Credential, CredentialsError, CredentialsProvider};
+///
+/// /// One robot account for one registry; anonymous elsewhere.
+/// struct Robot;
+///
+/// impl CredentialsProvider for Robot {
+///     fn credentials<'a>(
+///         &'a self,
+///         registry: &'a str,
+///     ) -> BoxFuture<'a, Result<Option<Credential>, CredentialsError>> {
+///         Box::pin(async move {
+///             Ok((registry == "registry.example").then(|| Credential::Basic {
+///                 username: "robot".into(),
+///                 password: std::env::var("ROBOT_TOKEN").unwrap_or_default(),
+///             }))
+///         })
+///     }
+/// }
+/// ```
+pub trait CredentialsProvider: Send + Sync + 'static {
+    /// The credentials for `registry` (`HOST[:PORT]`); `None` means anonymous access.
+    ///
+    /// # Errors
+    /// Why they cannot be had; [`CredentialsError::Provider`] carries an error of your own.
+    fn credentials<'a>(
+        &'a self,
+        registry: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Credential>, CredentialsError>>;
+}
+
+impl fmt::Debug for dyn CredentialsProvider {
+    /// Nothing of what a provider holds: it may be secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialsProvider")
+    }
+}
+
+impl CredentialsProvider for DockerConfig {
+    fn credentials<'a>(
+        &'a self,
+        registry: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Credential>, CredentialsError>> {
+        Box::pin(self.resolve(registry))
+    }
 }
 
 /// Credentials for one registry. `Debug` never shows the secret.

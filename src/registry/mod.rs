@@ -32,7 +32,7 @@ pub use assemble::{
     assemble_index,
 };
 pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source};
-pub use credentials::{Credential, DockerConfig};
+pub use credentials::{Credential, CredentialsError, CredentialsProvider, DockerConfig};
 pub use error::{Error, ProtocolMismatch};
 pub use http::RetryPolicy;
 pub use platform::{Platform, expand_template, has_placeholder, parse_platforms};

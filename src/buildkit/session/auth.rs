@@ -1,5 +1,6 @@
-//! `moby.filesync.v1.Auth`: registry credentials from the Docker configuration (and ECR
-//! logins for ECR hosts it has nothing for), so the daemon itself can push. Token
+//! `moby.filesync.v1.Auth`: registry credentials from a provider (the Docker configuration,
+//! with ECR logins for ECR hosts it has nothing for, or the caller's own), so the daemon itself
+//! can push. Token
 //! authority calls answer Unavailable, so the daemon falls back to `Credentials` and fetches
 //! tokens itself.
 
@@ -11,14 +12,14 @@ use crate::buildkit::proto::moby::filesync::v1::{
     GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
     VerifyTokenAuthorityResponse,
 };
-use crate::registry::{Credential, DockerConfig};
+use crate::registry::{Credential, CredentialsProvider};
 
-pub(super) fn service(config: Option<Arc<DockerConfig>>) -> AuthServer<AuthService> {
+pub(super) fn service(config: Option<Arc<dyn CredentialsProvider>>) -> AuthServer<AuthService> {
     AuthServer::new(AuthService { config })
 }
 
 pub(super) struct AuthService {
-    config: Option<Arc<DockerConfig>>,
+    config: Option<Arc<dyn CredentialsProvider>>,
 }
 
 #[tonic::async_trait]
@@ -31,8 +32,9 @@ impl Auth for AuthService {
         let Some(config) = self.config.clone() else {
             return Ok(tonic::Response::new(CredentialsResponse::default()));
         };
-        // Helpers (programs) and ECR (an AWS call) are both behind `resolve`.
-        let found = config.resolve(&host).await;
+        // Helpers (programs) and ECR (an AWS call) are both behind the Docker config's
+        // provider; a provider of the caller's may do anything.
+        let found = config.credentials(&host).await;
         match found {
             Ok(Some(credential)) => {
                 tracing::debug!(%host, "serving registry credentials");
@@ -87,7 +89,9 @@ mod tests {
 
     fn service(json: &str) -> AuthService {
         AuthService {
-            config: Some(Arc::new(DockerConfig::from_json(json).unwrap())),
+            config: Some(Arc::new(
+                crate::registry::DockerConfig::from_json(json).unwrap(),
+            )),
         }
     }
 

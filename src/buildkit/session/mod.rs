@@ -17,7 +17,7 @@ use super::Client;
 use super::random::random_bytes;
 // `pub(crate)`: the LLB marshaller names its local sources with session-style ids too.
 pub(crate) use super::random::random_id;
-use crate::registry::DockerConfig;
+use crate::registry::CredentialsProvider;
 
 mod attachable;
 mod auth;
@@ -192,8 +192,9 @@ pub struct SessionOptions {
     /// `local:<dir>` for local caches, `export` for an OCI layout output, `oci:<name>` for
     /// `--oci-layout` inputs. The content service is offered only when there is one.
     pub content_stores: BTreeMap<String, Arc<crate::buildkit::oci_layout::LayoutStore>>,
-    /// Serve registry credentials from the Docker configuration.
-    pub docker_config: Option<Arc<DockerConfig>>,
+    /// Serve registry credentials from this provider (the Docker configuration, or the
+    /// caller's own); none means anonymous access.
+    pub credentials: Option<Arc<dyn CredentialsProvider>>,
     /// The shared key: equal keys let the daemon reuse the last transfer of a directory, so
     /// an unchanged context sends no file data. See [`shared_key_for`].
     pub shared_key: String,
@@ -311,7 +312,7 @@ fn routes(
         ssh,
         exports,
         content_stores,
-        docker_config,
+        credentials,
         shared_key: _,
         via_control: _,
         attachables,
@@ -331,7 +332,7 @@ fn routes(
     offer!(health::service());
     offer!(filesync::service(dirs, stats));
     offer!(filesend::service(exports));
-    offer!(auth::service(docker_config));
+    offer!(auth::service(credentials));
     // Not routed unless configured: a call to either then finds no service (Unimplemented),
     // matching what the session announced.
     if !secrets.is_empty() {
