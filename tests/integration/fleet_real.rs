@@ -495,3 +495,71 @@ async fn real_cluster_build_scales_up_and_builds_over_port_forwards() {
         );
     }
 }
+
+/// A library fleet for `real`'s kubeconfig, context `fake` (the test's user).
+async fn fleet_for(real: &RealKube) -> pf_buildkit::fleet::Fleet {
+    let kubeconfig = kube::config::Kubeconfig::read_from(real.kubeconfig()).unwrap();
+    let options = kube::config::KubeConfigOptions {
+        context: Some("fake".into()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    pf_buildkit::fleet::Fleet::from_config(config, false, Some("fake")).unwrap()
+}
+
+#[tokio::test]
+async fn real_api_server_restarted_during_a_tunnel_fails_open_connections_and_serves_new_ones() {
+    use pf_buildkit::fleet::{Arch, TunnelOptions};
+    if !crate::real_kube::present(module_path!()) {
+        return;
+    }
+    // Its own control plane: this test kills and restarts the API server.
+    let mut cp = crate::real_kube::control_plane::ControlPlane::start().await;
+    let real = RealKube::start(
+        Scenario::new().statefulset("amd64", 1, 1, None).pod(
+            "buildkit-amd64-0",
+            "Running",
+            "10.0.0.10",
+            true,
+        ),
+        &cp.server(),
+    )
+    .await;
+    let fleet = fleet_for(&real).await;
+    let options = TunnelOptions {
+        record_interval: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let tunnel = fleet.tunnel(Arch::Amd64, &options, &|_| {}).await.unwrap();
+    let addr = format!("tcp://{}", tunnel.local_addr());
+    let endpoint: Endpoint = addr.parse().unwrap();
+    let open = Client::connect(endpoint.clone(), &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!open.workers().await.unwrap().is_empty());
+
+    cp.kill_apiserver();
+    // The open connection went through the API server: it fails, and does not hang.
+    let call = tokio::time::timeout(Duration::from_secs(30), open.workers()).await;
+    assert!(matches!(call, Ok(Err(_))), "{call:?}");
+    // A new one fails in one line while the server is down.
+    let o = real.run(&["workers", "--addr", &addr]).await;
+    assert_one_line_failure(&o);
+
+    cp.start_apiserver().await;
+    let restarted = now();
+    let o = real.run(&["workers", "--addr", &addr]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let fresh = Client::connect(endpoint, &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!fresh.workers().await.unwrap().is_empty());
+    // The tunnel kept recording builds across the restart.
+    real.wait_until("a build recorded after the restart", || async {
+        annotation(&real.statefulset("buildkit-amd64").await).is_some_and(|s| s > restarted)
+    })
+    .await;
+    tunnel.close().await;
+}

@@ -13,6 +13,8 @@
 //! Requests are read back from the API server's audit log.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
