@@ -80,12 +80,6 @@ impl Image {
         }
     }
 
-    /// A name for the progress output.
-    pub fn custom_name(mut self, name: impl Into<String>) -> Self {
-        self.options.custom_name = Some(name.into());
-        self
-    }
-
     /// The source as a state.
     pub fn into_state(self) -> State {
         let (reference, error) = match crate::registry::parse_reference(&self.reference) {
@@ -210,12 +204,6 @@ impl Local {
             unique_id: Some(id.into()),
             ..self
         }
-    }
-
-    /// A name for the progress output.
-    pub fn custom_name(mut self, name: impl Into<String>) -> Self {
-        self.options.custom_name = Some(name.into());
-        self
     }
 
     /// The source as a state.
@@ -359,12 +347,6 @@ impl Git {
             ssh_socket: Some(id.into()),
             ..self
         }
-    }
-
-    /// A name for the progress output.
-    pub fn custom_name(mut self, name: impl Into<String>) -> Self {
-        self.options.custom_name = Some(name.into());
-        self
     }
 
     /// The source as a state.
@@ -529,12 +511,6 @@ impl Http {
         }
     }
 
-    /// A name for the progress output.
-    pub fn custom_name(mut self, name: impl Into<String>) -> Self {
-        self.options.custom_name = Some(name.into());
-        self
-    }
-
     /// The source as a state.
     pub fn into_state(self) -> State {
         let mut attrs = BTreeMap::new();
@@ -572,6 +548,27 @@ impl Http {
         source_state(spec, self.options, None)
     }
 }
+
+/// The op options every source builder takes.
+macro_rules! op_options {
+    ($($source:ident),*) => {$(
+        impl $source {
+            /// A name for the progress output.
+            pub fn custom_name(mut self, name: impl Into<String>) -> Self {
+                self.options.custom_name = Some(name.into());
+                self
+            }
+
+            /// Fetches again even when the result is cached.
+            pub fn ignore_cache(mut self) -> Self {
+                self.options.ignore_cache = true;
+                self
+            }
+        }
+    )*};
+}
+
+op_options!(Image, Local, Git, Http);
 
 fn source_state(spec: SourceSpec, options: OpOptions, platform: Option<Platform>) -> State {
     State::from_node(
