@@ -4,12 +4,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 mod cli;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match cli::Cli::try_parse_from(&argv) {
+        Ok(args) => args,
+        Err(err) => return usage_error(&err, &argv),
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -51,7 +55,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("pf-buildkit: {}", cli::error::format_error(&err));
-            ExitCode::FAILURE
+            if cli::usage::is_usage(&err) {
+                ExitCode::from(cli::usage::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -108,6 +116,25 @@ fn init_logging() {
             ))
             .init(),
     }
+}
+
+/// clap's verdict on the arguments: help and version are results (stdout, exit 0); anything
+/// else is a usage error, one line in the project's style, exit 2.
+fn usage_error(err: &clap::Error, argv: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return match err.print() {
+            Ok(()) => ExitCode::SUCCESS,
+            // A closed stdout ends quietly, as for every other result.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    eprintln!("pf-buildkit: {}", cli::usage::clap_line(err, argv));
+    ExitCode::from(cli::usage::EXIT_CODE)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

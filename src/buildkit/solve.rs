@@ -211,7 +211,8 @@ impl BuildOptions {
             .unwrap_or_else(|| self.context.join("Dockerfile"))
     }
 
-    /// Checks what can be checked before contacting the daemon: directories and files exist,
+    /// Checks what can be checked before contacting the daemon: the options agree with each
+    /// other (one OCI layout output, named layouts offered), directories and files exist,
     /// secrets are readable, SSH agents are given, output destinations can be written.
     ///
     /// # Errors
@@ -221,6 +222,7 @@ impl BuildOptions {
     }
 
     fn check(&self) -> Result<(), InvalidOptions> {
+        super::stores::check_flags(self)?;
         // A context of another source (a tree in memory) has nothing on disk to check.
         if self.is_dockerfile_build() && !self.sources.contains_key("context") {
             self.check_dockerfile_inputs()?;

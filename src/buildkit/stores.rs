@@ -66,6 +66,7 @@ impl BuildStores {
     pub(crate) fn prepare(
         options: &BuildOptions,
     ) -> Result<(BuildOptions, BuildStores), InvalidOptions> {
+        check_flags(options)?;
         let mut resolved = options.clone();
         let mut stores = BuildStores::default();
 
@@ -124,9 +125,6 @@ impl BuildStores {
         }
 
         for output in resolved.outputs.iter_mut().filter(|o| o.is_layout_dir()) {
-            if stores.oci_output.is_some() {
-                return Err(InvalidOptions::TwoLayoutOutputs);
-            }
             let role = StoreRole::LayoutOutput;
             let dest = output.dest.clone().unwrap_or_default();
             let path = absolute_str(&role, &dest)?;
@@ -140,12 +138,6 @@ impl BuildStores {
 
         let mut layouts = BTreeMap::new();
         for (name, dir) in &options.oci_layouts {
-            if name.is_empty()
-                || name.contains([':', '@', ','])
-                || name != &name.to_ascii_lowercase()
-            {
-                return Err(InvalidOptions::OciLayoutName { name: name.clone() });
-            }
             let role = StoreRole::OciLayout { name: name.clone() };
             let store = LayoutStore::for_reading(dir).map_err(unusable(&role, dir))?;
             let store = Arc::new(store);
@@ -288,6 +280,35 @@ fn descriptor_digest(
 }
 
 /// Splits `NAME[:TAG][@DIGEST]`.
+/// The store options' checks that need no file: at most one layout output, layout names
+/// that are reference names, and an offered layout for every `oci-layout://NAME` context.
+/// [`BuildOptions::validate`] runs them too, so such options fail before anything is opened
+/// or sent.
+pub(crate) fn check_flags(options: &BuildOptions) -> Result<(), InvalidOptions> {
+    if options.outputs.iter().filter(|o| o.is_layout_dir()).count() > 1 {
+        return Err(InvalidOptions::TwoLayoutOutputs);
+    }
+    if let Some(name) = options.oci_layouts.keys().find(|name| {
+        name.is_empty() || name.contains([':', '@', ',']) || **name != name.to_ascii_lowercase()
+    }) {
+        return Err(InvalidOptions::OciLayoutName { name: name.clone() });
+    }
+    for (key, value) in &options.frontend_attrs {
+        let Some(reference) = value.strip_prefix(OCI_LAYOUT_SCHEME) else {
+            continue;
+        };
+        let (name, _, _) = split_reference(reference);
+        if !options.oci_layouts.contains_key(name) {
+            return Err(InvalidOptions::UnknownOciLayout {
+                key: key.clone(),
+                value: value.clone(),
+                name: name.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn split_reference(reference: &str) -> (&str, Option<&str>, Option<&str>) {
     let (rest, digest) = match reference.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),

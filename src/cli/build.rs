@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::str::FromStr as _;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use pf_buildkit::buildkit::progress::ProgressMode;
 use pf_buildkit::buildkit::spec::{
-    CacheDirection, CacheSpec, OutputSpec, SecretSpec, SshSpec, parse_key_value,
+    CacheDirection, CacheSpec, OutputSpec, SecretSpec, SpecError, SshSpec, parse_key_value,
 };
-use pf_buildkit::buildkit::{BuildError, BuildOptions, write_metadata_file};
+use pf_buildkit::buildkit::{BuildError, BuildOptions, InvalidOptions, write_metadata_file};
 
+use super::usage::UsageError;
 use super::{GlobalArgs, Outcome};
 
 #[derive(Debug, Args)]
@@ -26,11 +28,11 @@ pub struct BuildArgs {
     #[arg(long)]
     target: Option<String>,
     /// Build argument (repeatable)
-    #[arg(long = "build-arg", value_name = "K=V")]
-    build_args: Vec<String>,
+    #[arg(long = "build-arg", value_name = "K=V", value_parser = key_value)]
+    build_args: Vec<(String, String)>,
     /// Image label (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
-    labels: Vec<String>,
+    #[arg(long = "label", value_name = "K=V", value_parser = key_value)]
+    labels: Vec<(String, String)>,
     /// Target platforms, comma-separated (repeatable)
     #[arg(long = "platform", value_name = "P[,P]")]
     platforms: Vec<String>,
@@ -38,22 +40,22 @@ pub struct BuildArgs {
     #[arg(long)]
     no_cache: bool,
     /// Secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR (repeatable)
-    #[arg(long = "secret", value_name = "SPEC")]
-    secrets: Vec<String>,
+    #[arg(long = "secret", value_name = "SPEC", value_parser = SecretSpec::from_str)]
+    secrets: Vec<SecretSpec>,
     /// SSH agent for RUN --mount=type=ssh: default, ID or ID=SOCKET (repeatable)
-    #[arg(long = "ssh", value_name = "SPEC")]
-    ssh: Vec<String>,
+    #[arg(long = "ssh", value_name = "SPEC", value_parser = SshSpec::from_str)]
+    ssh: Vec<SshSpec>,
     /// Extra local directory served to the daemon, as buildctl's --local; use it with
     /// --opt context:NAME=local:NAME (repeatable)
-    #[arg(long = "local", value_name = "NAME=DIR")]
-    locals: Vec<String>,
+    #[arg(long = "local", value_name = "NAME=DIR", value_parser = key_value)]
+    locals: Vec<(String, String)>,
     /// OCI layout directory offered to the daemon by name, as buildctl's --oci-layout; use it
     /// with --opt context:NAME=oci-layout://NAME:TAG or …@sha256:DIGEST (repeatable)
-    #[arg(long = "oci-layout", value_name = "NAME=DIR")]
-    oci_layouts: Vec<String>,
+    #[arg(long = "oci-layout", value_name = "NAME=DIR", value_parser = key_value)]
+    oci_layouts: Vec<(String, String)>,
     /// Raw frontend attribute, e.g. force-network-mode=none (repeatable)
-    #[arg(long = "opt", value_name = "K=V")]
-    opts: Vec<String>,
+    #[arg(long = "opt", value_name = "K=V", value_parser = key_value)]
+    opts: Vec<(String, String)>,
     /// Progress output on stderr
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     progress: Progress,
@@ -63,14 +65,14 @@ pub struct BuildArgs {
     /// Output in buildctl syntax, e.g. type=image,name=R,push=true, type=local,dest=DIR or
     /// type=oci,dest=DIR,tar=false
     /// (repeatable)
-    #[arg(long = "output", short = 'o', value_name = "SPEC")]
-    outputs: Vec<String>,
+    #[arg(long = "output", short = 'o', value_name = "SPEC", value_parser = OutputSpec::from_str)]
+    outputs: Vec<OutputSpec>,
     /// Cache export, e.g. type=registry,ref=R,mode=max or type=local,dest=DIR (repeatable)
-    #[arg(long = "export-cache", value_name = "SPEC")]
-    export_cache: Vec<String>,
+    #[arg(long = "export-cache", value_name = "SPEC", value_parser = cache_export)]
+    export_cache: Vec<CacheSpec>,
     /// Cache import, e.g. type=registry,ref=R or type=local,src=DIR (repeatable)
-    #[arg(long = "import-cache", value_name = "SPEC")]
-    import_cache: Vec<String>,
+    #[arg(long = "import-cache", value_name = "SPEC", value_parser = cache_import)]
+    import_cache: Vec<CacheSpec>,
     #[command(flatten)]
     multi: super::multiplatform::MultiArgs,
 }
@@ -101,13 +103,32 @@ impl From<Progress> for ProgressMode {
     }
 }
 
-fn key_values(what: &'static str, values: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for v in values {
-        let (k, v) = parse_key_value(what, v)?;
-        map.insert(k, v);
-    }
-    Ok(map)
+// The flags' values are parsed by clap, so a malformed one is a usage error (exit 2) found
+// before anything is read or sent.
+
+fn key_value(text: &str) -> Result<(String, String), SpecError> {
+    parse_key_value("value", text)
+}
+
+fn cache_export(text: &str) -> Result<CacheSpec, SpecError> {
+    CacheSpec::parse(text, CacheDirection::Export)
+}
+
+fn cache_import(text: &str) -> Result<CacheSpec, SpecError> {
+    CacheSpec::parse(text, CacheDirection::Import)
+}
+
+/// `K=V` pairs as a map; a key given twice keeps its last value, as in buildctl.
+fn key_values(pairs: &[(String, String)]) -> BTreeMap<String, String> {
+    pairs.iter().cloned().collect()
+}
+
+/// Paths of `NAME=DIR` pairs.
+fn named_dirs(pairs: &[(String, String)]) -> BTreeMap<String, PathBuf> {
+    pairs
+        .iter()
+        .map(|(name, dir)| (name.clone(), PathBuf::from(dir)))
+        .collect()
 }
 
 impl TryFrom<&BuildArgs> for BuildOptions {
@@ -117,9 +138,9 @@ impl TryFrom<&BuildArgs> for BuildOptions {
         let mut options = BuildOptions::new(&args.context);
         options.dockerfile = args.file.clone();
         options.target = args.target.clone();
-        options.build_args = key_values("--build-arg", &args.build_args)?;
-        options.labels = key_values("--label", &args.labels)?;
-        options.frontend_attrs = key_values("--opt", &args.opts)?;
+        options.build_args = key_values(&args.build_args);
+        options.labels = key_values(&args.labels);
+        options.frontend_attrs = key_values(&args.opts);
         options.platforms = args
             .platforms
             .iter()
@@ -129,22 +150,16 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .map(str::to_owned)
             .collect();
         options.no_cache = args.no_cache;
-        options.locals = key_values("--local", &args.locals)?
-            .into_iter()
-            .map(|(name, dir)| (name, PathBuf::from(dir)))
-            .collect();
-        options.oci_layouts = key_values("--oci-layout", &args.oci_layouts)?
-            .into_iter()
-            .map(|(name, dir)| (name, PathBuf::from(dir)))
-            .collect();
-        for spec in &args.secrets {
-            let secret: SecretSpec = spec.parse().context("--secret")?;
-            options.secrets.insert(secret.id, secret.source);
+        options.locals = named_dirs(&args.locals);
+        options.oci_layouts = named_dirs(&args.oci_layouts);
+        for secret in &args.secrets {
+            options
+                .secrets
+                .insert(secret.id.clone(), secret.source.clone());
         }
-        for spec in &args.ssh {
-            let ssh: SshSpec = spec.parse().context("--ssh")?;
-            let socket = match ssh.socket {
-                Some(socket) => socket,
+        for ssh in &args.ssh {
+            let socket = match &ssh.socket {
+                Some(socket) => socket.clone(),
                 None => std::env::var_os("SSH_AUTH_SOCK")
                     .filter(|s| !s.is_empty())
                     .map(PathBuf::from)
@@ -155,29 +170,51 @@ impl TryFrom<&BuildArgs> for BuildOptions {
                         )
                     })?,
             };
-            options.ssh.insert(ssh.id, socket);
+            options.ssh.insert(ssh.id.clone(), socket);
         }
-        for spec in &args.outputs {
-            options
-                .outputs
-                .push(spec.parse::<OutputSpec>().context("--output")?);
-        }
-        for spec in &args.export_cache {
-            options
-                .cache_exports
-                .push(CacheSpec::parse(spec, CacheDirection::Export).context("--export-cache")?);
-        }
-        for spec in &args.import_cache {
-            options
-                .cache_imports
-                .push(CacheSpec::parse(spec, CacheDirection::Import).context("--import-cache")?);
-        }
-        options.validate()?;
+        options.outputs = args.outputs.clone();
+        options.cache_exports = args.export_cache.clone();
+        options.cache_imports = args.import_cache.clone();
+        options.validate().map_err(flag_error)?;
         Ok(options)
     }
 }
 
+/// A build option error that is the command line's own (flags that contradict each other, a
+/// malformed name) is a usage error; the others (a missing file, an unreadable secret) are
+/// failures.
+fn flag_error(err: BuildError) -> anyhow::Error {
+    match &err {
+        BuildError::Invalid(
+            InvalidOptions::TwoLayoutOutputs
+            | InvalidOptions::OciLayoutName { .. }
+            | InvalidOptions::UnknownOciLayout { .. },
+        ) => UsageError::Rejected(Box::new(err)).into(),
+        _ => err.into(),
+    }
+}
+
+/// Flags of the single build that the multi-platform build replaces.
+fn check_combinations(args: &BuildArgs) -> Result<(), UsageError> {
+    if args.multi.repo.is_none() {
+        return Ok(());
+    }
+    if !args.outputs.is_empty() {
+        return Err(UsageError::Combination(
+            "--output cannot be combined with --repo: the images go to REGISTRY/REPO:TAG-ARCH"
+                .into(),
+        ));
+    }
+    if !args.platforms.is_empty() {
+        return Err(UsageError::Combination(
+            "--platform cannot be combined with --repo: use --arch".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn build(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<Outcome> {
+    check_combinations(args)?;
     let options = BuildOptions::try_from(args)?;
     if let Some(path) = &args.metadata_file
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())

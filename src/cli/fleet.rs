@@ -103,7 +103,7 @@ pub struct ScaleUpArgs {
     #[arg(long)]
     wait: bool,
     /// Seconds to wait in all
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = super::units::parse_seconds)]
     timeout: Duration,
     /// Show no progress lines (errors still are)
     #[arg(long, short)]
@@ -116,7 +116,7 @@ pub struct ScaleUpArgs {
 pub struct ScaleDownArgs {
     /// Only scale down architectures with no build recorded within this many seconds
     /// (default: scale down regardless)
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = super::units::parse_seconds)]
     timeout: Option<Duration>,
     #[command(flatten)]
     kube: KubeArgs,
@@ -128,10 +128,10 @@ pub struct TunnelArgs {
     #[arg(long, value_name = "ARCH")]
     arch: Arch,
     /// Local port on 127.0.0.1 (0: pick a free one); the port is printed on stdout
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse_port)]
     port: u16,
     /// Seconds to wait for the architecture to scale up
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_WAIT_SECONDS, value_parser = super::units::parse_seconds)]
     timeout: Duration,
     /// Show no progress lines (errors still are)
     #[arg(long, short)]
@@ -152,15 +152,11 @@ pub struct CacheClearArgs {
     kube: KubeArgs,
 }
 
-/// A whole number of seconds; clap reports anything else as a usage error (exit 2).
-fn parse_seconds(value: &str) -> Result<Duration, String> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{value:?} must be a whole number of seconds"));
-    }
-    let secs: u64 = value
+/// A TCP port, 0 to 65535, named in the error when it is not one.
+fn parse_port(value: &str) -> Result<u16, String> {
+    value
         .parse()
-        .map_err(|_| format!("{value:?} is too large a number of seconds"))?;
-    Ok(Duration::from_secs(secs))
+        .map_err(|_| format!("{value:?} is not a port number (0 to 65535)"))
 }
 
 /// Runs a fleet command.

@@ -9,6 +9,7 @@ use pf_buildkit::registry::{
 };
 
 use super::Outcome;
+use super::usage::UsageError;
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {
@@ -74,9 +75,10 @@ pub async fn run(args: ManifestArgs) -> anyhow::Result<Outcome> {
 
 async fn push(args: PushArgs) -> anyhow::Result<Outcome> {
     // Validate everything before talking to any registry.
-    let platforms = parse_platforms(&args.platforms)?;
-    let sources = sources_from_template(&args.template, &platforms)?;
-    let target = parse_reference(&args.target)?;
+    let platforms = parse_platforms(&args.platforms).map_err(UsageError::of("--platforms"))?;
+    let sources =
+        sources_from_template(&args.template, &platforms).map_err(UsageError::of("--template"))?;
+    let target = parse_reference(&args.target).map_err(UsageError::of("--target"))?;
     let client = client(args.insecure_registry)?;
     let pushed = client.push_index(&target, &sources).await?;
     let mut out = std::io::stdout().lock();
@@ -85,7 +87,7 @@ async fn push(args: PushArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn inspect(args: InspectArgs) -> anyhow::Result<Outcome> {
-    let reference = parse_reference(&args.reference)?;
+    let reference = parse_reference(&args.reference).map_err(UsageError::of("REFERENCE"))?;
     let fetched = client(args.insecure_registry)?
         .fetch_manifest(&reference)
         .await?;

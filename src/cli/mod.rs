@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use pf_buildkit::buildkit::{Client, Endpoint, Pem, TlsOptions};
+use pf_buildkit::buildkit::{Client, Endpoint, ParseEndpointError, Pem, TlsOptions};
 
 mod build;
 mod daemon;
@@ -16,6 +16,7 @@ mod manifest;
 mod multiplatform;
 mod prefix;
 mod units;
+pub mod usage;
 
 /// How a command ended, for the exit code.
 pub enum Outcome {
@@ -47,7 +48,7 @@ pub struct GlobalArgs {
     /// BuildKit address: tcp://HOST:PORT, unix:///PATH, docker://, docker+unix:///PATH,
     /// kube-pod://POD?namespace=NS&context=CTX&port=1234 [default:
     /// unix:///run/buildkit/buildkitd.sock]
-    #[arg(long, global = true, env = "BUILDKIT_HOST")]
+    #[arg(long, global = true, env = "BUILDKIT_HOST", value_parser = endpoint)]
     pub addr: Option<String>,
     /// CA certificate (PEM) that signs the daemon's certificate
     #[arg(long, global = true, value_name = "FILE")]
@@ -61,6 +62,12 @@ pub struct GlobalArgs {
     /// Name to verify in the daemon's certificate (default: the host of --addr)
     #[arg(long, global = true, value_name = "NAME")]
     pub tlsservername: Option<String>,
+}
+
+/// An address the client can dial (`kube-pod://` included), kept as typed: a usage error
+/// names what is wrong with it.
+fn endpoint(text: &str) -> Result<String, ParseEndpointError> {
+    pf_buildkit::fleet::parse(text).map(|_| text.to_owned())
 }
 
 impl GlobalArgs {

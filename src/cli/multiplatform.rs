@@ -9,10 +9,11 @@ use pf_buildkit::buildkit::progress::{
     PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
 };
 use pf_buildkit::buildkit::{BuildOptions, Endpoint};
-use pf_buildkit::multiplatform::{BuildRequest, Event, Metadata, PushMode};
+use pf_buildkit::multiplatform::{BuildRequest, Error, Event, InvalidRequest, Metadata, PushMode};
 
 use super::live::{Live, LiveMode};
 use super::prefix::PrefixedLines;
+use super::usage::UsageError;
 use super::{DEFAULT_ADDR, GlobalArgs, Outcome};
 use pf_buildkit::fleet::ReadyProgress;
 
@@ -57,8 +58,8 @@ pub struct MultiArgs {
     pub kube_context: Option<String>,
     /// Seconds to wait for the cluster's BuildKit to scale up (one deadline for all
     /// architectures)
-    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "repo")]
-    pub timeout: u64,
+    #[arg(long, value_name = "SECONDS", default_value = "600", requires = "repo", value_parser = super::units::parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// `ARCH=ENDPOINT`; clap reports a malformed one as a usage error (exit 2).
@@ -68,6 +69,22 @@ fn parse_builder(spec: &str) -> Result<(String, Endpoint), String> {
         .ok_or_else(|| "expected ARCH=ENDPOINT, e.g. arm64=tcp://10.0.0.7:1234".to_owned())?;
     let endpoint = pf_buildkit::fleet::parse(addr).map_err(|e| e.to_string())?;
     Ok((arch.to_owned(), endpoint))
+}
+
+/// A request the library refused for a value the command line gave (an architecture, the
+/// repository, the tag, `--registry`, a `--builder` not built) is a usage error; a refusal of
+/// what `buildkit.json` holds, or anything else, is a failure.
+fn flag_error(err: Error, args: &MultiArgs) -> anyhow::Error {
+    let usage = match &err {
+        Error::Invalid(InvalidRequest::Registry { .. }) => args.registry.is_some(),
+        Error::Invalid(_) | Error::UnusedBuilder { .. } => true,
+        _ => false,
+    };
+    if usage {
+        UsageError::Rejected(Box::new(err)).into()
+    } else {
+        err.into()
+    }
 }
 
 /// Parses the flags into a [`BuildRequest`], runs it with the binary's progress and
@@ -82,14 +99,6 @@ pub async fn run(
     let (Some(repo), Some(tag)) = (&args.repo, &args.tag) else {
         anyhow::bail!("--repo and --tag go together");
     };
-    if !options.outputs.is_empty() {
-        anyhow::bail!(
-            "--output cannot be combined with --repo: the images go to REGISTRY/REPO:TAG-ARCH"
-        );
-    }
-    if !options.platforms.is_empty() {
-        anyhow::bail!("--platform cannot be combined with --repo: use --arch");
-    }
     let mut request = BuildRequest::new(options, repo, tag);
     request.registry = args.registry.clone();
     request.arches = args.arches.clone();
@@ -99,13 +108,16 @@ pub async fn run(
             .insert(arch.clone(), endpoint.clone())
             .is_some()
         {
-            anyhow::bail!("--builder: architecture {arch} is given twice");
+            return Err(UsageError::Combination(format!(
+                "--builder: architecture {arch} is given twice"
+            ))
+            .into());
         }
     }
     request.shared = global.addr.as_deref().map(str::parse).transpose()?;
     request.fallback = Some(DEFAULT_ADDR.parse()?);
     request.kube_context = args.kube_context.clone();
-    request.scale_up_wait = Duration::from_secs(args.timeout);
+    request.scale_up_wait = args.timeout;
     request.tls = global.tls();
     request.insecure_registry = args.insecure_registry;
     request.cache_dir = args.cache_dir.clone();
@@ -114,7 +126,9 @@ pub async fn run(
     } else {
         PushMode::Auto
     };
-    let plan = request.plan_in(&std::env::current_dir()?)?;
+    let plan = request
+        .plan_in(&std::env::current_dir()?)
+        .map_err(|err| flag_error(err, args))?;
 
     let live = Live::new(LiveMode::for_stderr(progress == ProgressMode::Quiet));
     let events = |event: Event<'_>| match event {

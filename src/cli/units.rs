@@ -1,4 +1,4 @@
-//! Human units on the command line: Go-style durations and byte sizes.
+//! Human units on the command line: Go-style durations, whole seconds and byte sizes.
 
 use std::time::Duration;
 
@@ -39,29 +39,52 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
-/// Parses a byte size (`1048576`, `512MB`, `10GiB`, `1.5gb`).
+/// A whole number of seconds; clap reports anything else as a usage error.
+pub fn parse_seconds(value: &str) -> Result<Duration, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{value:?} must be a whole number of seconds"));
+    }
+    let secs: u64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is too large a number of seconds"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses a byte size as docker and buildx read one (go-units' `RAMInBytes`): a number, an
+/// optional space and an optional unit in powers of 1024, so `10GB`, `10g`, `10 GiB` and
+/// `10gb` are all 10 GiB, and a bare number is bytes.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a size; write e.g. 512MB, 10GB or 1048576");
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024f64.powi(2),
-        "gi" | "gib" => 1024f64.powi(3),
-        "ti" | "tib" => 1024f64.powi(4),
-        _ => return Err(bad()),
+    let bad = || {
+        format!(
+            "{text:?} is not a size; write e.g. 512MB, 10GB or 1048576 (units are powers of 1024, as in docker)"
+        )
     };
-    let bytes = number * multiplier;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    // `\d+(\.\d+)*`: digits first and last, as go-units requires.
+    if !number.starts_with(|c: char| c.is_ascii_digit())
+        || !number.ends_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    // ` ?([kKmMgGtTpP])?[iI]?[bB]?`
+    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
+    let (power, rest) = match unit.chars().next() {
+        Some(c @ ('k' | 'm' | 'g' | 't' | 'p')) => {
+            ("kmgtp".find(c).map_or(0, |i| i + 1), &unit[1..])
+        }
+        _ => (0, unit.as_str()),
+    };
+    let rest = rest.strip_prefix('i').unwrap_or(rest);
+    let rest = rest.strip_prefix('b').unwrap_or(rest);
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    let bytes = number * 1024f64.powi(power as i32);
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(bad());
     }
     Ok(bytes as u64)
@@ -95,10 +118,29 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_bytes("1048576").unwrap(), 1_048_576);
-        assert_eq!(parse_bytes("512MB").unwrap(), 512_000_000);
-        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
-        assert!(parse_bytes("ten").is_err());
-        assert!(parse_bytes("5XB").is_err());
+        // docker's and buildx's units: powers of 1024, whatever the spelling.
+        for ten_gib in [
+            "10GB",
+            "10gb",
+            "10g",
+            "10G",
+            "10GiB",
+            "10gi",
+            "10 GB",
+            "10737418240",
+        ] {
+            assert_eq!(parse_bytes(ten_gib).unwrap(), 10 << 30, "{ten_gib}");
+        }
+        assert_eq!(parse_bytes("512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("2p").unwrap(), 2 << 50);
+        assert_eq!(parse_bytes("0").unwrap(), 0);
+        for bad in [
+            "ten", "5XB", "", "GB", ".5g", "5.g", "-1", "10  GB", "10gbb", "10e3", "1ei",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_bytes("99999999999999999999999").is_err());
     }
 
     #[test]

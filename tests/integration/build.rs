@@ -50,28 +50,18 @@ fn assert_ok(out: &std::process::Output) {
     );
 }
 
-/// The `#0 context: sent N files, … (B bytes) in E entries` counters from plain progress.
+/// The files and bytes of the context sent, from rawjson progress's last line
+/// (`{"context":{"entries":E,"files":N,"bytes":B}}`).
 fn sent_counters(stderr: &str) -> (u64, u64) {
-    let line = stderr
+    let context = stderr
         .lines()
-        .find(|l| l.starts_with("#0 context: sent "))
-        .unwrap_or_else(|| panic!("no transfer line in:\n{stderr}"));
-    let files: u64 = line["#0 context: sent ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes: u64 = line
-        .split('(')
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (files, bytes)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("context").cloned())
+        .unwrap_or_else(|| panic!("no context counters in:\n{stderr}"));
+    (
+        context["files"].as_u64().unwrap(),
+        context["bytes"].as_u64().unwrap(),
+    )
 }
 
 fn run_with_secret_and_build_args_never_shows_the_secret(tier: Tier) {
@@ -263,6 +253,8 @@ fn pushes_to_the_registry_and_writes_metadata(tier: Tier) {
     assert_eq!(meta["image.name"], name.as_str());
 }
 
+/// Input the command line cannot judge (a missing file, an unset variable) fails in one line,
+/// exit 1, and writes nothing; malformed flags are usage errors (`cli.rs`).
 #[test]
 fn bad_input_is_one_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,16 +264,6 @@ fn bad_input_is_one_line_and_exit_1() {
     let dest_spec = format!("type=tar,dest={}", dest.display());
     let missing = dir.path().join("missing");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--output".into(), "type=tar".into()], "needs dest"),
-        (
-            vec!["--output".into(), "type=bogus,dest=x".into()],
-            "unknown type",
-        ),
-        (vec!["--output".into(), "dest=x".into()], "type= is missing"),
-        (
-            vec!["--secret".into(), "id=a".into()],
-            "src=FILE or env=VARIABLE",
-        ),
         (
             vec!["--secret".into(), format!("id=a,src={}", missing.display())],
             "secret a: cannot read secret file",
@@ -294,24 +276,8 @@ fn bad_input_is_one_line_and_exit_1() {
             "PF_TEST_SURELY_UNSET_VAR is not set",
         ),
         (
-            vec!["--ssh".into(), "x=/a,/b".into()],
-            "--ssh: invalid ssh spec",
-        ),
-        (
             vec!["--ssh".into(), format!("k={}", missing.display())],
             "agent socket",
-        ),
-        (
-            vec!["--build-arg".into(), "NOEQUALS".into()],
-            "expected KEY=VALUE",
-        ),
-        (
-            vec!["--export-cache".into(), "type=registry".into()],
-            "needs ref=REF",
-        ),
-        (
-            vec!["--import-cache".into(), "type=nope,ref=x".into()],
-            "unknown type",
         ),
         (
             vec![
@@ -331,19 +297,13 @@ fn bad_input_is_one_line_and_exit_1() {
         args.extend(extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = build(Tier::preferred(), &refs);
-        let stderr = util::stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
-        assert!(
-            stderr.starts_with("pf-buildkit: ") && stderr.contains(expected),
-            "{extra:?}: {stderr}"
-        );
+        let line = util::assert_one_line_failure(&out);
+        assert!(line.contains(expected), "{extra:?}: {line}");
         assert!(!dest.exists(), "{extra:?} wrote output");
     }
     // A missing context directory.
     let out = build(Tier::preferred(), &["--context", missing.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("is not a directory"));
+    assert!(util::assert_one_line_failure(&out).contains("is not a directory"));
 }
 
 /// Ctrl-C (SIGINT, exit 130) and a CI runner's SIGTERM (exit 143) cancel the build alike:
@@ -566,7 +526,7 @@ fn context_tree_round_trips_through_local_and_tar_exports(tier: Tier) {
             "--context",
             ctx.to_str().unwrap(),
             "--progress",
-            "plain",
+            "rawjson",
             "--output",
             &format!("type=local,dest={}", local.display()),
             "--output",
@@ -630,11 +590,11 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files(tie
         assert_ok(&out);
         sent_counters(&util::stderr(&out))
     };
-    let (files, bytes) = run("plain");
+    let (files, bytes) = run("rawjson");
     assert_eq!(files, 20_000);
     assert!(bytes > 20_000 * 7);
 
-    assert_eq!(run("plain"), (0, 0), "an unchanged context is sent again");
+    assert_eq!(run("rawjson"), (0, 0), "an unchanged context is sent again");
 
     let mut edited_bytes = 0;
     for i in (0..20_000).step_by(2000) {
@@ -643,7 +603,7 @@ fn unchanged_rebuild_sends_no_file_data_and_edits_send_only_the_edited_files(tie
         edited_bytes += content.len() as u64;
         std::fs::write(path, content).unwrap();
     }
-    assert_eq!(run("plain"), (10, edited_bytes));
+    assert_eq!(run("rawjson"), (10, edited_bytes));
 }
 
 fn oci_and_docker_exports_are_image_archives_and_caches_go_to_the_registry(tier: Tier) {

@@ -810,7 +810,7 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
         target.clone(),
     )
     .await;
-    let err = assert_one_line_failure(&out);
+    let err = util::assert_usage_error(&out);
     assert!(err.contains("unknown architecture \"amd65\""), "{err}");
 
     let out = push(
@@ -819,7 +819,7 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
         target.clone(),
     )
     .await;
-    let err = assert_one_line_failure(&out);
+    let err = util::assert_usage_error(&out);
     assert!(
         err.contains("has no ARCH, OS or VARIANT placeholder"),
         "{err}"
@@ -853,7 +853,7 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
         target.clone(),
     )
     .await;
-    assert_one_line_failure(&out);
+    assert!(util::assert_usage_error(&out).contains("has no ARCH, OS or VARIANT placeholder"));
 
     let out = push(
         "linux/amd64",
@@ -861,7 +861,7 @@ async fn bad_input_fails_in_one_line_and_pushes_nothing() {
         format!("{host}/Not Valid:x"),
     )
     .await;
-    let err = assert_one_line_failure(&out);
+    let err = util::assert_usage_error(&out);
     assert!(err.contains("invalid image reference"), "{err}");
 
     // A server that answers garbage instead of HTTP.

@@ -312,6 +312,8 @@ fn tty_view_through_a_terminal_ends_with_the_final_view(tier: Tier) {
     let final_view = text.rsplit("[+] Building").next().unwrap();
     assert!(final_view.contains("FINISHED"), "{text:?}");
     assert!(final_view.contains("[1/1] COPY file.txt /"), "{text:?}");
+    // The view showed the transfer; plain's summary line does not follow it.
+    assert!(!text.contains("context: sent"), "{text:?}");
     // No line of the view is wider than the terminal.
     for line in text.split(['\n', '\r']) {
         let visible: String = strip_ansi(line);

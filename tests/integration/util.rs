@@ -228,19 +228,17 @@ macro_rules! tier_tests {
     )+};
 }
 
-/// Checks that `out` is a usage error (exit 2, as clap reports one) and returns its stderr.
+/// Checks that `out` is a usage error: exit 2, nothing on stdout, and exactly one line on
+/// stderr, `pf-buildkit: …` (what is wrong, and how to fix it where there is more to say),
+/// whether clap or the command found it. Returns that line.
 pub fn assert_usage_error(out: &Output) -> String {
-    let text = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {text}");
-    assert!(text.starts_with("error: "), "{text}");
-    text
+    assert_one_line(out, 2)
 }
 
-/// Checks that `out` failed as a user should see it: exit 1, nothing on stdout (no result of a
-/// half-done job), and exactly one line on stderr, `pf-buildkit: …`. Returns that line.
-pub fn assert_one_line_failure(out: &Output) -> String {
+/// `out` ended with `code`, printed nothing on stdout and one `pf-buildkit: ` line on stderr.
+fn assert_one_line(out: &Output, code: i32) -> String {
     let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
     assert_eq!(
         err.trim_end().lines().count(),
@@ -249,6 +247,12 @@ pub fn assert_one_line_failure(out: &Output) -> String {
     );
     assert!(err.starts_with("pf-buildkit: "), "{err}");
     err
+}
+
+/// Checks that `out` failed as a user should see it: exit 1, nothing on stdout (no result of a
+/// half-done job), and exactly one line on stderr, `pf-buildkit: …`. Returns that line.
+pub fn assert_one_line_failure(out: &Output) -> String {
+    assert_one_line(out, 1)
 }
 
 /// [`assert_one_line_failure`], and the line holds each of `needles`.

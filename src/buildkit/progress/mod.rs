@@ -320,13 +320,15 @@ pub(crate) fn go_bytes(n: i64) -> String {
     format!("{value:.2}{}", UNITS[unit])
 }
 
-/// Summary of the context transfer, the line tests and people read.
+/// Summary of the context transfer at the end of plain progress, its size in the units of
+/// the progress lines above it (`#0 context: sent 10 files, 40.96kB in 12 entries`). The tty
+/// view leaves it out: its final view already showed the transfer; rawjson carries the exact
+/// counters as JSON.
 pub(crate) fn transfer_line(t: &TransferSummary) -> String {
     format!(
-        "#0 context: sent {} files, {} ({} bytes) in {} entries",
+        "#0 context: sent {} files, {} in {} entries",
         t.files,
-        human_bytes(t.bytes),
-        t.bytes,
+        go_bytes(i64::try_from(t.bytes).unwrap_or(i64::MAX)),
         t.entries
     )
 }

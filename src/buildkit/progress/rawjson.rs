@@ -1,5 +1,6 @@
 //! `rawjson` progress: one JSON object per status update, with buildctl's field names
-//! (`vertexes`, `statuses`, `logs`, `warnings`; byte fields base64, times RFC 3339).
+//! (`vertexes`, `statuses`, `logs`, `warnings`; byte fields base64, times RFC 3339), and a
+//! last one with the context transfer's counters (`context`).
 
 use std::io::Write;
 
@@ -283,7 +284,12 @@ impl<W: Write + Send> ProgressSink for RawJsonProgress<W> {
         let _ = writeln!(self.out, "{}", status_json(status));
     }
 
-    fn finish(&mut self, _transfer: &TransferSummary, _failure: Option<&FailureReport>) {
+    /// The last line holds the context transfer's exact counters,
+    /// `{"context":{"entries":12,"files":10,"bytes":40960}}`: a key no status has, so a reader
+    /// that decodes each line as a status sees an empty one.
+    fn finish(&mut self, transfer: &TransferSummary, _failure: Option<&FailureReport>) {
+        let line = serde_json::json!({ "context": transfer });
+        let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
     }
 }
@@ -292,6 +298,22 @@ impl<W: Write + Send> ProgressSink for RawJsonProgress<W> {
 mod tests {
     use super::*;
     use crate::buildkit::proto::control::{Vertex, VertexLog};
+
+    #[test]
+    fn the_last_line_holds_the_exact_transfer_counters() {
+        let mut out = Vec::new();
+        let sent = TransferSummary {
+            entries: 12,
+            files: 10,
+            bytes: 40_960,
+        };
+        RawJsonProgress::new(&mut out).finish(&sent, None);
+        let line: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"context": {"entries": 12, "files": 10, "bytes": 40_960}})
+        );
+    }
 
     #[test]
     fn times_are_rfc3339() {

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{FailureReport, ProgressSink, State, TransferSummary, transfer_line, write_failure};
+use super::{FailureReport, ProgressSink, State, TransferSummary, write_failure};
 use crate::buildkit::proto::control::StatusResponse;
 
 /// Lines of output shown under a running step (progressui's default).
@@ -217,9 +217,8 @@ impl<W: Write + Send> ProgressSink for TtyProgress<W> {
         self.draw(false);
     }
 
-    fn finish(&mut self, transfer: &TransferSummary, failure: Option<&FailureReport>) {
+    fn finish(&mut self, _transfer: &TransferSummary, failure: Option<&FailureReport>) {
         self.draw(true);
-        let _ = writeln!(self.out, "{}", transfer_line(transfer));
         let _ = super::write_warnings(&mut self.out, &self.warnings);
         if let Some(failure) = failure {
             if let Some(step) = self.state.failed_step(failure) {
@@ -238,6 +237,21 @@ impl<W: Write + Send> ProgressSink for TtyProgress<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_final_view_has_no_plain_transfer_line() {
+        let mut out = Vec::new();
+        let mut progress = TtyProgress::new(&mut out);
+        let sent = TransferSummary {
+            entries: 3,
+            files: 2,
+            bytes: 2048,
+        };
+        progress.finish(&sent, None);
+        drop(progress);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("context: sent"), "{text}");
+    }
 
     #[test]
     fn widths_ignore_escapes_and_lines_are_cut() {

@@ -53,7 +53,7 @@ fn render(updates: &[StatusResponse], failure: Option<&FailureReport>) -> String
     String::from_utf8(out).unwrap()
 }
 
-const TRANSFER: &str = "\n#0 context: sent 0 files, 0B (0 bytes) in 0 entries\n";
+const TRANSFER: &str = "\n#0 context: sent 0 files, 0B in 0 entries\n";
 
 #[test]
 fn steps_print_as_numbered_blocks_separated_by_blank_lines() {
