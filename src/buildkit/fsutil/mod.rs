@@ -48,11 +48,11 @@ pub use source::{Directory, Incoming, Source, Transfer};
 /// while cutting the message count 8-fold against buildctl.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
-/// Packets queued between the sender's threads and the outgoing stream. With [`CHUNK_SIZE`]
-/// this bounds the file data waiting to be encoded (32 × 256 KiB = 8 MiB); queued small files
-/// take only their own size. Measured on a cold 20,000-file context: 16 costs ~10% more CPU
-/// (the encoder drains the queue and sleeps more often), 64 saves little more and adds ~6 MiB
-/// of peak RSS.
+/// Batches of packets queued between the sender's threads and the outgoing stream. A batch
+/// holds at most [`CHUNK_SIZE`] bytes of file data (or 32 KiB of encoded STATs), so this
+/// bounds the file data waiting to be encoded (32 × 256 KiB = 8 MiB). Measured on a cold
+/// 20,000-file context: 16 costs ~10% more CPU (the encoder drains the queue and sleeps more
+/// often), 64 saves little more and adds ~6 MiB of peak RSS.
 pub const SEND_QUEUE: usize = 32;
 
 /// How many files the sender reads and sends at once (fsutil uses 4 workers). Each reader

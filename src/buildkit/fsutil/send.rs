@@ -1,7 +1,11 @@
 //! The sending end of DiffCopy: the walk streams STATs from a blocking thread while the
 //! receiver's REQs are read concurrently and served by a small pool of file readers.
+//!
+//! Packets leave in batches ([`Outbox`]): the gRPC encoder writes every packet it finds ready
+//! into one buffer, so a batch of STATs goes out in a few large writes instead of a write (and
+//! a wake-up) per file. Per entry, the only state kept is a fixed-size record in the
+//! [`FileTable`], which a warm rebuild (the receiver asks for nothing) keeps to the end.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -68,6 +73,10 @@ pub enum SendError {
     /// The receiver asked for a file that is not in the stream or was already sent.
     #[error("the receiver asked for file id {0}, which is unknown or already sent")]
     UnknownFileId(u32),
+    /// The directory holds more entries (or longer names) than one transfer can number: the
+    /// protocol's file ids are 32-bit.
+    #[error("the directory has more entries than one file transfer can carry ({0} sent)")]
+    TooManyEntries(usize),
     /// The receiver aborted with an error message.
     #[error("the receiver reported an error: {0}")]
     Receiver(String),
@@ -100,17 +109,178 @@ impl From<WalkError> for SendError {
     }
 }
 
-/// IDs of the regular files sent so far that have not been requested yet, with their paths
-/// (relative to the root). This table is the only record kept per file.
-type FileTable = Arc<Mutex<HashMap<u32, String>>>;
+/// Every entry sent so far, by id (its index among the STATs), with what serving a REQ
+/// needs: for a regular file, its directory and name. Records are fixed-size and names share
+/// one buffer, so a million-file context costs about 8 bytes a file plus its name, kept to
+/// the end: a warm rebuild asks for nothing, and any entry may be asked for until the FIN.
+#[derive(Debug, Default)]
+struct FileTable {
+    /// One per id, in id order.
+    records: Vec<Record>,
+    /// File names (the last path component), one after another in id order: an entry's name
+    /// ends where the next entry's begins; entries that are not regular files have none.
+    names: String,
+    /// Where each directory path begins in `dir_paths` (it ends where the next begins).
+    dirs: Vec<u32>,
+    /// Directory paths relative to the root; the root itself is the empty one.
+    dir_paths: String,
+    /// One bit per id: the receiver has asked for it (a second REQ is refused).
+    requested: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    /// Where the name begins in [`FileTable::names`].
+    name_start: u32,
+    /// The index of the directory in [`FileTable::dirs`].
+    dir: u32,
+}
+
+/// A record or name past what 32-bit ids and offsets can address.
+#[derive(Debug)]
+struct TableFull;
+
+type SharedTable = Arc<Mutex<FileTable>>;
+
+impl FileTable {
+    /// Records the next entry (its id is the number of entries before it), with its path
+    /// when it is a regular file.
+    fn push(&mut self, path: &str, regular: bool) -> Result<(), TableFull> {
+        let id = self.records.len();
+        if u32::try_from(id).is_err() {
+            return Err(TableFull);
+        }
+        let name_start = u32::try_from(self.names.len()).map_err(|_| TableFull)?;
+        let mut dir = 0;
+        if regular {
+            let (dir_path, name) = path.rsplit_once('/').unwrap_or(("", path));
+            // Walk order keeps a directory's files together (a subdirectory's entries only
+            // interrupt them once), so comparing with the last directory finds nearly all.
+            if self.dirs.is_empty() || self.dir_path(self.dirs.len() - 1) != Some(dir_path) {
+                let start = u32::try_from(self.dir_paths.len()).map_err(|_| TableFull)?;
+                u32::try_from(self.dir_paths.len() + dir_path.len()).map_err(|_| TableFull)?;
+                u32::try_from(self.dirs.len()).map_err(|_| TableFull)?;
+                self.dirs.push(start);
+                self.dir_paths.push_str(dir_path);
+            }
+            u32::try_from(self.names.len() + name.len()).map_err(|_| TableFull)?;
+            self.names.push_str(name);
+            dir = (self.dirs.len() - 1) as u32;
+        }
+        self.records.push(Record { name_start, dir });
+        if id.is_multiple_of(64) {
+            self.requested.push(0);
+        }
+        Ok(())
+    }
+
+    fn dir_path(&self, dir: usize) -> Option<&str> {
+        let start = *self.dirs.get(dir)? as usize;
+        let end = self
+            .dirs
+            .get(dir + 1)
+            .map_or(self.dir_paths.len(), |&e| e as usize);
+        self.dir_paths.get(start..end)
+    }
+
+    /// The name of entry `id`: empty for an entry that is not a regular file.
+    fn name(&self, id: usize) -> Option<&str> {
+        let start = self.records.get(id)?.name_start as usize;
+        let end = self
+            .records
+            .get(id + 1)
+            .map_or(self.names.len(), |r| r.name_start as usize);
+        self.names.get(start..end)
+    }
+
+    /// Marks regular file `id` as asked for; false if there is no such file or it was
+    /// asked for before.
+    fn request(&mut self, id: u32) -> bool {
+        let id = id as usize;
+        if self.name(id).is_none_or(str::is_empty) {
+            return false;
+        }
+        let (word, bit) = (id / 64, 1u64 << (id % 64));
+        match self.requested.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The path (relative to the root) of regular file `id`.
+    fn path(&self, id: u32) -> Option<String> {
+        let name = self.name(id as usize).filter(|n| !n.is_empty())?;
+        let dir = self.dir_path(self.records.get(id as usize)?.dir as usize)?;
+        Some(if dir.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{dir}/{name}")
+        })
+    }
+}
+
+/// Encoded bytes of STATs gathered before they are queued together: the gRPC encoder's own
+/// buffer size (it writes out what it has gathered at 32 KiB), so each batch is one write.
+const STAT_BATCH: usize = 32 * 1024;
+
+/// What a packet costs on the wire beyond its payload (gRPC prefix, tag and length bytes, id).
+const PACKET_OVERHEAD: usize = 16;
+
+/// Packets gathered to go on the outgoing queue together, up to `limit` bytes: the queue then
+/// holds batches, and the encoder on its other end finds a whole batch ready at once.
+struct Outbox<'a> {
+    outgoing: &'a mpsc::Sender<Vec<Packet>>,
+    packets: Vec<Packet>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl<'a> Outbox<'a> {
+    fn new(outgoing: &'a mpsc::Sender<Vec<Packet>>, limit: usize) -> Self {
+        Outbox {
+            outgoing,
+            packets: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Whether a packet of `size` bytes must wait for the gathered ones to be sent first.
+    fn full_for(&self, size: usize) -> bool {
+        !self.packets.is_empty() && self.bytes + size > self.limit
+    }
+
+    fn push(&mut self, packet: Packet, size: usize) {
+        self.bytes += size;
+        self.packets.push(packet);
+    }
+
+    /// Queues the gathered packets (blocking while the queue is full).
+    fn send(&mut self) -> Result<(), SendError> {
+        if self.packets.is_empty() {
+            return Ok(());
+        }
+        let next = Vec::with_capacity(self.packets.len());
+        let batch = std::mem::replace(&mut self.packets, next);
+        self.bytes = 0;
+        self.outgoing
+            .blocking_send(batch)
+            .map_err(|_| SendError::OutgoingClosed)
+    }
+}
 
 /// Sends `root` (filtered) over DiffCopy: STATs from the walk, then file data for each REQ,
 /// until the receiver's FIN (answered with FIN). On a walk error, sends `PACKET_ERR` with the
 /// message and returns the error.
 ///
-/// `incoming` carries the receiver's packets (REQ, FIN, ERR); `outgoing` takes this side's.
-/// Memory stays bounded whatever the size of the tree: file data moves in [`CHUNK_SIZE`]
-/// chunks through `outgoing`, and only the path of each not-yet-requested file is kept.
+/// `incoming` carries the receiver's packets (REQ, FIN, ERR); `outgoing` takes this side's in
+/// batches, each to be sent in order as consecutive messages (flatten them into the stream:
+/// the gRPC encoder then writes a batch in one piece). Memory stays bounded whatever the size
+/// of the tree: file data moves in batches of at most [`CHUNK_SIZE`] bytes through
+/// `outgoing`, and each entry sent costs a fixed-size record and its file name.
 ///
 /// # Errors
 ///
@@ -123,7 +293,7 @@ pub async fn send<S>(
     root: PathBuf,
     filter: Filter,
     incoming: S,
-    outgoing: mpsc::Sender<Packet>,
+    outgoing: mpsc::Sender<Vec<Packet>>,
     stats: Arc<TransferStats>,
 ) -> Result<(), SendError>
 where
@@ -151,7 +321,7 @@ where
         }
     }
 
-    let files: FileTable = Arc::default();
+    let files: SharedTable = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let result = run(
         root,
@@ -173,14 +343,15 @@ where
                 | SendError::NotUtf8 { .. }
                 | SendError::FollowPath { .. }
                 | SendError::Pattern(_)
+                | SendError::TooManyEntries(_)
         )
     {
         let _ = outgoing
-            .send(Packet {
+            .send(vec![Packet {
                 r#type: PacketType::PacketErr as i32,
                 data: Bytes::from(crate::buildkit::error::wire_text(e)),
                 ..Packet::default()
-            })
+            }])
             .await;
     }
     result
@@ -190,9 +361,9 @@ async fn run<S>(
     root: PathBuf,
     filter: Filter,
     mut incoming: S,
-    outgoing: mpsc::Sender<Packet>,
+    outgoing: mpsc::Sender<Vec<Packet>>,
     stats: Arc<TransferStats>,
-    files: FileTable,
+    files: SharedTable,
     stop: Arc<AtomicBool>,
 ) -> Result<(), SendError>
 where
@@ -213,40 +384,68 @@ where
     };
     let mut walk_done = false;
 
-    // REQs queue up without a bound (one small entry per file at most), so that reading them
-    // never waits for file data to drain: that could deadlock with a receiver that waits for
-    // its REQs to be taken before it reads more data.
+    // REQs queue up without a bound (4 bytes per file at most: each id is taken once), so
+    // that reading them never waits for file data to drain: that could deadlock with a
+    // receiver that waits for its REQs to be taken before it reads more data.
     //
     // The readers are long-lived blocking threads that take jobs until the queue closes: a
     // blocking task per file cost a thread hand-off (and a wake-up) per file, which dominated
-    // the CPU time of a context of many small files.
-    let (job_tx, job_rx) = mpsc::unbounded_channel::<(u32, String)>();
+    // the CPU time of a context of many small files. A reader gathers the packets of the
+    // files it finds queued into one batch, sent when it is full or the queue is empty.
+    let (job_tx, job_rx) = mpsc::unbounded_channel::<u32>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let mut workers: JoinSet<Result<(), SendError>> = JoinSet::new();
     for _ in 0..SEND_CONCURRENCY {
-        let (root, outgoing, stats, stop, job_rx) = (
+        let (root, outgoing, stats, stop, job_rx, files) = (
             root.clone(),
             outgoing.clone(),
             stats.clone(),
             stop.clone(),
             job_rx.clone(),
+            files.clone(),
         );
         workers.spawn_blocking(move || {
             let opener = Opener::new(&root).map_err(|error| SendError::Root {
                 path: root.to_path_buf(),
                 error,
             })?;
+            let mut outbox = Outbox::new(&outgoing, CHUNK_SIZE);
             loop {
-                // Waiting for a job holds the lock, so idle readers queue on the mutex and
-                // exactly one of them sleeps in the channel.
-                let job = job_rx
-                    .lock()
-                    .map_err(|_| SendError::Poisoned("job queue"))?
-                    .blocking_recv();
-                let Some((id, rel)) = job else {
-                    return Ok(());
+                // A reader that holds the lock may be asleep waiting for a job (the queue is
+                // empty): never wait for the lock with packets gathered, or the receiver
+                // would wait for them while that reader waits for the receiver.
+                let queued = match job_rx.try_lock() {
+                    Ok(mut rx) => rx.try_recv(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        Err(mpsc::error::TryRecvError::Empty)
+                    }
+                    Err(std::sync::TryLockError::Poisoned(_)) => {
+                        return Err(SendError::Poisoned("job queue"));
+                    }
                 };
-                send_file(&opener, id, &rel, &outgoing, &stats, &stop)?;
+                let job = match queued {
+                    Ok(id) => Some(id),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Nothing more to gather: what is gathered goes now, then wait.
+                        // Waiting holds the lock, so idle readers queue on the mutex and
+                        // exactly one of them sleeps in the channel.
+                        outbox.send()?;
+                        job_rx
+                            .lock()
+                            .map_err(|_| SendError::Poisoned("job queue"))?
+                            .blocking_recv()
+                    }
+                };
+                let Some(id) = job else {
+                    return outbox.send();
+                };
+                let rel = files
+                    .lock()
+                    .map_err(|_| SendError::Poisoned("file table"))?
+                    .path(id)
+                    .ok_or(SendError::UnknownFileId(id))?;
+                send_file(&opener, id, &rel, &mut outbox, &stats, &stop)?;
             }
         });
     }
@@ -260,15 +459,15 @@ where
                 };
                 match PacketType::try_from(packet.r#type) {
                     Ok(PacketType::PacketReq) => {
-                        let path = files
+                        let known = files
                             .lock()
                             .map_err(|_| SendError::Poisoned("file table"))?
-                            .remove(&packet.id);
-                        let Some(path) = path else {
+                            .request(packet.id);
+                        if !known {
                             return Err(SendError::UnknownFileId(packet.id));
-                        };
+                        }
                         // The workers outlive the queue's sender, so this cannot fail.
-                        let _ = job_tx.send((packet.id, path));
+                        let _ = job_tx.send(packet.id);
                     }
                     Ok(PacketType::PacketFin) => break,
                     Ok(PacketType::PacketErr) => {
@@ -297,60 +496,86 @@ where
         walker.await.map_err(SendError::Interrupted)??;
     }
     outgoing
-        .send(Packet {
+        .send(vec![Packet {
             r#type: PacketType::PacketFin as i32,
             ..Packet::default()
-        })
+        }])
         .await
         .map_err(|_| SendError::OutgoingClosed)
 }
 
-/// The walk, on a blocking thread: registers each regular file's ID before its STAT leaves, so
-/// that a REQ can never overtake the table entry it needs.
+/// The walk, on a blocking thread: STATs go out in batches of [`STAT_BATCH`] bytes, each
+/// batch's entries recorded in the table before it leaves, so that a REQ can never overtake
+/// the record it needs.
 fn walk_and_send(
     root: &Path,
     filter: &Filter,
-    outgoing: &mpsc::Sender<Packet>,
+    outgoing: &mpsc::Sender<Vec<Packet>>,
     stats: &TransferStats,
-    files: &FileTable,
+    files: &SharedTable,
     stop: &AtomicBool,
 ) -> Result<(), SendError> {
     let resolved = filter.resolve(root).map_err(|e| match e {
         ResolveError::Pattern(e) => SendError::Pattern(e),
         ResolveError::Io { path, error } => SendError::FollowPath { path, error },
     })?;
-    let mut next_id: u32 = 0;
-    walk::walk(root, &resolved, &mut |stat| {
+    let mut outbox = Outbox::new(outgoing, STAT_BATCH);
+    // The walk's callback can only stop the walk; why it stopped is kept here.
+    let mut failure = None;
+    let walked = walk::walk(root, &resolved, &mut |stat| {
         if stop.load(Ordering::Relaxed) {
             return Err(WalkError::Stopped);
         }
-        let id = next_id;
-        next_id = next_id.wrapping_add(1);
-        if stat.mode & mode::TYPE == 0 {
-            files
-                .lock()
-                .map_err(|_| WalkError::Stopped)?
-                .insert(id, stat.path.clone());
+        let size = stat.encoded_len() + PACKET_OVERHEAD;
+        if outbox.full_for(size)
+            && let Err(e) = send_stats(&mut outbox, stats, files)
+        {
+            failure = Some(e);
+            return Err(WalkError::Stopped);
         }
         let packet = Packet {
             r#type: PacketType::PacketStat as i32,
             stat: Some(stat),
             ..Packet::default()
         };
-        outgoing
-            .blocking_send(packet)
-            .map_err(|_| WalkError::Stopped)?;
-        stats.entries.fetch_add(1, Ordering::Relaxed);
+        outbox.push(packet, size);
         Ok(())
-    })?;
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    walked?;
     // The end of the STATs is a STAT packet with no stat at all (not an empty one).
-    outgoing
-        .blocking_send(Packet {
-            r#type: PacketType::PacketStat as i32,
-            stat: None,
-            ..Packet::default()
-        })
-        .map_err(|_| SendError::OutgoingClosed)
+    let end = Packet {
+        r#type: PacketType::PacketStat as i32,
+        stat: None,
+        ..Packet::default()
+    };
+    outbox.push(end, PACKET_OVERHEAD);
+    send_stats(&mut outbox, stats, files)
+}
+
+/// Records the gathered STATs' entries in the table, then queues them.
+fn send_stats(
+    outbox: &mut Outbox<'_>,
+    stats: &TransferStats,
+    files: &SharedTable,
+) -> Result<(), SendError> {
+    let mut entries = 0;
+    {
+        let mut table = files
+            .lock()
+            .map_err(|_| SendError::Poisoned("file table"))?;
+        for stat in outbox.packets.iter().filter_map(|p| p.stat.as_ref()) {
+            table
+                .push(&stat.path, stat.mode & mode::TYPE == 0)
+                .map_err(|TableFull| SendError::TooManyEntries(table.records.len()))?;
+            entries += 1;
+        }
+    }
+    outbox.send()?;
+    stats.entries.fetch_add(entries, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Opens the files of the walk for reading, relative to the root. On Linux it holds the root
@@ -445,14 +670,14 @@ fn read_probe(file: &File) -> io::Result<Bytes> {
     }
 }
 
-/// Sends one requested file: its data in chunks, then the empty EOF packet. A file that cannot
-/// be opened is sent as just the EOF packet, as fsutil does (the receiver gets an empty file);
-/// a read error part-way aborts the transfer.
+/// Gathers one requested file into `outbox`: its data in chunks, then the empty EOF packet.
+/// A file that cannot be opened is sent as just the EOF packet, as fsutil does (the receiver
+/// gets an empty file); a read error part-way aborts the transfer.
 fn send_file(
     opener: &Opener,
     id: u32,
     rel: &str,
-    outgoing: &mpsc::Sender<Packet>,
+    outbox: &mut Outbox<'_>,
     stats: &TransferStats,
     stop: &AtomicBool,
 ) -> Result<(), SendError> {
@@ -489,9 +714,11 @@ fn send_file(
                     // It grew: go on in whole chunks.
                     None => CHUNK_SIZE as u64,
                 };
-                outgoing
-                    .blocking_send(data_packet(chunk))
-                    .map_err(|_| SendError::OutgoingClosed)?;
+                let size = chunk.len() + PACKET_OVERHEAD;
+                if outbox.full_for(size) {
+                    outbox.send()?;
+                }
+                outbox.push(data_packet(chunk), size);
                 stats.bytes.fetch_add(len, Ordering::Relaxed);
             }
             stats.files.fetch_add(1, Ordering::Relaxed);
@@ -504,7 +731,79 @@ fn send_file(
             );
         }
     }
-    outgoing
-        .blocking_send(data_packet(Bytes::new()))
-        .map_err(|_| SendError::OutgoingClosed)
+    if outbox.full_for(PACKET_OVERHEAD) {
+        outbox.send()?;
+    }
+    outbox.push(data_packet(Bytes::new()), PACKET_OVERHEAD);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    /// Records stay 8 bytes: with the name, that is all a million-file context keeps per file.
+    #[test]
+    fn table_records_are_compact() {
+        assert_eq!(std::mem::size_of::<Record>(), 8);
+    }
+
+    /// Paths come back whole, directories are shared, and only regular files not asked for
+    /// before can be asked for.
+    #[test]
+    fn table_serves_each_file_once() {
+        let mut table = FileTable::default();
+        // The walk order of: top, a/, a/x, a/b/, a/b/y, a/z (a's files resume after b).
+        for (path, regular) in [
+            ("top", true),
+            ("a", false),
+            ("a/x", true),
+            ("a/b", false),
+            ("a/b/y", true),
+            ("a/z", true),
+        ] {
+            table.push(path, regular).unwrap();
+        }
+        let paths: Vec<Option<String>> = (0..7).map(|id| table.path(id)).collect();
+        assert_eq!(
+            paths,
+            [
+                Some("top".into()),
+                None,
+                Some("a/x".into()),
+                None,
+                Some("a/b/y".into()),
+                Some("a/z".into()),
+                None,
+            ]
+        );
+        assert_eq!(table.dir_paths, "aa/ba", "'' then a, a/b, and a again");
+        assert!(!table.request(1), "a directory has no data");
+        assert!(!table.request(6), "no such id");
+        assert!(!table.request(u32::MAX));
+        assert!(table.request(5));
+        assert!(!table.request(5), "asked for twice");
+        assert!(table.request(0));
+        assert_eq!(
+            table.path(5).as_deref(),
+            Some("a/z"),
+            "still known once asked for"
+        );
+    }
+
+    /// Ids past the first 64 land in the next word of the request bits.
+    #[test]
+    fn table_request_bits_grow_with_the_ids() {
+        let mut table = FileTable::default();
+        for i in 0..130 {
+            table.push(&format!("d/f{i}"), true).unwrap();
+        }
+        assert_eq!(table.requested.len(), 3);
+        assert!(table.request(129));
+        assert!(table.request(64));
+        assert!(!table.request(129));
+        assert!(table.request(63));
+        assert_eq!(table.dirs.len(), 1);
+    }
 }

@@ -56,7 +56,7 @@ impl FileSync for FileSyncService {
         })?;
         let incoming = request.into_inner();
         let stats = self.stats.get(&name).cloned().unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Packet>(fsutil::SEND_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Packet>>(fsutil::SEND_QUEUE);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<tonic::Status>();
         let transfer = fsutil::Transfer {
             filter,
@@ -74,11 +74,14 @@ impl FileSync for FileSyncService {
                 let _ = done_tx.send(tonic::Status::internal(format!("sending {place}: {err}")));
             }
         });
-        // The packets go straight from the sender's queue to the response; the error, if any,
+        // The packets go straight from the sender's queue to the response, a batch at a time
+        // (tonic's encoder then writes all of a batch in one piece); the error, if any,
         // follows the last of them: the queue ends only once every sending thread has let go.
         let failure = futures_util::stream::once(done_rx)
             .filter_map(|done| async move { done.ok().map(Err) });
-        let packets = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        let packets = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(futures_util::stream::iter)
+            .map(Ok);
         Ok(tonic::Response::new(Box::pin(packets.chain(failure))))
     }
 
