@@ -269,7 +269,7 @@ pub(crate) async fn send(tree: Arc<MemoryTree>, transfer: Transfer) -> Result<()
         let outgoing = outgoing.clone();
         async move {
             outgoing
-                .send(packet)
+                .send(vec![packet])
                 .await
                 .map_err(|_| SendError::OutgoingClosed)
         }
@@ -328,7 +328,7 @@ fn resolve(filter: &Filter) -> Result<ResolvedFilter, SendError> {
 
 /// One file's data in [`CHUNK_SIZE`] packets, then the empty packet that ends it.
 async fn send_data(
-    outgoing: &mpsc::Sender<Packet>,
+    outgoing: &mpsc::Sender<Vec<Packet>>,
     id: u32,
     bytes: Bytes,
     stats: &super::TransferStats,
@@ -337,12 +337,12 @@ async fn send_data(
     while offset < bytes.len() {
         let end = (offset + CHUNK_SIZE).min(bytes.len());
         outgoing
-            .send(Packet {
+            .send(vec![Packet {
                 r#type: PacketType::PacketData as i32,
                 id,
                 data: bytes.slice(offset..end),
                 ..Packet::default()
-            })
+            }])
             .await
             .map_err(|_| SendError::OutgoingClosed)?;
         offset = end;
@@ -350,11 +350,11 @@ async fn send_data(
     stats.files.fetch_add(1, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     outgoing
-        .send(Packet {
+        .send(vec![Packet {
             r#type: PacketType::PacketData as i32,
             id,
             ..Packet::default()
-        })
+        }])
         .await
         .map_err(|_| SendError::OutgoingClosed)
 }

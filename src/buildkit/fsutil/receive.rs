@@ -179,11 +179,12 @@ const REQUEST_WINDOW: usize = 256;
 /// A regular file announced by a STAT: what placing it needs, and no more, since every
 /// announced file may wait at once.
 struct FileEntry {
+    mod_time: i64,
     id: u32,
     mode: u32,
-    mod_time: i64,
-    /// Where the path is in [`Receiver::names`].
-    name_start: usize,
+    /// Where the path is in [`Receiver::names`] (32 bits keep the entry at 24 bytes: a
+    /// million-file export holds a million of them).
+    name_start: u32,
     name_len: u32,
 }
 
@@ -455,8 +456,9 @@ impl Receiver {
 
     /// The path of an announced file.
     fn name(&self, file: &FileEntry) -> &str {
-        let end = file.name_start + file.name_len as usize;
-        self.names.get(file.name_start..end).unwrap_or_default()
+        let start = file.name_start as usize;
+        let end = start + file.name_len as usize;
+        self.names.get(start..end).unwrap_or_default()
     }
 
     /// The announced regular file at `path`, by binary search: `files` is in walk order.
@@ -484,11 +486,18 @@ impl Receiver {
                     path: stat.path.clone(),
                     reason: "path too long",
                 })?;
+            let name_start = u32::try_from(self.names.len())
+                .ok()
+                .filter(|start| start.checked_add(name_len).is_some())
+                .ok_or_else(|| ReceiveError::InvalidPath {
+                    path: stat.path.clone(),
+                    reason: "more than 4 GiB of file paths in one transfer",
+                })?;
             self.files.push(FileEntry {
+                mod_time: stat.mod_time,
                 id,
                 mode: stat.mode,
-                mod_time: stat.mod_time,
-                name_start: self.names.len(),
+                name_start,
                 name_len,
             });
             self.names.push_str(&stat.path);

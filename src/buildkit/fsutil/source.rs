@@ -23,8 +23,10 @@ pub struct Transfer {
     pub filter: Filter,
     /// The receiver's packets.
     pub incoming: Incoming,
-    /// Where this side's packets go (STATs, DATA, FIN, ERR).
-    pub outgoing: mpsc::Sender<Packet>,
+    /// Where this side's packets go (STATs, DATA, FIN, ERR), in batches: each batch is sent
+    /// as consecutive messages, and all of one batch in one write, so a source sends many
+    /// small packets (a directory's STATs, small files' data with their ends) together.
+    pub outgoing: mpsc::Sender<Vec<Packet>>,
     /// Counters to add what is sent to.
     pub stats: Arc<TransferStats>,
 }

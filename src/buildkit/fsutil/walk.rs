@@ -358,8 +358,7 @@ impl Walker<'_> {
                 Verdict::Prune => continue,
                 Verdict::Skip => {
                     if is_dir {
-                        let utf8 = matches!(name_str, Cow::Borrowed(_));
-                        self.descend(dir, name, abs, child_rel, state, false, utf8)?;
+                        self.descend(dir, name, abs, child_rel, state, false)?;
                     }
                 }
                 Verdict::Keep => {
@@ -379,7 +378,7 @@ impl Walker<'_> {
                     let stat = self.make_stat(&child_abs, &child_rel, &meta, Some((dir, name)))?;
                     (self.emit)(stat)?;
                     if meta.file_type() == FileType::Directory {
-                        self.descend(dir, name, abs, child_rel, state, true, true)?;
+                        self.descend(dir, name, abs, child_rel, state, true)?;
                     }
                 }
             }
@@ -390,7 +389,6 @@ impl Walker<'_> {
     /// Opens the directory `name` in `parent` and walks it; a directory that is gone (or was
     /// swapped for something else since it was listed) is passed over, as is an unreadable
     /// one that the filter skips.
-    #[allow(clippy::too_many_arguments)]
     fn descend(
         &mut self,
         parent: &OwnedFd,
@@ -399,7 +397,6 @@ impl Walker<'_> {
         rel: String,
         state: MatchState,
         emitted: bool,
-        utf8: bool,
     ) -> Result<(), WalkError> {
         let fd = match open_dir_at(parent.as_fd(), name) {
             Ok(fd) => fd,
@@ -414,7 +411,7 @@ impl Walker<'_> {
             rel: rel.clone(),
             state,
             emitted,
-            utf8,
+            utf8: std::str::from_utf8(name.to_bytes()).is_ok(),
         });
         let result = self.walk_dir(&fd, &abs, &rel, emitted);
         self.stack.pop();
