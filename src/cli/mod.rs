@@ -31,7 +31,13 @@ pub enum Outcome {
 
 /// A native BuildKit client and Kubernetes BuildKit fleet tool.
 #[derive(Debug, Parser)]
-#[command(name = "pf-buildkit", version, about, max_term_width = 100)]
+#[command(
+    name = "pf-buildkit",
+    // The version, the commit and the target (build.rs), so a bug report names the exact build.
+    version = env!("PF_BUILDKIT_LONG_VERSION"),
+    about,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

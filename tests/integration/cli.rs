@@ -10,12 +10,23 @@ use std::path::Path;
 use crate::util::{assert_usage_error, run, stderr, stdout};
 
 #[test]
-fn version_names_the_program() {
+fn version_names_the_program_commit_and_target() {
     let out = run(&["--version"]);
     assert!(out.status.success());
+    let line = stdout(&out).trim().to_owned();
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .expect("git runs");
+    assert!(head.status.success(), "the tests run in a git checkout");
+    let commit = &String::from_utf8_lossy(&head.stdout)[..12];
     assert_eq!(
-        stdout(&out).trim(),
-        format!("pf-buildkit {}", env!("CARGO_PKG_VERSION"))
+        line,
+        format!(
+            "pf-buildkit {} (commit {commit}, {}-unknown-linux-gnu)",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        )
     );
 }
 
