@@ -154,6 +154,11 @@ fn options_hint(err: &InvalidOptions) -> Option<String> {
 
 fn registry_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     match as_error::<registry::Error>(cause)? {
+        registry::Error::Connect { source, .. } if signed_by_unknown_ca(source) => Some(
+            "if a private CA signs it, set SSL_CERT_FILE to a PEM file holding that CA \
+             (SSL_CERT_DIR=/etc/ssl/certs:DIR adds a directory of them to the system's)"
+                .into(),
+        ),
         registry::Error::Connect {
             mismatch: Some(mismatch),
             ..
@@ -168,6 +173,32 @@ fn registry_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         },
         _ => None,
     }
+}
+
+/// Whether TLS refused a peer's certificate as signed by no CA it trusts, anywhere in the
+/// chain. reqwest and hyper keep rustls's error inside an `io::Error`, whose `source()` skips
+/// it, so each `io::Error` is looked into as well.
+fn signed_by_unknown_ca(err: &(dyn std::error::Error + 'static)) -> bool {
+    let unknown = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        )
+    };
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if unknown(e) || inner.is_some_and(unknown) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The multi-platform build wraps the errors above transparently: the chain skips them.

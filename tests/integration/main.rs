@@ -31,6 +31,7 @@ mod progress;
 mod real_kube;
 mod registry_proxy;
 mod relay;
+mod static_binary;
 mod tls;
 mod transports;
 mod user_agent;
