@@ -283,8 +283,8 @@ fn the_release_binary_is_static() {
 }
 
 /// glibc keeps its `files` and `dns` modules inside the static binary: with nothing beside it,
-/// names resolve through `/etc/hosts` and through the server `/etc/resolv.conf` names. The
-/// root has `/etc/nsswitch.conf` as the image has it (`hosts: files dns`).
+/// names resolve through `/etc/hosts` and through the server `/etc/resolv.conf` names, hosts
+/// first (glibc's order when there is no `/etc/nsswitch.conf`, as in the image).
 #[test]
 fn names_resolve_through_hosts_and_dns_in_a_bare_root() {
     let dns = Dns::start(&[("registry.dns.pf-test", Ipv4Addr::LOCALHOST)]);
@@ -292,7 +292,6 @@ fn names_resolve_through_hosts_and_dns_in_a_bare_root() {
         "127.0.0.1 localhost\n127.0.0.1 registry.hosts.pf-test\n",
         &dns.resolv_conf(),
     );
-    root.add("etc/nsswitch.conf", b"hosts: files dns\n");
     let (repo, tag) = base_repo_and_tag();
     let port = registry_port();
     let inspect = |host: &str| {
@@ -338,7 +337,6 @@ fn a_private_ca_is_trusted_through_ssl_cert_file_or_dir() {
         "127.0.0.1 localhost\n127.0.0.1 registry.tls.pf-test\n",
         "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
     );
-    root.add("etc/nsswitch.conf", b"hosts: files dns\n");
     root.add("ca/private-ca.pem", registry.ca_pem.as_bytes());
     let (repo, tag) = base_repo_and_tag();
     let image = format!("registry.tls.pf-test:{}/{repo}:{tag}", registry.port);
