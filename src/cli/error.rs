@@ -176,25 +176,24 @@ fn registry_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 /// Whether TLS refused a peer's certificate as signed by no CA it trusts, anywhere in the
-/// chain. reqwest and hyper keep rustls's error inside an `io::Error`, whose `source()` skips
-/// it, so each `io::Error` is looked into as well.
+/// chain. reqwest and hyper keep rustls's error inside an `io::Error` (hyper-rustls wraps that
+/// in another one), and an `io::Error`'s `source()` skips what it wraps, so each `io::Error`
+/// is looked into, however deep.
 fn signed_by_unknown_ca(err: &(dyn std::error::Error + 'static)) -> bool {
-    let unknown = |e: &(dyn std::error::Error + 'static)| {
-        matches!(
-            e.downcast_ref::<rustls::Error>(),
-            Some(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer
-            ))
-        )
-    };
     let mut next = Some(err);
     while let Some(e) = next {
-        let inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if unknown(e) || inner.is_some_and(unknown) {
-            return true;
+        let mut wrapped = Some(e);
+        while let Some(w) = wrapped {
+            if let Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )) = w.downcast_ref::<rustls::Error>()
+            {
+                return true;
+            }
+            wrapped = w
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
         }
         next = e.source();
     }
@@ -248,6 +247,19 @@ fn fleet_hint(err: &fleet::Error) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_ca_is_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        // hyper-rustls's wrapping of tokio-rustls's error.
+        let outer = std::io::Error::other(io);
+        assert!(signed_by_unknown_ca(&outer));
+        let other = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired,
+        ));
+        assert!(!signed_by_unknown_ca(&other));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer: {0}")]
