@@ -27,7 +27,7 @@ use super::session::{
     Attachable, ExportTarget, SecretSource, Session, SessionOptions, shared_key_for,
 };
 use super::spec::{CacheSpec, OutputSpec};
-use super::stores::BuildStores;
+use super::stores::{BuildStores, RollbackOnDrop};
 use crate::registry::credentials::CredentialsError;
 use crate::registry::{CredentialsProvider, DockerConfig};
 
@@ -115,6 +115,10 @@ pub struct BuildOptions {
     /// Where the daemon's registry credentials come from, in place of the Docker config
     /// (`registry_auth` is then not looked at).
     pub credentials: Option<Arc<dyn CredentialsProvider>>,
+    /// How long a write to a client-side store (a local cache, an OCI layout output) waits
+    /// for a lock another build or buildctl holds before the build fails naming the lock
+    /// file; [`oci_layout::LOCK_WAIT`](super::oci_layout::LOCK_WAIT) when `None`.
+    pub store_lock_wait: Option<Duration>,
 }
 
 impl BuildOptions {
@@ -511,6 +515,16 @@ pub enum BuildError {
         /// What is wrong with the answer.
         problem: &'static str,
     },
+    /// The Solve succeeded but an exported file could not be renamed onto its destination
+    /// (it was deleted).
+    #[error("cannot put the exported file in place at {}", path.display())]
+    PlaceOutput {
+        /// The output's destination, as set in the options.
+        path: PathBuf,
+        /// The rename's I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The Docker configuration could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -544,11 +558,16 @@ impl Client {
         options: &BuildOptions,
         progress: &mut dyn ProgressSink,
     ) -> Result<BuildResult, BuildError> {
-        options.validate()?;
-        let (options, stores) = BuildStores::prepare(options)?;
+        // Reading secrets, statting destinations, the Docker config and the node id are file
+        // work: a slow disk or network file system must not stall the runtime's threads.
+        let (options, stores, session_options) = {
+            let options = options.clone();
+            crate::files::off_runtime(move || prepare(&options)).await?
+        };
         let options = &options;
-        let mut session_options = options.session_options()?;
-        session_options.content_stores = stores.by_id.clone();
+        // From here on, whatever ends the build takes back what it wrote to the stores.
+        let stores = Arc::new(stores);
+        let _rollback = RollbackOnDrop(stores.clone());
         let session = Session::start(self, session_options);
         let reference = super::random::random_id();
         let request = options.solve_request(&reference, session.id());
@@ -575,7 +594,7 @@ impl Client {
             }
         });
         // Stops the status task when the build is cancelled (this future dropped).
-        let _status_guard = AbortOnDrop(status_task);
+        let _status_guard = tokio_util::task::AbortOnDropHandle::new(status_task);
 
         tokio::pin!(solve);
         let mut ticker = tokio::time::interval(Duration::from_millis(150));
@@ -613,6 +632,7 @@ impl Client {
             })
             .unwrap_or_default();
         let session_failure = session.failure();
+        let staged = session.staged_exports();
         session.close();
         match solved {
             Ok(response) => {
@@ -621,7 +641,16 @@ impl Client {
                     .exporter_response
                     .into_iter()
                     .collect();
-                stores.finish(&exporter_response)?;
+                // Only now, with the Solve's verdict in, do results appear at their
+                // destinations: index.json entries first, then exported files.
+                let finish = {
+                    let (stores, response) = (stores.clone(), exporter_response.clone());
+                    crate::files::off_runtime(move || stores.finish(&response))
+                };
+                finish.await?;
+                crate::files::off_runtime(move || staged.place())
+                    .await
+                    .map_err(|(path, source)| BuildError::PlaceOutput { path, source })?;
                 progress.finish(&transfer, None);
                 Ok(BuildResult {
                     reference,
@@ -666,12 +695,16 @@ impl Client {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// The blocking part of starting a build: checks the options, opens the stores and reads
+/// what the session serves.
+fn prepare(
+    options: &BuildOptions,
+) -> Result<(BuildOptions, BuildStores, SessionOptions), BuildError> {
+    options.validate()?;
+    let (options, stores) = BuildStores::prepare(options)?;
+    let mut session_options = options.session_options()?;
+    session_options.content_stores = stores.by_id.clone();
+    Ok((options, stores, session_options))
 }
 
 /// A Solve that ended because of the connection (or a peer without Solve), not because the

@@ -2,6 +2,11 @@
 //! layout directories the session offers under which store ids, the attributes rewritten to
 //! match (absolute paths, digests resolved from tags), and what is written to `index.json`
 //! once the build succeeds.
+//!
+//! Every writable store ends exactly once: [`BuildStores::finish`] records the result and
+//! releases it; anything else that ends the build (a failure, a cancelled or dropped future,
+//! a daemon that went away) drops the [`RollbackOnDrop`] guard, which takes back what the
+//! build wrote. The stores' own rules keep that safe when other builds share a directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::invalid::{InvalidOptions, StoreRole};
-use super::oci_layout::{IndexName, LayoutError, LayoutStore, parse_digest};
+use super::oci_layout::{IndexName, LOCK_WAIT, LayoutError, LayoutStore, parse_digest};
 use super::solve::{BuildError, BuildOptions};
 
 /// The store id of a `type=oci,tar=false` output directory (buildctl's).
@@ -69,6 +74,7 @@ impl BuildStores {
         check_flags(options)?;
         let mut resolved = options.clone();
         let mut stores = BuildStores::default();
+        let lock_wait = options.store_lock_wait.unwrap_or(LOCK_WAIT);
 
         for spec in resolved
             .cache_exports
@@ -80,7 +86,8 @@ impl BuildStores {
             let path = absolute_str(&role, Path::new(&dest))?;
             let store = Arc::new(
                 LayoutStore::for_writing(Path::new(&path))
-                    .map_err(unusable(&role, Path::new(&dest)))?,
+                    .map_err(unusable(&role, Path::new(&dest)))?
+                    .with_lock_wait(lock_wait),
             );
             let tag = spec
                 .attrs
@@ -129,7 +136,9 @@ impl BuildStores {
             let dest = output.dest.clone().unwrap_or_default();
             let path = absolute_str(&role, &dest)?;
             let store = Arc::new(
-                LayoutStore::for_writing(Path::new(&path)).map_err(unusable(&role, &dest))?,
+                LayoutStore::for_writing(Path::new(&path))
+                    .map_err(unusable(&role, &dest))?
+                    .with_lock_wait(lock_wait),
             );
             output.dest = Some(PathBuf::from(&path));
             stores.by_id.insert(EXPORT_STORE_ID.into(), store.clone());
@@ -181,9 +190,19 @@ impl BuildStores {
         Ok((resolved, stores))
     }
 
-    /// After a successful build: records the cache manifest and the image in the
-    /// destinations' `index.json`, as buildctl does.
+    /// After a successful Solve: records the cache manifest and the image in the
+    /// destinations' `index.json`, as buildctl does, then releases every store. Waits for
+    /// `index.json.lock` (with a deadline): call it off the async runtime. On an error
+    /// everything is taken back.
     pub(crate) fn finish(&self, response: &BTreeMap<String, String>) -> Result<(), BuildError> {
+        self.record(response)?;
+        for store in self.by_id.values().filter(|s| s.is_writable()) {
+            store.release();
+        }
+        Ok(())
+    }
+
+    fn record(&self, response: &BTreeMap<String, String>) -> Result<(), BuildError> {
         if !self.cache_exports.is_empty() {
             match response.get(CACHE_MANIFEST_KEY) {
                 Some(json) => {
@@ -253,11 +272,22 @@ impl BuildStores {
             .find_map(|s| s.take_failure().map(|f| (s.root().to_owned(), f)))
     }
 
-    /// Takes back everything the build wrote into the stores.
+    /// Takes back what the build wrote into the stores (see [`LayoutStore::rollback`]).
+    /// Never waits for a lock, so a guard's `drop` may call it.
     pub(crate) fn rollback(&self) {
         for store in self.by_id.values().filter(|s| s.is_writable()) {
             store.rollback();
         }
+    }
+}
+
+/// Rolls the stores back when dropped, unless [`BuildStores::finish`] released them first
+/// (a released store ignores the rollback): whatever ends a build, its stores end with it.
+pub(crate) struct RollbackOnDrop(pub(crate) Arc<BuildStores>);
+
+impl Drop for RollbackOnDrop {
+    fn drop(&mut self) {
+        self.0.rollback();
     }
 }
 

@@ -26,6 +26,7 @@ use rustix::fs::FileType;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Packet, PacketType, Stat, TransferStats, beneath, io_reason, mode};
 
@@ -119,23 +120,25 @@ where
 
     // Incoming packets go to the blocking applier through a small bounded queue (backpressure
     // on the sender); this side's REQs and FIN go out unbounded.
+    // Both tasks are aborted when this future is dropped (a cancelled build): they belong
+    // to the transfer, not to their streams.
     let (in_tx, in_rx) = mpsc::channel::<Result<Packet, tonic::Status>>(64);
-    let pump = tokio::spawn(async move {
+    let pump = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(item) = incoming.next().await {
             if in_tx.send(item).await.is_err() {
                 break;
             }
         }
-    });
+    }));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
-    let forwarder = tokio::spawn(async move {
+    let forwarder = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(p) = out_rx.recv().await {
             if outgoing.send(p).await.is_err() {
                 return Err(ReceiveError::OutgoingClosed);
             }
         }
         Ok(())
-    });
+    }));
 
     let applier = tokio::task::spawn_blocking(move || {
         let result = match Receiver::new(dest, out_tx.clone(), stats) {
@@ -165,7 +168,7 @@ where
         .await
         .map_err(ReceiveError::Interrupted)
         .and_then(|r| r);
-    pump.abort();
+    drop(pump);
     result?;
     forwarded
 }

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::tasks::Tasks;
 use crate::buildkit::MAX_MESSAGE_SIZE;
 use crate::buildkit::oci_layout::{Ingest, LayoutError, LayoutStore};
 use crate::buildkit::proto::containerd::services::content::v1::content_server::{
@@ -52,10 +53,14 @@ pub(super) const METHODS: &[&str] = &[
 /// Bytes per `Read` response (containerd's own chunk size).
 const READ_CHUNK: usize = 1 << 20;
 
-pub(super) fn service(stores: BTreeMap<String, Arc<LayoutStore>>) -> ContentServer<ContentService> {
+pub(super) fn service(
+    stores: BTreeMap<String, Arc<LayoutStore>>,
+    tasks: Tasks,
+) -> ContentServer<ContentService> {
     ContentServer::new(ContentService {
         stores,
         active: Arc::default(),
+        tasks,
     })
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE)
@@ -76,6 +81,7 @@ pub(super) struct ContentService {
     stores: BTreeMap<String, Arc<LayoutStore>>,
     /// Uploads in progress by ref.
     active: Arc<std::sync::Mutex<HashMap<String, Progress>>>,
+    tasks: Tasks,
 }
 
 impl ContentService {
@@ -116,6 +122,8 @@ fn status(err: LayoutError) -> tonic::Status {
         LayoutError::NotADirectory { .. }
         | LayoutError::NotALayout { .. }
         | LayoutError::IndexNotJson { .. } => tonic::Status::failed_precondition(message),
+        LayoutError::LockTimeout { .. } => tonic::Status::deadline_exceeded(message),
+        LayoutError::Closed { .. } => tonic::Status::cancelled(message),
         LayoutError::Io { .. } => tonic::Status::internal(message),
     }
 }
@@ -380,7 +388,7 @@ impl Content for ContentService {
         tracing::debug!(store = %id, reference, total, "upload started");
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let active = self.active.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let upload = Upload {
                 store,
                 store_id: id,

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
@@ -16,14 +16,21 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::ExportTarget;
+use super::tasks::Tasks;
 use crate::buildkit::MAX_MESSAGE_SIZE;
 use crate::buildkit::fsutil;
 use crate::buildkit::proto::control::BytesMessage;
 use crate::buildkit::proto::fsutil::types::Packet;
 
-pub(super) fn service(exports: Vec<ExportTarget>) -> FileSendService {
+pub(super) fn service(
+    exports: Vec<ExportTarget>,
+    tasks: Tasks,
+    staged: Arc<StagedExports>,
+) -> FileSendService {
     FileSendService {
         exports: Arc::new(exports),
+        tasks,
+        staged,
     }
 }
 
@@ -32,6 +39,45 @@ pub(super) fn service(exports: Vec<ExportTarget>) -> FileSendService {
 #[derive(Clone)]
 pub(super) struct FileSendService {
     exports: Arc<Vec<ExportTarget>>,
+    tasks: Tasks,
+    staged: Arc<StagedExports>,
+}
+
+/// Exported files received in full, each still under its temporary name beside its
+/// destination: a daemon may end a file's stream cleanly and then fail the build, so a file
+/// is put in place only once the Solve succeeded ([`StagedExports::place`]). Whatever is
+/// still here when the session ends is deleted.
+#[derive(Debug, Default)]
+pub(crate) struct StagedExports(Mutex<Vec<(TempFile, PathBuf)>>);
+
+impl StagedExports {
+    fn stage(&self, file: TempFile, dest: PathBuf) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((file, dest));
+    }
+
+    /// Renames every staged file onto its destination (blocking: call it off the runtime).
+    ///
+    /// # Errors
+    /// The destination and the I/O error of the first rename that failed; the files not
+    /// yet placed are deleted.
+    pub(crate) fn place(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        let staged = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for (file, dest) in staged {
+            std::fs::rename(file.path(), &dest).map_err(|e| (dest, e))?;
+            file.keep();
+        }
+        Ok(())
+    }
+
+    /// Deletes every staged file.
+    pub(crate) fn discard(&self) {
+        drop(std::mem::take(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+    }
 }
 
 impl tonic::server::NamedService for FileSendService {
@@ -55,20 +101,26 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let exports = self.exports.clone();
+        let diff_copy = DiffCopy {
+            exports: self.exports.clone(),
+            tasks: self.tasks.clone(),
+            staged: self.staged.clone(),
+        };
         Box::pin(async move {
             if req.uri().path() != "/moby.filesync.v1.FileSend/DiffCopy" {
                 return Ok(tonic::Status::unimplemented("").into_http());
             }
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .apply_max_message_size_config(Some(MAX_MESSAGE_SIZE), Some(MAX_MESSAGE_SIZE));
-            Ok(grpc.streaming(DiffCopy { exports }, req).await)
+            Ok(grpc.streaming(diff_copy, req).await)
         })
     }
 }
 
 struct DiffCopy {
     exports: Arc<Vec<ExportTarget>>,
+    tasks: Tasks,
+    staged: Arc<StagedExports>,
 }
 
 impl tonic::server::StreamingService<Bytes> for DiffCopy {
@@ -78,6 +130,8 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
 
     fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
         let exports = self.exports.clone();
+        let tasks = self.tasks.clone();
+        let staged = self.staged.clone();
         Box::pin(async move {
             let index = match request.metadata().get("buildkit-attachable-exporter-id") {
                 None => 0,
@@ -95,27 +149,31 @@ impl tonic::server::StreamingService<Bytes> for DiffCopy {
                     "exporter {index} does not send files to the client"
                 ))),
                 ExportTarget::File(path) => {
-                    receive_file(&path, request.into_inner()).await?;
+                    let file = receive_file(&path, request.into_inner()).await?;
+                    staged.stage(file, path);
                     let empty: RawStream = Box::pin(futures_util::stream::empty());
                     Ok(tonic::Response::new(empty))
                 }
-                ExportTarget::Directory(dir) => {
-                    Ok(tonic::Response::new(receive_dir(dir, request.into_inner())))
-                }
+                ExportTarget::Directory(dir) => Ok(tonic::Response::new(receive_dir(
+                    dir,
+                    request.into_inner(),
+                    &tasks,
+                ))),
             }
         })
     }
 }
 
-/// Streams BytesMessage chunks into a temporary file beside `dest`, renamed onto `dest` when
-/// the daemon ends the stream; removed on failure. Only a few chunks are held in memory.
+/// Streams BytesMessage chunks into a temporary file beside `dest` and returns it once the
+/// daemon ends the stream (the build puts it in place); removed on failure. Only a few
+/// chunks are held in memory.
 ///
 /// One blocking thread does all the writes (with `std::fs`): `tokio::fs` would hand every
 /// chunk to a new blocking task, a thread wake-up and a copy per message.
 async fn receive_file(
     dest: &Path,
     mut incoming: tonic::Streaming<Bytes>,
-) -> Result<(), tonic::Status> {
+) -> Result<TempFile, tonic::Status> {
     let tmp = TempFile(Some(temp_path(dest)));
     let tmp_path = tmp.path().to_owned();
     // Created here, before the writer starts, so that the guard above always removes it: a
@@ -123,10 +181,8 @@ async fn receive_file(
     let file = {
         let path = tmp_path.clone();
         // A new file, never one already there: O_EXCL does not follow a symlink planted at
-        // the temporary name, so the export cannot be redirected through it. A leftover from
-        // an earlier run with the same process id is removed first (unlink never follows).
+        // the temporary name, so the export cannot be redirected through it.
         tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_file(&path);
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -164,11 +220,7 @@ async fn receive_file(
         .map_err(|e| tonic::Status::internal(format!("writer task failed: {e}")))?;
     received?;
     written.map_err(|e| io_status("write", &tmp_path, &e))?;
-    tokio::fs::rename(&tmp_path, dest)
-        .await
-        .map_err(|e| io_status("rename into place", dest, &e))?;
-    tmp.keep();
-    Ok(())
+    Ok(tmp)
 }
 
 /// Chunks of an exported file queued for the writer thread.
@@ -176,6 +228,7 @@ const WRITE_QUEUE: usize = 16;
 
 /// A temporary file removed when dropped (on failure, or when the build is cancelled and
 /// this service's future is dropped), unless kept.
+#[derive(Debug)]
 struct TempFile(Option<PathBuf>);
 
 impl TempFile {
@@ -196,8 +249,9 @@ impl Drop for TempFile {
     }
 }
 
-/// Runs the fsutil receiver into `dest`, translating frames to and from Packets.
-fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>) -> RawStream {
+/// Runs the fsutil receiver into `dest`, translating frames to and from Packets; its tasks
+/// are the session's.
+fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>, tasks: &Tasks) -> RawStream {
     let packets = incoming.map(|frame| {
         frame.and_then(|bytes| {
             Packet::decode(bytes)
@@ -208,7 +262,7 @@ fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>) -> RawStream {
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, tonic::Status>>(64);
     let stats = Arc::new(fsutil::TransferStats::default());
     let relay_tx = out_tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Some(packet) = rx.recv().await {
             if relay_tx
                 .send(Ok(packet.encode_to_vec().into()))
@@ -219,11 +273,7 @@ fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>) -> RawStream {
             }
         }
     });
-    tokio::spawn(async move {
-        if let Err(err) = std::fs::create_dir_all(&dest) {
-            let _ = out_tx.send(Err(io_status("create", &dest, &err))).await;
-            return;
-        }
+    tasks.spawn(async move {
         if let Err(err) = fsutil::receive(dest.clone(), Box::pin(packets), tx, stats).await {
             let _ = out_tx
                 .send(Err(tonic::Status::internal(format!(
@@ -241,7 +291,9 @@ fn temp_path(dest: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    dest.with_file_name(format!(".{name}.pf-buildkit-{}.tmp", std::process::id()))
+    // Unique per export: two builds (in one process or two) may export to the same file.
+    let unique = &super::random_id()[..10];
+    dest.with_file_name(format!(".{name}.pf-buildkit-{unique}.tmp"))
 }
 
 fn io_status(what: &str, path: &Path, err: &std::io::Error) -> tonic::Status {

@@ -12,11 +12,14 @@ use crate::buildkit::fsutil;
 use crate::buildkit::proto::fsutil::types::Packet;
 use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
 
+use super::tasks::Tasks;
+
 pub(super) fn service(
     dirs: BTreeMap<String, Arc<dyn fsutil::Source>>,
     stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
+    tasks: Tasks,
 ) -> FileSyncServer<FileSyncService> {
-    FileSyncServer::new(FileSyncService { dirs, stats })
+    FileSyncServer::new(FileSyncService { dirs, stats, tasks })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
@@ -24,6 +27,7 @@ pub(super) fn service(
 pub(super) struct FileSyncService {
     dirs: BTreeMap<String, Arc<dyn fsutil::Source>>,
     stats: BTreeMap<String, Arc<fsutil::TransferStats>>,
+    tasks: Tasks,
 }
 
 type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, tonic::Status>> + Send>>;
@@ -64,7 +68,7 @@ impl FileSync for FileSyncService {
             outgoing: tx,
             stats,
         };
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let result = root.send(transfer).await;
             if let Err(err) = result {
                 let place = match root.path() {

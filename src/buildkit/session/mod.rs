@@ -27,7 +27,11 @@ mod filesync;
 mod health;
 mod secrets;
 mod ssh;
+mod tasks;
 mod tunnel;
+
+pub(crate) use filesend::StagedExports;
+use tasks::Tasks;
 
 pub use super::fsutil::TransferStats;
 pub use attachable::Attachable;
@@ -172,7 +176,8 @@ pub enum ExportTarget {
     None,
     /// A directory tree (the `local` exporter).
     Directory(PathBuf),
-    /// One file (`tar`, `oci`, `docker`): written beside its final name, renamed on success.
+    /// One file (`tar`, `oci`, `docker`): written beside its final name, renamed into place
+    /// only once the Solve succeeded.
     File(PathBuf),
 }
 
@@ -205,12 +210,15 @@ pub struct SessionOptions {
     pub attachables: Vec<Arc<dyn Attachable>>,
 }
 
-/// A running session. Dropping it (or [`Session::close`]) ends it.
+/// A running session. Dropping it (or [`Session::close`]) ends it: every task it started
+/// is aborted and exported files not yet put in place are deleted.
 pub struct Session {
     id: String,
     stats: BTreeMap<String, Arc<TransferStats>>,
     failure: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
+    tasks: Tasks,
+    staged: Arc<StagedExports>,
 }
 
 impl std::fmt::Debug for Session {
@@ -237,12 +245,16 @@ impl Session {
         let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
         let headers = tunnel::session_headers(&id, &options.shared_key, &methods);
         let via_control = options.via_control;
-        let routes = routes(options, stats.clone());
+        let tasks = Tasks::default();
+        let staged = Arc::new(StagedExports::default());
+        let routes = routes(options, stats.clone(), &tasks, &staged);
         let client = client.clone();
         let failure_slot = failure.clone();
+        let session_tasks = tasks.clone();
         let task = tokio::spawn(async move {
-            let (result, end) = match tunnel::open(&client, &headers, via_control).await {
-                Ok((io, end)) => (tunnel::serve(io, routes).await, Some(end)),
+            let tasks = session_tasks;
+            let (result, end) = match tunnel::open(&client, &headers, via_control, &tasks).await {
+                Ok((io, end)) => (tunnel::serve(io, routes, tasks).await, Some(end)),
                 Err(err) => (Err(err), None),
             };
             if let Err(err) = result {
@@ -272,6 +284,8 @@ impl Session {
             stats,
             failure,
             task,
+            tasks,
+            staged,
         }
     }
 
@@ -290,21 +304,30 @@ impl Session {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
+    /// The exported files received in full and waiting for the Solve's verdict.
+    pub(crate) fn staged_exports(&self) -> Arc<StagedExports> {
+        self.staged.clone()
+    }
+
     /// Ends the session: the stream closes and the daemon drops it.
     pub fn close(self) {
-        self.task.abort();
+        drop(self);
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+        self.tasks.end();
+        self.staged.discard();
     }
 }
 
 fn routes(
     options: SessionOptions,
     stats: BTreeMap<String, Arc<TransferStats>>,
+    tasks: &Tasks,
+    staged: &Arc<StagedExports>,
 ) -> tonic::service::Routes {
     let SessionOptions {
         dirs,
@@ -330,8 +353,8 @@ fn routes(
         }};
     }
     offer!(health::service());
-    offer!(filesync::service(dirs, stats));
-    offer!(filesend::service(exports));
+    offer!(filesync::service(dirs, stats, tasks.clone()));
+    offer!(filesend::service(exports, tasks.clone(), staged.clone()));
     offer!(auth::service(credentials));
     // Not routed unless configured: a call to either then finds no service (Unimplemented),
     // matching what the session announced.
@@ -339,10 +362,10 @@ fn routes(
         offer!(secrets::service(secrets));
     }
     if !ssh.is_empty() {
-        offer!(ssh::service(ssh));
+        offer!(ssh::service(ssh, tasks.clone()));
     }
     if !content_stores.is_empty() {
-        offer!(content::service(content_stores));
+        offer!(content::service(content_stores, tasks.clone()));
     }
     for attachable in &attachables {
         attachable.register(&mut routes);

@@ -9,17 +9,19 @@ use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::tasks::Tasks;
 use crate::buildkit::proto::moby::sshforward::v1::ssh_server::{Ssh, SshServer};
 use crate::buildkit::proto::moby::sshforward::v1::{
     BytesMessage, CheckAgentRequest, CheckAgentResponse,
 };
 
-pub(super) fn service(agents: BTreeMap<String, PathBuf>) -> SshServer<SshService> {
-    SshServer::new(SshService { agents })
+pub(super) fn service(agents: BTreeMap<String, PathBuf>, tasks: Tasks) -> SshServer<SshService> {
+    SshServer::new(SshService { agents, tasks })
 }
 
 pub(super) struct SshService {
     agents: BTreeMap<String, PathBuf>,
+    tasks: Tasks,
 }
 
 impl SshService {
@@ -70,7 +72,7 @@ impl Ssh for SshService {
             })?;
         let (mut read, mut write) = stream.into_split();
         let mut inbound = request.into_inner();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while let Some(Ok(message)) = inbound.next().await {
                 if write.write_all(&message.data).await.is_err() {
                     break;
@@ -79,7 +81,7 @@ impl Ssh for SshService {
             let _ = write.shutdown().await;
         });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut buf = BytesMut::with_capacity(32 << 10);
             loop {
                 buf.reserve(32 << 10);

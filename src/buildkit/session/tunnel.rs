@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,6 +15,8 @@ use tonic::service::Routes;
 use crate::buildkit::proto::control::BytesMessage;
 use crate::buildkit::transport::{BoxedIo, docker_upgrade};
 use crate::buildkit::{Client, DockerHost};
+
+use super::tasks::Tasks;
 
 /// Largest chunk of tunnel bytes put in one `BytesMessage`: writes are coalesced up to this,
 /// because the daemon reads 32 KiB at a time and a message per h2 frame costs throughput.
@@ -70,15 +72,17 @@ pub(crate) fn session_headers(
 
 /// Opens the byte stream the daemon will speak HTTP/2 over: the Engine's `/session` upgrade
 /// when the client talks to a Docker Engine (unless `via_control`), else `Control.Session`.
+/// The pumps of a `Control.Session` run as `tasks`.
 pub(crate) async fn open(
     client: &Client,
     headers: &[(String, String)],
     via_control: bool,
+    tasks: &Tasks,
 ) -> io::Result<(BoxedIo, TunnelEnd)> {
     let end = TunnelEnd::default();
     let io = match client.docker_host().filter(|_| !via_control) {
         Some(host) => open_docker(host, headers).await?,
-        None => open_control(client, headers, end.clone()).await?,
+        None => open_control(client, headers, end.clone(), tasks).await?,
     };
     Ok((io, end))
 }
@@ -114,11 +118,12 @@ async fn open_control(
     client: &Client,
     headers: &[(String, String)],
     end: TunnelEnd,
+    tasks: &Tasks,
 ) -> io::Result<BoxedIo> {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
     let (mut from_server, to_server) = tokio::io::split(theirs);
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(16);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut buf = BytesMut::with_capacity(TUNNEL_CHUNK);
         loop {
             buf.reserve(TUNNEL_CHUNK);
@@ -151,7 +156,7 @@ async fn open_control(
         ))
     })?;
     let inbound = response.into_inner();
-    tokio::spawn(pump_inbound(inbound, to_server, end));
+    tasks.spawn(pump_inbound(inbound, to_server, end, tasks.clone()));
     Ok(Box::pin(ours))
 }
 
@@ -184,10 +189,12 @@ async fn pump_inbound(
     mut inbound: tonic::Streaming<BytesMessage>,
     mut to_server: tokio::io::WriteHalf<tokio::io::DuplexStream>,
     end: TunnelEnd,
+    tasks: Tasks,
 ) {
     let budget = Arc::new(Semaphore::new(INBOUND_LIMIT));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
-    let writer = tokio::spawn(async move {
+    let (written_tx, written) = tokio::sync::oneshot::channel::<()>();
+    tasks.spawn(async move {
         // Each permit is released once its bytes are in the pipe.
         while let Some((data, _permit)) = rx.recv().await {
             if to_server.write_all(&data).await.is_err() {
@@ -195,6 +202,7 @@ async fn pump_inbound(
             }
         }
         let _ = to_server.shutdown().await;
+        let _ = written_tx.send(());
     });
     while let Some(message) = inbound.next().await {
         let message = match message {
@@ -218,14 +226,14 @@ async fn pump_inbound(
     }
     // Closing the queue lets the writer drain it and then shut the pipe down.
     drop(tx);
-    let _ = writer.await;
+    let _ = written.await;
 }
 
 /// Serves `routes` over the session stream until the daemon closes it or the future is
-/// dropped.
-pub(crate) async fn serve(io: BoxedIo, routes: Routes) -> io::Result<()> {
+/// dropped; each stream's handler runs as one of `tasks`.
+pub(crate) async fn serve(io: BoxedIo, routes: Routes, tasks: Tasks) -> io::Result<()> {
     let service = TowerToHyperService::new(routes.prepare());
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(tasks);
     builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

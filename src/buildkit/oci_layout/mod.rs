@@ -11,8 +11,9 @@
 //! - `index.json` is rewritten whole (temporary file, then `rename`) under an exclusive lock
 //!   on `index.json.lock`, the lock file buildctl uses, so concurrent builds (ours or
 //!   buildctl's) never lose each other's entries.
-//! - Everything a store creates is remembered, so a failed build can take it all back and
-//!   leave the directory as it found it ([`LayoutStore::rollback`]).
+//! - Everything a store creates is remembered, so a build that ends without its result can
+//!   take it back ([`LayoutStore::rollback`]), without deleting a blob another build sharing
+//!   the directory relies on (`collect`'s rule; `locks` has the two locks).
 //!
 //! Border: plain file-system code; it uses only the id generator (`random`), and must not import
 //! the session services, `registry`, `fleet` or anything above `buildkit`.
@@ -21,11 +22,17 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
+
+use locks::{IndexLock, RootLock};
+
+mod collect;
+mod locks;
 
 /// The annotation holding a manifest's tag (or reference name) in `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -100,6 +107,24 @@ pub enum LayoutError {
         /// What differed: the announced and the received size or digest, in words.
         reason: String,
     },
+    /// A lock the store needs was held by someone else for longer than the store waits.
+    #[error(
+        "waited {}s for the lock {} (another build, buildctl or buildx holds it)",
+        waited.as_secs(),
+        path.display()
+    )]
+    LockTimeout {
+        /// The lock: `index.json.lock`, or the layout's root while a build deletes from it.
+        path: PathBuf,
+        /// How long the store waited.
+        waited: std::time::Duration,
+    },
+    /// The build using the store ended (cancelled, failed or finished): no more writes.
+    #[error("the build writing to {} has ended", path.display())]
+    Closed {
+        /// The layout's root directory (or the lock that was being waited for).
+        path: PathBuf,
+    },
     /// A file operation failed (the OS error is the source).
     #[error("{}", path.display())]
     Io {
@@ -145,6 +170,11 @@ impl LayoutError {
                 path: path.clone(),
                 reason: reason.clone(),
             },
+            LayoutError::LockTimeout { path, waited } => LayoutError::LockTimeout {
+                path: path.clone(),
+                waited: *waited,
+            },
+            LayoutError::Closed { path } => LayoutError::Closed { path: path.clone() },
             LayoutError::Io { path, source } => LayoutError::Io {
                 path: path.clone(),
                 source: match source.raw_os_error() {
@@ -243,20 +273,60 @@ impl Ingest {
     }
 }
 
+/// How long a store waits for a lock (`index.json.lock`, or the root while another build
+/// deletes from it) before giving up with [`LayoutError::LockTimeout`], unless set with
+/// [`LayoutStore::with_lock_wait`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One OCI layout directory serving as a content store.
+///
+/// A writable store is one build's view of a directory that other builds (in this process
+/// or others, pf-buildkit's or buildctl's) may share. From its first write until the build
+/// ends it holds a shared lock on the root directory. It ends in one of two ways:
+/// [`Self::release`] after success keeps what it wrote; [`Self::rollback`] takes back what
+/// it wrote and did not record in `index.json`. A blob is deleted only while no other
+/// pf-buildkit build holds the root (it may have been told that blob exists); otherwise its
+/// name goes to a list in the layout, and the last build to leave deletes what is still
+/// unreachable from `index.json`.
 #[derive(Debug)]
 pub struct LayoutStore {
     root: PathBuf,
     writable: bool,
-    /// Files and directories this store created, oldest first: what [`Self::rollback`]
-    /// removes.
-    created: Mutex<Vec<PathBuf>>,
+    lock_wait: std::time::Duration,
+    /// Set when the build ends, before [`Self::writes`] is locked: a lock wait in progress
+    /// gives up at its next try instead of holding the ending back.
+    ended: AtomicBool,
+    writes: Mutex<Writes>,
     /// The first write failure, kept so the build can report the path rather than the
     /// daemon's rewording of it.
     failure: Mutex<Option<LayoutError>>,
 }
 
+/// What a writable store did to its directory, changed only under [`LayoutStore::writes`].
+#[derive(Debug, Default)]
+struct Writes {
+    /// Files and directories this store created, oldest first: what a rollback takes back.
+    created: Vec<PathBuf>,
+    /// The shared lock on the root, from the first write on.
+    in_use: Option<RootLock>,
+    /// `index.json` holds this build's entry: the store's result is in place for good.
+    committed: bool,
+    /// Released or rolled back: every further write fails.
+    ended: bool,
+}
+
 impl LayoutStore {
+    fn new(root: &Path, writable: bool) -> Self {
+        LayoutStore {
+            root: root.to_owned(),
+            writable,
+            lock_wait: LOCK_WAIT,
+            ended: AtomicBool::new(false),
+            writes: Mutex::new(Writes::default()),
+            failure: Mutex::new(None),
+        }
+    }
+
     /// A store the daemon may write to (a cache or output destination). Nothing is created
     /// until the first upload.
     ///
@@ -268,12 +338,7 @@ impl LayoutStore {
                 path: root.to_owned(),
             });
         }
-        Ok(LayoutStore {
-            root: root.to_owned(),
-            writable: true,
-            created: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
-        })
+        Ok(Self::new(root, true))
     }
 
     /// A store the daemon may only read (a cache source or an `--oci-layout` input): the
@@ -282,12 +347,7 @@ impl LayoutStore {
     /// # Errors
     /// [`LayoutError::NotADirectory`] or [`LayoutError::NotALayout`].
     pub fn for_reading(root: &Path) -> Result<Self, LayoutError> {
-        let store = LayoutStore {
-            root: root.to_owned(),
-            writable: false,
-            created: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
-        };
+        let store = Self::new(root, false);
         if !root.is_dir() {
             if root.exists() {
                 return Err(LayoutError::NotADirectory {
@@ -303,6 +363,13 @@ impl LayoutStore {
         Ok(store)
     }
 
+    /// The same store waiting at most `wait` for a lock (default [`LOCK_WAIT`]).
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
     /// The layout's root directory, as the store was opened with.
     pub fn root(&self) -> &Path {
         &self.root
@@ -311,6 +378,44 @@ impl LayoutStore {
     /// Whether the daemon may write to it.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+
+    fn writes(&self) -> MutexGuard<'_, Writes> {
+        // A panic elsewhere leaves the list as it was: still the truth about the directory.
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn closed(&self) -> LayoutError {
+        LayoutError::Closed {
+            path: self.root.clone(),
+        }
+    }
+
+    /// The store's write state, with the root created and locked shared: from here on no
+    /// other build deletes a blob this one sees.
+    ///
+    /// # Errors
+    /// [`LayoutError::Closed`] once the build ended; lock and creation errors.
+    fn enter(&self) -> Result<MutexGuard<'_, Writes>, LayoutError> {
+        let mut writes = self.writes();
+        if writes.ended {
+            return Err(self.closed());
+        }
+        if writes.in_use.is_none() {
+            self.create_dirs(&mut writes, &self.root)?;
+            let ended = || self.ended.load(Ordering::Acquire);
+            let lock = RootLock::shared(&self.root, self.lock_wait, &ended)?;
+            writes.in_use = Some(lock);
+        }
+        Ok(writes)
+    }
+
+    /// Enters a writable store whose root exists, before telling the daemon what it holds.
+    fn enter_if_present(&self) -> Result<(), LayoutError> {
+        if self.writable && self.root.is_dir() {
+            drop(self.enter()?);
+        }
+        Ok(())
     }
 
     /// Where a blob lives.
@@ -328,6 +433,7 @@ impl LayoutStore {
     /// [`LayoutError::BlobNotFound`], [`LayoutError::InvalidDigest`], [`LayoutError::Io`].
     pub fn info(&self, digest: &str) -> Result<(u64, SystemTime), LayoutError> {
         let path = self.blob_path(digest)?;
+        self.enter_if_present()?;
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => Ok((
                 meta.len(),
@@ -366,6 +472,7 @@ impl LayoutStore {
     /// # Errors
     /// [`LayoutError::Io`] when `blobs/` cannot be listed.
     pub fn list(&self) -> Result<Vec<(String, u64)>, LayoutError> {
+        self.enter_if_present()?;
         let mut out = Vec::new();
         for alg in ["sha256", "sha512"] {
             let dir = self.root.join("blobs").join(alg);
@@ -399,7 +506,8 @@ impl LayoutStore {
     ///
     /// # Errors
     /// [`LayoutError::ReadOnly`]; [`LayoutError::AlreadyExists`] when `expected` is stored
-    /// already (the uploader then skips it); [`LayoutError::Io`].
+    /// already (the uploader then skips it); [`LayoutError::Closed`] once the build ended;
+    /// [`LayoutError::Io`].
     pub fn begin_upload(
         &self,
         reference: &str,
@@ -411,6 +519,7 @@ impl LayoutStore {
                 path: self.root.clone(),
             });
         }
+        let mut writes = self.enter()?;
         if let Some(expected) = expected
             && self.blob_path(expected)?.is_file()
         {
@@ -420,7 +529,7 @@ impl LayoutStore {
             });
         }
         let ingest_dir = self.root.join("ingest");
-        self.create_dirs(&ingest_dir)?;
+        self.create_dirs(&mut writes, &ingest_dir)?;
         // One file per upload: two uploads of one ref (two builds, or a retry) never share
         // a file, so neither can corrupt the other.
         let tag: String = Sha256::digest(reference.as_bytes())[..8]
@@ -439,7 +548,7 @@ impl LayoutStore {
                     source: e,
                 })
             })?;
-        self.remember(&path);
+        writes.created.push(path.clone());
         let now = SystemTime::now();
         Ok(Ingest {
             file,
@@ -458,7 +567,8 @@ impl LayoutStore {
     /// is dropped and counts as done.
     ///
     /// # Errors
-    /// [`LayoutError::Mismatch`] (the ingest is deleted); [`LayoutError::Io`].
+    /// [`LayoutError::Mismatch`] (the ingest is deleted); [`LayoutError::Closed`] once the
+    /// build ended (likewise); [`LayoutError::Io`].
     pub fn commit(
         &self,
         ingest: Ingest,
@@ -491,6 +601,7 @@ impl LayoutStore {
                 "content is {digest}, expected {expected}"
             )));
         }
+        // Outside the write lock: the slow part, and it changes nothing anyone else sees.
         file.sync_all().map_err(|e| {
             self.note_failure(LayoutError::Io {
                 path: path.clone(),
@@ -498,12 +609,21 @@ impl LayoutStore {
             })
         })?;
         let target = self.blob_path(&digest)?;
+        // The rename happens under the write lock, so a rollback either sees the blob in the
+        // list or makes the rename fail: a blob never appears after its build ended.
+        let mut writes = match self.enter() {
+            Ok(writes) => writes,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        writes.created.retain(|p| p != path);
         if let Some(dir) = target.parent() {
-            self.create_dirs(dir)?;
+            self.create_dirs(&mut writes, dir)?;
         }
         if target.is_file() {
             let _ = std::fs::remove_file(path);
-            self.forget(path);
             return Ok(digest);
         }
         std::fs::rename(path, &target).map_err(|e| {
@@ -513,15 +633,14 @@ impl LayoutStore {
                 source: e,
             })
         })?;
-        self.forget(path);
-        self.remember(&target);
+        writes.created.push(target);
         Ok(digest)
     }
 
     /// Drops an upload.
     pub fn abort(&self, ingest: Ingest) {
         let _ = std::fs::remove_file(&ingest.path);
-        self.forget(&ingest.path);
+        self.writes().created.retain(|p| p != &ingest.path);
     }
 
     /// Records a write failure the daemon was told about, so the build can name the path.
@@ -540,36 +659,55 @@ impl LayoutStore {
         self.failure.lock().ok().and_then(|mut f| f.take())
     }
 
-    /// Removes every file and directory this store created (blobs, ingests, directories),
-    /// newest first: a failed build leaves the layout as it found it.
+    /// Ends the build's use of the store and takes back what it wrote: its uploads in
+    /// progress at once, its blobs and directories when no other build uses the store (else
+    /// the last build to leave does it). Once `index.json` holds the build's entry, the store
+    /// is kept as [`Self::release`] keeps it. Every later write fails; a second call does
+    /// nothing. Never waits for a lock.
     pub fn rollback(&self) {
-        let Ok(mut created) = self.created.lock() else {
+        self.end(false);
+    }
+
+    /// Ends the build's use of the store and keeps what it wrote; when no other build uses
+    /// the store, deletes what rolled-back builds left for the last one to leave. Never
+    /// waits for a lock. A read-only store has nothing to release.
+    pub fn release(&self) {
+        self.end(true);
+    }
+
+    fn end(&self, keep: bool) {
+        self.ended.store(true, Ordering::Release);
+        let mut writes = self.writes();
+        if writes.ended {
+            return;
+        }
+        writes.ended = true;
+        let created = std::mem::take(&mut writes.created);
+        let Some(in_use) = writes.in_use.take() else {
+            // Never written to: nothing of ours is there.
             return;
         };
-        for path in created.drain(..).rev() {
-            if path.is_dir() {
-                // Only if empty: another build may have put files there meanwhile.
-                let _ = std::fs::remove_dir(&path);
-            } else {
+        let keep = keep || writes.committed;
+        drop(writes);
+        drop(in_use);
+        let ingest = self.root.join("ingest");
+        let mut ours = Vec::new();
+        for path in created {
+            if path.parent() == Some(ingest.as_path()) {
+                // Nobody else knows an ingest file's name.
                 let _ = std::fs::remove_file(&path);
+            } else if !keep {
+                ours.push(path);
             }
         }
-    }
-
-    fn remember(&self, path: &Path) {
-        if let Ok(mut created) = self.created.lock() {
-            created.push(path.to_owned());
-        }
-    }
-
-    fn forget(&self, path: &Path) {
-        if let Ok(mut created) = self.created.lock() {
-            created.retain(|p| p != path);
+        match RootLock::try_exclusive(&self.root) {
+            Some(_alone) => collect::collect(self, &ours),
+            None => collect::abandon(self, &ours),
         }
     }
 
     /// `create_dir_all`, remembering each directory it made.
-    fn create_dirs(&self, dir: &Path) -> Result<(), LayoutError> {
+    fn create_dirs(&self, writes: &mut Writes, dir: &Path) -> Result<(), LayoutError> {
         let mut missing = Vec::new();
         let mut cursor = Some(dir);
         while let Some(d) = cursor {
@@ -581,7 +719,7 @@ impl LayoutStore {
         }
         for d in missing.into_iter().rev() {
             match std::fs::create_dir(&d) {
-                Ok(()) => self.remember(&d),
+                Ok(()) => writes.created.push(d),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
                 Err(e) => {
                     return Err(self.note_failure(LayoutError::Io { path: d, source: e }));
@@ -657,18 +795,26 @@ impl LayoutStore {
 
     /// Adds `descriptor` to `index.json` under each name, replacing entries with the same
     /// name and keeping all others (buildctl's rule), and writes `oci-layout`. Holds an
-    /// exclusive lock on `index.json.lock` meanwhile and replaces `index.json` by `rename`,
-    /// so readers see the old or the new index, never a mix.
+    /// exclusive lock on `index.json.lock` meanwhile (waiting for it at most the store's
+    /// lock wait, polling: call this off the async runtime) and replaces `index.json` by
+    /// `rename`, so readers see the old or the new index, never a mix. Once it returns, the
+    /// entry stays: a later [`Self::rollback`] keeps it and the blobs it reaches.
     ///
     /// # Errors
-    /// [`LayoutError::Io`] (the old `index.json` is then untouched);
-    /// [`LayoutError::NotALayout`] when the existing `index.json` is unreadable.
+    /// [`LayoutError::LockTimeout`] naming the lock file; [`LayoutError::Closed`] when the
+    /// build ended while waiting; [`LayoutError::Io`] (the old `index.json` is then
+    /// untouched); [`LayoutError::NotALayout`] when the existing `index.json` is unreadable.
     pub fn put_index(&self, descriptor: &Value, names: &[IndexName]) -> Result<(), LayoutError> {
-        self.create_dirs(&self.root)?;
-        let _lock = IndexLock::acquire(&self.root.join("index.json.lock"))?;
+        drop(self.enter()?);
+        let ended = || self.ended.load(Ordering::Acquire);
+        let _lock = IndexLock::acquire(&self.root.join("index.json.lock"), self.lock_wait, &ended)?;
+        // The commit point: under the write lock, so a rollback comes wholly before it
+        // (nothing written) or wholly after it (everything kept).
+        let mut writes = self.enter()?;
         let layout_path = self.root.join("oci-layout");
         if !layout_path.is_file() {
             write_atomically(&layout_path, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            writes.created.push(layout_path);
         }
         let index_path = self.root.join("index.json");
         let mut index = if index_path.exists() {
@@ -697,7 +843,9 @@ impl LayoutStore {
             path: index_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_atomically(&index_path, &data)
+        write_atomically(&index_path, &data)?;
+        writes.committed = true;
+        Ok(())
     }
 }
 
@@ -780,49 +928,6 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), LayoutError> {
             source: e,
         }
     })
-}
-
-/// An exclusive `flock` on `index.json.lock`, held until dropped. buildctl deletes the lock
-/// file after unlocking, so after locking we check the path still names the file we
-/// locked, and lock again if it does not.
-struct IndexLock {
-    file: File,
-    path: PathBuf,
-}
-
-impl Drop for IndexLock {
-    /// Removes the lock file while still holding the lock (buildctl leaves none behind);
-    /// a waiter that locked the removed file notices and locks the new one.
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
-    }
-}
-
-impl IndexLock {
-    fn acquire(path: &Path) -> Result<Self, LayoutError> {
-        use std::os::unix::fs::MetadataExt;
-        loop {
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(io_error(path))?;
-            file.lock().map_err(io_error(path))?;
-            let locked = file.metadata().map_err(io_error(path))?;
-            match std::fs::metadata(path) {
-                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
-                    return Ok(IndexLock {
-                        file,
-                        path: path.to_owned(),
-                    });
-                }
-                _ => continue,
-            }
-        }
-    }
 }
 
 /// Reads a blob from a store into memory: for small JSON documents only (manifests,
@@ -945,6 +1050,151 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("keep")]);
+    }
+
+    /// Uploads `data` as a committed blob of `store`.
+    fn put_blob(store: &LayoutStore, data: &[u8]) -> String {
+        let mut up = store.begin_upload("r", None, 0).unwrap();
+        up.write(data).unwrap();
+        store.commit(up, data.len() as u64, None).unwrap()
+    }
+
+    /// Every file under `root`, relative, sorted.
+    fn tree(root: &Path) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.is_dir() {
+                    walk(&path, root, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(root, root, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_blob_another_build_was_told_exists_outlives_the_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let a = LayoutStore::for_writing(&root).unwrap();
+        let b = LayoutStore::for_writing(&root).unwrap();
+        let shared = put_blob(&a, b"shared layer");
+        let own = put_blob(&a, b"a's own layer");
+        // B is told the shared blob exists, so its daemon will not upload it.
+        assert!(matches!(
+            b.begin_upload("r", Some(&shared), 12),
+            Err(LayoutError::AlreadyExists { .. })
+        ));
+        a.rollback();
+        assert!(b.info(&shared).is_ok(), "A deleted a blob B relies on");
+        assert!(
+            matches!(
+                a.begin_upload("r", None, 0),
+                Err(LayoutError::Closed { .. })
+            ),
+            "a rolled-back store takes no more writes"
+        );
+        let descriptor = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": shared,
+            "size": 12,
+        });
+        b.put_index(&descriptor, &[IndexName::Tag("latest".into())])
+            .unwrap();
+        b.release();
+        // B was the last to leave: what A abandoned and nothing reaches is gone.
+        assert!(!a.blob_path(&own).unwrap().exists());
+        assert_eq!(
+            tree(&root),
+            vec![
+                "blobs".to_owned(),
+                "blobs/sha256".into(),
+                format!("blobs/sha256/{}", &shared[7..]),
+                "index.json".into(),
+                "oci-layout".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_of_two_failed_builds_restores_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("layout");
+        let a = LayoutStore::for_writing(&root).unwrap();
+        let b = LayoutStore::for_writing(&root).unwrap();
+        put_blob(&a, b"one");
+        put_blob(&b, b"two");
+        let _pending = b.begin_upload("p", None, 0).unwrap();
+        a.rollback();
+        assert!(root.join(".pf-buildkit-abandoned").is_file());
+        b.rollback();
+        assert!(!root.exists(), "left: {:?}", tree(&root));
+    }
+
+    #[test]
+    fn a_held_index_lock_times_out_naming_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayoutStore::for_writing(dir.path())
+            .unwrap()
+            .with_lock_wait(std::time::Duration::from_millis(200));
+        let lock_path = dir.path().join("index.json.lock");
+        let holder = File::create(&lock_path).unwrap();
+        holder.lock().unwrap();
+        let descriptor = serde_json::json!({"digest": sha(b"x"), "size": 1});
+        let err = store
+            .put_index(&descriptor, &[IndexName::Tag("t".into())])
+            .unwrap_err();
+        let LayoutError::LockTimeout { path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &lock_path);
+        assert!(err.to_string().contains("index.json.lock"), "{err}");
+        assert!(!dir.path().join("index.json").exists());
+    }
+
+    #[test]
+    fn ending_the_build_stops_a_lock_wait_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LayoutStore::for_writing(dir.path()).unwrap());
+        let holder = File::create(dir.path().join("index.json.lock")).unwrap();
+        holder.lock().unwrap();
+        let waiter = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let descriptor = serde_json::json!({"digest": sha(b"x"), "size": 1});
+                store.put_index(&descriptor, &[IndexName::Tag("t".into())])
+            }
+        });
+        // The waiter has entered the store (created its root lock) before the rollback.
+        while store.writes().in_use.is_none() {
+            std::thread::yield_now();
+        }
+        let started = std::time::Instant::now();
+        store.rollback();
+        let err = waiter.join().unwrap().unwrap_err();
+        assert!(matches!(err, LayoutError::Closed { .. }), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(!dir.path().join("index.json").exists());
+        assert!(!dir.path().join("oci-layout").exists());
+    }
+
+    #[test]
+    fn a_recorded_result_survives_a_later_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayoutStore::for_writing(dir.path()).unwrap();
+        let digest = put_blob(&store, b"manifest");
+        let descriptor = serde_json::json!({"digest": digest, "size": 8});
+        store
+            .put_index(&descriptor, &[IndexName::Tag("t".into())])
+            .unwrap();
+        store.rollback();
+        assert!(store.blob_path(&digest).unwrap().is_file());
+        assert_eq!(index_names(&store.read_index().unwrap())["t"], digest);
+        assert!(!dir.path().join("ingest").exists());
     }
 
     #[test]
