@@ -632,7 +632,9 @@ impl Client {
             })
             .unwrap_or_default();
         let session_failure = session.failure();
-        let staged = session.staged_exports();
+        // The Solve has returned, so every export stream has ended: the files received are
+        // all staged. Out of the session they go, to await the verdict; then it ends.
+        let staged = session.take_staged_exports();
         session.close();
         match solved {
             Ok(response) => {

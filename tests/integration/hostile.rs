@@ -642,3 +642,44 @@ async fn r8_filesync_100k_reqs_in_one_burst() {
     call.succeed();
     build.await.unwrap().unwrap();
 }
+
+/// A daemon that sends a `type=tar` export whole, ends its stream cleanly and then fails the
+/// build places nothing at the destination and leaves no temporary file; the same stream
+/// followed by success places the file.
+#[tokio::test]
+async fn r16_an_export_the_solve_disowns_never_appears() {
+    for succeed in [false, true] {
+        let fx = Fixture::new();
+        let tar = fx.dest.with_file_name("image.tar");
+        let mut options = fx.options();
+        options.outputs = vec![format!("type=tar,dest={}", tar.display()).parse().unwrap()];
+        let mut peer = HostilePeer::start().await;
+        let (build, call) = start_build(&mut peer, options).await;
+        call.session
+            .send_file(0, &[b"first half of a tar, ", b"second half"])
+            .await
+            .unwrap();
+        assert!(
+            !tar.exists(),
+            "the file was placed before the Solve's verdict"
+        );
+        if succeed {
+            call.succeed();
+            build.await.unwrap().unwrap();
+            assert_eq!(
+                std::fs::read(&tar).unwrap(),
+                b"first half of a tar, second half"
+            );
+        } else {
+            fail_build(build, call, "export failed after the stream").await;
+            assert!(!tar.exists(), "a failed build placed its tar");
+        }
+        fx.assert_contained();
+        let litter: Vec<_> = std::fs::read_dir(tar.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(litter.is_empty(), "temporary files left: {litter:?}");
+    }
+}

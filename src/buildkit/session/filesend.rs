@@ -72,6 +72,14 @@ impl StagedExports {
         Ok(())
     }
 
+    /// The files staged so far, moved out: the session may end (deleting what is still
+    /// staged in it) while the build decides their fate.
+    pub(crate) fn take(&self) -> StagedExports {
+        StagedExports(Mutex::new(std::mem::take(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+        )))
+    }
+
     /// Deletes every staged file.
     pub(crate) fn discard(&self) {
         drop(std::mem::take(

@@ -304,9 +304,10 @@ impl Session {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
-    /// The exported files received in full and waiting for the Solve's verdict.
-    pub(crate) fn staged_exports(&self) -> Arc<StagedExports> {
-        self.staged.clone()
+    /// The exported files received in full so far, taken out of the session to await the
+    /// Solve's verdict (dropped, they are deleted).
+    pub(crate) fn take_staged_exports(&self) -> StagedExports {
+        self.staged.take()
     }
 
     /// Ends the session: the stream closes and the daemon drops it.

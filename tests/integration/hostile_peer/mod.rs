@@ -210,6 +210,41 @@ impl PeerSession {
         self.diff_copy(FILE_SEND, metadata).await
     }
 
+    /// Sends `chunks` as the file of exporter number `exporter` (a `tar`, `oci` or `docker`
+    /// export: raw bytes in `BytesMessage`s) and ends the stream cleanly; returns once the
+    /// client has answered the call.
+    ///
+    /// # Errors
+    /// The status the client answered with.
+    pub async fn send_file(&self, exporter: usize, chunks: &[&[u8]]) -> Result<(), tonic::Status> {
+        let messages: Vec<BytesMessage> = chunks
+            .iter()
+            .map(|c| BytesMessage {
+                data: bytes::Bytes::copy_from_slice(c),
+            })
+            .collect();
+        let mut request = tonic::Request::new(futures_util::stream::iter(messages));
+        request.metadata_mut().insert(
+            "buildkit-attachable-exporter-id",
+            exporter.to_string().parse().expect("metadata value"),
+        );
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("session not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<BytesMessage, BytesMessage>::default();
+        let response = grpc
+            .streaming(
+                request,
+                http::uri::PathAndQuery::from_static(FILE_SEND),
+                codec,
+            )
+            .await?;
+        let mut answers = response.into_inner();
+        while answers.message().await?.is_some() {}
+        Ok(())
+    }
+
     /// Opens `FileSync/DiffCopy` for a local directory (the client is the sender).
     ///
     /// # Errors
