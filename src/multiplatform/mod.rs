@@ -437,8 +437,10 @@ impl MultiPlatformBuild {
     ) -> Result<MultiPlatformResult, Error> {
         let arches: Vec<&str> = builders.iter().map(|b| b.arch.as_str()).collect();
         self.validate(&arches)?;
-        self.options
-            .validate()
+        // Reads secret files and stats destinations: file work, off the runtime.
+        let options = self.options.clone();
+        crate::files::off_runtime(move || options.validate())
+            .await
             .map_err(|e| Error::Options(Box::new(e)))?;
         let registry = self.registry_client()?;
         self.check_registry_login().await?;

@@ -273,3 +273,88 @@ tier_tests!(
     async cancelled_while_exporting_a_local_cache,
     async cancelled_while_exporting_an_oci_layout,
 );
+
+/// The client-side push (what a multi-platform build does when the daemon cannot push): the
+/// push of an OCI tarball is dropped once its first blob upload has begun. Once the
+/// registry client is dropped too, no task of the push is alive and nothing under the
+/// test's directory is open.
+#[tokio::test]
+async fn cancelled_while_the_client_pushes() {
+    use crate::registry_proxy::{Proxy, ProxyConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_owned();
+    let ctx = root.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN head -c 16000000 /dev/urandom > /big\n"),
+    )
+    .unwrap();
+    let tar = root.join("image.tar");
+    let tier = Tier::preferred();
+    let mut options = BuildOptions::new(&ctx);
+    options.registry_auth = false;
+    options.no_cache = true;
+    options.session_via_control = tier.session_via_control();
+    options
+        .frontend_attrs
+        .insert("force-network-mode".into(), "none".into());
+    options
+        .outputs
+        .push(format!("type=oci,dest={}", tar.display()).parse().unwrap());
+    let endpoint: Endpoint = tier.addr().parse().unwrap();
+    let client = Client::connect(endpoint, &TlsOptions::default())
+        .await
+        .unwrap();
+    client
+        .build(
+            &options,
+            &mut pf_buildkit::buildkit::progress::QuietProgress,
+        )
+        .await
+        .unwrap();
+    drop(client);
+
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    let before_push = leftovers::alive_tasks();
+    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let target = pf_buildkit::registry::parse_reference(&format!(
+        "{}/pf-test/cancelled-push-{}:v1",
+        proxy.addr,
+        std::process::id()
+    ))
+    .unwrap();
+    {
+        let push = registry.push_oci_layout(&tar, &target);
+        tokio::pin!(push);
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tokio::select! {
+                result = &mut push => panic!("the push ended before a blob upload began: {result:?}"),
+                _ = poll.tick() => {
+                    if proxy.log().iter().any(|(m, p, _)| m == "POST" && p.contains("/blobs/uploads/")) {
+                        break;
+                    }
+                }
+            }
+        }
+        // Leaving the block drops the push.
+    }
+    drop(registry);
+    settle(Duration::from_secs(30), || {
+        let open = open_under(&root);
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("files left open: {open:?}"))
+        }
+    })
+    .await;
+    tasks_back_to(before_push, "after the cancelled push").await;
+}
