@@ -294,20 +294,12 @@ async fn cancelled_while_the_client_pushes() {
     .unwrap();
     let tar = root.join("image.tar");
     let tier = Tier::preferred();
-    let mut options = BuildOptions::new(&ctx);
-    options.registry_auth = false;
+    let mut options = crate::shared_store::options_for(tier, &ctx);
     options.no_cache = true;
-    options.session_via_control = tier.session_via_control();
-    options
-        .frontend_attrs
-        .insert("force-network-mode".into(), "none".into());
     options
         .outputs
         .push(format!("type=oci,dest={}", tar.display()).parse().unwrap());
-    let endpoint: Endpoint = tier.addr().parse().unwrap();
-    let client = Client::connect(endpoint, &TlsOptions::default())
-        .await
-        .unwrap();
+    let client = crate::shared_store::connect(tier).await;
     client
         .build(
             &options,

@@ -67,7 +67,7 @@ fn blob(layout: &Path, digest: &str) -> PathBuf {
 /// Checks a layout blob by blob: every file under `blobs/` hashes to its name, every
 /// descriptor reachable from `index.json` has a blob of its size and digest, and no upload
 /// was left in `ingest/`. Returns the descriptors reachable from the index.
-fn verify_layout(layout: &Path) -> Vec<Value> {
+pub(crate) fn verify_layout(layout: &Path) -> Vec<Value> {
     assert_eq!(
         read_json(&layout.join("oci-layout")),
         serde_json::json!({"imageLayoutVersion": "1.0.0"})

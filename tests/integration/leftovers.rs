@@ -6,9 +6,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
 /// The tasks alive in the test's runtime (spawned and not yet ended).
 pub fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
@@ -57,49 +54,14 @@ pub async fn tasks_back_to(baseline: usize, what: &str) {
     .await;
 }
 
-fn sha256_file(path: &Path) -> String {
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut file, &mut hasher).unwrap();
-    format!("sha256:{:x}", hasher.finalize())
-}
-
-/// Checks a layout that builds shared: every blob `index.json` reaches (through indexes and
-/// manifests: children, layers, configs) exists with its size and hashes to its digest, and
-/// nothing else is there: no other blob, no upload, no lock or temporary file. Returns the
-/// number of blobs verified.
+/// Checks a layout that builds shared: every blob `index.json` reaches is whole (as
+/// [`crate::content::verify_layout`] checks it), and nothing else is there: no other blob, no
+/// upload, no lock or temporary file. Returns the number of blobs verified.
 pub fn verify_shared_layout(layout: &Path) -> usize {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap())
-        .unwrap_or_else(|e| panic!("{}/index.json: {e}", layout.display()));
-    let mut pending: Vec<Value> = index["manifests"].as_array().cloned().unwrap_or_default();
-    let mut reached = BTreeSet::new();
-    while let Some(desc) = pending.pop() {
-        let digest = desc["digest"].as_str().unwrap().to_owned();
-        if !reached.insert(digest.clone()) {
-            continue;
-        }
-        let path = layout.join("blobs").join(digest.replacen(':', "/", 1));
-        assert!(
-            path.is_file(),
-            "index.json reaches {digest}, which is missing"
-        );
-        assert_eq!(sha256_file(&path), digest, "{}", path.display());
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            desc["size"].as_u64().unwrap(),
-            "size of {digest}"
-        );
-        let media = desc["mediaType"].as_str().unwrap_or_default();
-        if media.contains("manifest") || media.contains("index") {
-            let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            for key in ["manifests", "layers"] {
-                pending.extend(doc[key].as_array().cloned().unwrap_or_default());
-            }
-            if let Some(config) = doc.get("config") {
-                pending.push(config.clone());
-            }
-        }
-    }
+    let reached: BTreeSet<String> = crate::content::verify_layout(layout)
+        .iter()
+        .map(|desc| desc["digest"].as_str().unwrap().to_owned())
+        .collect();
     let top: BTreeSet<String> = std::fs::read_dir(layout)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -41,14 +41,16 @@ impl Dice {
     }
 }
 
-async fn connect(tier: Tier) -> Client {
+/// A client of `tier`'s daemon.
+pub(crate) async fn connect(tier: Tier) -> Client {
     let endpoint: Endpoint = tier.addr().parse().unwrap();
     Client::connect(endpoint, &TlsOptions::default())
         .await
         .unwrap()
 }
 
-fn options_for(tier: Tier, ctx: &Path) -> BuildOptions {
+/// Options for `ctx` on `tier`: no registry credentials, RUN steps without a network.
+pub(crate) fn options_for(tier: Tier, ctx: &Path) -> BuildOptions {
     let mut options = BuildOptions::new(ctx);
     options.registry_auth = false;
     options.session_via_control = tier.session_via_control();
