@@ -8,6 +8,7 @@
 #
 # --from-scratch builds in an empty target directory, so the wall time is a cold build's (as
 # on a fresh CI machine); without it the build reuses target/ and times only what changed.
+# PF_BENCH_BINARY=FILE measures that binary instead of building one (no build time then).
 # Needs the test environment (scripts/testenv start): its registry and BuildKit, and root
 # (the --version runs are chrooted into the image's files).
 set -euo pipefail
@@ -27,12 +28,15 @@ trap 'rm -rf "$scratch"' EXIT
 
 # --- the binary ---------------------------------------------------------------------------------
 start=$(date +%s.%N)
-if [[ -n $from_scratch ]]; then
+if [[ -n ${PF_BENCH_BINARY:-} ]]; then
+    binary=$PF_BENCH_BINARY
+elif [[ -n $from_scratch ]]; then
     binary=$(CARGO_TARGET_DIR=$scratch/target scripts/release)
 else
     binary=$(scripts/release)
 fi
 build_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+[[ -z ${PF_BENCH_BINARY:-} ]] || build_s="(not built: PF_BENCH_BINARY) 0"
 size=$(stat -c %s "$binary")
 
 # --- the image ----------------------------------------------------------------------------------
