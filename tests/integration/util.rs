@@ -4,15 +4,36 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// An environment variable `scripts/testenv start` sets; a missing one fails the test with
-/// a message saying how to set it up.
+/// How to get the test environment, the one line a run without it prints.
+const NO_ENVIRONMENT: &str = "integration tests: no test environment (PF_TEST_REGISTRY is unset): \
+run `scripts/test`, or `eval \"$(scripts/testenv start)\"` and then `cargo test` (see README)";
+
+/// An environment variable `scripts/testenv start` sets. Without the environment at all, the
+/// first test that asks ends the test process with one line saying how to get it (a panic in
+/// every test would print a stack of the same message); with the environment but not this
+/// variable (a component it could not start), the test fails naming the variable.
 pub fn env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
         _ => {
+            if std::env::var_os("PF_TEST_REGISTRY").is_none_or(|v| v.is_empty()) {
+                no_environment();
+            }
             panic!("{name} is not set: run `eval \"$(scripts/testenv start)\"` first (see README)")
         }
     }
+}
+
+/// Prints [`NO_ENVIRONMENT`] once, past libtest's output capture, and exits 1. Tests that
+/// asked at the same moment wait here until the process is gone.
+fn no_environment() -> ! {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "\n{NO_ENVIRONMENT}");
+        std::process::exit(1);
+    });
+    unreachable!("the process exited")
 }
 
 /// The Docker Engine socket path of the test environment.
@@ -60,23 +81,40 @@ pub fn tokio_bin() -> tokio::process::Command {
     tokio::process::Command::from(bin())
 }
 
-/// The Engine's build cache is shared by every test in this process. Tests whose assertions
-/// depend on what the cache holds take it shared; a test that prunes everything takes it
-/// exclusively, so it never runs beside them.
-static BUILD_CACHE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// A daemon's build cache, shared by every test process (nextest runs one per test): tests
+/// whose assertions depend on what the cache holds take it shared; a test that prunes
+/// everything takes it exclusively, so it never runs beside them. An `flock` on a file in the
+/// test environment's directory, released when the guard drops (or the process dies).
+pub struct CacheLock(std::fs::File);
 
-/// Holds the build cache steady against a full prune for as long as the guard lives.
-pub fn cache_shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    BUILD_CACHE
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Excludes the tests that rely on the cache while the guard lives.
-pub fn cache_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-    BUILD_CACHE
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl CacheLock {
+    /// Waits for the lock of `tier`'s cache. It blocks the calling thread, so it must not be
+    /// a runtime's: take it in the test before entering tokio, or in `spawn_blocking`.
+    fn take(tier: Tier, exclusive: bool) -> CacheLock {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "take the cache lock outside the async runtime (before it, or in spawn_blocking)"
+        );
+        let dir = docker_socket()
+            .parent()
+            .expect("the Engine socket is in the test environment's directory")
+            .join("locks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("build-cache-{}.lock", tier.name()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let locked = if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        };
+        locked.unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+        CacheLock(file)
+    }
 }
 
 /// A BuildKit daemon of the test environment. The build, export, session, cache and
@@ -163,29 +201,15 @@ impl Tier {
     }
 
     /// Holds this daemon's build cache steady against a full prune while the guard lives.
-    pub fn cache_shared(self) -> std::sync::RwLockReadGuard<'static, ()> {
-        self.cache_lock()
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn cache_shared(self) -> CacheLock {
+        CacheLock::take(self, false)
     }
 
     /// Excludes the tests that rely on this daemon's cache while the guard lives.
-    pub fn cache_exclusive(self) -> std::sync::RwLockWriteGuard<'static, ()> {
-        self.cache_lock()
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn cache_lock(self) -> &'static std::sync::RwLock<()> {
-        match self {
-            Tier::Standalone => &STANDALONE_CACHE,
-            Tier::Engine => &BUILD_CACHE,
-        }
+    pub fn cache_exclusive(self) -> CacheLock {
+        CacheLock::take(self, true)
     }
 }
-
-/// The standalone daemon's cache lock (see [`BUILD_CACHE`]).
-static STANDALONE_CACHE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Turns `fn NAME(tier: Tier)` into one test per [`Tier`]: `NAME::standalone` and
 /// `NAME::engine` (a module and a function may share a name). Where the standalone daemon is
