@@ -22,7 +22,8 @@
 # Environment: PF_TEST_KUBE_DIR, PF_TEST_KUBE_KUBECONFIG, PF_TEST_BUILDKIT_ADDR (from testenv),
 # PF_BENCH_DIR (default /tmp/pf-bench), PF_BENCH_RUNS (default 3), PF_BENCH_PATHS (default
 # "direct kube-pod relay", plus "before" when PF_BENCH_BEFORE is set), PF_BENCH_NO_BUILD (set:
-# use the release builds as they are), PF_BENCH_BIN (the pf-buildkit binary to measure).
+# use the release builds as they are), PF_BENCH_BIN (the pf-buildkit binary to measure),
+# PF_BENCH_RELAY (the relay binary), PF_BENCH_BEFORE (an older pf-buildkit, adds path `before`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ WORK=${PF_BENCH_DIR:-/tmp/pf-bench}
 RUNS=${PF_BENCH_RUNS:-3}
 PATHS=${PF_BENCH_PATHS:-direct kube-pod relay${PF_BENCH_BEFORE:+ before}}
 BIN=${PF_BENCH_BIN:-$PWD/target/release/pf-buildkit}
-RELAY=$PWD/target/release/examples/portforward_relay
+RELAY=${PF_BENCH_RELAY:-$PWD/target/release/examples/portforward_relay}
 KUBE=$PF_TEST_KUBE_DIR
 SERVER=$(awk '$1 == "server:" { print $2; exit }' "$PF_TEST_KUBE_KUBECONFIG")
 NS=pf-bench
@@ -78,6 +79,7 @@ RELAY_PID=
 stop_relay() { [[ -z $RELAY_PID ]] || kill "$RELAY_PID" 2>/dev/null || true; RELAY_PID=; }
 trap stop_relay EXIT
 start_relay() {
+    rm -f "$WORK/relay.port"
     KUBECONFIG=$PF_TEST_KUBE_KUBECONFIG "$RELAY" "$NS" "$POD" 1234 >"$WORK/relay.port" 2>"$WORK/relay.log" &
     RELAY_PID=$!
     local i

@@ -34,8 +34,10 @@ use crate::buildkit::{BoxedIo, Client, Dialer, Endpoint, TlsOptions};
 const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The most bytes one WebSocket message to the pod carries (the channel byte aside). Writes
-/// are gathered up to this size unless flushed first.
-const MAX_MESSAGE: usize = 256 * 1024;
+/// are gathered up to this size unless flushed first. client-go's size (its copy buffer): the
+/// kubelet's Go WebSocket reader allocates each message whole, and measured through the real
+/// handler 32 KiB cost it less CPU than 256 KiB (scripts/bench-portforward.sh).
+const MAX_MESSAGE: usize = 32 * 1024;
 
 /// The data channel of the (only) port: `v4.channel.k8s.io` numbers port `i`'s data `2i` and
 /// its errors `2i + 1`.
@@ -555,11 +557,14 @@ mod tests {
         };
         let (_stream, sizes) = tokio::join!(writer, reader);
         assert_eq!(sizes.last(), Some(&4), "the flushed small write: {sizes:?}");
-        assert!(sizes.len() <= 18, "{} messages: {sizes:?}", sizes.len());
+        // Full messages but for the end of each flushed batch: not one message per write.
+        let total: usize = sizes.iter().sum();
         assert!(
-            sizes.iter().all(|&n| n <= MAX_MESSAGE + 9 + 16384),
-            "{sizes:?}"
+            sizes.len() <= total / MAX_MESSAGE + 2,
+            "{} messages: {sizes:?}",
+            sizes.len()
         );
+        assert!(sizes.iter().all(|&n| n <= MAX_MESSAGE), "{sizes:?}");
     }
 
     #[tokio::test]
