@@ -70,6 +70,16 @@ pub enum ConfigError {
         /// How to fix it: a clause that follows the semicolon in the message.
         hint: &'static str,
     },
+    /// A field holds a value of the right type that means nothing.
+    #[error("{path}: \"{field}\" is not valid: {reason}")]
+    BadValue {
+        /// The `buildkit.json` the value came from.
+        path: PathBuf,
+        /// The JSON key as written in the file.
+        field: &'static str,
+        /// What is wrong with it and what to use.
+        reason: String,
+    },
     /// A directory setting in `panfactum.yaml` is malformed.
     #[error(
         "{path}: {key} must be a relative path without a leading or trailing '/', not {value:?}"
@@ -136,6 +146,16 @@ fn top_level_scalar(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// A setting that is on, off, or on with options in a flag's syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Toggle {
+    /// `true` or `false`.
+    Bool(bool),
+    /// Options, in the syntax of the matching command-line flag.
+    Options(String),
+}
+
 /// `buildkit.json`: where images go and which cluster builds them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct BuildkitConfig {
@@ -156,6 +176,17 @@ pub struct BuildkitConfig {
     /// directory of `buildkit.json`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Provenance for every cluster build of the repository: `true`, `false`, or the value of
+    /// `build --provenance` (`"mode=max"`); the command line's flags win.
+    #[serde(default)]
+    pub provenance: Option<Toggle>,
+    /// An SBOM for every cluster build of the repository; the command line's flags win.
+    #[serde(default)]
+    pub sbom: Option<bool>,
+    /// The SBOM generator image when `sbom` is on, e.g. a copy in the repository's own
+    /// registry for an air-gapped cluster.
+    #[serde(default)]
+    pub sbom_generator: Option<String>,
     /// The `buildkit.json` this was loaded from; empty for a config made with `Default`.
     #[serde(skip)]
     pub path: PathBuf,

@@ -7,6 +7,7 @@
 //! `fleet`, `multiplatform`, `config` or the `kube` crates (`tests/integration/borders.rs`
 //! checks this).
 
+pub mod attest;
 mod client;
 mod connector;
 pub mod endpoint;

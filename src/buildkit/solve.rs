@@ -74,6 +74,9 @@ pub struct BuildOptions {
     pub ssh: BTreeMap<String, PathBuf>,
     /// Raw frontend attributes (`--opt`); they override the ones derived above.
     pub frontend_attrs: BTreeMap<String, String>,
+    /// Provenance and SBOM attestations of a Dockerfile build (none unless asked); raw
+    /// `attest:` entries of `frontend_attrs` win over them.
+    pub attestations: super::attest::Attestations,
     /// Named contexts that are local directories: `COPY --from=NAME` / `FROM NAME`.
     pub named_contexts: BTreeMap<String, PathBuf>,
     /// More local directories the session serves by name, with no attribute added (buildctl's
@@ -336,6 +339,7 @@ impl BuildOptions {
                 serde_json::Value::Array(imports).to_string(),
             );
         }
+        attrs.extend(self.attestations.frontend_attrs());
         for (k, v) in &self.frontend_attrs {
             attrs.insert(k.clone(), v.clone());
         }

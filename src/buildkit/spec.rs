@@ -24,7 +24,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(what: &'static str, value: &str, reason: impl Into<String>) -> Self {
         SpecError {
             what,
             value: redact_credentials(value),
@@ -98,7 +98,10 @@ pub fn split_csv(s: &str) -> Result<Vec<String>, String> {
 }
 
 /// Parses `k=v,k2=v2` into ordered pairs (keys lower-cased as buildctl does).
-fn parse_kv_csv(what: &'static str, s: &str) -> Result<Vec<(String, String)>, SpecError> {
+pub(crate) fn parse_kv_csv(
+    what: &'static str,
+    s: &str,
+) -> Result<Vec<(String, String)>, SpecError> {
     let fields = split_csv(s).map_err(|r| SpecError::new(what, s, r))?;
     let mut out = Vec::new();
     for field in fields {

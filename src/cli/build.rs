@@ -7,6 +7,7 @@ use std::str::FromStr as _;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use pf_buildkit::buildkit::attest::{AttestSpec, Attestations};
 use pf_buildkit::buildkit::progress::ProgressMode;
 use pf_buildkit::buildkit::spec::{
     CacheDirection, CacheSpec, OutputSpec, SecretSpec, SpecError, SshSpec, parse_key_value,
@@ -53,6 +54,18 @@ pub struct BuildArgs {
     /// with --opt context:NAME=oci-layout://NAME:TAG or …@sha256:DIGEST (repeatable)
     #[arg(long = "oci-layout", value_name = "NAME=DIR", value_parser = key_value)]
     oci_layouts: Vec<(String, String)>,
+    /// Attestation, as buildx: type=provenance[,mode=min|max][,version=v0.2|v1][,builder-id=URI]
+    /// or type=sbom[,generator=IMAGE][,scan-context=true] (repeatable, one per type)
+    #[arg(long = "attest", value_name = "SPEC", value_parser = AttestSpec::from_str)]
+    attest: Vec<AttestSpec>,
+    /// Shorthand for --attest type=provenance: true, false or mode=min|max,…
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = provenance_shorthand)]
+    provenance: Option<AttestSpec>,
+    /// Shorthand for --attest type=sbom: true, false or generator=IMAGE,…
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = sbom_shorthand)]
+    sbom: Option<AttestSpec>,
     /// Raw frontend attribute, e.g. force-network-mode=none (repeatable)
     #[arg(long = "opt", value_name = "K=V", value_parser = key_value)]
     opts: Vec<(String, String)>,
@@ -110,6 +123,27 @@ fn key_value(text: &str) -> Result<(String, String), SpecError> {
     parse_key_value("value", text)
 }
 
+fn provenance_shorthand(text: &str) -> Result<AttestSpec, SpecError> {
+    AttestSpec::shorthand("provenance", text)
+}
+
+fn sbom_shorthand(text: &str) -> Result<AttestSpec, SpecError> {
+    AttestSpec::shorthand("sbom", text)
+}
+
+/// `--attest` and the shorthands together; a type given twice is a usage error, as in buildx.
+fn attestations(args: &BuildArgs) -> Result<Attestations, UsageError> {
+    let mut attestations = Attestations::default();
+    for spec in args.attest.iter().chain(&args.provenance).chain(&args.sbom) {
+        attestations.add(spec.clone()).map_err(|reason| {
+            UsageError::Combination(format!(
+                "--attest/--provenance/--sbom: {reason}; give each type once"
+            ))
+        })?;
+    }
+    Ok(attestations)
+}
+
 fn cache_export(text: &str) -> Result<CacheSpec, SpecError> {
     CacheSpec::parse(text, CacheDirection::Export)
 }
@@ -150,6 +184,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .map(str::to_owned)
             .collect();
         options.no_cache = args.no_cache;
+        options.attestations = attestations(args)?;
         options.locals = named_dirs(&args.locals);
         options.oci_layouts = named_dirs(&args.oci_layouts);
         for secret in &args.secrets {

@@ -18,9 +18,10 @@ use futures_util::future::try_join_all;
 use super::{
     Builder, DEFAULT_ARCHES, Error, MultiPlatformBuild, MultiPlatformResult, PushMode, S3Cache,
 };
+use crate::buildkit::attest::{Attest, AttestSpec, Provenance, Sbom};
 use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::{BuildOptions, Endpoint, TlsOptions};
-use crate::config::{BuildkitConfig, ConfigError};
+use crate::config::{BuildkitConfig, ConfigError, Toggle};
 use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress, ReadyProgress};
 use crate::registry::DockerConfig;
 
@@ -61,6 +62,52 @@ pub struct BuildRequest {
     /// A local cache per architecture in `DIR/ARCH`; `None` takes `cache_dir` from
     /// `buildkit.json` (relative to that file's directory).
     pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// The attestations `buildkit.json` asks every build for (`provenance`, `sbom`,
+/// `sbom_generator`); `Unset` where it says nothing.
+fn configured_attestations(
+    config: &BuildkitConfig,
+) -> Result<(Attest<Provenance>, Attest<Sbom>), ConfigError> {
+    let bad = |field, reason: String| ConfigError::BadValue {
+        path: config.path.clone(),
+        field,
+        reason,
+    };
+    let provenance = match &config.provenance {
+        None => Attest::Unset,
+        Some(toggle) => {
+            let text = match toggle {
+                Toggle::Bool(on) => on.to_string(),
+                Toggle::Options(text) => text.clone(),
+            };
+            match AttestSpec::shorthand("provenance", &text) {
+                Ok(AttestSpec::Provenance(p)) => p,
+                Ok(AttestSpec::Sbom(_)) => Attest::Unset,
+                Err(e) => return Err(bad("provenance", e.reason)),
+            }
+        }
+    };
+    let generator = config
+        .sbom_generator
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty());
+    let sbom = match (config.sbom, generator) {
+        (Some(false), _) => Attest::Off,
+        (Some(true), generator) => Attest::On(Sbom {
+            generator: generator.map(str::to_owned),
+            scan_context: None,
+        }),
+        (None, Some(_)) => {
+            return Err(bad(
+                "sbom_generator",
+                "it is set but \"sbom\" is not true; set \"sbom\": true, or remove it".into(),
+            ));
+        }
+        (None, None) => Attest::Unset,
+    };
+    Ok((provenance, sbom))
 }
 
 impl BuildRequest {
@@ -148,6 +195,12 @@ impl BuildRequest {
                 bucket: bucket.to_owned(),
                 region: region.to_owned(),
             });
+        }
+        if let Some(config) = config {
+            let wanted = &mut build.options.attestations;
+            let (provenance, sbom) = configured_attestations(config)?;
+            wanted.provenance = std::mem::take(&mut wanted.provenance).or(provenance);
+            wanted.sbom = std::mem::take(&mut wanted.sbom).or(sbom);
         }
         build.cache_dir = self
             .cache_dir
