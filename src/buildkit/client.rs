@@ -215,7 +215,9 @@ impl Client {
         &self.endpoint
     }
 
-    /// The generated Control client, for calls this type does not wrap.
+    /// The generated Control client, for calls this type does not wrap. Unstable, as
+    /// [`proto`](super::proto) is: it follows the wire and the gRPC library's versions.
+    #[doc(hidden)]
     pub fn control(&self) -> ControlClient<Channel> {
         self.control.clone()
     }

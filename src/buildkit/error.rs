@@ -1,6 +1,7 @@
 //! Errors of the BuildKit client.
 
 use super::endpoint::ParseEndpointError;
+use super::status::RpcStatus;
 use super::tls::{TlsConfigError, TlsProblem};
 
 /// Everything that can go wrong talking to BuildKit.
@@ -64,9 +65,9 @@ pub enum Error {
         call: &'static str,
         /// What happened, in words a user can act on.
         message: String,
-        /// The status the call ended with (not a `#[source]`: its text is already in `message`,
-        /// and tonic's own rendering is meant for debugging).
-        status: Box<tonic::Status>,
+        /// The status the call ended with: the daemon's code and message (not a `#[source]`:
+        /// its text is already in `message`). Boxed to keep the error small.
+        status: Box<RpcStatus>,
         /// The TLS problem behind it, when TLS is what failed.
         tls: Option<TlsProblem>,
     },
@@ -149,7 +150,7 @@ impl Error {
             endpoint: endpoint.to_owned(),
             call: "connect",
             message,
-            status: Box::new(status),
+            status: Box::new(RpcStatus::from(&status)),
             tls,
         }
     }
@@ -162,7 +163,7 @@ impl Error {
             endpoint: endpoint.to_owned(),
             call,
             message,
-            status: Box::new(status),
+            status: Box::new(RpcStatus::from(&status)),
             tls,
         }
     }

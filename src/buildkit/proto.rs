@@ -1,5 +1,11 @@
 //! The generated BuildKit wire types and gRPC stubs (from `vendor-protos/`).
 //!
+//! **Unstable: no semver promise.** These types follow BuildKit's wire protocol and the
+//! prost and tonic versions that generate them, and may change in any release of this crate.
+//! Nothing in the rest of the API needs them; reach for them only for what it does not wrap,
+//! such as the generated server of a session service of your own
+//! ([`Attachable`](super::Attachable)).
+//!
 //! The module tree mirrors the proto packages because prost refers across packages with
 //! `super::` paths.
 //!

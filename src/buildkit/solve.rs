@@ -537,9 +537,9 @@ pub enum BuildError {
     Failed {
         /// What failed, with the failing step and Dockerfile lines when known.
         report: FailureReport,
-        /// The gRPC status the Solve call ended with, error details included (not a `source`:
-        /// `report` already holds its text).
-        status: Box<tonic::Status>,
+        /// The status the Solve call ended with: the daemon's code and message (not a
+        /// `source`: `report` already holds its text).
+        status: super::RpcStatus,
     },
     /// The daemon could not be talked to.
     #[error(transparent)]
@@ -694,7 +694,7 @@ impl Client {
                 }
                 Err(BuildError::Failed {
                     report,
-                    status: Box::new(status),
+                    status: super::RpcStatus::from(&status),
                 })
             }
         }

@@ -36,7 +36,7 @@ use futures_util::future::try_join_all;
 
 use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::spec::{CacheSpec, OutputSpec};
-use crate::buildkit::{BuildError, BuildOptions, Client};
+use crate::buildkit::{BuildError, BuildOptions, Client, RpcCode};
 use crate::registry::{self, Platform, PushedIndex, Source};
 
 pub use metadata::{ImageRecord, IndexRecord, Metadata};
@@ -613,13 +613,11 @@ impl MultiPlatformBuild {
 /// refused too, and a fallback would only hide the real error behind a second push.
 fn daemon_cannot_push(err: &BuildError) -> bool {
     let (code, text) = match err {
-        BuildError::Failed { report, status } => {
-            (status.code(), report.message.to_ascii_lowercase())
-        }
+        BuildError::Failed { report, status } => (status.code, report.message.to_ascii_lowercase()),
         BuildError::Rpc(e) => {
             let code = match e {
-                crate::buildkit::Error::Rpc { status, .. } => status.code(),
-                _ => tonic::Code::Unknown,
+                crate::buildkit::Error::Rpc { status, .. } => status.code,
+                _ => RpcCode::Unknown,
             };
             (code, e.to_string().to_ascii_lowercase())
         }
@@ -627,8 +625,8 @@ fn daemon_cannot_push(err: &BuildError) -> bool {
     };
     match code {
         // The daemon's status says what kind of failure it is, when it says.
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => return false,
-        tonic::Code::Unimplemented => return true,
+        RpcCode::Unauthenticated | RpcCode::PermissionDenied => return false,
+        RpcCode::Unimplemented => return true,
         _ => {}
     }
     // A registry's HTTP answer reaches us only as the daemon's text: 401 and 403 there are
@@ -719,12 +717,12 @@ mod tests {
                 vertex: None,
                 sources: Vec::new(),
             },
-            status: Box::new(tonic::Status::new(code, message)),
+            status: crate::buildkit::RpcStatus::new(code, message),
         };
-        let unknown = tonic::Code::Unknown;
+        let unknown = RpcCode::Unknown;
         for (err, fallback) in [
             (failed(unknown, "unknown exporter \"image\""), true),
-            (failed(tonic::Code::Unimplemented, "push"), true),
+            (failed(RpcCode::Unimplemented, "push"), true),
             (
                 failed(
                     unknown,
@@ -755,7 +753,7 @@ mod tests {
                 false,
             ),
             (
-                failed(tonic::Code::PermissionDenied, "failed to do request"),
+                failed(RpcCode::PermissionDenied, "failed to do request"),
                 false,
             ),
             // A step failing is not a push failure.
