@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::filter::{Filter, MatchState, ResolvedFilter, Verdict};
-use super::source::Transfer;
+use super::source::{Source, Transfer};
 use super::{CHUNK_SIZE, Packet, PacketType, SendError, Stat, mode};
 
 /// A directory tree held in memory, sent to the daemon as a local directory (a build context,
@@ -253,10 +254,16 @@ impl Plan<'_> {
     }
 }
 
+impl Source for MemoryTree {
+    fn send(&self, transfer: Transfer) -> BoxFuture<'static, Result<(), SendError>> {
+        Box::pin(send(Arc::new(self.clone()), transfer))
+    }
+}
+
 /// Sends `tree` (filtered by `transfer.filter`) over DiffCopy, as [`super::send`] sends a
 /// directory. Follow paths name symbolic links to resolve on a disk; a memory tree sends its
 /// links as they are.
-pub(crate) async fn send(tree: Arc<MemoryTree>, transfer: Transfer) -> Result<(), SendError> {
+async fn send(tree: Arc<MemoryTree>, transfer: Transfer) -> Result<(), SendError> {
     let Transfer {
         filter,
         mut incoming,

@@ -79,9 +79,3 @@ impl Source for Directory {
         Some(&self.0)
     }
 }
-
-impl Source for super::MemoryTree {
-    fn send(&self, transfer: Transfer) -> BoxFuture<'static, Result<(), SendError>> {
-        Box::pin(super::memory::send(Arc::new(self.clone()), transfer))
-    }
-}
