@@ -10,6 +10,7 @@
 #[macro_use]
 mod util;
 
+mod attest;
 mod aws;
 mod borders;
 mod build;
