@@ -15,6 +15,7 @@ use prost::Message;
 use crate::fake_kube::{
     DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
 };
+use crate::fleet_scenarios::{annotation, cluster_repo, now};
 use crate::private_daemon::PrivateDaemon;
 use crate::util::{self, Tier, assert_one_line_failure};
 use pf_buildkit::fleet::{
@@ -30,13 +31,6 @@ fn err(o: &Output) -> String {
     util::stderr(o)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// The port-forwards' target: the daemon of [`Tier::preferred`].
 fn engine() -> crate::fake_kube::DialFn {
     pod_dial(Tier::preferred())
@@ -48,12 +42,6 @@ fn pod_dial(tier: Tier) -> crate::fake_kube::DialFn {
         Tier::Standalone => tcp(tier.addr().trim_start_matches("tcp://").to_owned()),
         Tier::Engine => docker_engine(util::docker_socket()),
     }
-}
-
-fn annotation(sts: &serde_json::Value) -> Option<u64> {
-    sts["metadata"]["annotations"]["panfactum.com/last-build"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -887,7 +875,7 @@ fn run_step_request(script: &str) -> (SolveRequest, String) {
 
 /// Starts a build on the real BuildKit that runs `sleep` until dropped; returns once the
 /// sleeping step has started (a progress event), so BuildKit holds cache records in use.
-async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
+pub(crate) async fn start_busy_build(client: &Client) -> tokio::task::JoinHandle<()> {
     let (request, command) = run_step_request("sleep 300");
     let reference = request.r#ref.clone();
     let mut control = client.control();
@@ -1067,84 +1055,20 @@ fn now_nanos() -> u128 {
 }
 
 async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(tier: Tier) {
-    let (daemon, addr, dial) = (tier.name(), tier.addr(), pod_dial(tier));
-    let fake = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .statefulset("arm64", 1, 0, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .dial("buildkit-amd64-0", dial)
-        // mounted by a pod that is not running yet: still in use
-        .pod("buildkit-amd64-2", "Pending", "", false)
-        .pvc("buildkitd-buildkit-amd64-0")
-        .pvc("buildkitd-buildkit-amd64-1")
-        .pvc("buildkitd-buildkit-amd64-2")
-        // arm64 wants one replica whose pod is not created yet: its claim is kept
-        .pvc("buildkitd-buildkit-arm64-0")
-        .pvc("buildkitd-buildkit-arm64-1")
+    let fake = crate::fleet_scenarios::cache_clear_cluster()
+        .dial("buildkit-amd64-0", pod_dial(tier))
         .start()
         .await;
-    let client = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
-        .await
-        .unwrap();
-    let build = start_busy_build(&client).await;
-
-    // The Engine is shared with the other tests: should the busy check ever fail, the prune it
-    // lets through is limited to a record that does not exist (and the test fails below).
-    let o = fake
-        .run(&[
-            "cache",
-            "clear",
-            "--filter",
-            "id==pf-fleet-test-no-such-record",
-        ])
-        .await;
-    build.abort();
-    let e = err(&o);
-    assert!(o.status.success(), "{daemon}: {e}");
-    assert_eq!(
-        fake.pvc_names(),
-        [
-            "buildkitd-buildkit-amd64-0",
-            "buildkitd-buildkit-amd64-2",
-            "buildkitd-buildkit-arm64-0"
-        ],
-        "{e}"
-    );
-    assert!(
-        e.contains("Deleted unused PVC: buildkitd-buildkit-amd64-1"),
-        "{e}"
-    );
-    assert!(
-        e.contains("Deleted unused PVC: buildkitd-buildkit-arm64-1"),
-        "{e}"
-    );
-    assert!(e.contains("PVC in use: buildkitd-buildkit-amd64-2"), "{e}");
-    // Other tests may build on the shared Engine too: at least this one is in progress.
-    assert!(
-        e.contains("buildkit-amd64-0: skipped: a build is running (")
-            && e.contains(" in progress, by build history)"),
-        "{daemon} has the history API and lists the running build: {e}"
-    );
-    assert!(!e.contains("Pruned"), "{e}");
-    // The busy check went through a port-forward to that pod; no prune call followed it.
-    assert!(fake.portforwards_opened() >= 1);
-    assert_user_agent(&fake);
+    crate::fleet_scenarios::cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(
+        &fake, tier,
+    )
+    .await;
 }
 tier_tests!(async cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone);
 
 /// Every request the fake saw, port-forward upgrades included, named the client.
 fn assert_user_agent(fake: &FakeKube) {
-    let requests = fake.requests();
-    assert!(!requests.is_empty());
-    for r in &requests {
-        assert_eq!(
-            r.user_agent,
-            pf_buildkit::USER_AGENT,
-            "{} {}",
-            r.method,
-            r.path
-        );
-    }
+    crate::fleet_scenarios::Cluster::assert_user_agent(fake);
     assert!(pf_buildkit::USER_AGENT.starts_with("pf-buildkit/"));
 }
 
@@ -1696,31 +1620,8 @@ async fn a_multi_platform_build_runs_on_kube_pod_builders() {
     }
 }
 
-/// A repository whose buildkit.json names the local registry and the fake's `fake` context.
-fn cluster_repo(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".git")).unwrap();
-    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
-    std::fs::write(
-        dir.path().join(".buildkit/buildkit.json"),
-        format!(
-            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
-            util::env("PF_TEST_REGISTRY")
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
-}
-
 #[tokio::test]
 async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
-    // The cluster from buildkit.json, both StatefulSets at zero: the build scales them up,
-    // waits, picks the pods, builds through port-forwards to the real BuildKit, pushes to the
-    // real registry, and leaves no port-forward open.
     let fake = Scenario::new()
         .statefulset("amd64", 0, 0, None)
         .statefulset("arm64", 0, 0, None)
@@ -1731,46 +1632,10 @@ async fn a_cluster_build_scales_up_builds_over_port_forwards_and_closes_them() {
         .dial("buildkit-arm64-0", engine())
         .start()
         .await;
-    let dir = cluster_repo(
-        "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
-        &[("hello.txt", "hi\n")],
-    );
-    let repo = format!("pf-test/cluster-build-{:x}", now_nanos());
-    let before = now();
-    let mut cmd = fake.bin();
-    cmd.current_dir(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-        "--repo",
-        &repo,
-        "--tag",
-        "v1",
-        "--insecure-registry",
-        "--timeout",
-        "60",
-    ]);
-    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert!(o.status.success(), "{}", err(&o));
-    let digest = out(&o).trim().to_owned();
-    assert_eq!(util::registry_digest(&repo, "v1"), Some(digest));
-    for arch in ["amd64", "arm64"] {
-        let sts = fake.statefulset(&format!("buildkit-{arch}"));
-        assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
-        let stamp = annotation(&sts).expect("build recorded");
-        assert!(stamp >= before, "{arch}: {stamp} < {before}");
-        assert!(
-            err(&o).contains(&format!("{arch}: building on pod buildkit-{arch}-0")),
-            "{}",
-            err(&o)
-        );
-    }
+    crate::fleet_scenarios::cluster_build_scales_up_and_builds_over_port_forwards(&fake).await;
     // The process has exited; the fake sees every port-forward closed.
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
-    assert!(fake.portforwards_opened() >= 2);
 }
 
 #[tokio::test]

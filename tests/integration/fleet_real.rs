@@ -6,49 +6,24 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 
 use crate::fake_kube::Scenario;
+use crate::fleet_scenarios::{annotation, now};
 use crate::real_kube::RealKube;
 use crate::util::{self, assert_one_line_failure};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn err(o: &std::process::Output) -> String {
     util::stderr(o)
 }
 
-fn annotation(sts: &serde_json::Value) -> Option<u64> {
-    sts["metadata"]["annotations"]["panfactum.com/last-build"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-}
-
 /// Every request the test's user made carried pf-buildkit's User-Agent, as the audit log
 /// recorded it; returns the entries.
 fn assert_audited_user_agent(real: &RealKube) -> Vec<crate::real_kube::AuditEntry> {
-    let entries = real.audit();
-    assert!(
-        !entries.is_empty(),
-        "the audit log holds the test's requests"
-    );
-    for e in &entries {
-        assert_eq!(
-            e.user_agent,
-            pf_buildkit::USER_AGENT,
-            "{} {}",
-            e.verb,
-            e.uri
-        );
-    }
-    entries
+    crate::fleet_scenarios::Cluster::assert_user_agent(real);
+    real.audit()
 }
 
 #[tokio::test]
@@ -434,66 +409,7 @@ async fn real_cluster_build_scales_up_and_builds_over_port_forwards() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".git")).unwrap();
-    std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
-    std::fs::write(
-        dir.path().join(".buildkit/buildkit.json"),
-        format!(
-            "{{\"registry\": \"{}\", \"cluster\": \"fake\"}}",
-            util::env("PF_TEST_REGISTRY")
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nARG TARGETARCH\nCOPY hello.txt /hello-${TARGETARCH}.txt\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("hello.txt"), format!("real {}\n", now())).unwrap();
-    let repo = util::unique_repo("real-cluster-build");
-    let before = now();
-    let mut cmd = real.bin();
-    cmd.current_dir(dir.path()).args([
-        "build",
-        "--progress",
-        "plain",
-        "--repo",
-        &repo,
-        "--tag",
-        "v1",
-        "--insecure-registry",
-        "--timeout",
-        "60",
-    ]);
-    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert!(o.status.success(), "{}", err(&o));
-    let digest = util::stdout(&o).trim().to_owned();
-    assert_eq!(util::registry_digest(&repo, "v1"), Some(digest));
-    for arch in ["amd64", "arm64"] {
-        let sts = real.statefulset(&format!("buildkit-{arch}")).await;
-        assert_eq!(sts["spec"]["replicas"], 1, "{arch} scaled up");
-        assert!(
-            annotation(&sts).is_some_and(|s| s >= before),
-            "{arch} build recorded"
-        );
-        assert!(
-            err(&o).contains(&format!("{arch}: building on pod buildkit-{arch}-0")),
-            "{}",
-            err(&o)
-        );
-    }
-    let entries = assert_audited_user_agent(&real);
-    for pod in ["buildkit-amd64-0", "buildkit-arm64-0"] {
-        assert!(
-            entries
-                .iter()
-                .any(|e| e.uri.contains(&format!("/pods/{pod}/portforward")) && e.code == 101),
-            "{pod}: {entries:?}"
-        );
-    }
+    crate::fleet_scenarios::cluster_build_scales_up_and_builds_over_port_forwards(&real).await;
 }
 
 /// A library fleet for `real`'s kubeconfig, context `fake` (the test's user).
@@ -507,6 +423,72 @@ async fn fleet_for(real: &RealKube) -> pf_buildkit::fleet::Fleet {
         .await
         .unwrap();
     pf_buildkit::fleet::Fleet::from_config(config, false, Some("fake")).unwrap()
+}
+
+#[tokio::test]
+async fn real_cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone() {
+    let Some(real) = crate::fleet_scenarios::cache_clear_cluster()
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    // Every pod's port 1234 reaches the standalone buildkitd.
+    crate::fleet_scenarios::cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone(
+        &real,
+        crate::util::Tier::Standalone,
+    )
+    .await;
+    // The real server kept each deleted claim Terminating behind pvc-protection until the
+    // test's stand-in for that controller released it: the client sent one delete each.
+    let deletes: Vec<String> = real
+        .audit()
+        .into_iter()
+        .filter(|e| e.verb == "delete" && e.uri.contains("/persistentvolumeclaims/"))
+        .filter_map(|e| Some(e.uri.rsplit('/').next()?.split('?').next()?.to_owned()))
+        .collect();
+    assert_eq!(
+        deletes,
+        ["buildkitd-buildkit-amd64-1", "buildkitd-buildkit-arm64-1"]
+    );
+}
+
+#[tokio::test]
+async fn real_lease_scales_up_connects_and_keeps_recording_builds() {
+    use pf_buildkit::fleet::{Arch, LeaseOptions};
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 0, 0, None)
+        .auto_available()
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let fleet = fleet_for(&real).await;
+    let options = LeaseOptions {
+        scale_up_wait: Some(Duration::from_secs(30)),
+        record_interval: Duration::from_secs(1),
+    };
+    let lease = fleet.lease(Arch::Amd64, &options, &|_| {}).await.unwrap();
+    assert_eq!(lease.pod().pod, "buildkit-amd64-0");
+    let sts = real.statefulset("buildkit-amd64").await;
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let first = annotation(&sts).expect("the lease records a build");
+    assert!(!lease.client().workers().await.unwrap().is_empty());
+    // While held, builds keep being recorded (the stamp is in seconds).
+    real.wait_until("a later build stamp", || async {
+        annotation(&real.statefulset("buildkit-amd64").await).is_some_and(|s| s > first)
+    })
+    .await;
+    drop(lease);
+    let entries = assert_audited_user_agent(&real);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.uri.contains("/pods/buildkit-amd64-0/portforward") && e.code == 101),
+        "{entries:?}"
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ mod fake_kube;
 mod faults;
 mod fleet;
 mod fleet_real;
+mod fleet_scenarios;
 mod flood;
 mod hostile;
 mod hostile_peer;

@@ -339,7 +339,7 @@ impl RealKube {
     }
 
     /// The requests [`USER`] made since this test began, as the API server's audit log
-    /// recorded them (its `ResponseComplete` events): verb, request URI, User-Agent, code.
+    /// recorded them (see [`audit_entries`]): verb, request URI, User-Agent, code.
     pub fn audit(&self) -> Vec<AuditEntry> {
         audit_entries(&kube_file("audit.log"), USER, &self.since)
     }
@@ -398,22 +398,37 @@ pub struct AuditEntry {
     pub code: u16,
 }
 
-/// The completed requests of `user` in the audit log at `path` from `since` on.
+/// The requests of `user` in the audit log at `path` from `since` on: each as completed
+/// (`ResponseComplete`), or as started (`ResponseStarted`, an upgraded connection still open).
 pub fn audit_entries(path: &Path, user: &str, since: &str) -> Vec<AuditEntry> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let mut order = Vec::new();
+    let mut by_id = std::collections::HashMap::new();
+    for e in text
+        .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| {
-            e["stage"] == "ResponseComplete"
-                && e["user"]["username"] == user
-                && e["requestReceivedTimestamp"].as_str().unwrap_or_default() >= since
-        })
-        .map(|e| AuditEntry {
+    {
+        let stage = e["stage"].as_str().unwrap_or_default();
+        if !matches!(stage, "ResponseComplete" | "ResponseStarted")
+            || e["user"]["username"] != user
+            || e["requestReceivedTimestamp"].as_str().unwrap_or_default() < since
+        {
+            continue;
+        }
+        let id = e["auditID"].as_str().unwrap_or_default().to_owned();
+        let entry = AuditEntry {
             verb: e["verb"].as_str().unwrap_or_default().to_owned(),
             uri: e["requestURI"].as_str().unwrap_or_default().to_owned(),
             user_agent: e["userAgent"].as_str().unwrap_or_default().to_owned(),
             code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
-        })
+        };
+        if by_id.insert(id.clone(), entry).is_none() {
+            order.push(id);
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
         .collect()
 }
 
