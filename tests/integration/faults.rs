@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::private_daemon::PrivateDaemon;
+use crate::sandbox::Buildkitd;
 use crate::util::{self, Tier};
 
 /// How long a start or a progress event may take before the test gives up.
@@ -166,7 +166,7 @@ fn assert_no_temp_files(dir: &Path) {
 }
 
 /// After the fault, the same daemon restarted on the same root builds again.
-fn assert_next_build_works(daemon: &mut PrivateDaemon, dir: &Path) {
+fn assert_next_build_works(daemon: &mut Buildkitd, dir: &Path) {
     daemon.restart();
     let ctx = dir.join("after");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -197,7 +197,7 @@ fn daemon_killed_during_the_context_transfer() {
     if !standalone() {
         return;
     }
-    let mut daemon = PrivateDaemon::start();
+    let mut daemon = Buildkitd::start();
     let dir = tempfile::tempdir().unwrap();
     let ctx = big_context(dir.path(), "FROM scratch\nCOPY . /\n");
     let dest = dir.path().join("out");
@@ -220,7 +220,7 @@ fn daemon_killed_during_a_run_step() {
     if !standalone() {
         return;
     }
-    let mut daemon = PrivateDaemon::start();
+    let mut daemon = Buildkitd::start();
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("fault-run-{}", std::process::id());
     std::fs::write(
@@ -247,7 +247,7 @@ fn killed_during_export(kind: &str, export_line: &str) {
     if !standalone() {
         return;
     }
-    let mut daemon = PrivateDaemon::start();
+    let mut daemon = Buildkitd::start();
     let dir = tempfile::tempdir().unwrap();
     let ctx = big_context(dir.path(), "FROM scratch\nCOPY . /\n");
     let dest_dir = dir.path().join("dest");
@@ -319,7 +319,7 @@ fn session_connection_reset_mid_transfer() {
     if !standalone() {
         return;
     }
-    let daemon = PrivateDaemon::start();
+    let daemon = Buildkitd::start();
     let (port, reset, _runtime) = resettable_relay(daemon.socket());
     let dir = tempfile::tempdir().unwrap();
     let ctx = big_context(dir.path(), "FROM scratch\nCOPY . /\n");
@@ -347,7 +347,7 @@ fn ctrl_c_while_the_daemon_stalls_mid_export() {
     if !standalone() {
         return;
     }
-    let daemon = PrivateDaemon::start();
+    let daemon = Buildkitd::start();
     let dir = tempfile::tempdir().unwrap();
     let ctx = big_context(dir.path(), "FROM scratch\nCOPY . /\n");
     let dest_dir = dir.path().join("dest");

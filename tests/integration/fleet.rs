@@ -16,7 +16,7 @@ use crate::fake_kube::{
     DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
 };
 use crate::fleet_scenarios::{annotation, cluster_repo, now};
-use crate::private_daemon::PrivateDaemon;
+use crate::sandbox::Buildkitd;
 use crate::util::{self, Tier, assert_one_line_failure};
 use pf_buildkit::fleet::{
     Arch, Error as FleetError, Fleet, LeaseOptions, PodDialer, PodPrune, PortForwardError,
@@ -939,7 +939,7 @@ async fn wait_until_no_build_runs(client: &Client) {
 /// or keep it busy for minutes on a loaded machine: a private standalone buildkitd when that
 /// tier is here, else the shared Engine (the tests keep their retries for that case).
 struct WatchedDaemon {
-    private: Option<PrivateDaemon>,
+    private: Option<Buildkitd>,
 }
 
 impl WatchedDaemon {
@@ -947,7 +947,7 @@ impl WatchedDaemon {
         let private = Tier::Standalone
             .skip_reason()
             .is_none()
-            .then(PrivateDaemon::start);
+            .then(Buildkitd::start);
         WatchedDaemon { private }
     }
 

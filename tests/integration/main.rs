@@ -1,8 +1,9 @@
 //! Integration tests against the real components the project's `scripts/testenv` starts: a
 //! Docker Engine with its embedded BuildKit, a registry and, when its binary is at hand,
 //! upstream's standalone buildkitd (tests that build run on each daemon: `util::Tier`).
-//! Kubernetes is an in-process API server. Addresses come from the environment that
-//! `scripts/testenv start` prints.
+//! Kubernetes is a real API server, or an in-process fake for faults. Addresses come from
+//! the environment that `scripts/testenv start` prints. A test that needs a daemon of its own
+//! starts it through `sandbox`, which writes its configuration and removes it on drop.
 
 // Test code may panic on anything unexpected: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,11 +31,11 @@ mod leftovers;
 mod llb;
 mod manifest;
 mod multiplatform;
-mod private_daemon;
 mod progress;
 mod real_kube;
 mod registry_proxy;
 mod relay;
+mod sandbox;
 mod shared_store;
 mod static_binary;
 mod tls;
