@@ -17,8 +17,9 @@ use super::entitlement::Entitlement;
 use super::fsutil::{Directory, MemoryTree, Source};
 use super::invalid::{DestinationProblem, InvalidOptions};
 use super::oci_layout::LayoutError;
-use super::progress::{FailureReport, ProgressSink, SourceSnippet, TransferSummary};
-use super::proto::control::VertexWarning;
+use super::progress::{
+    FailureReport, ProgressSink, SolveStatus, SourceSnippet, TransferSummary, VertexWarning,
+};
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
@@ -592,7 +593,11 @@ impl Client {
             };
             let mut stream = response.into_inner();
             while let Some(Ok(update)) = stream.next().await {
-                if status_tx.send(update).await.is_err() {
+                if status_tx
+                    .send(SolveStatus::from_proto(update))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pf_buildkit::buildkit::progress::{FailureReport, ProgressSink, TransferSummary};
-use pf_buildkit::buildkit::proto::control::StatusResponse;
+use pf_buildkit::buildkit::progress::{FailureReport, ProgressSink, SolveStatus, TransferSummary};
 use pf_buildkit::buildkit::spec::{CacheDirection, CacheSpec};
 use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
 
@@ -29,8 +28,8 @@ struct Trigger<F> {
     matches: F,
 }
 
-impl<F: Fn(&StatusResponse) -> bool + Send> ProgressSink for Trigger<F> {
-    fn update(&mut self, status: &StatusResponse) {
+impl<F: Fn(&SolveStatus) -> bool + Send> ProgressSink for Trigger<F> {
+    fn update(&mut self, status: &SolveStatus) {
         if (self.matches)(status) {
             self.hit.store(true, Ordering::Release);
         }
@@ -168,7 +167,7 @@ async fn cancel_in(tier: Tier, phase: Phase) {
     let marker = nonce.clone();
     let mut progress = Trigger {
         hit: hit.clone(),
-        matches: move |status: &StatusResponse| match phase {
+        matches: move |status: &SolveStatus| match phase {
             Phase::Context => {
                 status.vertexes.iter().any(|v| {
                     v.name.contains("load build context")
@@ -182,7 +181,7 @@ async fn cancel_in(tier: Tier, phase: Phase) {
             Phase::Run => status
                 .logs
                 .iter()
-                .any(|l| String::from_utf8_lossy(&l.msg).contains(&marker)),
+                .any(|l| String::from_utf8_lossy(&l.data).contains(&marker)),
             Phase::CacheExport | Phase::LayoutExport => false,
         },
     };

@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use pf_buildkit::buildkit::oci_layout::LayoutError;
 use pf_buildkit::buildkit::progress::{
-    FailureReport, ProgressSink, QuietProgress, TransferSummary,
+    FailureReport, ProgressSink, QuietProgress, SolveStatus, TransferSummary,
 };
-use pf_buildkit::buildkit::proto::control::StatusResponse;
 use pf_buildkit::buildkit::spec::{CacheDirection, CacheSpec};
 use pf_buildkit::buildkit::{BuildError, BuildOptions, Client, Endpoint, TlsOptions};
 
@@ -167,7 +166,7 @@ async fn eight_builds_share_one_directory_some_cancelled() {
 struct Counting(Arc<AtomicUsize>);
 
 impl ProgressSink for Counting {
-    fn update(&mut self, _status: &StatusResponse) {
+    fn update(&mut self, _status: &SolveStatus) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 

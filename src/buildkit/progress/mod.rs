@@ -1,21 +1,29 @@
 //! The status stream of a solve, rendered for people (`tty`, `plain`), scripts (`rawjson`)
 //! or not at all (`quiet`), as buildctl's `--progress` modes.
 //!
-//! Border: renders only: it reads the generated status types and writes to the writer it is
-//! given (the binary picks stderr); it imports nothing else of the crate.
+//! Sinks receive each update as a [`SolveStatus`], the crate's own type; the wire's status
+//! messages are converted once, in `solve_status`.
+//!
+//! Border: renders only: it reads the generated status types (in `solve_status` alone) and
+//! writes to the writer it is given (the binary picks stderr); it imports nothing else of the
+//! crate.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
-
-use crate::buildkit::proto::control::{StatusResponse, Vertex, VertexWarning};
+use std::time::SystemTime;
 
 mod plain;
 mod rawjson;
+mod solve_status;
 mod trace;
 mod tty;
 
 pub use plain::PlainProgress;
 pub use rawjson::{RawJsonProgress, warnings_json};
+pub use solve_status::{
+    ProgressGroup, SolveStatus, SourceInfo, SourcePosition, SourceRange, Vertex, VertexLog,
+    VertexStatus, VertexWarning,
+};
 pub use tty::TtyProgress;
 
 /// Counters of the build context sent to the daemon (this client's side of the transfer).
@@ -109,7 +117,7 @@ impl SourceSnippet {
 /// Receives the status stream of a solve. Implement it to render progress your own way.
 pub trait ProgressSink: Send {
     /// One status update from the daemon.
-    fn update(&mut self, status: &StatusResponse);
+    fn update(&mut self, status: &SolveStatus);
     /// Called about every 150 ms while the build runs (for live views).
     fn tick(&mut self) {}
     /// The build ended: the client's transfer counters and, on failure, what failed.
@@ -121,7 +129,7 @@ pub trait ProgressSink: Send {
 pub struct QuietProgress;
 
 impl ProgressSink for QuietProgress {
-    fn update(&mut self, _status: &StatusResponse) {}
+    fn update(&mut self, _status: &SolveStatus) {}
     fn finish(&mut self, _transfer: &TransferSummary, _failure: Option<&FailureReport>) {}
 }
 
@@ -185,12 +193,12 @@ impl State {
         let step = &mut self.steps[i];
         step.name.clone_from(&v.name);
         // A later "unstarted" copy must not reset a started step.
-        if let Some(t) = v.started.as_ref().map(seconds) {
+        if let Some(t) = v.started.map(seconds) {
             step.started = Some(step.started.map_or(t, |s| s.min(t)));
         }
-        step.completed = v.completed.as_ref().map(seconds);
+        step.completed = v.completed.map(seconds);
         step.cached = v.cached;
-        step.error.clone_from(&v.error);
+        step.error = v.error.clone().unwrap_or_default();
         i
     }
 
@@ -241,9 +249,12 @@ impl State {
     }
 }
 
-/// Seconds since the epoch of a protobuf timestamp.
-pub(crate) fn seconds(t: &prost_types::Timestamp) -> f64 {
-    t.seconds as f64 + f64::from(t.nanos) / 1e9
+/// Seconds since the epoch (negative before it).
+pub(crate) fn seconds(t: SystemTime) -> f64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
 }
 
 /// Bytes as buildkit shows them (decimal units, up to 4 significant digits): `40.96kB`.
@@ -299,7 +310,7 @@ pub(crate) fn write_warnings(
     };
     writeln!(out, "\n {} {noun} found:", warnings.len())?;
     for w in warnings {
-        writeln!(out, " - {}", String::from_utf8_lossy(&w.short))?;
+        writeln!(out, " - {}", w.short_text())?;
     }
     Ok(())
 }

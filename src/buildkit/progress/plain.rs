@@ -12,8 +12,10 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::trace::{RECENT_LOG_LINES, Trace, nanos, secs_between};
-use super::{FailureReport, ProgressSink, TransferSummary, go_bytes, transfer_line, write_failure};
-use crate::buildkit::proto::control::StatusResponse;
+use super::{
+    FailureReport, ProgressSink, SolveStatus, TransferSummary, go_bytes, transfer_line,
+    write_failure,
+};
 
 /// A step shown less than this long keeps the output against busier steps (scaled by its
 /// share of the activity).
@@ -70,7 +72,7 @@ impl<W: Write + Send> PlainProgress<W> {
 }
 
 impl<W: Write + Send> ProgressSink for PlainProgress<W> {
-    fn update(&mut self, status: &StatusResponse) {
+    fn update(&mut self, status: &SolveStatus) {
         let now = Instant::now();
         self.trace.update(status, now);
         if self.eager
@@ -250,7 +252,7 @@ impl Printer {
             let Some(s) = step.statuses.get(id) else {
                 continue;
             };
-            let at = s.timestamp.as_ref().map_or(0.0, |t| nanos(t) as f64 / 1e9);
+            let at = s.timestamp.map_or(0.0, |t| nanos(t) as f64 / 1e9);
             if s.completed.is_none()
                 && let Some(&(current, when)) = self.last.get(id)
             {
@@ -271,8 +273,8 @@ impl Printer {
             } else {
                 String::new()
             };
-            let end = s.completed.as_ref().or(s.timestamp.as_ref());
-            let mut time = match (s.started.as_ref(), end) {
+            let end = s.completed.or(s.timestamp);
+            let mut time = match (s.started, end) {
                 (Some(a), Some(b)) => {
                     let took = secs_between(nanos(a), nanos(b));
                     if took > 0.01 {
@@ -293,7 +295,7 @@ impl Printer {
         step.status_updates.clear();
 
         for w in &step.warnings[step.warnings_shown..] {
-            let _ = writeln!(out, "#{n} WARN: {}", String::from_utf8_lossy(&w.short));
+            let _ = writeln!(out, "#{n} WARN: {}", w.short_text());
         }
         step.warnings_shown = step.warnings.len();
 

@@ -3,16 +3,16 @@
 //! last one with the context transfer's counters (`context`).
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{FailureReport, ProgressSink, TransferSummary};
-use crate::buildkit::proto::control::{
-    StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
+use super::{
+    FailureReport, ProgressSink, SolveStatus, SourcePosition, TransferSummary, Vertex, VertexLog,
+    VertexStatus, VertexWarning,
 };
-use crate::buildkit::proto::pb;
 
 /// JSON-lines progress written to `W`.
 pub struct RawJsonProgress<W: Write + Send> {
@@ -54,8 +54,8 @@ struct VertexJson {
     completed: Option<String>,
     #[serde(skip_serializing_if = "is_false")]
     cached: bool,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_group: Option<GroupJson>,
 }
@@ -110,8 +110,8 @@ struct WarningJson {
     short: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     detail: Vec<String>,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_info: Option<SourceInfoJson>,
     #[serde(skip_serializing_if = "Vec::is_empty", rename = "range")]
@@ -122,8 +122,8 @@ struct WarningJson {
 struct SourceInfoJson {
     filename: String,
     data: String,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    language: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    language: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -150,7 +150,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
+fn time(t: Option<SystemTime>) -> Option<String> {
     t.map(rfc3339)
 }
 
@@ -160,8 +160,8 @@ impl From<&Vertex> for VertexJson {
             digest: v.digest.clone(),
             inputs: v.inputs.clone(),
             name: v.name.clone(),
-            started: time(v.started.as_ref()),
-            completed: time(v.completed.as_ref()),
+            started: time(v.started),
+            completed: time(v.completed),
             cached: v.cached,
             error: v.error.clone(),
             progress_group: v.progress_group.as_ref().map(|g| GroupJson {
@@ -181,9 +181,9 @@ impl From<&VertexStatus> for StatusJson {
             name: s.name.clone(),
             total: s.total,
             current: s.current,
-            timestamp: time(s.timestamp.as_ref()),
-            started: time(s.started.as_ref()),
-            completed: time(s.completed.as_ref()),
+            timestamp: time(s.timestamp),
+            started: time(s.started),
+            completed: time(s.completed),
         }
     }
 }
@@ -193,19 +193,17 @@ impl From<&VertexLog> for LogJson {
         LogJson {
             vertex: l.vertex.clone(),
             stream: l.stream,
-            data: b64(&l.msg),
-            timestamp: time(l.timestamp.as_ref()),
+            data: b64(&l.data),
+            timestamp: time(l.timestamp),
         }
     }
 }
 
 impl From<&VertexWarning> for WarningJson {
     fn from(w: &VertexWarning) -> Self {
-        let position = |p: Option<&pb::Position>| {
-            p.map_or_else(PositionJson::default, |p| PositionJson {
-                line: p.line,
-                character: p.character,
-            })
+        let position = |p: &SourcePosition| PositionJson {
+            line: p.line,
+            character: p.character,
         };
         WarningJson {
             vertex: w.vertex.clone(),
@@ -213,7 +211,7 @@ impl From<&VertexWarning> for WarningJson {
             short: b64(&w.short),
             detail: w.detail.iter().map(|d| b64(d)).collect(),
             url: w.url.clone(),
-            source_info: w.info.as_ref().map(|i| SourceInfoJson {
+            source_info: w.source.as_ref().map(|i| SourceInfoJson {
                 filename: i.filename.clone(),
                 data: b64(&i.data),
                 language: i.language.clone(),
@@ -222,8 +220,8 @@ impl From<&VertexWarning> for WarningJson {
                 .ranges
                 .iter()
                 .map(|r| RangeJson {
-                    start: position(r.start.as_ref()),
-                    end: position(r.end.as_ref()),
+                    start: position(&r.start),
+                    end: position(&r.end),
                 })
                 .collect(),
         }
@@ -231,7 +229,7 @@ impl From<&VertexWarning> for WarningJson {
 }
 
 /// The JSON form of one status update, as buildctl's `--progress rawjson` prints it.
-pub fn status_json(status: &StatusResponse) -> Value {
+pub fn status_json(status: &SolveStatus) -> Value {
     let json = SolveStatusJson {
         vertexes: status.vertexes.iter().map(VertexJson::from).collect(),
         statuses: status.statuses.iter().map(StatusJson::from).collect(),
@@ -249,7 +247,9 @@ pub fn warnings_json(warnings: &[VertexWarning]) -> Value {
 }
 
 /// RFC 3339 with nanoseconds in UTC, as Go's `time.Time` marshals.
-pub(crate) fn rfc3339(t: &prost_types::Timestamp) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    // Seconds since the epoch (negative before it) and the nanoseconds past them.
+    let t = prost_types::Timestamp::from(t);
     let secs = t.seconds;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -280,7 +280,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl<W: Write + Send> ProgressSink for RawJsonProgress<W> {
-    fn update(&mut self, status: &StatusResponse) {
+    fn update(&mut self, status: &SolveStatus) {
         let _ = writeln!(self.out, "{}", status_json(status));
     }
 
@@ -297,7 +297,8 @@ impl<W: Write + Send> ProgressSink for RawJsonProgress<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buildkit::proto::control::{Vertex, VertexLog};
+    use crate::buildkit::progress::{SourceInfo, SourceRange};
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn the_last_line_holds_the_exact_transfer_counters() {
@@ -317,18 +318,14 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339() {
-        let t = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 120_000_000,
-        };
-        assert_eq!(rfc3339(&t), "2023-11-14T22:13:20.12Z");
-        assert_eq!(
-            rfc3339(&prost_types::Timestamp {
-                seconds: 0,
-                nanos: 0
-            }),
-            "1970-01-01T00:00:00Z"
-        );
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 120_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.12Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // Go's zero time, which the daemon sends for a status's unset reading time.
+        let zero = UNIX_EPOCH - Duration::from_secs(62_135_596_800);
+        assert_eq!(rfc3339(zero), "0001-01-01T00:00:00Z");
+        let before = UNIX_EPOCH - Duration::new(1, 500_000_000);
+        assert_eq!(rfc3339(before), "1969-12-31T23:59:58.5Z");
     }
 
     #[test]
@@ -336,22 +333,22 @@ mod tests {
         let w = VertexWarning {
             vertex: "sha256:b".into(),
             level: 1,
-            short: b"FromAsCasing: casing (line 1)".to_vec().into(),
-            url: "https://docs.docker.com/go/dockerfile/rule/from-as-casing/".into(),
-            info: Some(pb::SourceInfo {
+            short: b"FromAsCasing: casing (line 1)".to_vec(),
+            url: Some("https://docs.docker.com/go/dockerfile/rule/from-as-casing/".into()),
+            source: Some(SourceInfo {
                 filename: "Dockerfile".into(),
-                data: b"FROM x as b\n".to_vec().into(),
+                data: b"FROM x as b\n".to_vec(),
                 ..Default::default()
             }),
-            ranges: vec![pb::Range {
-                start: Some(pb::Position {
+            ranges: vec![SourceRange {
+                start: SourcePosition {
                     line: 1,
                     character: 0,
-                }),
-                end: Some(pb::Position {
+                },
+                end: SourcePosition {
                     line: 1,
                     character: 0,
-                }),
+                },
             }],
             ..Default::default()
         };
@@ -362,7 +359,7 @@ mod tests {
         assert_eq!(v[0]["sourceInfo"]["filename"], "Dockerfile");
         assert_eq!(v[0]["range"][0]["start"]["line"], 1);
         assert!(v[0].get("detail").is_none());
-        let status = StatusResponse {
+        let status = SolveStatus {
             warnings: vec![w],
             ..Default::default()
         };
@@ -371,7 +368,7 @@ mod tests {
 
     #[test]
     fn json_uses_buildctl_names() {
-        let status = StatusResponse {
+        let status = SolveStatus {
             vertexes: vec![Vertex {
                 digest: "sha256:a".into(),
                 name: "[1/2] RUN x".into(),
@@ -381,7 +378,7 @@ mod tests {
             logs: vec![VertexLog {
                 vertex: "sha256:a".into(),
                 stream: 1,
-                msg: "hi\n".into(),
+                data: b"hi\n".to_vec(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -391,5 +388,79 @@ mod tests {
         assert_eq!(v["vertexes"][0]["cached"], true);
         assert_eq!(v["logs"][0]["data"], "aGkK");
         assert!(v.get("statuses").is_none());
+    }
+}
+
+/// The line a wire status becomes, whole: what buildctl prints for the same message.
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use crate::buildkit::proto::control as wire;
+    use crate::buildkit::proto::pb;
+
+    #[test]
+    fn a_wire_status_prints_as_buildctl_prints_it() {
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let status = wire::StatusResponse {
+            vertexes: vec![wire::Vertex {
+                digest: "sha256:a".into(),
+                inputs: vec!["sha256:b".into()],
+                name: "[1/2] RUN x".into(),
+                started: at(1_700_000_000, 120_000_000),
+                completed: at(1_700_000_001, 0),
+                error: "exit code: 1".into(),
+                progress_group: Some(pb::ProgressGroup {
+                    id: "g".into(),
+                    name: "group".into(),
+                    weak: false,
+                }),
+                ..Default::default()
+            }],
+            statuses: vec![wire::VertexStatus {
+                id: "transferring context".into(),
+                vertex: "sha256:a".into(),
+                current: 4,
+                timestamp: at(-62_135_596_800, 0),
+                ..Default::default()
+            }],
+            logs: vec![wire::VertexLog {
+                vertex: "sha256:a".into(),
+                stream: 1,
+                msg: b"hi\n".to_vec().into(),
+                timestamp: at(1_700_000_000, 5),
+            }],
+            warnings: vec![wire::VertexWarning {
+                vertex: "sha256:a".into(),
+                level: 1,
+                short: b"s".to_vec().into(),
+                url: "https://x".into(),
+                info: Some(pb::SourceInfo {
+                    filename: "Dockerfile".into(),
+                    data: b"FROM x\n".to_vec().into(),
+                    language: "Dockerfile".into(),
+                    ..Default::default()
+                }),
+                ranges: vec![pb::Range {
+                    start: Some(pb::Position {
+                        line: 1,
+                        character: 0,
+                    }),
+                    end: None,
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut out = Vec::new();
+        RawJsonProgress::new(&mut out).update(&SolveStatus::from_proto(status));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                r#"{"logs":[{"data":"aGkK","stream":1,"timestamp":"2023-11-14T22:13:20.000000005Z","vertex":"sha256:a"}],"#,
+                r#""statuses":[{"current":4,"id":"transferring context","timestamp":"0001-01-01T00:00:00Z","vertex":"sha256:a"}],"#,
+                r#""vertexes":[{"completed":"2023-11-14T22:13:21Z","digest":"sha256:a","error":"exit code: 1","inputs":["sha256:b"],"name":"[1/2] RUN x","progressGroup":{"id":"g","name":"group","weak":false},"started":"2023-11-14T22:13:20.12Z"}],"#,
+                r#""warnings":[{"level":1,"range":[{"end":{"character":0,"line":0},"start":{"character":0,"line":1}}],"short":"cw==","sourceInfo":{"data":"RlJPTSB4Cg==","filename":"Dockerfile","language":"Dockerfile"},"url":"https://x","vertex":"sha256:a"}]}"#,
+                "\n"
+            )
+        );
     }
 }

@@ -3,11 +3,9 @@
 //! progressui keeps them so that the printed blocks come out the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use crate::buildkit::proto::control::{
-    StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
-};
+use super::{SolveStatus, Vertex, VertexLog, VertexStatus, VertexWarning};
 
 /// How many printed log lines of each step are kept for the error summary.
 pub(crate) const RECENT_LOG_LINES: usize = 10;
@@ -15,9 +13,12 @@ pub(crate) const RECENT_LOG_LINES: usize = 10;
 /// Nanoseconds since the epoch: exact, so equal timestamps compare equal.
 pub(crate) type Nanos = i128;
 
-/// A protobuf timestamp as nanoseconds since the epoch.
-pub(crate) fn nanos(t: &prost_types::Timestamp) -> Nanos {
-    Nanos::from(t.seconds) * 1_000_000_000 + Nanos::from(t.nanos)
+/// A time as nanoseconds since the epoch (negative before it).
+pub(crate) fn nanos(t: SystemTime) -> Nanos {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => Nanos::try_from(after.as_nanos()).unwrap_or(Nanos::MAX),
+        Err(before) => -Nanos::try_from(before.duration().as_nanos()).unwrap_or(Nanos::MAX),
+    }
 }
 
 /// Seconds between two instants of the daemon's clock.
@@ -188,7 +189,7 @@ pub(crate) struct Trace {
 
 impl Trace {
     /// Takes one status update from the daemon in.
-    pub fn update(&mut self, status: &StatusResponse, now: Instant) {
+    pub fn update(&mut self, status: &SolveStatus, now: Instant) {
         for v in &status.vertexes {
             self.vertex(v, now);
         }
@@ -221,15 +222,15 @@ impl Trace {
         };
         let step = &mut self.steps[i];
         let was_started = step.is_started();
-        let started = v.started.as_ref().map(nanos);
-        let completed = v.completed.as_ref().map(nanos);
+        let started = v.started.map(nanos);
+        let completed = v.completed.map(nanos);
         if let Some(start) = started {
             let snapshot = Seen {
                 name: v.name.clone(),
                 started,
                 completed,
                 cached: v.cached,
-                error: v.error.clone(),
+                error: v.error.clone().unwrap_or_default(),
             };
             let old = step.seen.clone().unwrap_or_default();
             // A completed snapshot always counts as news, even when repeated: progressui
@@ -253,7 +254,7 @@ impl Trace {
         if !was_started || started.is_some() {
             step.name.clone_from(&v.name);
             step.cached = v.cached;
-            step.error.clone_from(&v.error);
+            step.error = v.error.clone().unwrap_or_default();
         }
         if started.is_some() {
             let runs = step
@@ -288,7 +289,7 @@ impl Trace {
             return;
         };
         let step = &mut self.steps[i];
-        let data = &l.msg;
+        let data = &l.data;
         let complete = data.last() == Some(&b'\n');
         let body = if complete {
             &data[..data.len() - 1]
@@ -303,7 +304,7 @@ impl Trace {
                 }
                 continue;
             }
-            let since = match (step.last_start(), l.timestamp.as_ref()) {
+            let since = match (step.last_start(), l.timestamp) {
                 (Some(start), Some(t)) => secs_between(start, nanos(t)),
                 _ => 0.0,
             };

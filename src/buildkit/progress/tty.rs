@@ -10,8 +10,9 @@
 use std::io::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{FailureReport, ProgressSink, State, TransferSummary, write_failure};
-use crate::buildkit::proto::control::StatusResponse;
+use super::{
+    FailureReport, ProgressSink, SolveStatus, State, TransferSummary, VertexWarning, write_failure,
+};
 
 /// Lines of output shown under a running step (progressui's default).
 const LOG_LINES: usize = 6;
@@ -26,7 +27,7 @@ pub struct TtyProgress<W: Write + Send> {
     /// Visible widths of the lines of the frame on screen.
     drawn: Vec<usize>,
     last_draw: Option<Instant>,
-    warnings: Vec<crate::buildkit::proto::control::VertexWarning>,
+    warnings: Vec<VertexWarning>,
 }
 
 /// The terminal's size as (columns, rows): stderr's, else `COLUMNS`/`LINES`, else 80×24.
@@ -197,12 +198,12 @@ fn visible_width(line: &str) -> usize {
 }
 
 impl<W: Write + Send> ProgressSink for TtyProgress<W> {
-    fn update(&mut self, status: &StatusResponse) {
+    fn update(&mut self, status: &SolveStatus) {
         for v in &status.vertexes {
             self.state.vertex(v);
         }
         for log in &status.logs {
-            self.state.log(&log.vertex, &log.msg, KEPT_LINES);
+            self.state.log(&log.vertex, &log.data, KEPT_LINES);
         }
         self.warnings.extend(status.warnings.iter().cloned());
         if self

@@ -2,14 +2,12 @@
 
 use super::*;
 use crate::buildkit::progress::SourceSnippet;
-use crate::buildkit::proto::control::{Vertex, VertexLog, VertexStatus, VertexWarning};
+use crate::buildkit::progress::{Vertex, VertexLog, VertexStatus, VertexWarning};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A timestamp `ms` milliseconds into the build.
-fn at(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: 1_700_000_000 + ms / 1000,
-        nanos: i32::try_from(ms % 1000).unwrap() * 1_000_000,
-    }
+/// A time `ms` milliseconds into the build.
+fn at(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms.try_into().unwrap())
 }
 
 fn vertex(digest: &str, name: &str, started: Option<i64>, completed: Option<i64>) -> Vertex {
@@ -22,27 +20,27 @@ fn vertex(digest: &str, name: &str, started: Option<i64>, completed: Option<i64>
     }
 }
 
-fn vertices(list: Vec<Vertex>) -> StatusResponse {
-    StatusResponse {
+fn vertices(list: Vec<Vertex>) -> SolveStatus {
+    SolveStatus {
         vertexes: list,
-        ..StatusResponse::default()
+        ..SolveStatus::default()
     }
 }
 
-fn log(digest: &str, ms: i64, text: &str) -> StatusResponse {
-    StatusResponse {
+fn log(digest: &str, ms: i64, text: &str) -> SolveStatus {
+    SolveStatus {
         logs: vec![VertexLog {
             vertex: digest.into(),
             timestamp: Some(at(ms)),
             stream: 1,
-            msg: text.as_bytes().to_vec().into(),
+            data: text.as_bytes().to_vec(),
         }],
-        ..StatusResponse::default()
+        ..SolveStatus::default()
     }
 }
 
 /// Feeds the updates to an eager printer and returns everything it wrote.
-fn render(updates: &[StatusResponse], failure: Option<&FailureReport>) -> String {
+fn render(updates: &[SolveStatus], failure: Option<&FailureReport>) -> String {
     let mut out = Vec::new();
     let mut progress = PlainProgress::new(&mut out).eager();
     for u in updates {
@@ -65,7 +63,7 @@ fn steps_print_as_numbered_blocks_separated_by_blank_lines() {
                 Some(0),
                 None,
             )]),
-            StatusResponse {
+            SolveStatus {
                 statuses: vec![VertexStatus {
                     id: "transferring dockerfile:".into(),
                     vertex: "a".into(),
@@ -75,7 +73,7 @@ fn steps_print_as_numbered_blocks_separated_by_blank_lines() {
                     completed: Some(at(8)),
                     ..VertexStatus::default()
                 }],
-                ..StatusResponse::default()
+                ..SolveStatus::default()
             },
             vertices(vec![vertex(
                 "a",
@@ -178,7 +176,7 @@ fn a_restarted_step_reads_as_progressui_shows_it() {
 fn cached_and_failed_steps_end_their_blocks_and_the_failure_is_summarised() {
     let mut failed = vertex("r", "[2/2] RUN false", Some(10), Some(900));
     failed.error =
-        "process \"/bin/sh -c false\" did not complete successfully: exit code: 1".into();
+        Some("process \"/bin/sh -c false\" did not complete successfully: exit code: 1".into());
     let mut cached = vertex("f", "[1/2] FROM base", Some(5), Some(5));
     cached.cached = true;
     let source = SourceSnippet::new("Dockerfile", "FROM base\nRUN false\n", &[(2, 2)]);
@@ -214,7 +212,7 @@ fn cached_and_failed_steps_end_their_blocks_and_the_failure_is_summarised() {
              \x20  3 |     \n\
              --------------------\n\
              ERROR: failed to solve: exit code: 1\n",
-            failed.error
+            failed.error.as_deref().unwrap_or_default()
         )
     );
 }
@@ -224,10 +222,8 @@ fn warnings_show_in_their_steps_block_and_at_the_end() {
     let warning = VertexWarning {
         vertex: "d".into(),
         level: 1,
-        short: b"FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)"
-            .to_vec()
-            .into(),
-        url: "https://docs.docker.com/go/dockerfile/rule/from-as-casing/".into(),
+        short: b"FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)".to_vec(),
+        url: Some("https://docs.docker.com/go/dockerfile/rule/from-as-casing/".into()),
         ..VertexWarning::default()
     };
     let text = render(
@@ -238,9 +234,9 @@ fn warnings_show_in_their_steps_block_and_at_the_end() {
                 Some(0),
                 None,
             )]),
-            StatusResponse {
+            SolveStatus {
                 warnings: vec![warning],
-                ..StatusResponse::default()
+                ..SolveStatus::default()
             },
             vertices(vec![vertex(
                 "d",
@@ -265,7 +261,7 @@ fn warnings_show_in_their_steps_block_and_at_the_end() {
 
 #[test]
 fn a_running_status_is_printed_again_only_after_real_progress() {
-    let status = |current: i64, ms: i64, done: bool| StatusResponse {
+    let status = |current: i64, ms: i64, done: bool| SolveStatus {
         statuses: vec![VertexStatus {
             id: "sha256:layer".into(),
             vertex: "p".into(),
@@ -276,7 +272,7 @@ fn a_running_status_is_printed_again_only_after_real_progress() {
             completed: done.then(|| at(ms)),
             ..VertexStatus::default()
         }],
-        ..StatusResponse::default()
+        ..SolveStatus::default()
     };
     let text = render(
         &[
