@@ -743,11 +743,16 @@ fn exec_user(name: &str, command: &str, args: &[&str], env: &[(&str, &str)]) -> 
     )
 }
 
-/// A kubeconfig for `fake` with one context per `(context, user entry)`.
-fn kubeconfig(dir: &Path, fake: &FakeKube, users: &[(&str, String)]) -> std::path::PathBuf {
+/// The kubeconfig `cluster:` fields for `fake`.
+fn fake_cluster(fake: &FakeKube) -> String {
+    format!("server: http://{}", fake.addr())
+}
+
+/// A kubeconfig for the cluster with `cluster` fields (`server:`, CA) with one context per
+/// `(context, user entry)`.
+fn kubeconfig(dir: &Path, cluster: &str, users: &[(&str, String)]) -> std::path::PathBuf {
     let mut text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n",
-        fake.addr()
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    {cluster}\ncontexts:\n"
     );
     for (context, _) in users {
         text.push_str(&format!(
@@ -783,24 +788,18 @@ async fn fleet_with(path: &Path, context: &str) -> Result<Fleet, pf_buildkit::fl
     Fleet::from_config(config, false, Some(context))
 }
 
-#[tokio::test]
-async fn eks_tokens_for_the_three_exec_forms_pass_sigv4_and_token_review_with_no_process() {
-    let secrets = Arc::new(Mutex::new(HashMap::from([(
-        "AKIDEKSEXEC".to_owned(),
-        "eks-exec-secret".to_owned(),
-    )])));
-    let fake = cluster_scenario()
-        .token_review(review(secrets.clone()))
-        .start()
-        .await;
+/// Kubeconfig users for the three exec forms made in-process (contexts `get-token`,
+/// `update-kubeconfig`, `authenticator`, signing for regions us-east-1, us-west-2 and
+/// eu-west-1), and two whose tokens a review must refuse (`wrong-cluster`, `wrong-secret`).
+/// The programs they name do not exist anywhere: nothing may try to start them.
+fn eks_users() -> Vec<(&'static str, String)> {
     let keys = [
         ("AWS_ACCESS_KEY_ID", "AKIDEKSEXEC"),
         ("AWS_SECRET_ACCESS_KEY", "eks-exec-secret"),
     ];
     let mut with_region = keys.to_vec();
     with_region.push(("AWS_REGION", "eu-west-1"));
-    // The programs named do not exist anywhere: nothing may try to start them.
-    let users = [
+    vec![
         (
             "get-token",
             exec_user(
@@ -879,41 +878,34 @@ async fn eks_tokens_for_the_three_exec_forms_pass_sigv4_and_token_review_with_no
                 ],
             ),
         ),
-    ];
-    let path = kubeconfig(fake.dir(), &fake, &users);
+    ]
+}
+
+/// The secret of the access key [`eks_users`] sign with.
+fn eks_secrets() -> Arc<Mutex<HashMap<String, String>>> {
+    Arc::new(Mutex::new(HashMap::from([(
+        "AKIDEKSEXEC".to_owned(),
+        "eks-exec-secret".to_owned(),
+    )])))
+}
+
+/// The library with each of [`eks_users`]' three forms in the kubeconfig at `path` gets the
+/// pod's address.
+async fn eks_contexts_get_addresses(path: &Path) {
     for context in ["get-token", "update-kubeconfig", "authenticator"] {
-        let fleet = fleet_with(&path, context).await.unwrap();
+        let fleet = fleet_with(path, context).await.unwrap();
         let address = fleet
             .get_address(Arch::Amd64)
             .await
             .unwrap_or_else(|e| panic!("{context}: {e}"));
         assert!(address.url().contains("10-0-0-10"), "{}", address.url());
     }
-    // Every request carried a token the independent check accepts, for the region asked.
-    let requests = fake.requests();
-    assert!(!requests.is_empty());
-    let mut regions = std::collections::BTreeSet::new();
-    for r in &requests {
-        let token = r.authorization.strip_prefix("Bearer ").unwrap();
-        verify_eks_token(token, CLUSTER, &secrets.lock().unwrap()).unwrap();
-        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.strip_prefix("k8s-aws-v1.").unwrap())
-            .unwrap();
-        let url = String::from_utf8(url).unwrap();
-        regions.insert(url.split('/').nth(2).unwrap().to_owned());
-    }
-    assert_eq!(
-        regions.into_iter().collect::<Vec<_>>(),
-        [
-            "sts.eu-west-1.amazonaws.com",
-            "sts.us-east-1.amazonaws.com",
-            "sts.us-west-2.amazonaws.com"
-        ]
-    );
+}
 
-    // A token for another cluster, or signed with the wrong secret, is refused.
+/// A token for another cluster, or signed with the wrong secret, is refused (401).
+async fn eks_wrong_contexts_are_refused(path: &Path) {
     for context in ["wrong-cluster", "wrong-secret"] {
-        let fleet = fleet_with(&path, context).await.unwrap();
+        let fleet = fleet_with(path, context).await.unwrap();
         let err = fleet
             .get_address(Arch::Amd64)
             .await
@@ -924,6 +916,77 @@ async fn eks_tokens_for_the_three_exec_forms_pass_sigv4_and_token_review_with_no
             "{context}: {err}"
         );
     }
+}
+
+/// The STS hosts of `tokens` (each must pass the independent check first).
+fn eks_token_regions(
+    tokens: impl IntoIterator<Item = String>,
+    secrets: &Mutex<HashMap<String, String>>,
+) -> Vec<String> {
+    let mut regions = std::collections::BTreeSet::new();
+    for token in tokens {
+        verify_eks_token(&token, CLUSTER, &secrets.lock().unwrap()).unwrap();
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.strip_prefix("k8s-aws-v1.").unwrap())
+            .unwrap();
+        let url = String::from_utf8(url).unwrap();
+        regions.insert(url.split('/').nth(2).unwrap().to_owned());
+    }
+    regions.into_iter().collect()
+}
+
+const EKS_REGIONS: [&str; 3] = [
+    "sts.eu-west-1.amazonaws.com",
+    "sts.us-east-1.amazonaws.com",
+    "sts.us-west-2.amazonaws.com",
+];
+
+#[tokio::test]
+async fn eks_tokens_for_the_three_exec_forms_pass_sigv4_and_token_review_with_no_process() {
+    let secrets = eks_secrets();
+    let fake = cluster_scenario()
+        .token_review(review(secrets.clone()))
+        .start()
+        .await;
+    let path = kubeconfig(fake.dir(), &fake_cluster(&fake), &eks_users());
+    eks_contexts_get_addresses(&path).await;
+    // Every request carried a token the independent check accepts, for the region asked.
+    let tokens: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|r| r.authorization.strip_prefix("Bearer ").unwrap().to_owned())
+        .collect();
+    assert!(!tokens.is_empty());
+    assert_eq!(eks_token_regions(tokens, &secrets), EKS_REGIONS);
+    eks_wrong_contexts_are_refused(&path).await;
+}
+
+#[tokio::test]
+async fn eks_tokens_pass_the_real_api_servers_token_webhook() {
+    let secrets = eks_secrets();
+    let Some(real) = cluster_scenario()
+        .token_review(review(secrets.clone()))
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let path = kubeconfig(real.dir(), &real.cluster_fields(), &eks_users());
+    eks_contexts_get_addresses(&path).await;
+    // The API server asked the webhook about the tokens its token file does not know (each
+    // new one; it caches answers): all pass the independent check, one region per form.
+    assert_eq!(
+        eks_token_regions(real.reviewed_tokens(), &secrets),
+        EKS_REGIONS
+    );
+    // It recorded the requests as the webhook's user, each with our User-Agent.
+    crate::fleet_scenarios::Cluster::assert_user_agent(&real);
+    let reviewed = real.reviewed_tokens().len();
+    eks_wrong_contexts_are_refused(&path).await;
+    assert!(
+        real.reviewed_tokens().len() > reviewed,
+        "the refused tokens went to the webhook"
+    );
 }
 
 #[tokio::test]
@@ -964,7 +1027,7 @@ async fn eks_tokens_are_remade_when_short_lived_credentials_near_expiry() {
             &[],
         ),
     )];
-    let path = kubeconfig(fake.dir(), &fake, &users);
+    let path = kubeconfig(fake.dir(), &fake_cluster(&fake), &users);
     let mut env = isolated().await;
     let token = env.file("pod-identity-token", "pod-identity-token");
     env.var("KUBECONFIG", &path)
@@ -1034,7 +1097,7 @@ async fn eks_without_credentials_or_region_fails_in_one_line() {
             ),
         ),
     ];
-    let path = kubeconfig(fake.dir(), &fake, &users);
+    let path = kubeconfig(fake.dir(), &fake_cluster(&fake), &users);
     for (context, want) in [
         ("no-creds", "no AWS credentials"),
         ("bad-region", "unknown AWS region \"mars-central-1\""),

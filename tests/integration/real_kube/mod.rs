@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod token_webhook;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -139,6 +140,7 @@ pub struct RealKube {
     /// When the test began (audit entries from before belong to other tests).
     since: String,
     controller: Option<tokio::task::JoinHandle<()>>,
+    webhook: Option<token_webhook::TokenWebhook>,
     _lock: NamespaceLock,
 }
 
@@ -213,10 +215,7 @@ impl RealKube {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = write_kubeconfig(
             dir.path(),
-            &format!(
-                "server: {server}\n    certificate-authority: {}",
-                kube_file("pki/ca.crt").display()
-            ),
+            &cluster_fields(server),
             &token(USER),
             &token(USER),
         );
@@ -227,8 +226,12 @@ impl RealKube {
             kubeconfig,
             since,
             controller: None,
+            webhook: None,
             _lock: lock,
         };
+        if let Some(review) = scenario.token_review {
+            real.webhook = Some(token_webhook::TokenWebhook::start(review).await);
+        }
         if scenario.auto_available {
             real.play_statefulset_controller();
         }
@@ -238,6 +241,20 @@ impl RealKube {
     /// The API server's address.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The tokens the API server asked the scenario's token review about.
+    pub fn reviewed_tokens(&self) -> Vec<String> {
+        self.webhook
+            .as_ref()
+            .map(token_webhook::TokenWebhook::tokens)
+            .unwrap_or_default()
+    }
+
+    /// The kubeconfig `cluster:` fields for this server (`server:`, the CA), as
+    /// [`write_kubeconfig`] takes them.
+    pub fn cluster_fields(&self) -> String {
+        cluster_fields(&self.server)
     }
 
     /// The admin client.
@@ -383,6 +400,14 @@ impl RealKube {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The kubeconfig `cluster:` fields for `server`: its URL and the testenv's CA.
+fn cluster_fields(server: &str) -> String {
+    format!(
+        "server: {server}\n    certificate-authority: {}",
+        kube_file("pki/ca.crt").display()
+    )
 }
 
 /// One request in the audit log.
