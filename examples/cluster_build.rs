@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     // Registry, cluster and S3 cache come from the buildkit.json of the context's repository.
-    let plan = request.plan_in(context.as_ref())?;
+    let plan = request.plan_in(context.as_ref()).await?;
     for (arch, placement) in &plan.placements {
         eprintln!("{arch}: {placement:?}");
     }

@@ -128,6 +128,7 @@ pub async fn run(
     };
     let plan = request
         .plan_in(&std::env::current_dir()?)
+        .await
         .map_err(|err| flag_error(err, args))?;
 
     let live = Live::new(LiveMode::for_stderr(progress == ProgressMode::Quiet));

@@ -20,7 +20,7 @@
 //!
 //! // Registry and cluster from the repository's buildkit.json; amd64 and arm64 on the fleet.
 //! let request = BuildRequest::new(BuildOptions::new("./app"), "team/app", "v1.2.3");
-//! let plan = request.plan_in(std::path::Path::new("."))?;
+//! let plan = request.plan_in(std::path::Path::new(".")).await?;
 //! let result = plan.run(&|_event| {}, &|_arch: &str| Box::new(QuietProgress)).await?;
 //! println!("{}", result.index.digest);
 //! # Ok(()) }

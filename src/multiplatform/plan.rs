@@ -22,6 +22,7 @@ use crate::buildkit::attest::{Attest, AttestSpec, Provenance, Sbom};
 use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::{BuildOptions, Endpoint, TlsOptions};
 use crate::config::{BuildkitConfig, ConfigError, Toggle};
+use crate::files::off_runtime;
 use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress, ReadyProgress};
 use crate::registry::DockerConfig;
 
@@ -138,13 +139,15 @@ impl BuildRequest {
     }
 
     /// Plans the build with the `buildkit.json` of the repository holding `dir`. That file
-    /// may be absent when the request names the registry itself.
+    /// may be absent when the request names the registry itself. The files are read on
+    /// tokio's blocking threads, never on the runtime's workers.
     ///
     /// # Errors
     /// [`Error::Config`] when `buildkit.json` is needed and cannot be read, or a field it must
     /// supply is missing; the errors of [`BuildRequest::plan`].
-    pub fn plan_in(self, dir: &Path) -> Result<Plan, Error> {
-        let config = match BuildkitConfig::discover(dir) {
+    pub async fn plan_in(self, dir: &Path) -> Result<Plan, Error> {
+        let dir = dir.to_owned();
+        let config = match off_runtime(move || BuildkitConfig::discover(&dir)).await {
             Ok(config) => Some(config),
             Err(ConfigError::NoRepository { .. } | ConfigError::Missing { .. })
                 if self.registry.is_some() =>
@@ -153,16 +156,19 @@ impl BuildRequest {
             }
             Err(err) => return Err(err.into()),
         };
-        self.plan(config.as_ref())
+        self.plan(config.as_ref()).await
     }
 
     /// Resolves the registry, architectures, S3 cache and where each architecture builds, and
-    /// checks the references; nothing is contacted yet.
+    /// checks the references; nothing is contacted yet. What reads files (the Docker config
+    /// when the request brings no credentials, and the build options' check of the context,
+    /// Dockerfile and secret files) runs on tokio's blocking threads.
     ///
     /// # Errors
     /// [`Error::NoRegistry`], [`Error::Config`] for a malformed cache setting,
-    /// [`Error::UnusedBuilder`], [`Error::NotInFleet`], [`Error::Invalid`].
-    pub fn plan(self, config: Option<&BuildkitConfig>) -> Result<Plan, Error> {
+    /// [`Error::UnusedBuilder`], [`Error::NotInFleet`], [`Error::Invalid`],
+    /// [`Error::Options`], and the Docker config's errors.
+    pub async fn plan(self, config: Option<&BuildkitConfig>) -> Result<Plan, Error> {
         let registry = match (&self.registry, config) {
             (Some(registry), _) => registry.clone(),
             (None, Some(config)) => config.registry()?.to_owned(),
@@ -184,10 +190,6 @@ impl BuildRequest {
         let mut build = MultiPlatformBuild::new(self.options, registry, self.repository, self.tag);
         build.insecure_registry = self.insecure_registry;
         build.push = self.push;
-        build.registry_credentials = match self.registry_credentials {
-            Some(credentials) => credentials,
-            None => DockerConfig::load()?,
-        };
         if let Some(config) = config
             && let Some((bucket, region)) = config.s3_cache()?
         {
@@ -208,10 +210,19 @@ impl BuildRequest {
             .or_else(|| config.and_then(BuildkitConfig::local_cache_dir));
         let arch_refs: Vec<&str> = arches.iter().map(String::as_str).collect();
         build.validate(&arch_refs)?;
-        build
-            .options
-            .validate()
-            .map_err(|e| Error::Options(Box::new(e)))?;
+        let given = self.registry_credentials;
+        let build = off_runtime(move || {
+            build.registry_credentials = match given {
+                Some(credentials) => credentials,
+                None => DockerConfig::load()?,
+            };
+            build
+                .options
+                .validate()
+                .map_err(|e| Error::Options(Box::new(e)))?;
+            Ok::<_, Error>(build)
+        })
+        .await?;
 
         // The cluster counts only when one is named; an empty "cluster" is not one.
         let cluster = self.kube_context.clone().or_else(|| {
@@ -457,8 +468,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn builders_win_then_the_shared_endpoint_then_the_cluster_then_the_fallback() {
+    #[tokio::test]
+    async fn builders_win_then_the_shared_endpoint_then_the_cluster_then_the_fallback() {
         let with_cluster = config(r#"{"registry": "r.example", "cluster": "prod"}"#);
         let (_dir, mut req) = request();
         req.builders
@@ -466,7 +477,7 @@ mod tests {
         req.arches = vec!["amd64".into(), "arm64".into()];
         req.fallback = Some(endpoint("unix:///run/buildkit/buildkitd.sock"));
 
-        let plan = req.clone().plan(Some(&with_cluster)).unwrap();
+        let plan = req.clone().plan(Some(&with_cluster)).await.unwrap();
         assert_eq!(plan.build.registry, "r.example");
         assert_eq!(
             plan.placements,
@@ -487,7 +498,7 @@ mod tests {
 
         let mut shared = req.clone();
         shared.shared = Some(endpoint("tcp://127.0.0.1:1"));
-        let plan = shared.plan(Some(&with_cluster)).unwrap();
+        let plan = shared.plan(Some(&with_cluster)).await.unwrap();
         assert_eq!(
             plan.placements[0].1,
             Placement::Endpoint(endpoint("tcp://127.0.0.1:1"))
@@ -499,6 +510,7 @@ mod tests {
             .plan(Some(&config(
                 r#"{"registry": "r.example", "cluster": " "}"#,
             )))
+            .await
             .unwrap_err();
         assert!(
             matches!(&err, Error::Config(c) if matches!(**c, ConfigError::Field { field: "cluster", .. })),
@@ -506,33 +518,33 @@ mod tests {
         );
         // Without any buildkit.json, the fallback builds.
         req.registry = Some("r.example".into());
-        let plan = req.plan(None).unwrap();
+        let plan = req.plan(None).await.unwrap();
         assert_eq!(
             plan.placements[0].1,
             Placement::Endpoint(endpoint("unix:///run/buildkit/buildkitd.sock"))
         );
     }
 
-    #[test]
-    fn architectures_default_to_the_builders_then_the_fleet() {
+    #[tokio::test]
+    async fn architectures_default_to_the_builders_then_the_fleet() {
         let (_dir, mut req) = request();
         req.registry = Some("r.example".into());
         req.fallback = Some(endpoint("tcp://127.0.0.1:1"));
-        let plan = req.clone().plan(None).unwrap();
+        let plan = req.clone().plan(None).await.unwrap();
         let arches: Vec<_> = plan.placements.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(arches, DEFAULT_ARCHES);
 
         req.builders
             .insert("arm".into(), endpoint("tcp://127.0.0.1:2"));
-        let plan = req.plan(None).unwrap();
+        let plan = req.plan(None).await.unwrap();
         let arches: Vec<_> = plan.placements.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(arches, ["arm"]);
     }
 
-    #[test]
-    fn unusable_requests_say_which_value_is_wrong() {
+    #[tokio::test]
+    async fn unusable_requests_say_which_value_is_wrong() {
         let (_dir, req) = request();
-        let err = req.plan(None).unwrap_err();
+        let err = req.plan(None).await.unwrap_err();
         assert!(matches!(err, Error::NoRegistry), "{err}");
 
         let (_dir, mut req) = request();
@@ -540,7 +552,7 @@ mod tests {
         req.arches = vec!["amd64".into()];
         req.builders
             .insert("arm64".into(), endpoint("tcp://127.0.0.1:1"));
-        let err = req.plan(None).unwrap_err();
+        let err = req.plan(None).await.unwrap_err();
         assert!(
             matches!(&err, Error::UnusedBuilder { arch } if arch == "arm64"),
             "{err}"
@@ -550,7 +562,7 @@ mod tests {
         req.registry = Some("r.example".into());
         req.arches = vec!["riscv64".into()];
         req.kube_context = Some("prod".into());
-        let err = req.plan(None).unwrap_err();
+        let err = req.plan(None).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotInFleet { arch, .. } if arch == "riscv64"),
             "{err}"
@@ -558,21 +570,22 @@ mod tests {
 
         let (_dir, mut req) = request();
         req.registry = Some("r.example".into());
-        let err = req.plan(None).unwrap_err();
+        let err = req.plan(None).await.unwrap_err();
         assert!(
             matches!(&err, Error::NoBuilder { arch } if arch == "amd64"),
             "{err}"
         );
     }
 
-    #[test]
-    fn the_s3_cache_comes_from_buildkit_json() {
+    #[tokio::test]
+    async fn the_s3_cache_comes_from_buildkit_json() {
         let (_dir, req) = request();
         let plan = req
             .clone()
             .plan(Some(&config(
                 r#"{"registry": "r.example", "cluster": "prod", "cache_bucket": "b", "cache_bucket_region": "us-east-2"}"#,
             )))
+            .await
             .unwrap();
         assert_eq!(
             plan.build.s3_cache,
@@ -585,7 +598,45 @@ mod tests {
             .plan(Some(&config(
                 r#"{"registry": "r.example", "cluster": "prod", "cache_bucket": "b"}"#,
             )))
+            .await
             .unwrap_err();
         assert!(err.to_string().contains("cache_bucket_region"), "{err}");
+    }
+
+    /// Planning reads `buildkit.json` off the runtime: here it is a FIFO, whose open blocks
+    /// until a writer comes, on a single-threaded runtime. A timer on that runtime must fire
+    /// while the open waits; only then is the file written. Read on the runtime, the open
+    /// would block the timer too, until the watchdog thread gives up and writes it anyway.
+    #[tokio::test]
+    async fn planning_reads_files_off_the_runtime() {
+        let (dir, mut req) = request();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::create_dir(dir.path().join(".buildkit")).unwrap();
+        let fifo = dir.path().join(".buildkit/buildkit.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        req.shared = Some(endpoint("tcp://127.0.0.1:1"));
+        let (go, went) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let stalled = went.recv_timeout(Duration::from_secs(10)).is_err();
+            std::fs::write(&fifo, r#"{"registry": "r.example"}"#).unwrap();
+            stalled
+        });
+        let path = dir.path().to_owned();
+        let planning = tokio::spawn(async move { req.plan_in(&path).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let _ = go.send(());
+        let plan = planning.await.unwrap().unwrap();
+        assert_eq!(plan.build.registry, "r.example");
+        assert!(
+            !writer.join().unwrap(),
+            "reading buildkit.json blocked the runtime"
+        );
     }
 }
