@@ -44,6 +44,8 @@ const CONTROL_CONNECTION_WINDOW: u32 = 128 << 20;
 #[derive(Clone)]
 pub struct Client {
     control: ControlClient<Channel>,
+    /// The same connection, for the daemon's other services (its content store).
+    channel: Channel,
     dialer: Arc<dyn Dialer>,
     endpoint: String,
 }
@@ -177,11 +179,12 @@ impl Client {
             Ok(Err(err)) => return Err(handshake_error(endpoint, err)),
             Ok(Ok(channel)) => channel,
         };
-        let control = ControlClient::new(channel)
+        let control = ControlClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let client = Client {
             control,
+            channel,
             dialer,
             endpoint,
         };
@@ -220,6 +223,11 @@ impl Client {
     #[doc(hidden)]
     pub fn control(&self) -> ControlClient<Channel> {
         self.control.clone()
+    }
+
+    /// The connection, for the daemon's services other than Control.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The Docker Engine behind this client, if any (sessions then use `/session`).
@@ -335,7 +343,7 @@ impl Client {
     }
 
     /// Awaits a unary call (or a stream's headers) and maps its failure.
-    async fn first_call<T>(
+    pub(super) async fn first_call<T>(
         &self,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
         name: &'static str,

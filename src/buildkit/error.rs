@@ -71,6 +71,28 @@ pub enum Error {
         /// The TLS problem behind it, when TLS is what failed.
         tls: Option<TlsProblem>,
     },
+    /// The daemon has no build history API (BuildKit before v0.11, or an embedding that
+    /// leaves it out): it answered a history call with UNIMPLEMENTED.
+    #[error(
+        "BuildKit at {endpoint} keeps no build history ({call} is not implemented there; BuildKit v0.11 or later has it)"
+    )]
+    NoHistory {
+        /// The daemon's address, as [`Client::endpoint`](super::Client::endpoint) gives it.
+        endpoint: String,
+        /// The history call it refused, e.g. `ListenBuildHistory`.
+        call: &'static str,
+    },
+    /// A blob of the daemon's content store (a history record's logs, error or attachment)
+    /// is missing or not what the record describes.
+    #[error("BuildKit at {endpoint}: blob {digest}: {problem}")]
+    Blob {
+        /// The daemon's address.
+        endpoint: String,
+        /// The blob's digest as the record gives it (empty when the record names none).
+        digest: String,
+        /// What is wrong.
+        problem: super::history::BlobProblem,
+    },
 }
 
 /// What a TLS failure means for the user, in the connect error's own words (the TLS

@@ -14,6 +14,7 @@ pub mod endpoint;
 mod entitlement;
 mod error;
 pub mod fsutil;
+pub mod history;
 mod invalid;
 pub mod oci_layout;
 pub mod progress;

@@ -62,6 +62,13 @@ pub mod containerd {
     }
 }
 
+/// Google's API types: `google.rpc.Status`, the error of a failed build in its history record.
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
 /// gRPC's health service.
 pub mod grpc {
     pub mod health {

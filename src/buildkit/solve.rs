@@ -23,6 +23,7 @@ use super::progress::{
 use super::proto::control::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
+use super::proto::google::rpc::Status as GoogleStatus;
 use super::proto::pb::Definition;
 use super::session::{
     Attachable, ExportTarget, SecretSource, Session, SessionOptions, shared_key_for,
@@ -725,17 +726,6 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
         || !matches!(super::error::classify(status), super::error::Cause::Daemon)
 }
 
-/// `google.rpc.Status`, which BuildKit puts in `grpc-status-details-bin`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
-
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct SourceDetail {
@@ -772,14 +762,24 @@ struct VertexDetail {
 /// Reads BuildKit's error details: the failing step (`errdefs.Vertex`) and the Dockerfile
 /// lines (`errdefs.Source`), whose values are JSON despite the protobuf envelope.
 pub fn failure_report(status: &tonic::Status) -> FailureReport {
+    let message = super::error::describe_status(status);
+    match GoogleStatus::decode(status.details()) {
+        Ok(details) => report_from_details(message, &details.details),
+        Err(_) => FailureReport {
+            message,
+            ..Default::default()
+        },
+    }
+}
+
+/// The report of a failure whose `google.rpc.Status` details are `details`: the live Solve's
+/// status, or a history record's error blob.
+pub(crate) fn report_from_details(message: String, details: &[prost_types::Any]) -> FailureReport {
     let mut report = FailureReport {
-        message: super::error::describe_status(status),
+        message,
         ..Default::default()
     };
-    let Ok(details) = RpcStatus::decode(status.details()) else {
-        return report;
-    };
-    for any in details.details {
+    for any in details {
         if any.type_url.ends_with("errdefs.Source+json") {
             let Ok(source) = serde_json::from_slice::<SourceDetail>(&any.value) else {
                 continue;
@@ -1088,7 +1088,7 @@ mod tests {
             "info": {"filename": "Dockerfile", "data": base64::engine::general_purpose::STANDARD.encode("FROM x\nRUN false\n")},
             "ranges": [{"start": {"line": 2}, "end": {"line": 2}}]
         });
-        let status = RpcStatus {
+        let status = GoogleStatus {
             code: 2,
             message: "failed".into(),
             details: vec![prost_types::Any {
@@ -1129,7 +1129,7 @@ mod tests {
             .unwrap(),
         }
         };
-        let status = RpcStatus {
+        let status = GoogleStatus {
             code: 2,
             message: "failed".into(),
             details: vec![

@@ -11,6 +11,7 @@ mod daemon;
 mod debug;
 pub mod error;
 mod fleet;
+mod history;
 mod live;
 mod manifest;
 mod multiplatform;
@@ -124,6 +125,9 @@ pub enum Command {
     Build(Box<build::BuildArgs>),
     #[command(flatten)]
     Fleet(fleet::FleetCommand),
+    /// The build history of a daemon, or of the whole fleet: ls, logs, inspect, rm, export
+    #[command(subcommand)]
+    History(history::HistoryCommand),
     /// Push or inspect multi-platform manifests in a registry
     Manifest(manifest::ManifestArgs),
     /// Look inside what the client sends (dump-llb)
@@ -145,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Prune(args) => daemon::prune(&cli.global, &args).await,
         Command::Build(args) => build::build(&cli.global, &args).await,
         Command::Fleet(command) => fleet::run(command).await,
+        Command::History(command) => history::run(&cli.global, command).await,
         Command::Manifest(args) => manifest::run(args).await,
         Command::Debug(command) => debug::run(&command),
         Command::Completions { shell } => {

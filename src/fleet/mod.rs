@@ -26,6 +26,7 @@ mod cache;
 #[cfg(feature = "aws")]
 mod eks_auth;
 mod error;
+mod history;
 mod kube_client;
 mod kube_pod;
 mod portforward;
@@ -41,6 +42,7 @@ pub use cache::{
     BusySignal, CacheClearEvent, CacheClearOptions, CacheClearReport, PodPrune, PvcAction,
 };
 pub use error::{Error, PortForwardError, Result};
+pub use history::{FleetHistory, PodRecord};
 pub use kube_client::{Fleet, RETRY_ATTEMPTS};
 pub use kube_pod::{KUBE_POD_SCHEME, KubePod, KubePodConnector, connect, connectors, parse};
 pub use portforward::{PodDialer, PortForwardStream};

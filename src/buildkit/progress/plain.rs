@@ -37,6 +37,8 @@ pub struct PlainProgress<W: Write + Send> {
     last_print: Option<Instant>,
     /// Print on every update instead of at most every 100 ms (for recorded streams).
     eager: bool,
+    /// End with the context transfer's summary (a replay has no transfer of its own).
+    transfer_line: bool,
 }
 
 impl<W: Write + Send> PlainProgress<W> {
@@ -48,6 +50,17 @@ impl<W: Write + Send> PlainProgress<W> {
             printer: Printer::default(),
             last_print: None,
             eager: false,
+            transfer_line: true,
+        }
+    }
+
+    /// Renders a recorded stream (a history record's logs) to `out`: [`eager`](Self::eager),
+    /// and without the `#0 context: sent …` line, which only the client that sent the
+    /// context knows. Otherwise the lines are those the build showed live.
+    pub fn replay(out: W) -> Self {
+        PlainProgress {
+            transfer_line: false,
+            ..Self::new(out).eager()
         }
     }
 
@@ -91,7 +104,11 @@ impl<W: Write + Send> ProgressSink for PlainProgress<W> {
     fn finish(&mut self, transfer: &TransferSummary, failure: Option<&FailureReport>) {
         self.print(Instant::now());
         let mut buf = Vec::new();
-        let _ = writeln!(buf, "\n{}", transfer_line(transfer));
+        if self.transfer_line {
+            let _ = writeln!(buf, "\n{}", transfer_line(transfer));
+        } else {
+            buf.push(b'\n');
+        }
         let _ = super::write_warnings(&mut buf, &self.trace.warnings);
         let _ = write_error_logs(&mut buf, &self.trace);
         if let Some(failure) = failure {

@@ -29,7 +29,8 @@ use pf_buildkit::buildkit::proto::control::types::{BuildkitVersion, WorkerRecord
 use pf_buildkit::buildkit::proto::control::{
     BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
     InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
-    SolveResponse, StatusRequest, StatusResponse, UsageRecord,
+    SolveResponse, StatusRequest, StatusResponse, UpdateBuildHistoryRequest,
+    UpdateBuildHistoryResponse, UsageRecord,
 };
 use pf_buildkit::buildkit::proto::fsutil::types::Packet;
 use pf_buildkit::buildkit::proto::pb::Platform;
@@ -430,6 +431,13 @@ impl Control for FakeControl {
         _request: tonic::Request<BuildHistoryRequest>,
     ) -> Result<tonic::Response<Self::ListenBuildHistoryStream>, tonic::Status> {
         // This peer keeps no history; the client treats that as a daemon without the API.
+        Err(tonic::Status::unimplemented("no build history here"))
+    }
+
+    async fn update_build_history(
+        &self,
+        _request: tonic::Request<UpdateBuildHistoryRequest>,
+    ) -> Result<tonic::Response<UpdateBuildHistoryResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("no build history here"))
     }
 
