@@ -29,7 +29,7 @@ use super::{BlobProblem, failure_of, is_sha256};
 use crate::buildkit::client::Client;
 use crate::buildkit::error::Error;
 use crate::buildkit::progress::FailureReport;
-use crate::buildkit::proto::control::StatusResponse;
+use crate::buildkit::progress::SolveStatus;
 
 /// The value of the index's `format`.
 pub const FORMAT: &str = "pf-buildkit-history/v1";
@@ -302,14 +302,14 @@ impl HistoryArchive {
     ///
     /// # Errors
     /// When the archive holds no logs, or they are damaged.
-    pub fn logs(&self, mut each: impl FnMut(StatusResponse)) -> Result<(), ArchiveError> {
+    pub fn logs(&self, mut each: impl FnMut(SolveStatus)) -> Result<(), ArchiveError> {
         let blob = self.required(self.record().logs.as_ref(), "logs")?;
         let mut frames = StatusFrames::new();
         let damaged = |problem: FrameError| self.damaged(&blob.digest, problem.into());
         self.read_blob(blob, |chunk| {
             frames.push(chunk);
             while let Some(status) = frames.next_status().map_err(damaged)? {
-                each(status);
+                each(SolveStatus::from_proto(status));
             }
             Ok(())
         })?;

@@ -42,7 +42,7 @@ pub enum FrameError {
 /// Splits a logs blob, given in pieces of any size, into its status updates. Holds at most one
 /// frame (and the piece that brought it) at a time.
 #[derive(Debug, Default)]
-pub struct StatusFrames {
+pub(crate) struct StatusFrames {
     pending: BytesMut,
     /// Offset in the blob of `pending`'s first byte.
     offset: u64,
@@ -50,12 +50,12 @@ pub struct StatusFrames {
 
 impl StatusFrames {
     /// A decoder at the start of a blob.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds the next bytes of the blob.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
     }
 
@@ -63,7 +63,7 @@ impl StatusFrames {
     ///
     /// # Errors
     /// When a frame is too long for a status update or does not decode as one.
-    pub fn next_status(&mut self) -> Result<Option<StatusResponse>, FrameError> {
+    pub(crate) fn next_status(&mut self) -> Result<Option<StatusResponse>, FrameError> {
         if self.pending.len() < 4 {
             return Ok(None);
         }
@@ -98,7 +98,7 @@ impl StatusFrames {
     ///
     /// # Errors
     /// [`FrameError::Truncated`] when bytes of an unfinished frame are left.
-    pub fn finish(&self) -> Result<(), FrameError> {
+    pub(crate) fn finish(&self) -> Result<(), FrameError> {
         if self.pending.is_empty() {
             Ok(())
         } else {
@@ -109,8 +109,9 @@ impl StatusFrames {
     }
 }
 
-/// Encodes status updates as a logs blob (for tests and archives made by hand).
-pub fn encode_frames<'a>(updates: impl IntoIterator<Item = &'a StatusResponse>) -> Vec<u8> {
+/// Encodes status updates as a logs blob, as the daemon does.
+#[cfg(test)]
+pub(crate) fn encode_frames<'a>(updates: impl IntoIterator<Item = &'a StatusResponse>) -> Vec<u8> {
     let mut out = Vec::new();
     for update in updates {
         let bytes = update.encode_to_vec();

@@ -50,14 +50,16 @@ use tonic::Streaming;
 use super::client::{Client, MAX_MESSAGE_SIZE};
 use super::error::{Error, Result};
 use super::progress::FailureReport;
+use super::progress::SolveStatus;
 use super::proto::containerd::services::content::v1::content_client::ContentClient;
 use super::proto::containerd::services::content::v1::{ReadContentRequest, ReadContentResponse};
 use super::proto::control::{
-    BuildHistoryEventType, BuildHistoryRequest, StatusResponse, UpdateBuildHistoryRequest,
+    BuildHistoryEventType, BuildHistoryRequest, UpdateBuildHistoryRequest,
 };
 use super::proto::google::rpc::Status as GoogleStatus;
 
-pub use frames::{FrameError, LOGS_MEDIA_TYPE, StatusFrames, encode_frames};
+use frames::StatusFrames;
+pub use frames::{FrameError, LOGS_MEDIA_TYPE};
 pub use record::{
     Attachment, BlobDescriptor, BuildRecord, BuildStatus, ExporterRecord, RecordError, StepCounts,
     rfc3339, utc_text,
@@ -325,13 +327,13 @@ impl BuildLogs {
     /// # Errors
     /// [`Error::Rpc`] when the read fails; [`Error::Blob`] when the blob is cut, corrupt or
     /// not the one the record names (checked at its end, by size and digest).
-    pub async fn next(&mut self) -> Option<Result<StatusResponse>> {
+    pub async fn next(&mut self) -> Option<Result<SolveStatus>> {
         loop {
             if self.done {
                 return None;
             }
             match self.frames.next_status() {
-                Ok(Some(status)) => return Some(Ok(status)),
+                Ok(Some(status)) => return Some(Ok(SolveStatus::from_proto(status))),
                 Ok(None) => {}
                 Err(e) => return Some(Err(self.fail(e.into()))),
             }
