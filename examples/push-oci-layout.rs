@@ -12,10 +12,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: push-oci-layout FILE REGISTRY/REPO:TAG [--insecure]");
         std::process::exit(2);
     };
-    let client = Client::new(ClientOptions {
-        insecure: args.iter().any(|a| a == "--insecure"),
-        ..ClientOptions::from_env()?
-    })?;
+    let client = Client::new(
+        ClientOptions::from_env()?.with_insecure(args.iter().any(|a| a == "--insecure")),
+    )?;
     let digest = client
         .push_oci_layout(file.as_ref(), &parse_reference(target)?)
         .await?;

@@ -15,6 +15,7 @@ pub const DEFAULT_BUILDKIT_DIR: &str = ".buildkit";
 
 /// What is wrong with the configuration, always naming the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// No ancestor of the start directory is a repository root.
     #[error(

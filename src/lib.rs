@@ -50,6 +50,7 @@ pub mod llb;
 #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
 pub mod multiplatform;
 pub mod registry;
+mod setters;
 
 /// The `User-Agent` of every HTTP request this crate makes (Kubernetes API, registries, AWS),
 /// so that audit and access logs name the client: `pf-buildkit/VERSION`.

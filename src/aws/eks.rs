@@ -44,6 +44,7 @@ pub const TOKEN_REFRESH: Duration = Duration::from_secs(10 * 60);
 
 /// What a kubeconfig exec entry asks for, when it is one of the forms made in-process.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EksTokenRequest {
     /// The cluster name (`--cluster-name`, `-i`).
     pub cluster: String,

@@ -17,6 +17,7 @@ use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest}
 use super::proto::moby::buildkit::v1::types::WorkerRecord;
 use super::tls::TlsOptions;
 use super::transport::{Dialer, EndpointDialer};
+use crate::setters::with_setters;
 
 /// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -454,6 +455,7 @@ pub struct CacheRecord {
 
 /// What to prune.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PruneOptions {
     /// Prune everything, not only records the GC would consider unused.
     pub all: bool,
@@ -519,3 +521,10 @@ pub fn format_platform(p: &super::proto::pb::Platform) -> String {
     }
     s
 }
+
+with_setters!(PruneOptions {
+    with_all => all: bool,
+    with_keep_duration => keep_duration: Option<Duration>,
+    with_keep_storage => keep_storage: Option<u64>,
+    with_filters => filters: Vec<String>,
+});

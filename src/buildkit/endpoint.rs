@@ -69,6 +69,7 @@ pub const DEFAULT_BUILDKIT_PORT: u16 = 1234;
 /// Why an address could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid BuildKit address {addr:?}: {reason}")]
+#[non_exhaustive]
 pub struct ParseEndpointError {
     /// The address text exactly as passed to the parser, before any `DOCKER_HOST` was applied.
     pub addr: String,

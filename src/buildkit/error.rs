@@ -6,6 +6,7 @@ use super::tls::{TlsConfigError, TlsProblem};
 
 /// Everything that can go wrong talking to BuildKit.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The address could not be parsed.
     #[error(transparent)]

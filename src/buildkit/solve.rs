@@ -32,6 +32,7 @@ use super::spec::{CacheSpec, OutputSpec};
 use super::stores::{BuildStores, RollbackOnDrop};
 use crate::registry::credentials::CredentialsError;
 use crate::registry::{CredentialsProvider, DockerConfig};
+use crate::setters::with_setters;
 
 /// After Solve returns, how long the status stream may stay silent before we stop waiting
 /// for its end (buildctl's value).
@@ -53,6 +54,7 @@ const STATUS_DRAIN: Duration = Duration::from_secs(5);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct BuildOptions {
     /// The build context directory, served to the daemon as the `context` local; a relative
     /// path is taken from the working directory.
@@ -206,6 +208,118 @@ impl BuildOptions {
             registry_auth: true,
             ..Default::default()
         }
+    }
+
+    /// Adds a build argument (`ARG NAME`).
+    #[must_use]
+    pub fn with_build_arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.build_args.insert(name.into(), value.into());
+        self
+    }
+
+    /// Adds a label of the image config.
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a target platform.
+    #[must_use]
+    pub fn with_platform(mut self, platform: impl Into<String>) -> Self {
+        self.platforms.push(platform.into());
+        self
+    }
+
+    /// Adds a secret for `RUN --mount=type=secret,id=ID`.
+    #[must_use]
+    pub fn with_secret(mut self, id: impl Into<String>, source: SecretSource) -> Self {
+        self.secrets.insert(id.into(), source);
+        self
+    }
+
+    /// Adds an SSH agent socket for `RUN --mount=type=ssh,id=ID`.
+    #[must_use]
+    pub fn with_ssh(mut self, id: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        self.ssh.insert(id.into(), socket.into());
+        self
+    }
+
+    /// Adds a raw frontend attribute (`--opt KEY=VALUE`).
+    #[must_use]
+    pub fn with_frontend_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.frontend_attrs.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a named context from a local directory.
+    #[must_use]
+    pub fn with_named_context(mut self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.named_contexts.insert(name.into(), dir.into());
+        self
+    }
+
+    /// Adds a local directory served by name.
+    #[must_use]
+    pub fn with_local(mut self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.locals.insert(name.into(), dir.into());
+        self
+    }
+
+    /// Adds an OCI layout directory offered as a content store by name.
+    #[must_use]
+    pub fn with_oci_layout(mut self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.oci_layouts.insert(name.into(), dir.into());
+        self
+    }
+
+    /// Adds an output (exporter).
+    #[must_use]
+    pub fn with_output(mut self, output: OutputSpec) -> Self {
+        self.outputs.push(output);
+        self
+    }
+
+    /// Adds a cache export.
+    #[must_use]
+    pub fn with_cache_export(mut self, cache: CacheSpec) -> Self {
+        self.cache_exports.push(cache);
+        self
+    }
+
+    /// Adds a cache import.
+    #[must_use]
+    pub fn with_cache_import(mut self, cache: CacheSpec) -> Self {
+        self.cache_imports.push(cache);
+        self
+    }
+
+    /// Adds a local directory served by name from any [`Source`].
+    #[must_use]
+    pub fn with_source(mut self, name: impl Into<String>, source: impl Source) -> Self {
+        self.sources.insert(name.into(), Arc::new(source));
+        self
+    }
+
+    /// Adds a privilege the build asks for.
+    #[must_use]
+    pub fn with_entitlement(mut self, entitlement: Entitlement) -> Self {
+        self.entitlements.push(entitlement);
+        self
+    }
+
+    /// Adds a session service of the caller's own.
+    #[must_use]
+    pub fn with_attachable(mut self, attachable: impl Attachable) -> Self {
+        self.attachables.push(Arc::new(attachable));
+        self
+    }
+
+    /// Takes the daemon's registry credentials from `provider` instead of the Docker config.
+    #[must_use]
+    pub fn with_credentials(mut self, provider: impl CredentialsProvider) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
     }
 
     /// Whether this is a Dockerfile build (neither an LLB definition nor another frontend).
@@ -455,6 +569,17 @@ impl BuildOptions {
     }
 }
 
+with_setters!(BuildOptions {
+    with_context => context: PathBuf,
+    with_dockerfile => dockerfile: Option<PathBuf>,
+    with_target => target: Option<String>,
+    with_no_cache => no_cache: bool,
+    with_attestations => attestations: super::attest::Attestations,
+    with_registry_auth => registry_auth: bool,
+    with_session_via_control => session_via_control: bool,
+    with_store_lock_wait => store_lock_wait: Option<Duration>,
+});
+
 /// Whether the exporter of `output` can write at `dest`: a directory output needs a directory
 /// or nothing there; a file output needs an existing parent directory and no directory there.
 fn destination_problem(output: &OutputSpec, dest: &Path) -> Result<(), DestinationProblem> {
@@ -484,6 +609,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// What a finished build produced.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct BuildResult {
     /// The build's ref (its id in the daemon's history).
     pub reference: String,
@@ -497,6 +623,7 @@ pub struct BuildResult {
 
 /// Why a build did not succeed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The options are unusable; nothing was sent.
     #[error(transparent)]

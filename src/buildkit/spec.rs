@@ -12,6 +12,7 @@ use std::str::FromStr;
 /// A spec that could not be parsed; says which kind of spec, the value, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value:?}: {reason}")]
+#[non_exhaustive]
 pub struct SpecError {
     /// Which kind of spec (`output spec`, `secret spec`, …, or what the caller of
     /// [`parse_key_value`] named).

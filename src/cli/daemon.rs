@@ -118,12 +118,11 @@ pub async fn du(global: &GlobalArgs, args: &DuArgs) -> anyhow::Result<Outcome> {
 }
 
 pub async fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<Outcome> {
-    let options = PruneOptions {
-        all: args.all,
-        keep_duration: args.keep_duration,
-        keep_storage: args.keep_storage,
-        filters: args.filters.clone(),
-    };
+    let options = PruneOptions::default()
+        .with_all(args.all)
+        .with_keep_duration(args.keep_duration)
+        .with_keep_storage(args.keep_storage)
+        .with_filters(args.filters.clone());
     let freed = global.connect().await?.prune(&options).await?;
     let mut out = std::io::stdout().lock();
     match args.format {

@@ -316,11 +316,9 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<Outcome> {
     let arch = args.arch;
     let timeout = args.timeout;
     let fleet = args.kube.fleet().await?;
-    let options = TunnelOptions {
-        port: args.port,
-        scale_up_wait: Some(timeout),
-        ..Default::default()
-    };
+    let options = TunnelOptions::default()
+        .with_port(args.port)
+        .with_scale_up_wait(timeout);
     let live = Live::new(LiveMode::for_stderr(args.quiet));
     let tunnel = fleet
         .tunnel(arch, &options, &|progress| show_ready(&live, progress))

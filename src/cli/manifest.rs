@@ -59,10 +59,7 @@ struct InspectArgs {
 }
 
 fn client(insecure: bool) -> anyhow::Result<Client> {
-    let options = ClientOptions {
-        insecure,
-        ..ClientOptions::from_env()?
-    };
+    let options = ClientOptions::from_env()?.with_insecure(insecure);
     Ok(Client::new(options)?)
 }
 

@@ -22,9 +22,11 @@ use super::Arch;
 use super::error::{Error, Result};
 use super::kube_client::{Fleet, with_retry};
 use crate::buildkit::PruneOptions;
+use crate::setters::with_setters;
 
 /// Options of [`Fleet::cache_clear`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CacheClearOptions {
     /// What to prune in each pod; everything (`all`) by default, as `buildctl prune --all`.
     pub prune: PruneOptions,
@@ -346,6 +348,10 @@ impl Fleet {
         })
     }
 }
+
+with_setters!(CacheClearOptions {
+    with_prune => prune: PruneOptions,
+});
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@ use kube::config::{InClusterError, KubeconfigError};
 
 /// Everything that can go wrong operating the fleet.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Neither a kubeconfig nor an in-cluster service account was found.
     #[error(

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::error::{Error, Result};
 use super::kube_client::{Fleet, with_retry};
 use super::{Arch, LAST_BUILD_ANNOTATION};
+use crate::setters::with_setters;
 
 /// How often `scale up --wait` looks at the StatefulSets.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -23,6 +24,7 @@ const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// Options of [`Fleet::scale_up`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ScaleUpOptions {
     /// Wait until every architecture has an available replica, at most this long in all.
     pub wait: Option<Duration>,
@@ -401,6 +403,10 @@ enum Decision<R> {
         report: R,
     },
 }
+
+with_setters!(ScaleUpOptions {
+    with_wait => wait: Option<Duration>,
+});
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ use super::portforward::PodDialer;
 use super::scale::{ScaleUpOptions, ScaleUpReport, WaitState};
 use super::{Arch, PORT};
 use crate::buildkit::Client;
+use crate::setters::with_setters;
 
 /// How often an open tunnel or lease records a build: well inside the scale-to-zero job's
 /// 30 minutes, so a long build is never scaled away under its client.
@@ -21,6 +22,7 @@ pub const RECORD_INTERVAL: Duration = Duration::from_secs(180);
 
 /// Options of [`Fleet::tunnel`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TunnelOptions {
     /// Local port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
@@ -109,6 +111,7 @@ impl Drop for AbortOnDrop {
 
 /// Options of [`Fleet::lease`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LeaseOptions {
     /// Scale up and wait at most this long for a replica; `None` uses running pods only.
     pub scale_up_wait: Option<Duration>,
@@ -297,3 +300,14 @@ async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodD
         ),
     }
 }
+
+with_setters!(TunnelOptions {
+    with_port => port: u16,
+    with_scale_up_wait => scale_up_wait: Option<Duration>,
+    with_record_interval => record_interval: Duration,
+});
+
+with_setters!(LeaseOptions {
+    with_scale_up_wait => scale_up_wait: Option<Duration>,
+    with_record_interval => record_interval: Duration,
+});

@@ -14,11 +14,13 @@ use super::file::{Chown, FileAction, FileSpec, UserSpec};
 use super::state::{Node, OpKind, Output, SourceSpec, State};
 use super::{LlbError, Platform, wire};
 use crate::buildkit::proto::pb;
+use crate::setters::with_setters;
 
 pub use super::state::OpOptions;
 
 /// How a graph is marshalled.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MarshalOptions {
     /// The platform of ops that do not name one (Go's `llb.LinuxAmd64` and friends passed to
     /// `Marshal`).
@@ -680,6 +682,11 @@ fn walk_inputs(node: &Node) -> Vec<Output> {
     }
     out
 }
+
+with_setters!(MarshalOptions {
+    with_platform => platform: Platform,
+    with_local_unique_id => local_unique_id: String,
+});
 
 #[cfg(test)]
 mod tests {

@@ -84,6 +84,7 @@ pub use crate::registry::Platform;
 
 /// Why a graph cannot be marshalled, or a Definition cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LlbError {
     /// An image reference that does not parse.
     #[error("invalid image reference {reference:?}: {problem}")]

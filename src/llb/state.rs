@@ -7,10 +7,12 @@ use std::sync::Arc;
 use super::exec::ExecSpec;
 use super::file::FileSpec;
 use super::{LlbError, Platform};
+use crate::setters::with_setters;
 
 /// Options every op takes: a name for the progress output and cache control. None of them
 /// changes the op's digest; they go into the Definition's metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpOptions {
     /// Shown in progress output instead of the generated name (Go's `llb.WithCustomName`).
     pub custom_name: Option<String>,
@@ -325,6 +327,11 @@ pub fn diff_with(lower: &State, upper: &State, options: OpOptions) -> State {
         index: 0,
     }))
 }
+
+with_setters!(OpOptions {
+    with_custom_name => custom_name: Option<String>,
+    with_ignore_cache => ignore_cache: bool,
+});
 
 #[cfg(test)]
 mod tests {

@@ -100,6 +100,7 @@ pub struct S3Cache {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MultiPlatformBuild {
     /// The build itself (context, Dockerfile, args, secrets …). Its outputs and platforms are
     /// set per architecture; cache specs given here apply to every architecture.
@@ -141,6 +142,7 @@ pub struct ArchImage {
 
 /// What a multi-platform build produced.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MultiPlatformResult {
     /// The index `REGISTRY/REPO:TAG`.
     pub index: PushedIndex,
@@ -164,6 +166,7 @@ impl From<crate::config::ConfigError> for Error {
 
 /// Why a multi-platform build failed. Nothing is pushed as the index in every case.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The request is unusable; nothing was built.
     #[error(transparent)]
@@ -396,11 +399,11 @@ impl MultiPlatformBuild {
     }
 
     fn registry_client(&self) -> Result<registry::Client, registry::Error> {
-        registry::Client::new(registry::ClientOptions {
-            docker_config: self.registry_credentials.clone(),
-            insecure: self.insecure_registry,
-            ..Default::default()
-        })
+        registry::Client::new(
+            registry::ClientOptions::default()
+                .with_credentials(self.registry_credentials.clone())
+                .with_insecure(self.insecure_registry),
+        )
     }
 
     /// Gets the registry's login now when it comes from AWS (an ECR registry the docker

@@ -25,10 +25,12 @@ use crate::config::{BuildkitConfig, ConfigError, Toggle};
 use crate::files::off_runtime;
 use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress, ReadyProgress};
 use crate::registry::DockerConfig;
+use crate::setters::with_setters;
 
 /// What a caller asks of a multi-platform build; what it leaves out comes from
 /// `buildkit.json` or the defaults when the request is planned.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BuildRequest {
     /// The build (context, Dockerfile, args, secrets, cache specs). It must not name outputs
     /// or platforms: each architecture gets its own.
@@ -63,6 +65,29 @@ pub struct BuildRequest {
     /// A local cache per architecture in `DIR/ARCH`; `None` takes `cache_dir` from
     /// `buildkit.json` (relative to that file's directory).
     pub cache_dir: Option<std::path::PathBuf>,
+}
+
+with_setters!(BuildRequest {
+    with_registry => registry: Option<String>,
+    with_arches => arches: Vec<String>,
+    with_shared => shared: Option<Endpoint>,
+    with_fallback => fallback: Option<Endpoint>,
+    with_kube_context => kube_context: Option<String>,
+    with_scale_up_wait => scale_up_wait: Duration,
+    with_tls => tls: TlsOptions,
+    with_insecure_registry => insecure_registry: bool,
+    with_push => push: PushMode,
+    with_registry_credentials => registry_credentials: Option<DockerConfig>,
+    with_cache_dir => cache_dir: Option<std::path::PathBuf>,
+});
+
+impl BuildRequest {
+    /// Builds `arch` on `endpoint`, whatever else would be chosen for it.
+    #[must_use]
+    pub fn with_builder(mut self, arch: impl Into<String>, endpoint: Endpoint) -> Self {
+        self.builders.insert(arch.into(), endpoint);
+        self
+    }
 }
 
 /// The attestations `buildkit.json` asks every build for (`provenance`, `sbom`,

@@ -15,10 +15,11 @@ use super::assemble::{
     OCI_MANIFEST, Resolved, ResolvedContent, ResolvedSource, is_image_manifest, is_index,
     sha256_digest, verify_digest,
 };
-use super::credentials::DockerConfig;
+use super::credentials::{CredentialsProvider, DockerConfig};
 use super::error::Error;
 use super::http::{Attempt, Request, RetryPolicy, Scope, Transport};
 use super::platform::Platform;
+use crate::setters::with_setters;
 
 /// Manifests and configs larger than this are refused (they are kilobytes in practice).
 const MAX_SMALL_DOCUMENT: u64 = 16 << 20;
@@ -26,10 +27,20 @@ const MAX_SMALL_DOCUMENT: u64 = 16 << 20;
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// How to reach registries.
-#[derive(Debug, Default)]
+///
+/// ```
+/// use pf_buildkit::registry::{ClientOptions, DockerConfig};
+///
+/// let options = ClientOptions::default()
+///     .with_credentials(DockerConfig::empty())
+///     .with_insecure_registries(["127.0.0.1:5000".to_owned()]);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ClientOptions {
-    /// Where credentials come from (default: none, anonymous access).
-    pub docker_config: DockerConfig,
+    /// Where credentials come from; `None` (the default) is anonymous access.
+    pub credentials: Option<Arc<dyn CredentialsProvider>>,
     /// Talk plain HTTP to every registry (manifest-tool's `--insecure-registry`).
     pub insecure: bool,
     /// Talk plain HTTP to these registries only (`host:port`).
@@ -44,12 +55,22 @@ impl ClientOptions {
     /// # Errors
     /// The config exists but cannot be read.
     pub fn from_env() -> Result<Self, Error> {
-        Ok(Self {
-            docker_config: DockerConfig::load()?,
-            ..Self::default()
-        })
+        Ok(Self::default().with_credentials(DockerConfig::load()?))
+    }
+
+    /// Takes credentials from `provider` (a [`DockerConfig`], or a provider of your own).
+    #[must_use]
+    pub fn with_credentials(mut self, provider: impl CredentialsProvider) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
     }
 }
+
+with_setters!(ClientOptions {
+    with_insecure => insecure: bool,
+    with_insecure_registries => insecure_registries: Vec<String>,
+    with_retry => retry: RetryPolicy,
+});
 
 /// One source of an index: a reference and the platform it must provide.
 #[derive(Debug, Clone)]
@@ -204,7 +225,7 @@ impl Client {
     /// The HTTP client cannot be built.
     pub fn new(options: ClientOptions) -> Result<Self, Error> {
         let t = Transport::new(
-            options.docker_config,
+            options.credentials,
             options.insecure,
             options
                 .insecure_registries

@@ -16,11 +16,13 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
-use super::credentials::{Credential, DockerConfig};
+use super::credentials::{Credential, CredentialsProvider};
 use super::error::{Error, ProtocolMismatch};
+use crate::setters::with_setters;
 
 /// How often and how long to retry a request that failed for a reason that may pass.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts per request, the first included (default 5).
     pub attempts: u32,
@@ -184,7 +186,8 @@ impl Request {
 /// The HTTP client shared by every registry operation.
 pub(crate) struct Transport {
     http: reqwest::Client,
-    config: Arc<DockerConfig>,
+    /// `None`: anonymous access.
+    credentials: Option<Arc<dyn CredentialsProvider>>,
     plain_http_all: bool,
     plain_http: HashSet<String>,
     pub retry: RetryPolicy,
@@ -193,7 +196,7 @@ pub(crate) struct Transport {
 
 impl Transport {
     pub fn new(
-        config: DockerConfig,
+        credentials: Option<Arc<dyn CredentialsProvider>>,
         plain_http_all: bool,
         plain_http: HashSet<String>,
         retry: RetryPolicy,
@@ -212,7 +215,7 @@ impl Transport {
             .map_err(Error::HttpClient)?;
         Ok(Self {
             http,
-            config: Arc::new(config),
+            credentials,
             plain_http_all,
             plain_http,
             retry,
@@ -249,8 +252,12 @@ impl Transport {
                 return Ok(known);
             }
         }
-        // Helpers are programs and ECR is a network call: both happen in `resolve`.
-        let found = self.config.resolve(registry).await?;
+        // Helpers are programs and ECR is a network call: the provider does them off the
+        // runtime's threads.
+        let found = match &self.credentials {
+            Some(provider) => provider.credentials(registry).await?,
+            None => None,
+        };
         lock(&self.auth)
             .entry(registry.to_owned())
             .or_default()
@@ -755,6 +762,13 @@ fn tls_config(load_roots: bool) -> rustls::ClientConfig {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
+
+with_setters!(RetryPolicy {
+    with_attempts => attempts: u32,
+    with_initial_backoff => initial_backoff: Duration,
+    with_max_backoff => max_backoff: Duration,
+    with_max_retry_after => max_retry_after: Duration,
+});
 
 #[cfg(test)]
 mod tests {

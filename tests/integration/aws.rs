@@ -160,10 +160,9 @@ async fn two_architectures_pushed_to_ecr_by_the_daemons_with_no_docker_login() {
 
     // The stand-in refuses anonymous reads, and serves the index to moto's login.
     let index = format!("{ecr}/{repo}:v1");
-    let anonymous = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
+    let anonymous = pf_buildkit::registry::Client::new(
+        pf_buildkit::registry::ClientOptions::default().with_insecure(true),
+    )
     .unwrap();
     let refused = anonymous
         .fetch_manifest(&pf_buildkit::registry::parse_reference(&index).unwrap())
@@ -180,11 +179,11 @@ async fn two_architectures_pushed_to_ecr_by_the_daemons_with_no_docker_login() {
         r#"{{"auths":{{"{ecr}":{{"auth":"{login}"}}}}}}"#
     ))
     .unwrap();
-    let client = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        docker_config: config,
-        ..Default::default()
-    })
+    let client = pf_buildkit::registry::Client::new(
+        pf_buildkit::registry::ClientOptions::default()
+            .with_insecure(true)
+            .with_credentials(config),
+    )
     .unwrap();
     let fetched = client
         .fetch_manifest(&pf_buildkit::registry::parse_reference(&index).unwrap())

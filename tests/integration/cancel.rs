@@ -310,10 +310,9 @@ async fn cancelled_while_the_client_pushes() {
 
     let proxy = Proxy::start(ProxyConfig::default()).await;
     let before_push = leftovers::alive_tasks();
-    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
+    let registry = pf_buildkit::registry::Client::new(
+        pf_buildkit::registry::ClientOptions::default().with_insecure(true),
+    )
     .unwrap();
     let target = pf_buildkit::registry::parse_reference(&format!(
         "{}/pf-test/cancelled-push-{}:v1",

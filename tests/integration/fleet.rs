@@ -1312,10 +1312,9 @@ async fn a_lease_scales_up_connects_to_the_least_loaded_pod_and_keeps_recording_
         .start()
         .await;
     let fleet = fleet_for(&fake).await;
-    let options = LeaseOptions {
-        scale_up_wait: Some(Duration::from_secs(30)),
-        record_interval: Duration::from_secs(1),
-    };
+    let options = LeaseOptions::default()
+        .with_scale_up_wait(Duration::from_secs(30))
+        .with_record_interval(Duration::from_secs(1));
     let lease = fleet.lease(Arch::Amd64, &options, &|_| {}).await.unwrap();
     assert_eq!(lease.pod().pod, "buildkit-amd64-1");
     assert_eq!(fake.statefulset("buildkit-amd64")["spec"]["replicas"], 1);
@@ -1347,10 +1346,7 @@ async fn a_closed_tunnel_leaves_no_listener() {
     // A taken port is a clear error, not a tunnel elsewhere.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let options = TunnelOptions {
-        port,
-        ..Default::default()
-    };
+    let options = TunnelOptions::default().with_port(port);
     let error = fleet
         .tunnel(Arch::Amd64, &options, &|_| {})
         .await
@@ -1594,10 +1590,9 @@ async fn a_multi_platform_build_runs_on_kube_pod_builders() {
     assert!(o.status.success(), "{}", err(&o));
     let digest = out(&o).trim().to_owned();
     // The index is in the registry under the printed digest.
-    let registry = pf_buildkit::registry::Client::new(pf_buildkit::registry::ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
+    let registry = pf_buildkit::registry::Client::new(
+        pf_buildkit::registry::ClientOptions::default().with_insecure(true),
+    )
     .unwrap();
     let reference = pf_buildkit::registry::parse_reference(&format!(
         "{}/{repo}:v1",

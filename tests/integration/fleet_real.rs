@@ -466,10 +466,9 @@ async fn real_lease_scales_up_connects_and_keeps_recording_builds() {
         return;
     };
     let fleet = fleet_for(&real).await;
-    let options = LeaseOptions {
-        scale_up_wait: Some(Duration::from_secs(30)),
-        record_interval: Duration::from_secs(1),
-    };
+    let options = LeaseOptions::default()
+        .with_scale_up_wait(Duration::from_secs(30))
+        .with_record_interval(Duration::from_secs(1));
     let lease = fleet.lease(Arch::Amd64, &options, &|_| {}).await.unwrap();
     assert_eq!(lease.pod().pod, "buildkit-amd64-0");
     let sts = real.statefulset("buildkit-amd64").await;
@@ -510,10 +509,7 @@ async fn real_api_server_restarted_during_a_tunnel_fails_open_connections_and_se
     )
     .await;
     let fleet = fleet_for(&real).await;
-    let options = TunnelOptions {
-        record_interval: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let options = TunnelOptions::default().with_record_interval(Duration::from_secs(1));
     let tunnel = fleet.tunnel(Arch::Amd64, &options, &|_| {}).await.unwrap();
     let addr = format!("tcp://{}", tunnel.local_addr());
     let endpoint: Endpoint = addr.parse().unwrap();

@@ -989,11 +989,7 @@ async fn oci_layout_tarballs_are_pushed_blob_by_blob() {
         builder.into_inner().unwrap();
     }
 
-    let client = Client::new(ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let client = Client::new(ClientOptions::default().with_insecure(true)).unwrap();
     let target = parse_reference(&format!("{host}/{repo}:t")).unwrap();
     let digest = client.push_oci_layout(&tar_path, &target).await.unwrap();
     assert_eq!(digest, idx_digest);
@@ -1051,11 +1047,7 @@ async fn resolve_reports_platform_and_verifies_digests() {
     let raw = Raw::new(&host);
     let repo = unique_repo("resolve");
     let img = push_image(&raw, &repo, "r", "linux", "arm64", false).await;
-    let client = Client::new(ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let client = Client::new(ClientOptions::default().with_insecure(true)).unwrap();
     let resolved = client
         .resolve(&parse_reference(&format!("{host}/{repo}:r")).unwrap())
         .await

@@ -10,11 +10,7 @@ use serde_json::Value;
 use crate::util::{self, Tier, stderr, stdout, unique_repo};
 
 fn registry_client() -> registry::Client {
-    registry::Client::new(ClientOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .unwrap()
+    registry::Client::new(ClientOptions::default().with_insecure(true)).unwrap()
 }
 
 fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {

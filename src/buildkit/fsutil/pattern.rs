@@ -12,6 +12,7 @@ use regex::Regex;
 /// A pattern that cannot be compiled, named with the reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid pattern {pattern:?}: {reason}")]
+#[non_exhaustive]
 pub struct PatternError {
     /// The pattern exactly as the caller wrote it (an include, exclude or `.dockerignore` line),
     /// before trimming or cleaning.

@@ -32,6 +32,7 @@ use super::{Packet, PacketType, Stat, TransferStats, beneath, io_reason, mode};
 
 /// Why receiving into a directory failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReceiveError {
     /// Creating or writing an entry under the destination failed.
     #[error("cannot write {path}: {}", io_reason(error))]

@@ -26,6 +26,7 @@ use super::{
 
 /// Why sending a directory failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The directory to send cannot be used.
     #[error("cannot use {path} as a directory to send: {}", io_reason(error))]

@@ -41,6 +41,7 @@ pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// A problem with an OCI layout directory. Each names the directory.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// The path exists but is a file (or something else that is not a directory).
     #[error("{} is not a directory", path.display())]

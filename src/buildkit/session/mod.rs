@@ -183,6 +183,7 @@ pub enum ExportTarget {
 
 /// What a session offers the daemon.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SessionOptions {
     /// Local directories by the name the frontend asks for (`context`, `dockerfile`, named
     /// contexts): on disk, in memory, or of the caller's own.
