@@ -86,6 +86,10 @@ pub struct BuildArgs {
     /// Cache import, e.g. type=registry,ref=R or type=local,src=DIR (repeatable)
     #[arg(long = "import-cache", value_name = "SPEC", value_parser = cache_import)]
     import_cache: Vec<CacheSpec>,
+    /// How long to wait for a lock another build, buildctl or buildx holds on a local cache
+    /// or OCI layout directory before failing [default: 60]
+    #[arg(long, value_name = "SECONDS", value_parser = super::units::parse_seconds)]
+    lock_wait: Option<std::time::Duration>,
     #[command(flatten)]
     multi: super::multiplatform::MultiArgs,
 }
@@ -184,6 +188,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .map(str::to_owned)
             .collect();
         options.no_cache = args.no_cache;
+        options.store_lock_wait = args.lock_wait;
         options.attestations = attestations(args)?;
         options.locals = named_dirs(&args.locals);
         options.oci_layouts = named_dirs(&args.oci_layouts);

@@ -3,6 +3,7 @@
 //! flag. Library errors speak of values (a path, a pod, an architecture); only this module
 //! knows the command line, so the flag hints live here and nowhere in `pf_buildkit`.
 
+use pf_buildkit::buildkit::oci_layout::LayoutError;
 use pf_buildkit::buildkit::{
     self, BuildError, InvalidOptions, StoreRole, TlsConfigError, TlsFile, TlsProblem,
 };
@@ -68,6 +69,10 @@ fn buildkit_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     match as_error::<BuildError>(cause)? {
         BuildError::Invalid(invalid) => options_hint(invalid),
         BuildError::Rpc(e) => connect_hint(e),
+        BuildError::Store {
+            source: LayoutError::LockTimeout { .. },
+            ..
+        } => Some("to wait longer, raise --lock-wait".into()),
         _ => None,
     }
 }

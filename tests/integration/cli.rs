@@ -100,6 +100,7 @@ const USAGE_ERRORS: &[(&[&str], &str)] = &[
     (&["build", "--export-cache", "type=s3,bucket=b,secret_access_key=s3cret,mode=maxx"], "mode must be min or max"),
     (&["build", "--import-cache", "type=nope,ref=x"], "--import-cache: invalid cache import spec"),
     (&["build", "--output", "type=oci,dest=a,tar=false", "--output", "type=oci,dest=b,tar=false"], "give at most one --output type=oci,tar=false"),
+    (&["build", "--lock-wait", "1m"], "--lock-wait: \"1m\" must be a whole number of seconds"),
     (&["build", "--oci-layout", "Bad:Name=dir"], "OCI layout name \"Bad:Name\""),
     (&["build", "--opt", "context:base=oci-layout://base:v1"], "no OCI layout named base is offered to the build; offer it with --oci-layout base=DIR"),
     // The multi-platform build's flags.

@@ -331,3 +331,92 @@ async fn a_held_layout_lock_stalls_neither_the_runtime_nor_the_progress() {
         "the runtime stalled for {gap} ms while the lock was held"
     );
 }
+
+/// The lock held by another process, seen from the binary: a build exporting its cache into
+/// a directory whose `index.json.lock` a `flock(1)` process holds runs to the end of its
+/// Solve with its progress on stderr, waits `--lock-wait` seconds for the lock, then fails
+/// with one line naming the lock file, and the directory is as it was.
+#[test]
+fn a_cache_lock_another_process_holds_fails_the_build_at_the_deadline() {
+    const WAIT: u64 = 3;
+    let tier = Tier::preferred();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("keep"), b"was here before").unwrap();
+    let base = util::env("PF_TEST_BASE_IMAGE");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN for i in 1 2 3; do echo tick-$i; sleep 0.2; done\n"),
+    )
+    .unwrap();
+    let lock = cache.join("index.json.lock");
+    let holder = Holder::take(&lock);
+    let before = snapshot::take(&cache);
+
+    let mut child = util::bin()
+        .args([
+            "--addr",
+            &tier.addr(),
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+        ])
+        .args([
+            "--opt",
+            "force-network-mode=none",
+            "--lock-wait",
+            &WAIT.to_string(),
+        ])
+        .arg("--context")
+        .arg(&ctx)
+        .arg("--export-cache")
+        .arg(format!("type=local,dest={},mode=max", cache.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each stderr line with the moment it came.
+    let lines: Vec<(Instant, String)> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(|line| (Instant::now(), line.unwrap()))
+        .collect();
+    let status = child.wait().unwrap();
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(status.code(), Some(1), "{text:#?}");
+
+    let errors: Vec<&(Instant, String)> = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("pf-buildkit: "))
+        .collect();
+    let [(failed_at, error)] = errors.as_slice() else {
+        panic!("one error line expected: {text:#?}");
+    };
+    assert!(
+        error.contains(&format!("waited {WAIT}s for the lock {}", lock.display()))
+            && error.ends_with("raise --lock-wait"),
+        "{error}"
+    );
+    let progress: Vec<&(Instant, String)> =
+        lines.iter().filter(|(_, l)| l.starts_with('#')).collect();
+    assert!(
+        progress.iter().any(|(_, l)| l.contains("tick-3")),
+        "the RUN step's output did not flow while the lock was held: {text:#?}"
+    );
+    // The wait came after the Solve's last progress, and lasted the deadline.
+    let (last_progress, _) = progress.last().unwrap();
+    let waited = failed_at.duration_since(*last_progress);
+    assert!(
+        waited >= Duration::from_millis(WAIT * 1000 - 500),
+        "failed {waited:?} after the last progress line, before the {WAIT} s deadline"
+    );
+    assert_eq!(
+        snapshot::take(&cache),
+        before,
+        "the failed build left files"
+    );
+    holder.release();
+}
