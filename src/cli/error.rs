@@ -176,6 +176,13 @@ fn registry_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             }
             _ => None,
         },
+        registry::Error::NoAttestations { kind, .. } => {
+            Some(if *kind == registry::AttestationKind::Sbom.name() {
+                "build with --sbom (or --attest type=sbom) to attach one".into()
+            } else {
+                "build with --provenance (or --attest type=provenance) to attach one".into()
+            })
+        }
         _ => None,
     }
 }

@@ -5,7 +5,8 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 
 use pf_buildkit::registry::{
-    Client, ClientOptions, parse_platforms, parse_reference, sources_from_template,
+    AttestationKind, Client, ClientOptions, ImageAttestations, Platform, parse_platforms,
+    parse_reference, sources_from_template,
 };
 
 use super::Outcome;
@@ -26,7 +27,13 @@ enum ManifestCommand {
     /// themselves are flattened, keeping their attestations. The result is a Docker manifest
     /// list when every child is a Docker manifest, else an OCI index. Prints its digest.
     Push(PushArgs),
-    /// Print a manifest or index as JSON
+    /// Print a manifest or index as JSON, or with --provenance or --sbom its attestations
+    ///
+    /// --provenance prints each image's SLSA provenance predicate as {"SLSA": …}, and --sbom
+    /// its SPDX documents as {"SPDX": …, "AdditionalSPDXs": […]}, the shapes of buildx's
+    /// `imagetools inspect --format '{{json .Provenance}}'` (and `.SBOM`): for one platform
+    /// (--platform, or an index with one image) that object, else an object of them by
+    /// platform. A reference without them fails, saying so.
     Inspect(InspectArgs),
 }
 
@@ -53,6 +60,15 @@ struct PushArgs {
 struct InspectArgs {
     /// The image or index (REG/REPO:TAG or REG/REPO@DIGEST)
     reference: String,
+    /// Print the SLSA provenance predicates instead of the manifest
+    #[arg(long, conflicts_with = "sbom")]
+    provenance: bool,
+    /// Print the SPDX SBOM predicates instead of the manifest
+    #[arg(long)]
+    sbom: bool,
+    /// With --provenance or --sbom: only this platform's image (e.g. linux/arm64)
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
     /// Talk plain HTTP to the registry
     #[arg(long, alias = "insecure")]
     insecure_registry: bool,
@@ -85,10 +101,69 @@ async fn push(args: PushArgs) -> anyhow::Result<Outcome> {
 
 async fn inspect(args: InspectArgs) -> anyhow::Result<Outcome> {
     let reference = parse_reference(&args.reference).map_err(UsageError::of("REFERENCE"))?;
-    let fetched = client(args.insecure_registry)?
-        .fetch_manifest(&reference)
-        .await?;
+    let kind = match (args.provenance, args.sbom) {
+        (true, _) => Some(AttestationKind::Provenance),
+        (_, true) => Some(AttestationKind::Sbom),
+        _ => None,
+    };
+    let platform = match (&args.platform, kind) {
+        (Some(_), None) => {
+            return Err(UsageError::Combination(
+                "--platform goes with --provenance or --sbom; give one of them".into(),
+            )
+            .into());
+        }
+        (Some(p), Some(_)) => Some(
+            p.parse::<Platform>()
+                .map_err(UsageError::of("--platform"))?,
+        ),
+        (None, _) => None,
+    };
+    let client = client(args.insecure_registry)?;
+    let text = match kind {
+        None => client.fetch_manifest(&reference).await?.to_pretty_json()?,
+        Some(kind) => {
+            let found = client
+                .attestations(&reference, kind, platform.as_ref())
+                .await?;
+            serde_json::to_string_pretty(&buildx_shape(kind, found))?
+        }
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", fetched.to_pretty_json()?)?;
+    writeln!(out, "{text}")?;
     Ok(Outcome::Success)
+}
+
+/// buildx's shapes: `{"SLSA": predicate}` for provenance, `{"SPDX": first,
+/// "AdditionalSPDXs": [rest]}` for SBOMs; alone for one image (one platform asked for, or an
+/// index of one), else by platform, leaving out images without any.
+fn buildx_shape(kind: AttestationKind, found: Vec<ImageAttestations>) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let one = |predicates: Vec<Value>| {
+        let mut predicates = predicates.into_iter();
+        let mut object = Map::new();
+        match kind {
+            AttestationKind::Sbom => {
+                object.insert("SPDX".into(), predicates.next().unwrap_or_default());
+                let rest: Vec<Value> = predicates.collect();
+                if !rest.is_empty() {
+                    object.insert("AdditionalSPDXs".into(), Value::Array(rest));
+                }
+            }
+            _ => {
+                object.insert("SLSA".into(), predicates.next().unwrap_or_default());
+            }
+        }
+        Value::Object(object)
+    };
+    if let [image] = &found[..] {
+        return one(image.predicates.clone());
+    }
+    Value::Object(
+        found
+            .into_iter()
+            .filter(|f| !f.predicates.is_empty())
+            .map(|f| (f.platform.to_string(), one(f.predicates)))
+            .collect(),
+    )
 }

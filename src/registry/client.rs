@@ -337,22 +337,23 @@ impl Client {
         })
     }
 
-    /// Reads a small blob (a config) whole and checks its digest.
-    async fn fetch_small_blob(
+    /// Reads a small blob (`what`: a config, an attestation) whole and checks its digest.
+    pub(super) async fn fetch_small_blob(
         &self,
         reference: &Reference,
         desc: &Descriptor,
+        what: &str,
     ) -> Result<Bytes, Error> {
         if !assemble::is_valid_digest(&desc.digest) {
             return Err(Error::BadDigest {
-                what: format!("config of {}", reference.whole()),
+                what: format!("{what} of {}", reference.whole()),
                 digest: desc.digest.clone(),
             });
         }
         if desc.size > MAX_SMALL_DOCUMENT {
             return Err(Error::Unusable {
                 reference: reference.whole(),
-                problem: format!("config {} is larger than 16 MiB", desc.digest),
+                problem: format!("{what} {} is larger than 16 MiB", desc.digest),
             });
         }
         let registry = reference.registry();
@@ -372,7 +373,7 @@ impl Client {
             source,
         })?;
         verify_digest(
-            &format!("config {} of {}", desc.digest, reference.whole()),
+            &format!("{what} {} of {}", desc.digest, reference.whole()),
             &desc.digest,
             &bytes,
         )?;
@@ -410,7 +411,9 @@ impl Client {
             }
         } else {
             let doc: ManifestDoc = parse_json(&fetched.bytes, &reference.whole(), "manifest")?;
-            let config = self.fetch_small_blob(reference, &doc.config).await?;
+            let config = self
+                .fetch_small_blob(reference, &doc.config, "config")
+                .await?;
             let platform: Platform = serde_json::from_slice(&config)
                 .map_err(|_| unusable("its config has no os and architecture".into()))?;
             if platform.os.is_empty() || platform.architecture.is_empty() {
@@ -891,7 +894,7 @@ pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
 }
 
 /// `bytes` as the JSON `document` of `reference`, or [`Error::Json`] naming both.
-fn parse_json<T: serde::de::DeserializeOwned>(
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     reference: &str,
     document: &'static str,

@@ -145,6 +145,16 @@ pub enum Error {
         /// The platform the source was listed for, `os/arch[/variant]`.
         platform: String,
     },
+    /// An image (or the one platform asked for) carries no attestation of the kind asked for.
+    #[error("{reference} has no {kind} attestation{}", for_platform(platform))]
+    NoAttestations {
+        /// The whole reference, `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.
+        reference: String,
+        /// The kind asked for, as `AttestationKind::name` says it.
+        kind: &'static str,
+        /// The platform asked for, `os/arch[/variant]`, if one was.
+        platform: Option<String>,
+    },
     /// Two sources give the same platform.
     #[error("platform {platform} is given twice ({first} and {second})")]
     DuplicatePlatform {
@@ -222,6 +232,13 @@ fn mismatch_text(mismatch: &Option<ProtocolMismatch>) -> &'static str {
         }
         None => "",
     }
+}
+
+fn for_platform(platform: &Option<String>) -> String {
+    platform
+        .as_deref()
+        .map(|p| format!(" for {p}"))
+        .unwrap_or_default()
 }
 
 fn retried(attempts: u32) -> String {

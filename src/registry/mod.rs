@@ -1,5 +1,6 @@
 //! Registry API: credentials from the docker config, resolving images, multi-platform index
-//! assembly and push (`manifest push`), `manifest inspect`, and pushing OCI layout tarballs.
+//! assembly and push (`manifest push`), `manifest inspect` and the attestations it reads,
+//! and pushing OCI layout tarballs.
 //!
 //! Border: owns the OCI distribution API and Docker credentials; it imports no other module
 //! of this crate but [`crate::aws`] (ECR logins), and never `buildkit`, `fleet`,
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod assemble;
+mod attestations;
 mod client;
 pub mod credentials;
 mod error;
@@ -31,6 +33,7 @@ pub use assemble::{
     AssembledIndex, Descriptor, IndexEntry, Resolved, ResolvedContent, ResolvedSource,
     assemble_index,
 };
+pub use attestations::{AttestationKind, IN_TOTO, ImageAttestations, PREDICATE_TYPE};
 pub use client::{Client, ClientOptions, FetchedManifest, PushedIndex, Source};
 pub use credentials::{Credential, CredentialsError, CredentialsProvider, DockerConfig};
 pub use error::{Error, ProtocolMismatch};

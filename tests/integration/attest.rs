@@ -412,6 +412,35 @@ async fn provenance_on_each_architecture_and_nothing_secret(tier: Tier) {
         base64::engine::general_purpose::STANDARD.encode(format!("{ECR_USER}:{ECR_PASSWORD}"));
     assert_nowhere(&everything, &[&secret, ECR_PASSWORD, &login]);
 
+    // `manifest inspect --provenance` prints each predicate as buildx does: by platform, or
+    // alone for the one platform asked for.
+    let inspect = |extra: &'static [&'static str]| {
+        let reference = format!("{ecr}/{repo}:v1");
+        let docker_config = docker_config.clone();
+        async move {
+            let out = util::tokio_bin()
+                .env("DOCKER_CONFIG", &docker_config)
+                .args(["manifest", "inspect", "--insecure-registry", &reference])
+                .args(extra)
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+            serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+        }
+    };
+    let printed = inspect(&["--provenance"]).await;
+    for (arch, attested) in &attested {
+        assert_eq!(
+            printed[format!("linux/{arch}")]["SLSA"],
+            provenance(attested)["predicate"],
+            "{arch}"
+        );
+    }
+    assert_eq!(printed.as_object().unwrap().len(), 2, "{printed}");
+    let printed = inspect(&["--provenance", "--platform", "linux/arm64"]).await;
+    assert_eq!(printed["SLSA"], provenance(&attested["arm64"])["predicate"]);
+
     // `manifest push` from the per-architecture tags (each an index with its attestation)
     // keeps each architecture's attestation on its own image, and no others.
     let out = util::tokio_bin()
@@ -471,6 +500,16 @@ async fn provenance_false_wins_over_buildkit_json(tier: Tier) {
                 let (_, own, _) = local.manifest(&repo, &format!("v1-{arch}")).await;
                 assert!(own.get("manifests").is_none(), "{arch}: {own}");
             }
+        }
+        if !wanted {
+            // Reading it back says, in one line, that there is none and how to get one.
+            let out = util::tokio_bin()
+                .args(["manifest", "inspect", "--insecure-registry", "--provenance"])
+                .arg(format!("{registry}/{repo}:v1"))
+                .output()
+                .await
+                .unwrap();
+            util::assert_fails_with(&out, &["has no provenance attestation", "--provenance"]);
         }
     }
 }
