@@ -182,6 +182,18 @@ fn retryable(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if matches!(status.code, 429 | 503 | 504))
 }
 
+/// Whether a failed call may well work when made again later, so a loop with a deadline of
+/// its own (`scale up --wait`) keeps looking instead of failing: what [`with_retry`] retries,
+/// a 500 or 502 (the API server answers 500 `context deadline exceeded` while its etcd is
+/// down), and a connection that failed or broke (the API server restarting).
+pub(crate) fn transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 /// Runs `call`, trying again at most [`RETRY_ATTEMPTS`] times in all on 429/503/504.
 pub(crate) async fn with_retry<T, F, Fut>(mut call: F) -> std::result::Result<T, kube::Error>
 where
@@ -304,5 +316,26 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_wait_looks_again_after_server_trouble_but_not_after_a_refusal() {
+        let api = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("test", "Test")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        for code in [429, 500, 502, 503, 504] {
+            assert!(transient(&api(code)), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 422] {
+            assert!(!transient(&api(code)), "{code}");
+        }
+        assert!(transient(&kube::Error::Service(
+            "connection refused".into()
+        )));
+        assert!(!retryable(&api(500)), "a bounded retry leaves a 500 alone");
     }
 }

@@ -12,12 +12,17 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::error::{Error, Result};
-use super::kube_client::{Fleet, with_retry};
+use super::kube_client::{Fleet, transient, with_retry};
 use super::{Arch, LAST_BUILD_ANNOTATION};
 use crate::setters::with_setters;
 
 /// How often `scale up --wait` looks at the StatefulSets.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long one look of `scale up --wait` may take. With its etcd down, the API server holds
+/// a read for a minute before it answers 500; the wait gives up on such a look sooner and
+/// looks again, within its own deadline.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a write is decided again after a 409 before giving up.
 const CONFLICT_ATTEMPTS: u32 = 5;
@@ -241,8 +246,13 @@ impl Fleet {
     /// Waits until each architecture's StatefulSet has an available replica, all against one
     /// deadline `timeout` from now, calling `progress` after each look (every 2 s).
     ///
+    /// A look that fails for a reason that may pass (the API server or its etcd restarting:
+    /// a 5xx, a broken connection, no answer within 10 s) is logged and made again until the
+    /// deadline; the last known counts stand in for it meanwhile.
+    ///
     /// # Errors
-    /// [`Error::ScaleUpTimeout`] naming the StatefulSets still without one; API errors.
+    /// [`Error::ScaleUpTimeout`] naming the StatefulSets still without one; other API errors,
+    /// and a transient one still there at the deadline.
     pub async fn wait_available(
         &self,
         archs: &[Arch],
@@ -251,23 +261,49 @@ impl Fleet {
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let api = self.statefulsets();
+        let mut known = vec![0; archs.len()];
         loop {
-            let states = futures_util::future::try_join_all(archs.iter().map(|&arch| {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let looks = futures_util::future::join_all(archs.iter().map(|&arch| {
                 let api = api.clone();
                 async move {
                     let name = arch.statefulset();
-                    let sts = with_retry(|| api.get(&name))
-                        .await
-                        .map_err(|e| self.sts_error(e, arch, "reading", ("get", "statefulsets")))?;
-                    let available = sts.status.and_then(|s| s.available_replicas).unwrap_or(0);
-                    Ok::<_, Error>((arch, available))
+                    let look = tokio::time::timeout(
+                        LOOK_TIMEOUT.min(remaining).max(POLL_INTERVAL),
+                        with_retry(|| api.get(&name)),
+                    )
+                    .await;
+                    (arch, look)
                 }
             }))
-            .await?;
+            .await;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let states: Vec<WaitState> = states
-                .into_iter()
-                .map(|(arch, available)| WaitState {
+            for ((arch, look), known) in looks.into_iter().zip(&mut known) {
+                let name = arch.statefulset();
+                match look {
+                    Ok(Ok(sts)) => {
+                        *known = sts.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                    }
+                    Ok(Err(err)) if transient(&err) && !remaining.is_zero() => {
+                        tracing::warn!(
+                            statefulset = %name,
+                            error = &err as &dyn std::error::Error,
+                            "reading the StatefulSet failed; looking again until the deadline"
+                        );
+                    }
+                    Ok(Err(err)) => {
+                        return Err(self.sts_error(err, arch, "reading", ("get", "statefulsets")));
+                    }
+                    Err(_) => tracing::warn!(
+                        statefulset = %name,
+                        "no answer from the API server within the look's time; looking again"
+                    ),
+                }
+            }
+            let states: Vec<WaitState> = archs
+                .iter()
+                .zip(&known)
+                .map(|(&arch, &available)| WaitState {
                     arch,
                     available,
                     remaining,

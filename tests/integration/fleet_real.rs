@@ -13,6 +13,7 @@ use pf_buildkit::buildkit::{Client, Endpoint, TlsOptions};
 use crate::fake_kube::Scenario;
 use crate::fleet_scenarios::{annotation, now};
 use crate::real_kube::RealKube;
+use crate::real_kube::control_plane::ControlPlane;
 use crate::util::{self, assert_one_line_failure};
 
 fn err(o: &std::process::Output) -> String {
@@ -493,21 +494,20 @@ async fn real_lease_scales_up_connects_and_keeps_recording_builds() {
 #[tokio::test]
 async fn real_api_server_restarted_during_a_tunnel_fails_open_connections_and_serves_new_ones() {
     use pf_buildkit::fleet::{Arch, TunnelOptions};
-    if !crate::real_kube::present(module_path!()) {
-        return;
-    }
     // Its own control plane: this test kills and restarts the API server.
-    let mut cp = crate::real_kube::control_plane::ControlPlane::start().await;
-    let real = RealKube::start(
+    let Some((mut cp, real)) = private(
+        module_path!(),
         Scenario::new().statefulset("amd64", 1, 1, None).pod(
             "buildkit-amd64-0",
             "Running",
             "10.0.0.10",
             true,
         ),
-        &cp.server(),
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let fleet = fleet_for(&real).await;
     let options = TunnelOptions::default().with_record_interval(Duration::from_secs(1));
     let tunnel = fleet.tunnel(Arch::Amd64, &options, &|_| {}).await.unwrap();
@@ -540,4 +540,81 @@ async fn real_api_server_restarted_during_a_tunnel_fails_open_connections_and_se
     })
     .await;
     tunnel.close().await;
+}
+
+/// `scenario` on a control plane of the test's own (for tests that stop its parts), or
+/// `None`, with a line saying so, without the Kubernetes tier.
+async fn private(test: &str, scenario: Scenario) -> Option<(ControlPlane, RealKube)> {
+    if !crate::real_kube::present(test) {
+        return None;
+    }
+    let cp = ControlPlane::start().await;
+    let real = RealKube::start(scenario, &cp.server(), cp.audit_log()).await;
+    Some((cp, real))
+}
+
+#[tokio::test]
+async fn real_etcd_restarted_during_scale_up_wait_is_retried_within_its_deadline() {
+    use tokio::io::AsyncBufReadExt;
+    let Some((mut cp, real)) = private(
+        module_path!(),
+        Scenario::new().statefulset("amd64", 0, 0, None),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut cmd = tokio::process::Command::from(real.bin());
+    cmd.args([
+        "scale",
+        "up",
+        "--only",
+        "amd64",
+        "--wait",
+        "--timeout",
+        "150",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Scaled, and waiting: nothing plays the controller yet.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line.clone());
+        if line.contains("scaled StatefulSet buildkit-amd64 from 0 to 1") {
+            break;
+        }
+    }
+    cp.kill_etcd();
+    // The wait's looks fail or go unanswered while etcd is down, and it says it looks again.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line.clone());
+        if line.contains("looking again") {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("looking again")),
+        "{seen:#?}"
+    );
+    cp.start_etcd().await;
+    real.set_available("buildkit-amd64", 1).await;
+    let stderr = tokio::spawn(async move {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line);
+        }
+        seen
+    });
+    let status = tokio::time::timeout(Duration::from_secs(150), child.wait())
+        .await
+        .expect("the wait ends once the replica is available")
+        .unwrap();
+    let seen = stderr.await.unwrap();
+    assert!(status.success(), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("amd64: 1 available replica(s) (")),
+        "{seen:#?}"
+    );
 }

@@ -95,7 +95,8 @@ impl ControlPlane {
         self.dir.path().join("audit.log")
     }
 
-    /// Starts etcd (again, on the same data) and waits until it is healthy.
+    /// Starts etcd (again, on the same data) and waits until it is healthy and, when the API
+    /// server runs, until that is ready again (it reconnects to etcd in its own time).
     pub async fn start_etcd(&mut self) {
         let d = self.dir.path();
         let child = Command::new(binary("etcd-v3.5.30"))
@@ -141,7 +142,7 @@ impl ControlPlane {
                     .await
                     .is_ok_and(|t| t.contains("\"health\":\"true\""))
             {
-                return;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
@@ -149,6 +150,9 @@ impl ControlPlane {
                 d.display()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if self.apiserver.is_some() {
+            self.wait_ready().await;
         }
     }
 
@@ -180,6 +184,12 @@ impl ControlPlane {
             .spawn()
             .expect("start kube-apiserver");
         self.apiserver = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Waits until the API server answers `/readyz` with `ok` (etcd reachable included).
+    async fn wait_ready(&self) {
+        let d = self.dir.path();
         let admin = admin_client(&self.server()).await;
         let deadline = Instant::now() + READY_WAIT;
         loop {

@@ -137,6 +137,7 @@ pub struct RealKube {
     server: String,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    audit_log: PathBuf,
     /// When the test began (audit entries from before belong to other tests).
     since: String,
     controller: Option<tokio::task::JoinHandle<()>>,
@@ -160,13 +161,14 @@ impl Scenario {
             return None;
         }
         let server = crate::util::env("PF_TEST_KUBE_SERVER");
-        Some(RealKube::start(self, &server).await)
+        Some(RealKube::start(self, &server, kube_file("audit.log")).await)
     }
 }
 
 impl RealKube {
-    /// Takes the namespace, clears it and writes `scenario` to the server at `server`.
-    pub async fn start(scenario: Scenario, server: &str) -> RealKube {
+    /// Takes the namespace, clears it and writes `scenario` to the server at `server`, whose
+    /// audit log is `audit_log`.
+    pub async fn start(scenario: Scenario, server: &str, audit_log: PathBuf) -> RealKube {
         let lock = NamespaceLock::take().await;
         let admin = admin_client(server).await;
         let since = now_rfc3339();
@@ -224,6 +226,7 @@ impl RealKube {
             server: server.to_owned(),
             dir,
             kubeconfig,
+            audit_log,
             since,
             controller: None,
             webhook: None,
@@ -358,7 +361,7 @@ impl RealKube {
     /// The requests [`USER`] made since this test began, as the API server's audit log
     /// recorded them (see [`audit_entries`]): verb, request URI, User-Agent, code.
     pub fn audit(&self) -> Vec<AuditEntry> {
-        audit_entries(&kube_file("audit.log"), USER, &self.since)
+        audit_entries(&self.audit_log, USER, &self.since)
     }
 
     /// Starts playing the StatefulSet controller: whenever a StatefulSet's `spec.replicas`
