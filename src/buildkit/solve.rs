@@ -425,6 +425,14 @@ impl BuildOptions {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Dockerfile".into());
         attrs.insert("filename".into(), filename);
+        // The context directory's name, which the build history shows as the build's name
+        // (buildx's key for it; the frontend reads nothing of it).
+        if let Some(name) = absolute(&self.context).file_name() {
+            attrs.insert(
+                "vcs:localdir:context".into(),
+                name.to_string_lossy().into_owned(),
+            );
+        }
         if let Some(target) = &self.target {
             attrs.insert("target".into(), target.clone());
         }
@@ -1159,6 +1167,7 @@ mod tests {
         assert_eq!(req.session, "sess1");
         let a = &req.frontend_attrs;
         assert_eq!(a["filename"], "Build.dockerfile");
+        assert_eq!(a["vcs:localdir:context"], "ctx");
         assert_eq!(a["target"], "final");
         assert_eq!(a["build-arg:A"], "1");
         assert_eq!(a["label:org.x"], "y");

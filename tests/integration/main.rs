@@ -25,6 +25,7 @@ mod fleet;
 mod fleet_real;
 mod fleet_scenarios;
 mod flood;
+mod history;
 mod hostile;
 mod hostile_peer;
 mod leftovers;

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::frames::{FrameError, StatusFrames};
 use super::record::{BlobDescriptor, BuildRecord};
-use super::{BlobProblem, failure_of, is_sha256};
+use super::{BlobProblem, failure_of, inline_failure, is_sha256};
 use crate::buildkit::client::Client;
 use crate::buildkit::error::Error;
 use crate::buildkit::progress::FailureReport;
@@ -326,10 +326,7 @@ impl HistoryArchive {
             return Ok(None);
         };
         let Some(blob) = &self.record().external_error else {
-            return Ok(Some(FailureReport {
-                message: error.message.clone(),
-                ..Default::default()
-            }));
+            return Ok(Some(inline_failure(error)));
         };
         let mut bytes = Vec::new();
         self.read_blob(blob, |chunk| {

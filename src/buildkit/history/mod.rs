@@ -42,6 +42,7 @@ mod frames;
 mod record;
 mod select;
 
+use base64::Engine as _;
 use futures_util::StreamExt;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -222,10 +223,7 @@ impl Client {
             return Ok(None);
         };
         let Some(blob) = &record.external_error else {
-            return Ok(Some(FailureReport {
-                message: error.message.clone(),
-                ..Default::default()
-            }));
+            return Ok(Some(inline_failure(error)));
         };
         let bytes = self.read_blob(blob).await?;
         Ok(Some(failure_of(&error.message, &bytes).map_err(
@@ -430,6 +428,20 @@ pub(crate) fn is_sha256(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
         hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     })
+}
+
+/// The failure a record's error describes by itself: with the details it carries inline (older
+/// daemons), else the message alone.
+pub(crate) fn inline_failure(error: &RecordError) -> FailureReport {
+    error
+        .details
+        .as_deref()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .and_then(|bytes| failure_of(&error.message, &bytes).ok())
+        .unwrap_or_else(|| FailureReport {
+            message: error.message.clone(),
+            ..Default::default()
+        })
 }
 
 /// The failure a `google.rpc.Status` blob describes: the record's message, and the failing

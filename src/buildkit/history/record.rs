@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::buildkit::proto::control as pb;
@@ -67,6 +68,11 @@ pub struct RecordError {
     pub code: i32,
     /// The daemon's message, as the Solve returned it.
     pub message: String,
+    /// The whole `google.rpc.Status`, details included (the Dockerfile lines, the failing
+    /// step), protobuf in base64, when the record carries them itself: daemons before
+    /// external error blobs ([`BuildRecord::external_error`]) kept them here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
 }
 
 impl RecordError {
@@ -290,6 +296,10 @@ impl From<pb::BuildHistoryRecord> for BuildRecord {
                 .collect(),
             error: r.error.map(|e| RecordError {
                 code: e.code,
+                details: (!e.details.is_empty()).then(|| {
+                    base64::engine::general_purpose::STANDARD
+                        .encode(prost::Message::encode_to_vec(&e))
+                }),
                 message: e.message,
             }),
             created_at: r.created_at.as_ref().and_then(system_time),
@@ -503,11 +513,13 @@ mod tests {
         r.completed_at = Some(UNIX_EPOCH);
         assert_eq!(r.status(), BuildStatus::Completed);
         r.error = Some(RecordError {
+            details: None,
             code: 2,
             message: "process \"/bin/sh -c false\" did not complete successfully".into(),
         });
         assert_eq!(r.status(), BuildStatus::Failed);
         r.error = Some(RecordError {
+            details: None,
             code: 1,
             message: "context canceled".into(),
         });

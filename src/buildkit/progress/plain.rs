@@ -37,8 +37,8 @@ pub struct PlainProgress<W: Write + Send> {
     last_print: Option<Instant>,
     /// Print on every update instead of at most every 100 ms (for recorded streams).
     eager: bool,
-    /// End with the context transfer's summary (a replay has no transfer of its own).
-    transfer_line: bool,
+    /// A recorded stream: no context summary at the end (the replay sent no context).
+    replay: bool,
 }
 
 impl<W: Write + Send> PlainProgress<W> {
@@ -50,16 +50,18 @@ impl<W: Write + Send> PlainProgress<W> {
             printer: Printer::default(),
             last_print: None,
             eager: false,
-            transfer_line: true,
+            replay: false,
         }
     }
 
-    /// Renders a recorded stream (a history record's logs) to `out`: [`eager`](Self::eager),
-    /// and without the `#0 context: sent …` line, which only the client that sent the
-    /// context knows. Otherwise the lines are those the build showed live.
+    /// Renders a recorded stream (a history record's logs) to `out`, with the lines the
+    /// build showed live: [`eager`](Self::eager), and without the `#0 context: sent …` line,
+    /// which only the client that sent the context knows. Where the live view happened to
+    /// print between two updates of a step (closing its block and opening it again), the
+    /// replay may print them as one block: that is timing.
     pub fn replay(out: W) -> Self {
         PlainProgress {
-            transfer_line: false,
+            replay: true,
             ..Self::new(out).eager()
         }
     }
@@ -104,7 +106,7 @@ impl<W: Write + Send> ProgressSink for PlainProgress<W> {
     fn finish(&mut self, transfer: &TransferSummary, failure: Option<&FailureReport>) {
         self.print(Instant::now());
         let mut buf = Vec::new();
-        if self.transfer_line {
+        if !self.replay {
             let _ = writeln!(buf, "\n{}", transfer_line(transfer));
         } else {
             buf.push(b'\n');
