@@ -15,7 +15,7 @@ use prost::Message;
 use crate::fake_kube::{
     DialFn, EXEC_TOKEN, FakeKube, Scenario, docker_engine, tcp, unix, without_build_history,
 };
-use crate::fleet_scenarios::{annotation, cluster_repo, now};
+use crate::fleet_scenarios::{annotation, now};
 use crate::sandbox::Buildkitd;
 use crate::util::{self, Tier, assert_one_line_failure};
 use pf_buildkit::fleet::{
@@ -1681,65 +1681,16 @@ async fn a_cluster_build_without_a_cluster_says_which_field_is_missing() {
 
 #[tokio::test]
 async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index() {
-    use tokio::io::AsyncBufReadExt;
-
-    let fake = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .statefulset("arm64", 1, 1, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+    let fake = crate::fleet_scenarios::pod_dying_cluster()
         .dial("buildkit-amd64-0", engine())
         .start()
         .await;
-    // A step that runs for minutes; a unique marker keeps it out of the cache.
-    let marker = format!("{}\n", now_nanos());
-    let dir = cluster_repo(
-        &format!(
-            "FROM {}\nCOPY marker /\nRUN sleep 300\n",
-            util::env("PF_TEST_BASE_IMAGE")
-        ),
-        &[("marker", &marker)],
-    );
-    let repo = format!("pf-test/pod-dies-{:x}", now_nanos());
-    let mut cmd = tokio::process::Command::from(fake.bin());
-    cmd.current_dir(dir.path())
-        .args(["build", "--progress", "plain", "--arch", "amd64"])
-        .args(["--repo", &repo, "--tag", "v1", "--insecure-registry"])
-        .args(["--opt", "force-network-mode=none"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    // Once the long step runs, the pod "dies": its port-forward is cut.
-    while let Some(line) = lines.next_line().await.unwrap() {
-        seen.push(line.clone());
-        if line.contains("RUN sleep 300") {
-            break;
-        }
-    }
-    assert!(
-        seen.iter().any(|l| l.contains("RUN sleep 300")),
-        "{seen:#?}"
-    );
-    let last_opened = fake.portforwards_opened() - 1;
-    fake.kill_portforward(last_opened);
-    while let Some(line) = lines.next_line().await.unwrap() {
-        seen.push(line);
-    }
-    let status = child.wait().await.unwrap();
-    assert_eq!(status.code(), Some(1), "{seen:#?}");
-    let last = seen.last().unwrap();
-    assert!(
-        last.starts_with("pf-buildkit: amd64 (on kube-pod://buildkit-amd64-0?namespace=buildkit"),
-        "{last}"
-    );
-    assert!(
-        last.contains(
-            ": Solve failed: the daemon went away: the connection closed before the call finished"
-        ),
-        "{last}"
-    );
-    assert_eq!(util::registry_digest(&repo, "v1"), None, "no index");
+    // The pod "dies": its port-forward is cut as a dying API server would.
+    crate::fleet_scenarios::a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index(
+        &fake,
+        async || fake.kill_portforward(fake.portforwards_opened() - 1),
+    )
+    .await;
     fake.wait_until("port-forwards to close", |f| f.portforwards_open() == 0)
         .await;
 }

@@ -618,3 +618,89 @@ async fn real_etcd_restarted_during_scale_up_wait_is_retried_within_its_deadline
         "{seen:#?}"
     );
 }
+
+#[tokio::test]
+async fn real_port_forward_permission_revoked_while_a_tunnel_runs_fails_new_connections() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(real) = Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    let mut cmd = tokio::process::Command::from(real.bin());
+    cmd.args(["tunnel", "--arch", "amd64", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = stdout
+        .next_line()
+        .await
+        .unwrap()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the tunnel's port on stdout");
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let open = Client::connect(addr.parse().unwrap(), &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!open.workers().await.unwrap().is_empty());
+
+    real.regrant(&[("create", "pods/portforward")]).await;
+    // A new connection needs a new port-forward, which RBAC now refuses: the client's call
+    // fails in one line, and the tunnel says which permission is missing.
+    let o = real.run(&["workers", "--addr", &addr]).await;
+    assert_one_line_failure(&o);
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line
+                .contains("needs verb create (and get) on pods/portforward in namespace buildkit")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(refused, Ok(true)), "{seen:#?}");
+    // The port-forward opened before the change is an upgraded connection: it still works.
+    assert!(!open.workers().await.unwrap().is_empty());
+    drop(open);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().await.unwrap().code(), Some(130));
+}
+
+#[tokio::test]
+async fn real_pod_deleted_mid_build_fails_in_one_line_naming_the_pod() {
+    use crate::real_kube::node::{self, PrivateNode};
+    let Some(real) = crate::fleet_scenarios::pod_dying_cluster()
+        .on_node(node::NAME)
+        .start_real(module_path!())
+        .await
+    else {
+        return;
+    };
+    // The pod's node is the test's own, so its container can end without touching node-1.
+    let node = PrivateNode::start(&real).await;
+    crate::fleet_scenarios::a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index(
+        &real,
+        async || {
+            real.delete_pod("buildkit-amd64-0").await;
+            node.end_containers();
+        },
+    )
+    .await;
+}

@@ -258,3 +258,79 @@ pub async fn cache_clear_deletes_only_unmounted_pvcs_and_leaves_a_busy_pod_alone
     assert!(cluster.portforwards_to("buildkit-amd64-0") >= 1);
     cluster.assert_user_agent();
 }
+
+/// The cluster of [`a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index`]: both
+/// StatefulSets with a replica, pod `buildkit-amd64-0` running (its port 1234 is the
+/// caller's to connect).
+pub fn pod_dying_cluster() -> crate::fake_kube::Scenario {
+    crate::fake_kube::Scenario::new()
+        .statefulset("amd64", 1, 1, None)
+        .statefulset("arm64", 1, 1, None)
+        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+}
+
+/// A cluster build on amd64 whose step runs for minutes; once it runs, `die` ends the pod.
+/// The build fails within 10 s in one line naming the pod, with exit 1, and pushes nothing.
+pub async fn a_pod_dying_mid_build_fails_in_one_line_and_pushes_no_index(
+    cluster: &impl Cluster,
+    die: impl AsyncFnOnce(),
+) {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+
+    // A unique marker keeps the step out of the cache.
+    let marker = format!("{:?}\n", SystemTime::now());
+    let dir = cluster_repo(
+        &format!(
+            "FROM {}\nCOPY marker /\nRUN sleep 300\n",
+            util::env("PF_TEST_BASE_IMAGE")
+        ),
+        &[("marker", &marker)],
+    );
+    let repo = util::unique_repo("pod-dies");
+    let mut cmd = tokio::process::Command::from(cluster.bin());
+    cmd.current_dir(dir.path())
+        .args(["build", "--progress", "plain", "--arch", "amd64"])
+        .args(["--repo", &repo, "--tag", "v1", "--insecure-registry"])
+        .args(["--opt", "force-network-mode=none"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line.clone());
+        if line.contains("RUN sleep 300") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("RUN sleep 300")),
+        "{seen:#?}"
+    );
+    let died = std::time::Instant::now();
+    die().await;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    let took = died.elapsed();
+    assert_eq!(status.code(), Some(1), "{seen:#?}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "failed {took:?} after the pod died"
+    );
+    let last = seen.last().unwrap();
+    assert!(
+        last.starts_with("pf-buildkit: amd64 (on kube-pod://buildkit-amd64-0?namespace=buildkit"),
+        "{last}"
+    );
+    assert!(
+        last.contains(
+            ": Solve failed: the daemon went away: the connection closed before the call finished"
+        ),
+        "{last}"
+    );
+    assert_eq!(util::registry_digest(&repo, "v1"), None, "no index");
+}

@@ -200,6 +200,14 @@ impl Scenario {
         self
     }
 
+    /// Moves the last pod stated to `node` (`node-1` until then).
+    pub fn on_node(mut self, node: &str) -> Self {
+        if let Some(pod) = self.pods.last_mut() {
+            pod["spec"]["nodeName"] = json!(node);
+        }
+        self
+    }
+
     /// A pod that exists but has not been scheduled (no node, no IP).
     pub fn unscheduled_pod(mut self, name: &str) -> Self {
         self = self.pod(name, "Pending", "", false);

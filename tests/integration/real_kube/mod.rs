@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod node;
 pub mod token_webhook;
 
 use std::path::{Path, PathBuf};
@@ -258,6 +259,16 @@ impl RealKube {
     /// [`write_kubeconfig`] takes them.
     pub fn cluster_fields(&self) -> String {
         cluster_fields(&self.server)
+    }
+
+    /// Changes the test user's Role while the test runs: the fleet's rules minus `forbidden`
+    /// (as [`Scenario::forbid`] writes them); returns once the authorizer applies it.
+    pub async fn regrant(&self, forbidden: &[(&str, &str)]) {
+        let forbidden: Vec<(String, String)> = forbidden
+            .iter()
+            .map(|(v, r)| ((*v).to_owned(), (*r).to_owned()))
+            .collect();
+        grant(&self.admin, &forbidden).await;
     }
 
     /// The admin client.
