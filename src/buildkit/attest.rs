@@ -168,13 +168,24 @@ impl FromStr for AttestSpec {
 impl AttestSpec {
     /// Parses the shorthand `--provenance[=VALUE]` (`kind` `provenance`) or `--sbom[=VALUE]`:
     /// a boolean turns it on or off, anything else is that type's keys, as buildx reads them.
+    ///
+    /// # Errors
+    /// As [`AttestSpec::from_str`], naming `value` as given (not the `type=…` spec it
+    /// stands for).
     pub fn shorthand(kind: &'static str, value: &str) -> Result<AttestSpec, SpecError> {
         let value = value.trim();
-        match parse_bool(value) {
-            Ok(on) => format!("type={kind},disabled={}", !on).parse(),
-            Err(_) if value.is_empty() => format!("type={kind}").parse(),
-            Err(_) => format!("type={kind},{value}").parse(),
-        }
+        let spec = match parse_bool(value) {
+            Ok(on) => format!("type={kind},disabled={}", !on),
+            Err(_) if value.is_empty() => format!("type={kind}"),
+            Err(_) => format!("type={kind},{value}"),
+        };
+        let what = if kind == "sbom" {
+            "SBOM value"
+        } else {
+            "provenance value"
+        };
+        spec.parse()
+            .map_err(|e: SpecError| SpecError::new(what, value, e.reason))
     }
 }
 
@@ -331,5 +342,11 @@ mod tests {
         let mut a = Attestations::default();
         a.add("type=sbom".parse().unwrap()).unwrap();
         assert!(a.add("type=sbom,disabled=true".parse().unwrap()).is_err());
+        // A shorthand's error names the value as given.
+        let err = AttestSpec::shorthand("sbom", "bogus").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid SBOM value \"bogus\": \"bogus\" is not key=value"
+        );
     }
 }

@@ -59,11 +59,11 @@ pub struct BuildArgs {
     #[arg(long = "attest", value_name = "SPEC", value_parser = AttestSpec::from_str)]
     attest: Vec<AttestSpec>,
     /// Shorthand for --attest type=provenance: true, false or mode=min|max,…
-    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true,
+    #[arg(long, value_name = "VALUE", num_args = 0..=1,
           default_missing_value = "true", value_parser = provenance_shorthand)]
     provenance: Option<AttestSpec>,
     /// Shorthand for --attest type=sbom: true, false or generator=IMAGE,…
-    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true,
+    #[arg(long, value_name = "VALUE", num_args = 0..=1,
           default_missing_value = "true", value_parser = sbom_shorthand)]
     sbom: Option<AttestSpec>,
     /// Raw frontend attribute, e.g. force-network-mode=none (repeatable)

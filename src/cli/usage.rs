@@ -147,7 +147,8 @@ pub fn clap_line(err: &clap::Error, args: &[OsString]) -> String {
 /// placeholder); a positional `<SHELL>` stays as it is.
 fn flag_name(arg: &str) -> &str {
     if arg.starts_with('-') {
-        arg.split([' ', '=']).next().unwrap_or(arg)
+        // `--sbom[=<VALUE>]` for a flag whose value is optional.
+        arg.split([' ', '=', '[']).next().unwrap_or(arg)
     } else {
         arg
     }

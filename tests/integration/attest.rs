@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::util::{self, Tier, stderr, stdout, unique_repo};
 
+const SPDX: &str = "https://spdx.dev/Document";
+
 const INDEX_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
@@ -309,7 +311,39 @@ fn ecr_docker_config(dir: &Path) -> std::path::PathBuf {
     folder
 }
 
-async fn provenance_on_each_architecture_and_nothing_secret(tier: Tier) {
+/// Whether BuildKit can run an SBOM generator on `tier`. It runs the generator in the
+/// default network, which `force-network-mode` (for RUN steps) does not change, and the test
+/// Engine has no bridge network: there it fails, in one line naming the generator's step.
+async fn sbom_runs_on(tier: Tier) -> bool {
+    if tier != Tier::Engine {
+        return true;
+    }
+    let dir = context("FROM scratch\nCOPY hello.txt /\n", &[("hello.txt", "hi\n")]);
+    let generator = format!("generator={}", util::env("PF_TEST_SBOM_GENERATOR"));
+    let tar = dir.path().join("out.tar");
+    let out = util::tokio_bin()
+        .current_dir(dir.path())
+        .args([
+            "--addr",
+            &tier.addr(),
+            "build",
+            "--progress",
+            "quiet",
+            "--sbom",
+            &generator,
+        ])
+        .args(["--output", &format!("type=tar,dest={}", tar.display())])
+        .output()
+        .await
+        .unwrap();
+    let line = util::assert_fails_with(&out, &["sbom-scan", "network bridge not found"]);
+    eprintln!("engine tier: no SBOM generation (the test Engine has no bridge network): {line}");
+    assert!(!tar.exists(), "a failed build left its output");
+    false
+}
+
+async fn attestations_on_each_architecture_and_nothing_secret(tier: Tier) {
+    let sbom = sbom_runs_on(tier).await;
     let base = util::env("PF_TEST_BASE_IMAGE");
     let secret = format!("pf-secret-{}", unique_repo("value").replace('/', "-"));
     let dir = context(
@@ -327,29 +361,28 @@ async fn provenance_on_each_architecture_and_nothing_secret(tier: Tier) {
     let docker_config = ecr_docker_config(dir.path());
     let ecr = util::env("PF_TEST_ECR_REGISTRY");
     let repo = unique_repo("provenance");
-    let out = build_in(
-        tier,
-        dir.path(),
-        Some(&docker_config),
-        &[
-            "--repo",
-            &repo,
-            "--tag",
-            "v1",
-            "--registry",
-            &ecr,
-            "--insecure-registry",
-            "--attest",
-            "type=provenance,mode=max",
-            "--build-arg",
-            "GREETING=hello-provenance",
-            "--secret",
-            "id=token,src=token",
-            "--opt",
-            "force-network-mode=none",
-        ],
-    )
-    .await;
+    let mut args = vec![
+        "--repo",
+        &repo,
+        "--tag",
+        "v1",
+        "--registry",
+        &ecr,
+        "--insecure-registry",
+        "--attest",
+        "type=provenance,mode=max",
+        "--build-arg",
+        "GREETING=hello-provenance",
+        "--secret",
+        "id=token,src=token",
+        "--opt",
+        "force-network-mode=none",
+    ];
+    let generator = format!("generator={}", util::env("PF_TEST_SBOM_GENERATOR"));
+    if sbom {
+        args.extend(["--sbom", &generator]);
+    }
+    let out = build_in(tier, dir.path(), Some(&docker_config), &args).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let digest = stdout(&out).trim().to_owned();
 
@@ -365,13 +398,31 @@ async fn provenance_on_each_architecture_and_nothing_secret(tier: Tier) {
     );
     let base_digest = util::registry_digest("pf-test/busybox", "latest").unwrap();
     for (arch, attested) in &attested {
-        // Provenance only: nothing else was asked for.
-        assert_eq!(
-            attested.statements.len(),
-            1,
-            "{arch}: {:?}",
-            attested.statements.keys()
-        );
+        // Provenance, and the SBOM where it was asked for: nothing else.
+        let kinds: Vec<&str> = attested.statements.keys().map(String::as_str).collect();
+        let provenance_only =
+            kinds.len() == 1 && kinds[0].starts_with("https://slsa.dev/provenance/");
+        if sbom {
+            assert_eq!(kinds.len(), 2, "{arch}: {kinds:?}");
+            assert!(kinds.contains(&SPDX), "{arch}: {kinds:?}");
+            // The generator scanned this architecture's image: its file, its content.
+            let files = attested.statements[SPDX]["predicate"]["files"]
+                .as_array()
+                .unwrap();
+            let hello = files
+                .iter()
+                .find(|f| f["fileName"] == "/hello.txt")
+                .unwrap_or_else(|| panic!("{arch}: /hello.txt not in the SBOM: {files:?}"));
+            assert_eq!(
+                hello["checksums"][0]["checksumValue"]
+                    .as_str()
+                    .map(|h| format!("sha256:{h}")),
+                Some(util::sha256_digest(format!("{arch}\n").as_bytes())),
+                "{arch}"
+            );
+        } else {
+            assert!(provenance_only, "{arch}: {kinds:?}");
+        }
         // Each architecture's image is the one its own tag pushed.
         let (_, own, _) = registry.manifest(&repo, &format!("v1-{arch}")).await;
         let own_images: Vec<&Value> = own["manifests"]
@@ -440,6 +491,16 @@ async fn provenance_on_each_architecture_and_nothing_secret(tier: Tier) {
     assert_eq!(printed.as_object().unwrap().len(), 2, "{printed}");
     let printed = inspect(&["--provenance", "--platform", "linux/arm64"]).await;
     assert_eq!(printed["SLSA"], provenance(&attested["arm64"])["predicate"]);
+    if sbom {
+        let printed = inspect(&["--sbom"]).await;
+        for (arch, attested) in &attested {
+            assert_eq!(
+                printed[format!("linux/{arch}")]["SPDX"],
+                attested.statements[SPDX]["predicate"],
+                "{arch}"
+            );
+        }
+    }
 
     // `manifest push` from the per-architecture tags (each an index with its attestation)
     // keeps each architecture's attestation on its own image, and no others.
@@ -637,7 +698,39 @@ async fn client_side_push_layouts_and_tars_carry_provenance(tier: Tier) {
 }
 
 tier_tests!(
-    async provenance_on_each_architecture_and_nothing_secret,
+    async attestations_on_each_architecture_and_nothing_secret,
     async provenance_false_wins_over_buildkit_json,
     async client_side_push_layouts_and_tars_carry_provenance,
 );
+
+/// A generator image the registry does not have fails the build in one line naming it, and
+/// pushes nothing.
+#[tokio::test]
+async fn a_missing_sbom_generator_fails_naming_it() {
+    let tier = Tier::preferred();
+    let dir = context("FROM scratch\nCOPY hello.txt /\n", &[("hello.txt", "hi\n")]);
+    let registry = util::env("PF_TEST_REGISTRY");
+    let missing = format!("{registry}/{}:latest", unique_repo("no-generator"));
+    let repo = unique_repo("sbom-missing");
+    let out = util::tokio_bin()
+        .current_dir(dir.path())
+        .args(["--addr", &tier.addr(), "build", "--progress", "quiet"])
+        .args([
+            "--repo",
+            &repo,
+            "--tag",
+            "v1",
+            "--registry",
+            &registry,
+            "--insecure-registry",
+        ])
+        .args(["--sbom", &format!("generator={missing}")])
+        .output()
+        .await
+        .unwrap();
+    util::assert_fails_with(&out, &[&missing]);
+    assert!(
+        util::registry_digest(&repo, "v1").is_none(),
+        "an index was pushed"
+    );
+}
