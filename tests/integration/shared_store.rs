@@ -1,9 +1,11 @@
-//! Shared stores are safe (issue 16): many builds export into one directory at once, some
-//! cancelled at random moments, and the directory stays a whole layout; and a lock another
-//! process holds on a layout neither stalls the client's runtime nor hangs the build.
+//! Shared stores are safe (issue 16): many builds and a foreign writer export into one
+//! directory at once, some builds cancelled at random moments, and the directory stays a
+//! whole layout; and a lock another process holds on a layout neither stalls the client's
+//! runtime nor hangs the build.
 //!
 //! The stress test's rounds are `PF_TEST_STRESS_ROUNDS` (default 2, what fits CI); its
-//! figures (rounds, builds, cancellations, blobs verified) go to stderr.
+//! figures (rounds, builds, cancellations, blobs verified, the foreign writer's blobs and
+//! lock conflicts) go to stderr.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -38,6 +40,39 @@ impl Dice {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+/// What one run of the foreign writer did (its one JSON line).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Foreign {
+    written: u64,
+    skipped: u64,
+    lock_conflicts: u64,
+}
+
+/// Runs `foreign_writer.py` (buildctl's way of writing a layout, in another process and
+/// language, none of this crate's code) into `layout` under `tag`, after `delay`.
+async fn foreign_write(layout: &Path, tag: &str, delay: Duration) -> Foreign {
+    tokio::time::sleep(delay).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/integration/foreign_writer.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(layout)
+        .arg(tag)
+        .arg(util::env("PF_TEST_BASE_IMAGE"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("python3 (scripts/testenv installs it, for moto)");
+    assert!(
+        out.status.success(),
+        "the foreign writer failed: {}",
+        util::stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// A client of `tier`'s daemon.
@@ -91,8 +126,23 @@ async fn eight_builds_share_one_directory_some_cancelled() {
     let client = Arc::new(connect(tier).await);
     let cancelled = Arc::new(AtomicUsize::new(0));
     let verified = Arc::new(AtomicU64::new(0));
+    let mut foreign = Foreign::default();
     let started = Instant::now();
+    // The foreign writer's first image comes alone: the base image's blobs are then in the
+    // directory before any build starts, as after an earlier buildctl export. (A blob that
+    // a cancelled build wrote and buildctl was told exists can still be deleted under
+    // buildctl, which takes no lock on the root: the README says so; this test keeps to
+    // what the stores promise.)
+    let seed_tag = format!("foreign-first-{seed}");
+    foreign_write(&shared, &seed_tag, Duration::ZERO).await;
     for round in 0..rounds {
+        // The foreign writer starts at a random moment among the builds.
+        let foreign_tag = format!("foreign-r{round}-{seed}");
+        let foreign_run = tokio::spawn({
+            let (shared, tag) = (shared.clone(), foreign_tag.clone());
+            let delay = Duration::from_millis(dice.below(3000));
+            async move { foreign_write(&shared, &tag, delay).await }
+        });
         let mut builds = Vec::new();
         for i in 0..BUILDS {
             let mut options = options_for(tier, &ctx);
@@ -144,10 +194,14 @@ async fn eight_builds_share_one_directory_some_cancelled() {
                 None => {}
             }
         }
-        let blobs = verify_shared_layout(&shared);
+        let run = foreign_run.await.unwrap();
+        foreign.written += run.written;
+        foreign.skipped += run.skipped;
+        foreign.lock_conflicts += run.lock_conflicts;
+        let blobs = verify_shared_layout(&shared, true);
         verified.fetch_add(blobs as u64, Ordering::Relaxed);
         let index = std::fs::read_to_string(shared.join("index.json")).unwrap();
-        for id in &finished {
+        for id in finished.iter().chain([&seed_tag, &foreign_tag]) {
             assert!(
                 index.contains(id.as_str()),
                 "round {round}: {id} is not in index.json"
@@ -155,9 +209,14 @@ async fn eight_builds_share_one_directory_some_cancelled() {
         }
     }
     eprintln!(
-        "stress (seed {seed}): {rounds} rounds of {BUILDS} builds, {} cancelled, {} blobs verified, {:.1} s",
+        "stress (seed {seed}): {rounds} rounds of {BUILDS} builds and a foreign writer, {} \
+         cancelled, {} blobs verified, foreign blobs {} written and {} found there, {} foreign \
+         lock conflicts, {:.1} s",
         cancelled.load(Ordering::Relaxed),
         verified.load(Ordering::Relaxed),
+        foreign.written,
+        foreign.skipped,
+        foreign.lock_conflicts,
         started.elapsed().as_secs_f64()
     );
 }

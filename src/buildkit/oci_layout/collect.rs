@@ -32,7 +32,13 @@ pub(super) fn collect(store: &LayoutStore, ours: &[PathBuf]) {
     if let Ok(text) = std::fs::read_to_string(&list) {
         entries.extend(text.lines().filter_map(|line| listed_path(root, line)));
     }
-    let reachable = reachable(store);
+    // An index.json that cannot be read says nothing about what it reaches (another program
+    // may be rewriting it in place, as buildctl does): delete nothing, and leave the list to
+    // the next build that leaves alone.
+    let Some(reachable) = reachable(store) else {
+        abandon(store, ours);
+        return;
+    };
     let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|p| p.is_dir());
     for file in files {
         if file == root.join("oci-layout") {
@@ -44,16 +50,14 @@ pub(super) fn collect(store: &LayoutStore, ours: &[PathBuf]) {
         let Some(digest) = blob_digest(root, &file) else {
             continue;
         };
-        // An unreadable index.json says nothing about what it reaches: keep every blob.
-        if reachable.as_ref().is_some_and(|r| !r.contains(&digest)) {
+        if !reachable.contains(&digest) {
             let _ = std::fs::remove_file(&file);
         }
     }
     let _ = std::fs::remove_file(&list);
-    // Deepest first, and only when empty. `ingest/` goes when empty whoever made it: every
-    // build removes its own uploads, and none is running.
+    // Deepest first, and only when empty. `ingest/` goes only when a build that did not
+    // succeed made it: buildctl's content store makes it when opened and fails without it.
     let mut dirs = dirs;
-    dirs.push(root.join("ingest"));
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     dirs.dedup();
     for dir in dirs {

@@ -1136,6 +1136,39 @@ mod tests {
         assert!(!root.exists(), "left: {:?}", tree(&root));
     }
 
+    /// buildctl rewrites index.json in place: a build leaving while it does reads a torn
+    /// file. It deletes nothing then, and the next build to leave alone collects it all.
+    #[test]
+    fn a_torn_index_defers_the_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("layout");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(
+            root.join("index.json"),
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        let a = LayoutStore::for_writing(&root).unwrap();
+        let own = put_blob(&a, b"a's own layer");
+        std::fs::write(root.join("index.json"), br#"{"schemaVersion":2,"manif"#).unwrap();
+        a.rollback();
+        assert!(
+            a.blob_path(&own).unwrap().is_file(),
+            "deleted on a torn index"
+        );
+        assert!(root.join(".pf-buildkit-abandoned").is_file());
+
+        std::fs::write(
+            root.join("index.json"),
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        let b = LayoutStore::for_writing(&root).unwrap();
+        put_blob(&b, b"b's own layer");
+        b.rollback();
+        assert_eq!(tree(&root), vec!["index.json".to_owned()]);
+    }
+
     #[test]
     fn a_held_index_lock_times_out_naming_the_lock_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1195,7 +1228,13 @@ mod tests {
         store.rollback();
         assert!(store.blob_path(&digest).unwrap().is_file());
         assert_eq!(index_names(&store.read_index().unwrap())["t"], digest);
-        assert!(!dir.path().join("ingest").exists());
+        // Empty, and kept as buildctl keeps it (its content store needs it once opened).
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
