@@ -90,6 +90,20 @@ impl Client {
     /// The `kind` attestations of each image of `reference` (of `platform` only, when given),
     /// as BuildKit stores them in an index. Images without one are left out.
     ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), pf_buildkit::registry::Error> {
+    /// use pf_buildkit::registry::{AttestationKind, Client, ClientOptions, parse_reference};
+    ///
+    /// let client = Client::new(ClientOptions::from_env()?)?;
+    /// let image = parse_reference("registry.example/app:v1")?;
+    /// for found in client.attestations(&image, AttestationKind::Provenance, None).await? {
+    ///     for predicate in &found.predicates {
+    ///         println!("{}: {}", found.platform, predicate["buildDefinition"]["buildType"]);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NoMatchingPlatform`] when the index has no image for `platform`;
     /// [`Error::NoAttestations`] when no image has one (a single image manifest never does);
