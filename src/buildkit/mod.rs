@@ -38,7 +38,9 @@ pub use entitlement::Entitlement;
 pub use error::{Error, Result};
 pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
 pub use session::Attachable;
-pub use solve::{BuildError, BuildOptions, BuildResult, failure_report, write_metadata_file};
+pub use solve::{
+    BuildError, BuildOptions, BuildResult, failure_report, new_build_ref, write_metadata_file,
+};
 pub use status::{RpcCode, RpcStatus};
 pub use tls::{Pem, TlsConfigError, TlsFile, TlsOptions, TlsProblem};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io};

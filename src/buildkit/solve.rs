@@ -126,6 +126,15 @@ pub struct BuildOptions {
     /// for a lock another build or buildctl holds before the build fails naming the lock
     /// file; [`oci_layout::LOCK_WAIT`](super::oci_layout::LOCK_WAIT) when `None`.
     pub store_lock_wait: Option<Duration>,
+    /// The build's ref: its id in the daemon's build history (`history logs REF`), known
+    /// before the build starts so a caller can name it whatever the outcome; a new one
+    /// ([`new_build_ref`]) when `None`. Each build needs a ref of its own.
+    pub reference: Option<String>,
+}
+
+/// A new build ref: 25 random characters of `0-9a-z`, as buildctl makes them.
+pub fn new_build_ref() -> String {
+    super::random::random_id()
 }
 
 impl BuildOptions {
@@ -710,7 +719,7 @@ impl Client {
         let stores = Arc::new(stores);
         let _rollback = RollbackOnDrop(stores.clone());
         let session = Session::start(self, session_options);
-        let reference = super::random::random_id();
+        let reference = options.reference.clone().unwrap_or_else(new_build_ref);
         let request = options.solve_request(&reference, session.id());
         tracing::debug!(reference, session = session.id(), "solving");
 

@@ -9,7 +9,9 @@ use pf_buildkit::buildkit::progress::{
     PlainProgress, ProgressMode, ProgressSink, QuietProgress, RawJsonProgress,
 };
 use pf_buildkit::buildkit::{BuildOptions, Endpoint};
-use pf_buildkit::multiplatform::{BuildRequest, Error, Event, InvalidRequest, Metadata, PushMode};
+use pf_buildkit::multiplatform::{
+    ArchBuild, BuildRequest, Error, Event, InvalidRequest, Metadata, PushMode,
+};
 
 use super::live::{Live, LiveMode};
 use super::prefix::PrefixedLines;
@@ -158,12 +160,57 @@ pub async fn run(
     };
     let result = plan.run(&events, &make_sink).await;
     live.finish();
+    if let Err(Error::Arch { builds, .. }) = &result {
+        print_build_records(builds)?;
+    }
     let result = result?;
     if let Some(path) = metadata_file {
         Metadata::from(&result).write(path)?;
     }
     super::print_line(&result.index.digest)?;
     Ok(Outcome::Success)
+}
+
+/// Where each architecture's build is in its daemon's history, with the `history logs`
+/// command line to copy, before the failure's one line.
+fn print_build_records(builds: &[ArchBuild]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if builds.is_empty() {
+        return Ok(());
+    }
+    let mut out = std::io::stderr().lock();
+    writeln!(
+        out,
+        "pf-buildkit: the builds are in their daemons' history:"
+    )?;
+    for build in builds {
+        let (place, scope) = history_scope(&build.builder);
+        writeln!(
+            out,
+            "  {}: {} on {place}: pf-buildkit history logs {} {scope}",
+            build.arch, build.reference, build.reference
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a builder is, for people, and the flags that reach its history: a fleet pod
+/// (`kube-pod://POD?…&context=CTX`) by `--context CTX` (the fleet's current context when it
+/// names none), any other daemon by `--addr`.
+fn history_scope(endpoint: &str) -> (String, String) {
+    let Some(rest) = endpoint.strip_prefix("kube-pod://") else {
+        return (endpoint.to_owned(), format!("--addr '{endpoint}'"));
+    };
+    let (pod, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let context = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("context="))
+        .filter(|c| !c.is_empty());
+    let scope = match context {
+        Some(context) => format!("--context '{context}'"),
+        None => "--fleet".to_owned(),
+    };
+    (format!("pod {pod}"), scope)
 }
 
 /// The scale-up of a cluster build, one live line per architecture until it has its pod.
@@ -187,5 +234,32 @@ fn show_cluster_wait(live: &Live, arch: &str, progress: ReadyProgress<'_>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::history_scope;
+
+    #[test]
+    fn a_pod_builder_is_reached_through_the_fleet_any_other_by_its_address() {
+        assert_eq!(
+            history_scope("kube-pod://buildkit-arm64-0?namespace=buildkit&port=1234&context=prod"),
+            (
+                "pod buildkit-arm64-0".to_owned(),
+                "--context 'prod'".to_owned()
+            )
+        );
+        assert_eq!(
+            history_scope("kube-pod://buildkit-amd64-1?namespace=buildkit&port=1234"),
+            ("pod buildkit-amd64-1".to_owned(), "--fleet".to_owned())
+        );
+        assert_eq!(
+            history_scope("tcp://10.0.0.7:1234"),
+            (
+                "tcp://10.0.0.7:1234".to_owned(),
+                "--addr 'tcp://10.0.0.7:1234'".to_owned()
+            )
+        );
     }
 }

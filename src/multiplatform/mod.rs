@@ -59,6 +59,19 @@ pub struct Builder {
     pub client: Client,
 }
 
+/// One architecture's build on its daemon: where its record is in the build history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchBuild {
+    /// The architecture, e.g. `arm64`.
+    pub arch: String,
+    /// The BuildKit it ran on, as [`Client::endpoint`](crate::buildkit::Client::endpoint)
+    /// names it (`kube-pod://POD?…` for a pod of the fleet).
+    pub builder: String,
+    /// The build's ref in that daemon's history (its last, when the client pushed after the
+    /// daemon could not).
+    pub reference: String,
+}
+
 /// How each architecture's image reaches the registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PushMode {
@@ -241,6 +254,9 @@ pub enum Error {
         /// Its build's failure, with the failing step when the daemon named one.
         #[source]
         source: Box<BuildError>,
+        /// Every architecture's build that started (the failed one and those cancelled), each
+        /// with its ref in its daemon's build history, for `history logs`.
+        builds: Vec<ArchBuild>,
     },
     /// The scratch directory of a client-side push cannot be created.
     #[error("{arch}: cannot create a scratch directory for the client-side push")]
@@ -447,16 +463,34 @@ impl MultiPlatformBuild {
             .map_err(|e| Error::Options(Box::new(e)))?;
         let registry = self.registry_client()?;
         self.check_registry_login().await?;
+        // Each build's ref, as it starts: a failure names every architecture's record.
+        let started: std::sync::Mutex<Vec<ArchBuild>> = std::sync::Mutex::default();
         // try_join_all drops (and so cancels) the remaining builds on the first failure.
         let images = try_join_all(builders.iter().map(|builder| {
             let mut sink = progress(&builder.arch);
-            let registry = &registry;
+            let (registry, started) = (&registry, &started);
             async move {
-                let image = self.build_arch(builder, registry, sink.as_mut()).await?;
+                let image = self
+                    .build_arch(builder, registry, sink.as_mut(), started)
+                    .await?;
                 Ok::<_, Error>((builder.arch.clone(), image))
             }
         }))
-        .await?;
+        .await
+        .map_err(|err| match err {
+            Error::Arch {
+                arch,
+                builder,
+                source,
+                ..
+            } => Error::Arch {
+                arch,
+                builder,
+                source,
+                builds: started.lock().map(|b| b.clone()).unwrap_or_default(),
+            },
+            other => other,
+        })?;
         let sources = images
             .iter()
             .map(|(arch, image)| {
@@ -530,6 +564,7 @@ impl MultiPlatformBuild {
         builder: &Builder,
         registry: &registry::Client,
         progress: &mut dyn ProgressSink,
+        started: &std::sync::Mutex<Vec<ArchBuild>>,
     ) -> Result<ArchImage, Error> {
         let arch = builder.arch.as_str();
         let reference = self.arch_reference(arch);
@@ -537,6 +572,22 @@ impl MultiPlatformBuild {
             arch: arch.to_owned(),
             builder: builder.client.endpoint().to_owned(),
             source: Box::new(source),
+            builds: Vec::new(),
+        };
+        // The options of one build of this architecture, under a new ref it records.
+        let options = |output: OutputSpec| {
+            let mut options = self.arch_options(arch, output);
+            let reference = crate::buildkit::new_build_ref();
+            if let Ok(mut started) = started.lock() {
+                started.retain(|b| b.arch != arch);
+                started.push(ArchBuild {
+                    arch: arch.to_owned(),
+                    builder: builder.client.endpoint().to_owned(),
+                    reference: reference.clone(),
+                });
+            }
+            options.reference = Some(reference);
+            options
         };
         if self.push == PushMode::Auto {
             let mut attrs = BTreeMap::from([
@@ -551,11 +602,7 @@ impl MultiPlatformBuild {
                 attrs,
                 dest: None,
             };
-            match builder
-                .client
-                .build(&self.arch_options(arch, output), progress)
-                .await
-            {
+            match builder.client.build(&options(output), progress).await {
                 Ok(result) => {
                     let digest = result
                         .exporter_response
@@ -596,7 +643,7 @@ impl MultiPlatformBuild {
         };
         builder
             .client
-            .build(&self.arch_options(arch, output), progress)
+            .build(&options(output), progress)
             .await
             .map_err(fail)?;
         let digest = registry

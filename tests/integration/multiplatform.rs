@@ -207,6 +207,38 @@ async fn one_architecture_failing_cancels_the_other_and_pushes_no_index(tier: Ti
         "amd64 was not cancelled: took {elapsed:?}"
     );
     assert!(stdout(&out).is_empty());
+    // Before it, each architecture's build ref and the command that prints its logs.
+    let err = stderr(&out);
+    let command = |arch: &str| {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("  {arch}: ")))
+            .unwrap_or_else(|| panic!("no {arch} build ref in\n{err}"));
+        let (_, command) = line.split_once(": pf-buildkit ").unwrap();
+        assert!(
+            command.ends_with(&format!("--addr '{}'", tier.addr())),
+            "{line}"
+        );
+        command.split(' ').nth(2).unwrap().to_owned()
+    };
+    let (arm64, amd64) = (command("arm64"), command("amd64"));
+    assert_ne!(arm64, amd64);
+    let logs = util::tokio_bin()
+        .args(["--addr", &tier.addr(), "history", "logs", &arm64])
+        .output()
+        .await
+        .unwrap();
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let logs = stderr(&logs);
+    assert!(logs.contains("COPY marker-${TARGETARCH}.txt /"), "{logs}");
+    assert!(
+        logs.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("ERROR: failed to solve: "),
+        "{logs}"
+    );
     let registry = util::env("PF_TEST_REGISTRY");
     assert!(
         !exists(&format!("{registry}/{repo}:v1")).await,
