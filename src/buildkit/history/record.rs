@@ -367,37 +367,22 @@ pub(crate) fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
 }
 
-/// A time as RFC 3339 in UTC with nanoseconds, `2026-12-07T09:43:46.123456789Z`.
+/// A time as RFC 3339 in UTC, as Go marshals it: `2026-12-07T09:43:46.123456789Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (date, time) = utc_date_time(since.as_secs());
-    format!("{date}T{time}.{:09}Z", since.subsec_nanos())
+    crate::buildkit::progress::rfc3339(t)
 }
 
 /// A time in UTC as people read it, `2026-12-07 09:43:46 UTC`.
 pub fn utc_text(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (date, time) = utc_date_time(since.as_secs());
-    format!("{date} {time} UTC")
-}
-
-/// `YYYY-MM-DD` and `HH:MM:SS` of seconds since the epoch (the proleptic Gregorian calendar,
-/// by the days-to-civil method).
-fn utc_date_time(seconds: u64) -> (String, String) {
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
-    let rest = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{:02}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60),
+    let seconds = i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+        .unwrap_or(i64::MAX);
+    let (year, month, day) = crate::buildkit::progress::civil_from_days(seconds.div_euclid(86_400));
+    let rest = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
     )
 }
 

@@ -20,6 +20,7 @@ mod tty;
 
 pub use plain::PlainProgress;
 pub use rawjson::{RawJsonProgress, warnings_json};
+pub(crate) use rawjson::{civil_from_days, rfc3339};
 pub use solve_status::{
     ProgressGroup, SolveStatus, SourceInfo, SourcePosition, SourceRange, Vertex, VertexLog,
     VertexStatus, VertexWarning,
