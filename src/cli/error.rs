@@ -39,17 +39,34 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out.replace('\n', " ")
 }
 
-/// The command-line fix for the first error in the chain that has one.
+/// The command-line fix for the first error in the chain that has one. An `io::Error`'s
+/// `source()` skips the error it wraps (a `kube-pod://` dialer's fleet error, inside the
+/// connect error), so what each one wraps is looked at too.
 fn hint(err: &anyhow::Error) -> Option<String> {
     err.chain().find_map(|cause| {
-        if let Some(e) = as_error::<fleet::Error>(cause) {
-            return fleet_hint(e);
+        let mut next = Some(cause);
+        while let Some(e) = next {
+            if let Some(hint) = cause_hint(e) {
+                return Some(hint);
+            }
+            next = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
         }
-        buildkit_hint(cause)
-            .or_else(|| registry_hint(cause))
-            .or_else(|| multiplatform_hint(cause))
-            .or_else(|| as_error::<config::ConfigError>(cause).and_then(config_hint))
+        None
     })
+}
+
+/// The command-line fix for `cause` itself, if it has one.
+fn cause_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = as_error::<fleet::Error>(cause) {
+        return fleet_hint(e);
+    }
+    buildkit_hint(cause)
+        .or_else(|| registry_hint(cause))
+        .or_else(|| multiplatform_hint(cause))
+        .or_else(|| as_error::<config::ConfigError>(cause).and_then(config_hint))
 }
 
 /// `cause` as a `T`, whether it is one or a `Box<T>` (a boxed `#[source]` is the box).
@@ -252,6 +269,13 @@ fn fleet_hint(err: &fleet::Error) -> Option<String> {
         fleet::Error::ScaleUpTimeout { namespace, .. } => Some(format!(
             "check the pods with `kubectl get pods -n {namespace}`"
         )),
+        // rustls says only "UnknownIssuer": name the CA that was used, and where it comes from.
+        fleet::Error::Request { source, .. } if signed_by_unknown_ca(source) => Some(
+            "the API server's certificate is not signed by the certificate authority the \
+             kubeconfig gives for its cluster (certificate-authority or \
+             certificate-authority-data); if the cluster's CA changed, get a new kubeconfig"
+                .into(),
+        ),
         _ => None,
     }
 }

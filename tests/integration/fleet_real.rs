@@ -704,3 +704,59 @@ async fn real_pod_deleted_mid_build_fails_in_one_line_naming_the_pod() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn real_api_server_certificate_rotated_reconnects_or_names_the_ca() {
+    use crate::real_kube::control_plane::Issuer;
+    use pf_buildkit::fleet::{Arch, TunnelOptions};
+    let Some((mut cp, real)) = private(
+        module_path!(),
+        Scenario::new().statefulset("amd64", 1, 1, None).pod(
+            "buildkit-amd64-0",
+            "Running",
+            "10.0.0.10",
+            true,
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    let fleet = fleet_for(&real).await;
+    let tunnel = fleet
+        .tunnel(Arch::Amd64, &TunnelOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    let endpoint: Endpoint = format!("tcp://{}", tunnel.local_addr()).parse().unwrap();
+    let before = Client::connect(endpoint.clone(), &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!before.workers().await.unwrap().is_empty());
+
+    // A new certificate from the same CA: the running tunnel's new connections, and a new
+    // process, verify it as they did the old one.
+    cp.rotate_serving_certificate(Issuer::TestenvCa).await;
+    let after = Client::connect(endpoint.clone(), &TlsOptions::default())
+        .await
+        .unwrap();
+    assert!(!after.workers().await.unwrap().is_empty());
+    let o = real
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-0"])
+        .await;
+    assert!(o.status.success(), "{}", err(&o));
+
+    // One from a CA the kubeconfig does not name: refused, and the line says why.
+    cp.rotate_serving_certificate(Issuer::OtherCa).await;
+    let o = real
+        .run(&["workers", "--addr", "kube-pod://buildkit-amd64-0"])
+        .await;
+    let e = assert_one_line_failure(&o);
+    assert!(
+        e.contains("UnknownIssuer")
+            && e.contains(
+                "the API server's certificate is not signed by the certificate authority the kubeconfig gives for its cluster"
+            ),
+        "{e}"
+    );
+    tunnel.close().await;
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{admin_client, call, kube_file, must};
+use super::{admin_client, admin_client_trusting, call, kube_file, must};
 use crate::util;
 
 /// How long etcd or the API server may take to become ready on a loaded machine.
@@ -25,6 +25,17 @@ pub struct ControlPlane {
     api_port: u16,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    /// The serving certificate, key and issuing CA (DER) when not the testenv's.
+    serving: Option<(PathBuf, PathBuf, Vec<u8>)>,
+}
+
+/// Who signs the API server's next serving certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// The testenv's CA, which the kubeconfigs trust.
+    TestenvCa,
+    /// A CA of its own, which nothing trusts.
+    OtherCa,
 }
 
 impl Drop for ControlPlane {
@@ -78,6 +89,7 @@ impl ControlPlane {
             api_port: free_port(),
             etcd: None,
             apiserver: None,
+            serving: None,
         };
         cp.start_etcd().await;
         cp.start_apiserver().await;
@@ -175,6 +187,15 @@ impl ControlPlane {
                     .replace("@ETCD_PORT@", &self.etcd_port.to_string())
                     .replace("@AUDIT_LOG@", &self.audit_log().display().to_string())
             })
+            .map(|l| match &self.serving {
+                Some((cert, _, _)) if l.starts_with("--tls-cert-file=") => {
+                    format!("--tls-cert-file={}", cert.display())
+                }
+                Some((_, key, _)) if l.starts_with("--tls-private-key-file=") => {
+                    format!("--tls-private-key-file={}", key.display())
+                }
+                _ => l,
+            })
             .collect();
         let child = Command::new(binary("kube-apiserver-v1.36.2"))
             .args(&args)
@@ -190,7 +211,10 @@ impl ControlPlane {
     /// Waits until the API server answers `/readyz` with `ok` (etcd reachable included).
     async fn wait_ready(&self) {
         let d = self.dir.path();
-        let admin = admin_client(&self.server()).await;
+        let admin = match &self.serving {
+            Some((_, _, ca)) => admin_client_trusting(&self.server(), ca.clone()),
+            None => admin_client(&self.server()).await,
+        };
         let deadline = Instant::now() + READY_WAIT;
         loop {
             let req = http::Request::get("/readyz")
@@ -206,6 +230,57 @@ impl ControlPlane {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Rotates the API server's serving certificate: a new key and certificate for 127.0.0.1
+    /// signed by `issuer`, then a restart (the API server would also reload the files within
+    /// a minute; a restart makes it happen now). Returns once it is ready.
+    pub async fn rotate_serving_certificate(&mut self, issuer: Issuer) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        // The issuer as a signer sees it: its name (scripts/testenv's CA is
+        // CN=pf-testenv-kube-ca) and its key.
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let (name, ca_key) = match issuer {
+            Issuer::TestenvCa => {
+                let pem = std::fs::read_to_string(kube_file("pki/ca.key")).expect("CA key");
+                (
+                    "pf-testenv-kube-ca",
+                    KeyPair::from_pem(&pem).expect("CA key"),
+                )
+            }
+            Issuer::OtherCa => ("pf-test-other-ca", KeyPair::generate().expect("key")),
+        };
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca_cert = ca_params.clone().self_signed(&ca_key).expect("CA cert");
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+        ])
+        .expect("params");
+        let cert = params.signed_by(&key, &ca).expect("sign");
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let cert_path = self.dir.path().join(format!("apiserver-{n}.crt"));
+        let key_path = self.dir.path().join(format!("apiserver-{n}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        // With the testenv's CA, its own certificate is what clients already trust (the
+        // re-signed copy has the same key and name).
+        let trusted = match issuer {
+            Issuer::TestenvCa => super::pem_der(&kube_file("pki/ca.crt")),
+            Issuer::OtherCa => ca_cert.der().to_vec(),
+        };
+        self.serving = Some((cert_path, key_path, trusted));
+        self.kill_apiserver();
+        self.start_apiserver().await;
     }
 
     /// Kills the API server (SIGKILL: its connections drop without a goodbye).

@@ -60,8 +60,13 @@ pub fn token(user: &str) -> String {
 
 /// A kube client for `server` as `pf-admin`.
 pub async fn admin_client(server: &str) -> kube::Client {
+    admin_client_trusting(server, pem_der(&kube_file("pki/ca.crt")))
+}
+
+/// A kube client for `server` as `pf-admin` that trusts the CA certificate `ca` (DER).
+pub fn admin_client_trusting(server: &str, ca: Vec<u8>) -> kube::Client {
     let mut config = kube::Config::new(server.parse().expect("server URL"));
-    config.root_cert = Some(vec![pem_der(&kube_file("pki/ca.crt"))]);
+    config.root_cert = Some(vec![ca]);
     config.auth_info.token = Some(token("pf-admin").into());
     config.default_retry = false;
     config.read_timeout = Some(Duration::from_secs(30));
