@@ -16,7 +16,7 @@ use super::proto::control::control_client::ControlClient;
 use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest};
 use super::proto::moby::buildkit::v1::types::WorkerRecord;
 use super::tls::TlsOptions;
-use super::transport::{Dialer, EndpointDialer};
+use super::transport::{Dialer, EndpointDialer, read_ahead};
 use crate::setters::with_setters;
 
 /// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
@@ -156,10 +156,11 @@ impl Client {
             let ready = first.lock().ok().and_then(|mut first| first.take());
             let dialer = connector_dialer.clone();
             async move {
-                match ready {
-                    Some(io) => Ok(TokioIo::new(io)),
-                    None => dialer.dial().await.map(TokioIo::new),
-                }
+                let io = match ready {
+                    Some(io) => io,
+                    None => dialer.dial().await?,
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(read_ahead(io)))
             }
         });
         let builder = tonic::transport::Endpoint::from_static("http://buildkit")

@@ -25,6 +25,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// A boxed [`Io`].
 pub type BoxedIo = Pin<Box<dyn Io>>;
 
+/// Bytes taken from a connection in one read. HTTP/2 asks for little more than the frame it
+/// is decoding (grpc-go sends 16 KiB frames), so without this an exported tar of 380 MB cost
+/// 47,000 `recvfrom`s of 7 KiB each, about two system calls per file of a 20,000-file
+/// context; reading ahead takes whatever the socket holds, up to this, in one call.
+const READ_AHEAD: usize = 256 << 10;
+
+/// `io` with its reads buffered [`READ_AHEAD`] bytes at a time; writes pass straight through.
+pub(crate) fn read_ahead(io: BoxedIo) -> BoxedIo {
+    Box::pin(tokio::io::BufReader::with_capacity(READ_AHEAD, io))
+}
+
 /// Opens a fresh byte stream to one BuildKit daemon each time it is called.
 ///
 /// Implement this to carry BuildKit's gRPC over a transport of your own (an SSH channel, a

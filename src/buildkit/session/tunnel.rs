@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::Routes;
 
 use crate::buildkit::proto::control::BytesMessage;
-use crate::buildkit::transport::{BoxedIo, docker_upgrade};
+use crate::buildkit::transport::{BoxedIo, docker_upgrade, read_ahead};
 use crate::buildkit::{Client, DockerHost};
 
 use super::tasks::Tasks;
@@ -108,8 +108,12 @@ impl TunnelEnd {
     }
 }
 
+/// The Engine's `/session` upgrade: the session's HTTP/2 server reads the socket itself, so
+/// its reads are buffered as the Control connection's are (exports arrive this way).
 async fn open_docker(host: &DockerHost, headers: &[(String, String)]) -> io::Result<BoxedIo> {
-    docker_upgrade(host, "/session", headers).await
+    docker_upgrade(host, "/session", headers)
+        .await
+        .map(read_ahead)
 }
 
 /// Runs `Control.Session` and joins its two halves into one byte stream through an in-memory
