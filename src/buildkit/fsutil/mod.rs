@@ -15,6 +15,7 @@
 //! Border: it uses only the generated fsutil types and the client's error text helper; it must
 //! not import the session, `registry`, `fleet` or anything above `buildkit`.
 
+mod arena;
 mod beneath;
 mod filter;
 mod memory;

@@ -8,7 +8,7 @@
 //!
 //! Memory: the daemon's sender walks and sends every STAT up front, whatever data is
 //! outstanding, so a 100,000-file export announces 100,000 files long before their data
-//! arrives. Each announced file is kept as a 32-byte [`FileEntry`] (id, mode, time, where its
+//! arrives. Each announced file is kept as a 20-byte [`FileEntry`] (id, mode, time, where its
 //! path is in one shared string), in walk order, which is sorted: hardlinks find their target
 //! by binary search, with no per-file map or allocation. Only [`REQUEST_WINDOW`] files are
 //! asked for at a time: the full per-file state ([`Pending`]: path, temporary name,
@@ -28,6 +28,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::arena::{Chunked, Names};
 use super::{Packet, PacketType, Stat, TransferStats, beneath, io_reason, mode};
 
 /// Why receiving into a directory failed.
@@ -181,19 +182,23 @@ where
 const REQUEST_WINDOW: usize = 256;
 
 /// A regular file announced by a STAT: what placing it needs, and no more, since every
-/// announced file may wait at once.
+/// announced file may wait at once (a million-file export holds a million of these, 20 bytes
+/// each).
 struct FileEntry {
-    mod_time: i64,
     id: u32,
-    mode: u32,
-    /// Where the path is in [`Receiver::names`] (32 bits keep the entry at 24 bytes: a
-    /// million-file export holds a million of them).
+    /// Where the path is in [`Receiver::names`].
     name_start: u32,
-    name_len: u32,
+    /// The modification time (nanoseconds since the epoch) as bytes: with no 8-byte field,
+    /// the entry is 20 bytes rather than 24.
+    mod_time: [u8; 8],
+    /// Unix permission bits (with setuid, setgid and sticky).
+    mode: u16,
+    name_len: u16,
 }
 
 /// A regular file asked for: what placing it needs, its path owned.
 struct Wanted {
+    /// Unix permission bits.
     mode: u32,
     mod_time: i64,
     path: Box<str>,
@@ -255,9 +260,9 @@ struct Receiver {
     next_id: u32,
     /// Every regular file announced (the only valid hardlink targets), in walk order: sorted
     /// by path component by component, as the validator enforces.
-    files: Vec<FileEntry>,
-    /// The paths of `files`, one after another.
-    names: String,
+    files: Chunked<FileEntry>,
+    /// The paths of `files`.
+    names: Names,
     /// How many of `files` were asked for; the rest wait their turn.
     requested: usize,
     /// The STATs of the files with extended attributes, by id (rare).
@@ -328,8 +333,8 @@ impl Receiver {
             out,
             stats,
             next_id: 0,
-            files: Vec::new(),
-            names: String::new(),
+            files: Chunked::default(),
+            names: Names::default(),
             requested: 0,
             xattrs: HashMap::new(),
             in_flight: HashMap::new(),
@@ -433,8 +438,8 @@ impl Receiver {
             self.requested += 1;
             let id = file.id;
             let entry = Wanted {
-                mode: file.mode,
-                mod_time: file.mod_time,
+                mode: u32::from(file.mode),
+                mod_time: i64::from_le_bytes(file.mod_time),
                 path: self.name(file).into(),
                 xattrs: self.xattrs.remove(&id),
             };
@@ -460,18 +465,15 @@ impl Receiver {
 
     /// The path of an announced file.
     fn name(&self, file: &FileEntry) -> &str {
-        let start = file.name_start as usize;
-        let end = start + file.name_len as usize;
-        self.names.get(start..end).unwrap_or_default()
+        self.names
+            .get(file.name_start, usize::from(file.name_len))
+            .unwrap_or_default()
     }
 
     /// The announced regular file at `path`, by binary search: `files` is in walk order.
     fn find_file(&self, path: &str) -> Option<&FileEntry> {
-        let i = self
-            .files
+        self.files
             .binary_search_by(|f| self.name(f).split('/').cmp(path.split('/')))
-            .ok()?;
-        self.files.get(i)
     }
 
     fn on_stat(&mut self, stat: Stat) -> Result<(), ReceiveError> {
@@ -486,25 +488,25 @@ impl Receiver {
             // A regular file: asked for in turn (see `request_more`), written when its data
             // arrives.
             let name_len =
-                u32::try_from(stat.path.len()).map_err(|_| ReceiveError::InvalidPath {
+                u16::try_from(stat.path.len()).map_err(|_| ReceiveError::InvalidPath {
                     path: stat.path.clone(),
-                    reason: "path too long",
+                    reason: "path longer than 65,535 bytes",
                 })?;
-            let name_start = u32::try_from(self.names.len())
-                .ok()
-                .filter(|start| start.checked_add(name_len).is_some())
-                .ok_or_else(|| ReceiveError::InvalidPath {
-                    path: stat.path.clone(),
-                    reason: "more than 4 GiB of file paths in one transfer",
-                })?;
+            let name_start =
+                self.names
+                    .push(&stat.path)
+                    .ok_or_else(|| ReceiveError::InvalidPath {
+                        path: stat.path.clone(),
+                        reason: "more than 4 GiB of file paths in one transfer",
+                    })?;
             self.files.push(FileEntry {
-                mod_time: stat.mod_time,
                 id,
-                mode: stat.mode,
                 name_start,
+                mod_time: stat.mod_time.to_le_bytes(),
+                // At most 0o7777: fits.
+                mode: mode::to_unix_permissions(stat.mode) as u16,
                 name_len,
             });
-            self.names.push_str(&stat.path);
             if !stat.xattrs.is_empty() {
                 self.xattrs.insert(id, Box::new(stat));
             }
@@ -698,7 +700,7 @@ impl Receiver {
     /// directory it was created in may have been replaced since.
     fn place(&self, p: &mut Pending) -> io::Result<()> {
         if let Some(file) = p.file.take() {
-            beneath::chmod_fd(&file, mode::to_unix_permissions(p.entry.mode))?;
+            beneath::chmod_fd(&file, p.entry.mode)?;
             if let Some(stat) = &p.entry.xattrs {
                 beneath::set_xattrs_fd(&file, stat);
             }
@@ -773,5 +775,16 @@ impl Validator {
             self.stack.push((path.to_string(), String::new()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries stay 20 bytes: a million-file export keeps a million of them.
+    #[test]
+    fn file_entries_are_compact() {
+        assert_eq!(std::mem::size_of::<FileEntry>(), 20);
     }
 }
