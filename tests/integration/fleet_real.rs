@@ -278,9 +278,7 @@ async fn real_kube_pod_endpoints_reach_buildkit_through_the_api_server_and_the_k
 
     // RBAC without `create` on pods/portforward: an empty reason from the server, so the
     // client names the permission itself.
-    let Some(real) = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
+    let Some(real) = one_pod()
         .forbid("create", "pods/portforward")
         .start_real(module_path!())
         .await
@@ -357,12 +355,7 @@ async fn interrupt(child: std::process::Child, port: u16) {
 
 #[tokio::test]
 async fn real_tunnel_carries_concurrent_connections_each_on_its_own_port_forward() {
-    let Some(real) = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .start_real(module_path!())
-        .await
-    else {
+    let Some(real) = one_pod().start_real(module_path!()).await else {
         return;
     };
     let (child, port) = start_tunnel(&real).await;
@@ -411,6 +404,16 @@ async fn real_cluster_build_scales_up_and_builds_over_port_forwards() {
         return;
     };
     crate::fleet_scenarios::cluster_build_scales_up_and_builds_over_port_forwards(&real).await;
+}
+
+/// StatefulSet `buildkit-amd64` with one replica, pod `buildkit-amd64-0` running and ready.
+fn one_pod() -> Scenario {
+    Scenario::new().statefulset("amd64", 1, 1, None).pod(
+        "buildkit-amd64-0",
+        "Running",
+        "10.0.0.10",
+        true,
+    )
 }
 
 /// A library fleet for `real`'s kubeconfig, context `fake` (the test's user).
@@ -495,17 +498,7 @@ async fn real_lease_scales_up_connects_and_keeps_recording_builds() {
 async fn real_api_server_restarted_during_a_tunnel_fails_open_connections_and_serves_new_ones() {
     use pf_buildkit::fleet::{Arch, TunnelOptions};
     // Its own control plane: this test kills and restarts the API server.
-    let Some((mut cp, real)) = private(
-        module_path!(),
-        Scenario::new().statefulset("amd64", 1, 1, None).pod(
-            "buildkit-amd64-0",
-            "Running",
-            "10.0.0.10",
-            true,
-        ),
-    )
-    .await
-    else {
+    let Some((mut cp, real)) = private(module_path!(), one_pod()).await else {
         return;
     };
     let fleet = fleet_for(&real).await;
@@ -622,12 +615,7 @@ async fn real_etcd_restarted_during_scale_up_wait_is_retried_within_its_deadline
 #[tokio::test]
 async fn real_port_forward_permission_revoked_while_a_tunnel_runs_fails_new_connections() {
     use tokio::io::AsyncBufReadExt;
-    let Some(real) = Scenario::new()
-        .statefulset("amd64", 1, 1, None)
-        .pod("buildkit-amd64-0", "Running", "10.0.0.10", true)
-        .start_real(module_path!())
-        .await
-    else {
+    let Some(real) = one_pod().start_real(module_path!()).await else {
         return;
     };
     let mut cmd = tokio::process::Command::from(real.bin());
@@ -709,17 +697,7 @@ async fn real_pod_deleted_mid_build_fails_in_one_line_naming_the_pod() {
 async fn real_api_server_certificate_rotated_reconnects_or_names_the_ca() {
     use crate::real_kube::control_plane::Issuer;
     use pf_buildkit::fleet::{Arch, TunnelOptions};
-    let Some((mut cp, real)) = private(
-        module_path!(),
-        Scenario::new().statefulset("amd64", 1, 1, None).pod(
-            "buildkit-amd64-0",
-            "Running",
-            "10.0.0.10",
-            true,
-        ),
-    )
-    .await
-    else {
+    let Some((mut cp, real)) = private(module_path!(), one_pod()).await else {
         return;
     };
     let fleet = fleet_for(&real).await;
