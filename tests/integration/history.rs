@@ -75,9 +75,11 @@ fn record_of<'a>(records: &'a [serde_json::Value], id: &str) -> Option<&'a serde
 /// dockerfile:` before its `… 160B done`), shown as often as the live view happened to print;
 /// where the live view closed a step's block and opened it again (`#4 DONE`, then `#4 [1/4]
 /// FROM …` anew once layers are pulled); the context summary only the sending client knows;
-/// and the binary's own last line. What is left: each step's lines in the order the steps
-/// first appear, then the summary after the progress, line for line.
-fn timeless(text: &str) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+/// the binary's own last line; and the order in which steps started at about the same time
+/// first appear, hence their numbers (the daemon records the stream as its own subscription
+/// received it). What is left: each step's lines, by step, then the summary after the
+/// progress, line for line.
+fn timeless(text: &str) -> (Vec<Vec<String>>, Vec<String>) {
     let number = regex::Regex::new(r"\d+\.\d+s?\b").unwrap();
     let step = regex::Regex::new(r"^#(\d+) ").unwrap();
     let lines: Vec<String> = text
@@ -125,6 +127,16 @@ fn timeless(text: &str) -> (Vec<(String, Vec<String>)>, Vec<String>) {
             }
         }
     }
+    let mut steps: Vec<Vec<String>> = steps
+        .into_iter()
+        .map(|(_, lines)| {
+            lines
+                .iter()
+                .map(|l| step.replace(l, "# ").into_owned())
+                .collect()
+        })
+        .collect();
+    steps.sort();
     (steps, summary)
 }
 
@@ -292,6 +304,13 @@ fn a_passing_and_a_failing_build_are_listed_replayed_inspected_exported_and_remo
         1,
         "no temporary file left"
     );
+    // Its mode is that of any file the user writes (the umask's), not a temporary file's.
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let mode =
+        |p: &Path| std::os::unix::fs::PermissionsExt::mode(&p.metadata().unwrap().permissions());
+    assert_eq!(mode(&file), mode(&probe));
+    std::fs::remove_file(probe).unwrap();
     // A damaged archive is one line.
     let mut bytes = std::fs::read(&file).unwrap();
     let at = bytes.len() - 2048;

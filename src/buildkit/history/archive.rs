@@ -119,9 +119,16 @@ pub async fn export(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned();
-    let staged = crate::files::off_runtime(move || tempfile::NamedTempFile::new_in(dir))
-        .await
-        .map_err(io)?;
+    // Readable as any file the user writes (0666 less the umask), not a temporary file's 0600.
+    let staged = crate::files::off_runtime(move || {
+        use std::os::unix::fs::PermissionsExt as _;
+        tempfile::Builder::new()
+            .prefix(".pf-buildkit-history-")
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+    })
+    .await
+    .map_err(io)?;
     let mut file = tokio::fs::File::from_std(staged.as_file().try_clone().map_err(io)?);
 
     // The required blobs first, so a daemon that lost them fails the export before anything
