@@ -13,10 +13,11 @@
 #              copies (each read of up to 32 KiB sent and flushed as one message); pf-buildkit
 #              builds through it with --addr tcp:// (as buildctl would through kubectl's)
 #   before     kube-pod with the binary PF_BENCH_BEFORE (e.g. a build of an older commit)
-# Every run is cold (a new session shared key: everything is sent). Reports medians of
-# $PF_BENCH_RUNS runs: wall time, the client's peak RSS, the client's CPU (user+sys; for
-# `relay` the relay's CPU is added, as kubectl's would be) and CPU per MB of context, and the
-# CPU the kubelet's port-forward handler and the API server spent during the run.
+# Every run is cold (a new session shared key: everything is sent). The paths take turns,
+# round by round. Reports medians of $PF_BENCH_RUNS rounds: wall time, the client's peak RSS,
+# the client's CPU (user+sys; for `relay` the relay's CPU is added, as kubectl's would be)
+# and CPU per MB of context, and the CPU the kubelet's port-forward handler and the API
+# server spent during the run.
 #
 # Usage: eval "$(scripts/testenv start)"; scripts/bench-portforward.sh
 # Environment: PF_TEST_KUBE_DIR, PF_TEST_KUBE_KUBECONFIG, PF_TEST_BUILDKIT_ADDR (from testenv),
@@ -124,12 +125,20 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "context: $(find "$CTX" -type f | wc -l) files, ${CTX_MB} MB; cold builds; runs: $RUNS (medians)"
 echo "binary: $BIN${PF_BENCH_BEFORE:+; before: $PF_BENCH_BEFORE}"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
+# Interleaved: each round runs every path once, so a change in the machine's load (other
+# jobs) falls on all paths alike; the medians are taken per path over the rounds.
+[[ " $PATHS " == *" relay "* ]] && start_relay
+declare -A lines=()
+for round in $(seq 1 "$RUNS"); do
+    for path in $PATHS; do
+        result=$(run "$path")
+        log "round $round $path: $result (load $(cut -d' ' -f1 /proc/loadavg))"
+        lines[$path]+="$result"$'\n'
+    done
+done
+stop_relay
 for path in $PATHS; do
-    [[ $path == relay ]] && start_relay
-    lines=()
-    for _ in $(seq 1 "$RUNS"); do lines+=("$(run "$path")"); done
-    [[ $path == relay ]] && stop_relay
-    col() { printf '%s\n' "${lines[@]}" | awk -v c="$1" '{ print $c }' | median; }
+    col() { printf '%s' "${lines[$path]}" | awk -v c="$1" 'NF { print $c }' | median; }
     cpu=$(col 2)
     printf '%-9s wall %6ss  client cpu %6ss (%s ms/MB)  rss %7s KiB  kubelet cpu %6ss  apiserver cpu %6ss\n' \
         "$path" "$(col 1)" "$cpu" "$(awk -v c="$cpu" -v m="$CTX_MB" 'BEGIN { printf "%.2f", c * 1000 / m }')" \
