@@ -259,6 +259,46 @@ impl Holder {
     }
 }
 
+/// A destination directory (holding a file of its own) whose `index.json.lock` another
+/// process holds, and a context whose Dockerfile runs `run` on the base image (with `ARG N`).
+struct LockedDir {
+    _tmp: tempfile::TempDir,
+    ctx: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    lock: std::path::PathBuf,
+    holder: Holder,
+    /// The directory as it was before any build.
+    before: snapshot::Snapshot,
+}
+
+impl LockedDir {
+    fn new(run: &str) -> LockedDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = tmp.path().join("ctx");
+        let dir = tmp.path().join("dest");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("keep"), b"was here before").unwrap();
+        let base = util::env("PF_TEST_BASE_IMAGE");
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {base}\nARG N\nRUN {run}\n"),
+        )
+        .unwrap();
+        let lock = dir.join("index.json.lock");
+        let holder = Holder::take(&lock);
+        let before = snapshot::take(&dir);
+        LockedDir {
+            _tmp: tmp,
+            ctx,
+            dir,
+            lock,
+            holder,
+            before,
+        }
+    }
+}
+
 /// On a single-threaded runtime, so that any blocking wait would stall everything: while
 /// another process holds the layout's `index.json.lock`, the build runs and its progress
 /// flows, a timer on the same runtime keeps ticking, and the build waits for the lock
@@ -267,21 +307,14 @@ impl Holder {
 #[tokio::test]
 async fn a_held_layout_lock_stalls_neither_the_runtime_nor_the_progress() {
     let tier = Tier::preferred();
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    let layout = tmp.path().join("layout");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::create_dir_all(&layout).unwrap();
-    std::fs::write(layout.join("keep"), b"was here before").unwrap();
-    let base = util::env("PF_TEST_BASE_IMAGE");
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nARG N\nRUN for i in 1 2 3 4; do echo tick-$N-$i; sleep 0.25; done\n"),
-    )
-    .unwrap();
-    let lock = layout.join("index.json.lock");
-    let holder = Holder::take(&lock);
-    let before = snapshot::take(&layout);
+    let LockedDir {
+        _tmp,
+        ctx,
+        dir: layout,
+        lock,
+        holder,
+        before,
+    } = LockedDir::new("for i in 1 2 3 4; do echo tick-$N-$i; sleep 0.25; done");
     let client = connect(tier).await;
 
     // A timer beside the build: the longest gap between its ticks.
@@ -399,21 +432,14 @@ async fn a_held_layout_lock_stalls_neither_the_runtime_nor_the_progress() {
 fn a_cache_lock_another_process_holds_fails_the_build_at_the_deadline() {
     const WAIT: u64 = 3;
     let tier = Tier::preferred();
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    let cache = tmp.path().join("cache");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::write(cache.join("keep"), b"was here before").unwrap();
-    let base = util::env("PF_TEST_BASE_IMAGE");
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN for i in 1 2 3; do echo tick-$i; sleep 0.2; done\n"),
-    )
-    .unwrap();
-    let lock = cache.join("index.json.lock");
-    let holder = Holder::take(&lock);
-    let before = snapshot::take(&cache);
+    let LockedDir {
+        _tmp,
+        ctx,
+        dir: cache,
+        lock,
+        holder,
+        before,
+    } = LockedDir::new("for i in 1 2 3; do echo tick-$i; sleep 0.2; done");
 
     let mut child = util::bin()
         .args([
