@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod history;
 mod invalid;
 pub mod oci_layout;
+mod output;
 pub mod progress;
 pub mod proto;
 mod random;
@@ -37,6 +38,7 @@ pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointErr
 pub use entitlement::Entitlement;
 pub use error::{Error, Result};
 pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
+pub use output::{Attrs, Cache, CacheDirection, Output};
 pub use session::Attachable;
 pub use solve::{
     BuildError, BuildOptions, BuildResult, failure_report, new_build_ref, write_metadata_file,

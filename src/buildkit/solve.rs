@@ -17,6 +17,7 @@ use super::entitlement::Entitlement;
 use super::fsutil::{Directory, MemoryTree, Source};
 use super::invalid::{DestinationProblem, InvalidOptions};
 use super::oci_layout::LayoutError;
+use super::output::{Cache, CacheDirection, Output};
 use super::progress::{
     FailureReport, ProgressSink, SolveStatus, SourceSnippet, TransferSummary, VertexWarning,
 };
@@ -28,10 +29,9 @@ use super::proto::pb::Definition;
 use super::session::{
     Attachable, ExportTarget, SecretSource, Session, SessionOptions, shared_key_for,
 };
-use super::spec::{CacheSpec, OutputSpec};
 use super::stores::{BuildStores, RollbackOnDrop};
 use crate::registry::credentials::CredentialsError;
-use crate::registry::{CredentialsProvider, DockerConfig};
+use crate::registry::{CredentialsProvider, DockerConfig, Platform};
 use crate::setters::with_setters;
 
 /// After Solve returns, how long the status stream may stay silent before we stop waiting
@@ -67,8 +67,8 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// Labels set on the image config, by key, sent as `label:KEY` frontend attributes.
     pub labels: BTreeMap<String, String>,
-    /// Target platforms (`linux/amd64`, …); the daemon's own when empty.
-    pub platforms: Vec<String>,
+    /// Target platforms; the daemon's own when empty.
+    pub platforms: Vec<Platform>,
     /// Ignore the cache for every stage.
     pub no_cache: bool,
     /// Secrets by the id a `RUN --mount=type=secret,id=ID` asks for.
@@ -92,11 +92,11 @@ pub struct BuildOptions {
     /// `oci-layout://NAME@sha256:…` or `oci-layout://NAME:TAG`.
     pub oci_layouts: BTreeMap<String, PathBuf>,
     /// Exporters, in order; none leaves the result only in the daemon's cache.
-    pub outputs: Vec<OutputSpec>,
+    pub outputs: Vec<Output>,
     /// Where the build cache is exported to, each one backend (`registry`, `local`, `s3`, …).
-    pub cache_exports: Vec<CacheSpec>,
+    pub cache_exports: Vec<Cache>,
     /// Caches the daemon may reuse layers from, each one backend as in `cache_exports`.
-    pub cache_imports: Vec<CacheSpec>,
+    pub cache_imports: Vec<Cache>,
     /// Serve registry credentials from the Docker configuration (`DOCKER_CONFIG`).
     pub registry_auth: bool,
     /// On a Docker Engine, run the session as `Control.Session` rather than through the
@@ -233,10 +233,10 @@ impl BuildOptions {
         self
     }
 
-    /// Adds a target platform.
+    /// Adds a target platform (`"linux/arm64".parse()?`, or [`Platform::new`]).
     #[must_use]
-    pub fn with_platform(mut self, platform: impl Into<String>) -> Self {
-        self.platforms.push(platform.into());
+    pub fn with_platform(mut self, platform: Platform) -> Self {
+        self.platforms.push(platform);
         self
     }
 
@@ -284,21 +284,21 @@ impl BuildOptions {
 
     /// Adds an output (exporter).
     #[must_use]
-    pub fn with_output(mut self, output: OutputSpec) -> Self {
+    pub fn with_output(mut self, output: Output) -> Self {
         self.outputs.push(output);
         self
     }
 
     /// Adds a cache export.
     #[must_use]
-    pub fn with_cache_export(mut self, cache: CacheSpec) -> Self {
+    pub fn with_cache_export(mut self, cache: Cache) -> Self {
         self.cache_exports.push(cache);
         self
     }
 
     /// Adds a cache import.
     #[must_use]
-    pub fn with_cache_import(mut self, cache: CacheSpec) -> Self {
+    pub fn with_cache_import(mut self, cache: Cache) -> Self {
         self.cache_imports.push(cache);
         self
     }
@@ -410,10 +410,10 @@ impl BuildOptions {
             }
         }
         for output in &self.outputs {
-            let Some(dest) = &output.dest else { continue };
+            let Some(dest) = output.dest() else { continue };
             destination_problem(output, dest).map_err(|problem| {
                 InvalidOptions::OutputDestination {
-                    path: dest.clone(),
+                    path: dest.to_owned(),
                     problem,
                 }
             })?;
@@ -452,7 +452,8 @@ impl BuildOptions {
             attrs.insert(format!("label:{k}"), v.clone());
         }
         if !self.platforms.is_empty() {
-            attrs.insert("platform".into(), self.platforms.join(","));
+            let platforms: Vec<String> = self.platforms.iter().map(Platform::to_string).collect();
+            attrs.insert("platform".into(), platforms.join(","));
         }
         if self.no_cache {
             // Empty means every stage; a non-empty value would name stages.
@@ -465,7 +466,10 @@ impl BuildOptions {
             let imports: Vec<serde_json::Value> = self
                 .cache_imports
                 .iter()
-                .map(|c| serde_json::json!({"Type": c.kind, "Attrs": c.attrs}))
+                .map(|c| {
+                    let (kind, attrs) = c.wire(CacheDirection::Import);
+                    serde_json::json!({"Type": kind, "Attrs": attrs})
+                })
                 .collect();
             attrs.insert(
                 "cache-imports".into(),
@@ -484,17 +488,23 @@ impl BuildOptions {
         let exporters: Vec<Exporter> = self
             .outputs
             .iter()
-            .map(|o| Exporter {
-                r#type: o.kind.clone(),
-                attrs: o.attrs.clone().into_iter().collect(),
+            .map(|o| {
+                let (kind, attrs) = o.wire();
+                Exporter {
+                    r#type: kind,
+                    attrs: attrs.into_iter().collect(),
+                }
             })
             .collect();
-        let entries = |specs: &[CacheSpec]| -> Vec<CacheOptionsEntry> {
-            specs
+        let entries = |caches: &[Cache], direction| -> Vec<CacheOptionsEntry> {
+            caches
                 .iter()
-                .map(|c| CacheOptionsEntry {
-                    r#type: c.kind.clone(),
-                    attrs: c.attrs.clone().into_iter().collect(),
+                .map(|c| {
+                    let (kind, attrs) = c.wire(direction);
+                    CacheOptionsEntry {
+                        r#type: kind,
+                        attrs: attrs.into_iter().collect(),
+                    }
                 })
                 .collect()
         };
@@ -524,8 +534,8 @@ impl BuildOptions {
                 .unwrap_or_default(),
             exporters,
             cache: Some(CacheOptions {
-                exports: entries(&self.cache_exports),
-                imports: entries(&self.cache_imports),
+                exports: entries(&self.cache_exports, CacheDirection::Export),
+                imports: entries(&self.cache_imports, CacheDirection::Import),
                 ..Default::default()
             }),
             ..Default::default()
@@ -559,12 +569,12 @@ impl BuildOptions {
         let exports = self
             .outputs
             .iter()
-            .map(|o| match (&o.dest, o.kind.as_str()) {
+            .map(|o| match o.dest() {
                 // The daemon writes a layout through the content store, not FileSend.
-                (Some(_), _) if o.is_layout_dir() => ExportTarget::None,
-                (Some(d), "local") => ExportTarget::Directory(absolute(d)),
-                (Some(d), _) => ExportTarget::File(absolute(d)),
-                (None, _) => ExportTarget::None,
+                Some(_) if o.is_layout_dir() => ExportTarget::None,
+                Some(d) if o.is_directory() => ExportTarget::Directory(absolute(d)),
+                Some(d) => ExportTarget::File(absolute(d)),
+                None => ExportTarget::None,
             })
             .collect();
         let credentials = match (&self.credentials, self.registry_auth) {
@@ -599,8 +609,8 @@ with_setters!(BuildOptions {
 
 /// Whether the exporter of `output` can write at `dest`: a directory output needs a directory
 /// or nothing there; a file output needs an existing parent directory and no directory there.
-fn destination_problem(output: &OutputSpec, dest: &Path) -> Result<(), DestinationProblem> {
-    if output.kind == "local" || output.is_layout_dir() {
+fn destination_problem(output: &Output, dest: &Path) -> Result<(), DestinationProblem> {
+    if output.is_directory() || output.is_layout_dir() {
         if dest.exists() && !dest.is_dir() {
             return Err(DestinationProblem::NotADirectory);
         }
@@ -614,7 +624,7 @@ fn destination_problem(output: &OutputSpec, dest: &Path) -> Result<(), Destinati
         Err(source) => Err(DestinationProblem::Parent { parent, source }),
         Ok(meta) if !meta.is_dir() => Err(DestinationProblem::ParentNotADirectory { parent }),
         Ok(_) if dest.is_dir() => Err(DestinationProblem::IsADirectory {
-            kind: output.kind.clone(),
+            kind: output.kind().to_owned(),
         }),
         Ok(_) => Ok(()),
     }
@@ -1001,18 +1011,16 @@ mod tests {
         o.target = Some("final".into());
         o.build_args.insert("A".into(), "1".into());
         o.labels.insert("org.x".into(), "y".into());
-        o.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        o.platforms = vec![
+            Platform::new("linux", "amd64"),
+            "linux/arm64".parse().unwrap(),
+        ];
         o.no_cache = true;
         o.outputs.push("type=tar,dest=/out/a.tar".parse().unwrap());
         o.outputs
             .push("type=image,name=r/x:1,push=true".parse().unwrap());
-        o.cache_imports.push(
-            CacheSpec::parse(
-                "type=registry,ref=r/c",
-                super::super::spec::CacheDirection::Import,
-            )
-            .unwrap(),
-        );
+        o.cache_imports
+            .push(Cache::parse("type=registry,ref=r/c", CacheDirection::Import).unwrap());
         o.frontend_attrs
             .insert("force-network-mode".into(), "none".into());
         o
@@ -1123,9 +1131,9 @@ mod tests {
         let (dir, mut o) = valid();
         let file = dir.path().join("Dockerfile");
         o.cache_exports.push(
-            CacheSpec::parse(
+            Cache::parse(
                 &format!("type=local,dest={}", file.display()),
-                super::super::spec::CacheDirection::Export,
+                CacheDirection::Export,
             )
             .unwrap(),
         );

@@ -1,13 +1,14 @@
 //! buildctl's CSV specs for outputs, cache exports and imports, secrets and SSH agents
-//! (`type=…,k=v`), and `K=V` pairs, parsed into typed values. The binary reads its flags with
+//! (`type=…,k=v`), and `K=V` pairs, parsed into typed values ([`Output`], [`Cache`], …). The binary reads its flags with
 //! these parsers; errors name the kind of spec, and the binary adds which flag held it.
 //!
 //! Border: pure parsing, no I/O; it uses only the session's secret sources and the layout's
 //! digest check, and must not import anything above `buildkit`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use super::output::{Attrs, Cache, CacheDirection, Output};
 
 /// A spec that could not be parsed; says which kind of spec, the value, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,36 +119,28 @@ pub(crate) fn parse_kv_csv(
     Ok(out)
 }
 
-/// One output: an exporter and where the client puts its result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputSpec {
-    /// Exporter type: `image`, `local`, `tar`, `oci`, `docker`, `moby`.
-    pub kind: String,
-    /// Attributes sent to the daemon (client-side `dest` and `tar` removed).
-    pub attrs: BTreeMap<String, String>,
-    /// Where the client writes the result (`local`: a directory; `tar`/`oci`/`docker`: a file;
-    /// `oci` with `tar=false`: an OCI layout directory).
-    pub dest: Option<PathBuf>,
-}
+const OUTPUT_TYPES: &str = "image, local, tar, oci, docker or moby";
 
-impl OutputSpec {
-    /// Whether this output is an OCI layout directory (`type=oci,tar=false`), which the
-    /// daemon writes through the session's content store.
-    pub fn is_layout_dir(&self) -> bool {
-        self.kind == "oci" && self.attrs.get("tar").is_some_and(|t| t == "false")
+/// A boolean attribute as Go's `strconv.ParseBool` reads it.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 
-const OUTPUT_TYPES: &str = "image, local, tar, oci, docker or moby";
-
-impl FromStr for OutputSpec {
+impl FromStr for Output {
     type Err = SpecError;
 
+    /// Parses buildctl's output syntax: `type=image,name=R,push=true`, `type=local,dest=DIR`,
+    /// `type=tar,dest=FILE`, `type=oci,dest=FILE[,tar=false]`, `type=docker,dest=FILE`,
+    /// `type=moby,name=R`.
     fn from_str(s: &str) -> Result<Self, SpecError> {
         const WHAT: &str = "output spec";
         let mut kind = None;
         let mut dest = None;
-        let mut attrs = BTreeMap::new();
+        let mut attrs = Attrs::new();
         let mut tar = None;
         for (k, v) in parse_kv_csv(WHAT, s)? {
             match k.as_str() {
@@ -174,14 +167,11 @@ impl FromStr for OutputSpec {
                         "writing to stdout (dest=-) is not supported; give a file name",
                     ));
                 }
-                match tar.as_deref() {
-                    None | Some("true") => {}
-                    Some("false") if kind == "oci" => {
-                        // The daemon reads tar=false too: it then writes into the client's
-                        // content store instead of sending a tarball.
-                        attrs.insert("tar".into(), "false".into());
-                    }
-                    Some("false") if kind == "local" => {}
+                let archive = match tar.as_deref() {
+                    None | Some("true") => true,
+                    // The daemon then writes into the client's content store instead of
+                    // sending a tarball.
+                    Some("false") if kind == "oci" || kind == "local" => false,
                     Some("false") => {
                         return Err(SpecError::new(
                             WHAT,
@@ -196,11 +186,17 @@ impl FromStr for OutputSpec {
                             format!("tar must be true or false, not {other:?}"),
                         ));
                     }
-                }
-                Ok(OutputSpec {
-                    kind,
-                    attrs,
-                    dest: Some(PathBuf::from(dest)),
+                };
+                let dest = PathBuf::from(dest);
+                Ok(match kind.as_str() {
+                    "local" => Output::Local { dest, attrs },
+                    "tar" => Output::Tar { dest, attrs },
+                    "oci" => Output::Oci {
+                        dest,
+                        tar: archive,
+                        attrs,
+                    },
+                    _ => Output::Docker { dest, attrs },
                 })
             }
             "image" | "moby" => {
@@ -211,16 +207,20 @@ impl FromStr for OutputSpec {
                         format!("type={kind} takes no dest (it goes to a registry or the Engine)"),
                     ));
                 }
-                if attrs.get("push").is_some_and(|p| p == "true")
-                    && attrs.get("name").is_none_or(|n| n.is_empty())
-                {
+                let name = attrs.remove("name").filter(|n| !n.is_empty());
+                if kind == "moby" {
+                    return Ok(Output::Moby { name, attrs });
+                }
+                let push = match attrs.remove("push") {
+                    None => false,
+                    Some(p) => parse_bool(&p).ok_or_else(|| {
+                        SpecError::new(WHAT, s, format!("push must be true or false, not {p:?}"))
+                    })?,
+                };
+                if push && name.is_none() {
                     return Err(SpecError::new(WHAT, s, "push=true needs name=REF"));
                 }
-                Ok(OutputSpec {
-                    kind,
-                    attrs,
-                    dest: None,
-                })
+                Ok(Output::Image { name, push, attrs })
             }
             other => Err(SpecError::new(
                 WHAT,
@@ -231,26 +231,7 @@ impl FromStr for OutputSpec {
     }
 }
 
-/// Whether a cache spec is for export or import (they accept different types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheDirection {
-    /// A cache export (buildctl's `--export-cache`).
-    Export,
-    /// A cache import (buildctl's `--import-cache`).
-    Import,
-}
-
-/// One cache export or import.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSpec {
-    /// `registry`, `local`, `inline`, `s3`, `gha`, `azblob`.
-    pub kind: String,
-    /// The backend's other `key=value` pairs as written (`ref`, `mode`, `dest`, …), without
-    /// `type`.
-    pub attrs: BTreeMap<String, String>,
-}
-
-impl CacheSpec {
+impl Cache {
     /// Parses buildctl's syntax: `type=registry,ref=R,mode=max`, or a bare reference meaning
     /// `type=registry,ref=<it>`.
     ///
@@ -263,13 +244,10 @@ impl CacheSpec {
             CacheDirection::Import => "cache import spec",
         };
         if !s.contains('=') && !s.trim().is_empty() {
-            return Ok(CacheSpec {
-                kind: "registry".into(),
-                attrs: BTreeMap::from([("ref".to_owned(), s.trim().to_owned())]),
-            });
+            return Ok(Cache::registry(s.trim()));
         }
         let mut kind = None;
-        let mut attrs = BTreeMap::new();
+        let mut attrs = Attrs::new();
         for (k, v) in parse_kv_csv(what, s)? {
             if k == "type" {
                 kind = Some(v);
@@ -278,32 +256,37 @@ impl CacheSpec {
             }
         }
         let kind = kind.ok_or_else(|| SpecError::new(what, s, "type= is missing"))?;
-        match kind.as_str() {
-            "registry" => {
-                if attrs.get("ref").is_none_or(|r| r.is_empty()) {
-                    return Err(SpecError::new(what, s, "type=registry needs ref=REF"));
-                }
-            }
-            "inline" if direction == CacheDirection::Import => {
-                return Err(SpecError::new(
-                    what,
-                    s,
-                    "inline cache is imported with type=registry,ref=IMAGE",
-                ));
-            }
-            "inline" | "s3" | "gha" | "azblob" => {}
+        let mode_ok = attrs.get("mode").is_none_or(|m| m == "min" || m == "max");
+        let cache = match kind.as_str() {
+            "registry" => match attrs.remove("ref").filter(|r| !r.is_empty()) {
+                Some(reference) => Ok(Cache::Registry { reference, attrs }),
+                None => Err(SpecError::new(what, s, "type=registry needs ref=REF")),
+            },
+            "inline" if direction == CacheDirection::Import => Err(SpecError::new(
+                what,
+                s,
+                "inline cache is imported with type=registry,ref=IMAGE",
+            )),
+            "inline" => Ok(Cache::Inline { attrs }),
+            "s3" => Ok(Cache::S3 {
+                bucket: attrs.remove("bucket"),
+                region: attrs.remove("region"),
+                attrs,
+            }),
+            "gha" => Ok(Cache::Gha { attrs }),
+            "azblob" => Ok(Cache::AzBlob { attrs }),
             "local" => {
                 let (key, example) = match direction {
                     CacheDirection::Export => ("dest", "type=local,dest=DIR"),
                     CacheDirection::Import => ("src", "type=local,src=DIR"),
                 };
-                if attrs.get(key).is_none_or(|d| d.is_empty()) {
+                let Some(path) = attrs.remove(key).filter(|d| !d.is_empty()) else {
                     return Err(SpecError::new(
                         what,
                         s,
                         format!("type=local needs {key}=DIR ({example})"),
                     ));
-                }
+                };
                 if let Some(digest) = attrs.get("digest")
                     && crate::buildkit::oci_layout::parse_digest(digest).is_err()
                 {
@@ -313,24 +296,23 @@ impl CacheSpec {
                         "digest must be sha256:<64 hex digits>",
                     ));
                 }
+                Ok(Cache::Local {
+                    path: PathBuf::from(path),
+                    attrs,
+                })
             }
-            other => {
-                return Err(SpecError::new(
-                    what,
-                    s,
-                    format!(
-                        "unknown type {other:?} (expected registry, local, inline, s3, gha or azblob)"
-                    ),
-                ));
-            }
-        }
-        if let Some(mode) = attrs.get("mode")
-            && mode != "min"
-            && mode != "max"
-        {
+            other => Err(SpecError::new(
+                what,
+                s,
+                format!(
+                    "unknown type {other:?} (expected registry, local, inline, s3, gha or azblob)"
+                ),
+            )),
+        }?;
+        if !mode_ok {
             return Err(SpecError::new(what, s, "mode must be min or max"));
         }
-        Ok(CacheSpec { kind, attrs })
+        Ok(cache)
     }
 }
 
@@ -435,7 +417,7 @@ mod tests {
 
     #[test]
     fn errors_never_show_credentials() {
-        let err = CacheSpec::parse(
+        let err = Cache::parse(
             "type=s3,bucket=b,access_key_id=AKIAX,secret_access_key=hunter2,session_token=t0k,mode=maxx",
             CacheDirection::Export,
         )
@@ -460,17 +442,36 @@ mod tests {
 
     #[test]
     fn outputs_split_client_and_daemon_attrs() {
-        let o: OutputSpec = "type=local,dest=out".parse().unwrap();
-        assert_eq!(o.kind, "local");
-        assert_eq!(o.dest, Some(PathBuf::from("out")));
-        assert!(o.attrs.is_empty());
-        let o: OutputSpec = "type=oci,dest=a.tar,tar=true,name=x".parse().unwrap();
-        assert_eq!(o.attrs, BTreeMap::from([("name".into(), "x".into())]));
-        let o: OutputSpec = "type=image,name=r/x:y,push=true,registry.insecure=true"
+        let o: Output = "type=local,dest=out".parse().unwrap();
+        assert_eq!(o, Output::local("out"));
+        assert_eq!(o.wire(), ("local".into(), Attrs::new()));
+        let o: Output = "type=oci,dest=a.tar,tar=true,name=x".parse().unwrap();
+        assert_eq!(o, Output::oci("a.tar").with_attr("name", "x"));
+        assert_eq!(o.wire().1, Attrs::from([("name".into(), "x".into())]));
+        let o: Output = "type=image,name=r/x:y,push=true,registry.insecure=true"
             .parse()
             .unwrap();
-        assert_eq!(o.attrs.len(), 3);
-        assert!(o.dest.is_none());
+        assert_eq!(
+            o,
+            Output::image("r/x:y")
+                .with_push(true)
+                .with_attr("registry.insecure", "true")
+        );
+        // The wire gets the attributes as typed.
+        assert_eq!(
+            o.wire().1,
+            Attrs::from([
+                ("name".into(), "r/x:y".into()),
+                ("push".into(), "true".into()),
+                ("registry.insecure".into(), "true".into()),
+            ])
+        );
+        assert!(o.dest().is_none());
+        let o: Output = "type=moby,name=a".parse().unwrap();
+        assert_eq!(
+            o.wire(),
+            ("moby".into(), Attrs::from([("name".into(), "a".into())]))
+        );
     }
 
     #[test]
@@ -484,38 +485,54 @@ mod tests {
             "type=local,dest",
             "type=docker,dest=x,tar=false",
             "type=oci,dest=x,tar=maybe",
+            "type=image,name=x,push=maybe",
         ] {
-            let err = bad.parse::<OutputSpec>().unwrap_err();
+            let err = bad.parse::<Output>().unwrap_err();
             assert!(err.to_string().starts_with("invalid output spec"), "{err}");
         }
     }
 
     #[test]
     fn cache_specs() {
-        let c =
-            CacheSpec::parse("type=registry,ref=r/c:1,mode=max", CacheDirection::Export).unwrap();
-        assert_eq!(c.kind, "registry");
-        assert_eq!(c.attrs["mode"], "max");
-        let c = CacheSpec::parse("r/c:1", CacheDirection::Import).unwrap();
-        assert_eq!(c.attrs["ref"], "r/c:1");
-        assert!(CacheSpec::parse("type=registry", CacheDirection::Import).is_err());
-        assert!(CacheSpec::parse("type=registry,ref=x,mode=all", CacheDirection::Export).is_err());
-        assert!(CacheSpec::parse("type=local,dest=d", CacheDirection::Export).is_ok());
-        assert!(CacheSpec::parse("type=local,src=d", CacheDirection::Export).is_err());
-        assert!(CacheSpec::parse("type=local,src=d", CacheDirection::Import).is_ok());
-        assert!(
-            CacheSpec::parse("type=local,src=d,digest=sha256:x", CacheDirection::Import).is_err()
+        let c = Cache::parse("type=registry,ref=r/c:1,mode=max", CacheDirection::Export).unwrap();
+        assert_eq!(c, Cache::registry("r/c:1").with_attr("mode", "max"));
+        assert_eq!(
+            c.wire(CacheDirection::Export),
+            (
+                "registry".into(),
+                Attrs::from([
+                    ("mode".into(), "max".into()),
+                    ("ref".into(), "r/c:1".into())
+                ])
+            )
         );
-        let o: OutputSpec = "type=oci,dest=layout,tar=false,name=a/b:c".parse().unwrap();
+        let c = Cache::parse("r/c:1", CacheDirection::Import).unwrap();
+        assert_eq!(c, Cache::registry("r/c:1"));
+        let c = Cache::parse("type=s3,region=r,bucket=b,name=n", CacheDirection::Import).unwrap();
+        assert_eq!(c, Cache::s3("b", "r").with_attr("name", "n"));
+        let c = Cache::parse("type=local,src=d,tag=t", CacheDirection::Import).unwrap();
+        assert_eq!(
+            c.wire(CacheDirection::Import).1,
+            Attrs::from([("src".into(), "d".into()), ("tag".into(), "t".into())])
+        );
+        let c = Cache::parse("type=gha,scope=s", CacheDirection::Export).unwrap();
+        assert_eq!(c.wire(CacheDirection::Export).0, "gha");
+        assert!(Cache::parse("type=registry", CacheDirection::Import).is_err());
+        assert!(Cache::parse("type=registry,ref=x,mode=all", CacheDirection::Export).is_err());
+        assert!(Cache::parse("type=local,dest=d", CacheDirection::Export).is_ok());
+        assert!(Cache::parse("type=local,src=d", CacheDirection::Export).is_err());
+        assert!(Cache::parse("type=local,src=d", CacheDirection::Import).is_ok());
+        assert!(Cache::parse("type=local,src=d,digest=sha256:x", CacheDirection::Import).is_err());
+        let o: Output = "type=oci,dest=layout,tar=false,name=a/b:c".parse().unwrap();
         assert!(o.is_layout_dir());
-        assert_eq!(o.attrs["tar"], "false");
+        assert_eq!(o.wire().1["tar"], "false");
         assert!(
             !"type=oci,dest=x.tar"
-                .parse::<OutputSpec>()
+                .parse::<Output>()
                 .unwrap()
                 .is_layout_dir()
         );
-        assert!(CacheSpec::parse("type=inline", CacheDirection::Export).is_ok());
+        assert!(Cache::parse("type=inline", CacheDirection::Export).is_ok());
     }
 
     #[test]

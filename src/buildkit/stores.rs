@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::invalid::{InvalidOptions, StoreRole};
 use super::oci_layout::{IndexName, LOCK_WAIT, LayoutError, LayoutStore, parse_digest};
+use super::output::Cache;
 use super::solve::{BuildError, BuildOptions};
 
 /// The store id of a `type=oci,tar=false` output directory (buildctl's).
@@ -76,54 +77,41 @@ impl BuildStores {
         let mut stores = BuildStores::default();
         let lock_wait = options.store_lock_wait.unwrap_or(LOCK_WAIT);
 
-        for spec in resolved
-            .cache_exports
-            .iter_mut()
-            .filter(|c| c.kind == "local")
-        {
+        for cache in &mut resolved.cache_exports {
+            let Cache::Local { path: dest, attrs } = cache else {
+                continue;
+            };
             let role = StoreRole::CacheExport;
-            let dest = spec.attrs.get("dest").cloned().unwrap_or_default();
-            let path = absolute_str(&role, Path::new(&dest))?;
+            let path = absolute_str(&role, dest)?;
             let store = Arc::new(
                 LayoutStore::for_writing(Path::new(&path))
-                    .map_err(unusable(&role, Path::new(&dest)))?
+                    .map_err(unusable(&role, dest))?
                     .with_lock_wait(lock_wait),
             );
-            let tag = spec
-                .attrs
-                .get("tag")
-                .cloned()
-                .unwrap_or_else(|| "latest".into());
-            spec.attrs.insert("dest".into(), path.clone());
+            let tag = attrs.get("tag").cloned().unwrap_or_else(|| "latest".into());
+            *dest = PathBuf::from(&path);
             stores.by_id.insert(format!("local:{path}"), store.clone());
             stores.cache_exports.push((store, tag));
         }
 
-        for spec in resolved
-            .cache_imports
-            .iter_mut()
-            .filter(|c| c.kind == "local")
-        {
+        for cache in &mut resolved.cache_imports {
+            let Cache::Local { path: src, attrs } = cache else {
+                continue;
+            };
             let role = StoreRole::CacheImport;
-            let src = spec.attrs.get("src").cloned().unwrap_or_default();
-            let src = Path::new(&src);
             let path = absolute_str(&role, src)?;
             let reader =
                 LayoutStore::for_reading(Path::new(&path)).map_err(unusable(&role, src))?;
-            let digest = match spec.attrs.get("digest") {
+            let digest = match attrs.get("digest") {
                 Some(d) => d.clone(),
                 None => {
-                    let tag = spec
-                        .attrs
-                        .get("tag")
-                        .cloned()
-                        .unwrap_or_else(|| "latest".into());
+                    let tag = attrs.get("tag").cloned().unwrap_or_else(|| "latest".into());
                     descriptor_digest(reader.resolve(&tag), &role, src)?
                 }
             };
             reader.info(&digest).map_err(unusable(&role, src))?;
-            spec.attrs.insert("src".into(), path.clone());
-            spec.attrs.insert("digest".into(), digest);
+            *src = PathBuf::from(&path);
+            attrs.insert("digest".into(), digest);
             // The same directory as a cache destination is one store, writable.
             stores
                 .by_id
@@ -133,14 +121,14 @@ impl BuildStores {
 
         for output in resolved.outputs.iter_mut().filter(|o| o.is_layout_dir()) {
             let role = StoreRole::LayoutOutput;
-            let dest = output.dest.clone().unwrap_or_default();
+            let dest = output.dest().map(Path::to_owned).unwrap_or_default();
             let path = absolute_str(&role, &dest)?;
             let store = Arc::new(
                 LayoutStore::for_writing(Path::new(&path))
                     .map_err(unusable(&role, &dest))?
                     .with_lock_wait(lock_wait),
             );
-            output.dest = Some(PathBuf::from(&path));
+            output.set_dest(PathBuf::from(&path));
             stores.by_id.insert(EXPORT_STORE_ID.into(), store.clone());
             stores.oci_output = Some(store);
         }

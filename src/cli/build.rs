@@ -9,10 +9,11 @@ use clap::{Args, ValueEnum};
 
 use pf_buildkit::buildkit::attest::{AttestSpec, Attestations};
 use pf_buildkit::buildkit::progress::ProgressMode;
-use pf_buildkit::buildkit::spec::{
-    CacheDirection, CacheSpec, OutputSpec, SecretSpec, SpecError, SshSpec, parse_key_value,
+use pf_buildkit::buildkit::spec::{SecretSpec, SpecError, SshSpec, parse_key_value};
+use pf_buildkit::buildkit::{
+    BuildError, BuildOptions, Cache, CacheDirection, InvalidOptions, Output, write_metadata_file,
 };
-use pf_buildkit::buildkit::{BuildError, BuildOptions, InvalidOptions, write_metadata_file};
+use pf_buildkit::registry::Platform;
 
 use super::usage::UsageError;
 use super::{GlobalArgs, Outcome};
@@ -78,14 +79,14 @@ pub struct BuildArgs {
     /// Output in buildctl syntax, e.g. type=image,name=R,push=true, type=local,dest=DIR or
     /// type=oci,dest=DIR,tar=false
     /// (repeatable)
-    #[arg(long = "output", short = 'o', value_name = "SPEC", value_parser = OutputSpec::from_str)]
-    outputs: Vec<OutputSpec>,
+    #[arg(long = "output", short = 'o', value_name = "SPEC", value_parser = Output::from_str)]
+    outputs: Vec<Output>,
     /// Cache export, e.g. type=registry,ref=R,mode=max or type=local,dest=DIR (repeatable)
     #[arg(long = "export-cache", value_name = "SPEC", value_parser = cache_export)]
-    export_cache: Vec<CacheSpec>,
+    export_cache: Vec<Cache>,
     /// Cache import, e.g. type=registry,ref=R or type=local,src=DIR (repeatable)
     #[arg(long = "import-cache", value_name = "SPEC", value_parser = cache_import)]
-    import_cache: Vec<CacheSpec>,
+    import_cache: Vec<Cache>,
     /// How long to wait for a lock another build, buildctl or buildx holds on a local cache
     /// or OCI layout directory before failing [default: 60]
     #[arg(long, value_name = "SECONDS", value_parser = super::units::parse_seconds)]
@@ -148,12 +149,12 @@ fn attestations(args: &BuildArgs) -> Result<Attestations, UsageError> {
     Ok(attestations)
 }
 
-fn cache_export(text: &str) -> Result<CacheSpec, SpecError> {
-    CacheSpec::parse(text, CacheDirection::Export)
+fn cache_export(text: &str) -> Result<Cache, SpecError> {
+    Cache::parse(text, CacheDirection::Export)
 }
 
-fn cache_import(text: &str) -> Result<CacheSpec, SpecError> {
-    CacheSpec::parse(text, CacheDirection::Import)
+fn cache_import(text: &str) -> Result<Cache, SpecError> {
+    Cache::parse(text, CacheDirection::Import)
 }
 
 /// `K=V` pairs as a map; a key given twice keeps its last value, as in buildctl.
@@ -185,8 +186,9 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             .flat_map(|p| p.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
+            .map(str::parse::<Platform>)
+            .collect::<Result<_, _>>()
+            .map_err(UsageError::of("--platform"))?;
         options.no_cache = args.no_cache;
         options.store_lock_wait = args.lock_wait;
         options.attestations = attestations(args)?;

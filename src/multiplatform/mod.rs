@@ -30,13 +30,13 @@ mod metadata;
 pub mod plan;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures_util::future::try_join_all;
 
 use crate::buildkit::progress::ProgressSink;
-use crate::buildkit::spec::{CacheSpec, OutputSpec};
 use crate::buildkit::{BuildError, BuildOptions, Client, RpcCode};
+use crate::buildkit::{Cache, Output};
 use crate::registry::{self, Platform, PushedIndex, Source};
 
 pub use metadata::{ImageRecord, IndexRecord, Metadata};
@@ -512,49 +512,28 @@ impl MultiPlatformBuild {
     }
 
     /// The build options for one architecture, exporting as `output`.
-    fn arch_options(&self, arch: &str, output: OutputSpec) -> BuildOptions {
+    fn arch_options(&self, arch: &str, output: Output) -> BuildOptions {
         let mut options = self.options.clone();
-        options.platforms = vec![format!("linux/{arch}")];
+        options.platforms = vec![registry::Platform::new("linux", arch)];
         options.outputs = vec![output];
         if let Some(cache) = &self.s3_cache {
             let name = format!("{}/{}-{arch}", self.registry, self.repository);
-            let attrs = |mode: Option<&str>| {
-                let mut attrs = BTreeMap::from([
-                    ("region".to_owned(), cache.region.clone()),
-                    ("bucket".to_owned(), cache.bucket.clone()),
-                    ("name".to_owned(), name.clone()),
-                ]);
-                if let Some(mode) = mode {
-                    attrs.insert("mode".to_owned(), mode.to_owned());
-                }
-                attrs
-            };
-            options.cache_exports.push(CacheSpec {
-                kind: "s3".into(),
-                attrs: attrs(Some("max")),
-            });
-            options.cache_imports.push(CacheSpec {
-                kind: "s3".into(),
-                attrs: attrs(None),
-            });
+            let s3 = Cache::s3(&cache.bucket, &cache.region).with_attr("name", name);
+            options
+                .cache_exports
+                .push(s3.clone().with_attr("mode", "max"));
+            options.cache_imports.push(s3);
         }
         if let Some(dir) = &self.cache_dir {
-            let dir = dir.join(arch).to_string_lossy().into_owned();
+            let dir = dir.join(arch);
             // The first run has nothing to import; a directory holding something that is
             // not a layout still fails the import, naming it.
-            if Path::new(&dir).exists() {
-                options.cache_imports.push(CacheSpec {
-                    kind: "local".into(),
-                    attrs: BTreeMap::from([("src".to_owned(), dir.clone())]),
-                });
+            if dir.exists() {
+                options.cache_imports.push(Cache::local(&dir));
             }
-            options.cache_exports.push(CacheSpec {
-                kind: "local".into(),
-                attrs: BTreeMap::from([
-                    ("dest".to_owned(), dir),
-                    ("mode".to_owned(), "max".to_owned()),
-                ]),
-            });
+            options
+                .cache_exports
+                .push(Cache::local(dir).with_attr("mode", "max"));
         }
         options
     }
@@ -575,7 +554,7 @@ impl MultiPlatformBuild {
             builds: Vec::new(),
         };
         // The options of one build of this architecture, under a new ref it records.
-        let options = |output: OutputSpec| {
+        let options = |output: Output| {
             let mut options = self.arch_options(arch, output);
             let reference = crate::buildkit::new_build_ref();
             if let Ok(mut started) = started.lock() {
@@ -590,18 +569,10 @@ impl MultiPlatformBuild {
             options
         };
         if self.push == PushMode::Auto {
-            let mut attrs = BTreeMap::from([
-                ("name".to_owned(), reference.clone()),
-                ("push".to_owned(), "true".to_owned()),
-            ]);
+            let mut output = Output::image(&reference).with_push(true);
             if self.insecure_registry {
-                attrs.insert("registry.insecure".to_owned(), "true".to_owned());
+                output = output.with_attr("registry.insecure", "true");
             }
-            let output = OutputSpec {
-                kind: "image".into(),
-                attrs,
-                dest: None,
-            };
             match builder.client.build(&options(output), progress).await {
                 Ok(result) => {
                     let digest = result
@@ -636,11 +607,7 @@ impl MultiPlatformBuild {
             source,
         })?;
         let tar = scratch.path().join(format!("{arch}.oci.tar"));
-        let output = OutputSpec {
-            kind: "oci".into(),
-            attrs: BTreeMap::from([("name".to_owned(), reference.clone())]),
-            dest: Some(tar.clone()),
-        };
+        let output = Output::oci(&tar).with_attr("name", &reference);
         builder
             .client
             .build(&options(output), progress)
@@ -826,22 +793,24 @@ mod tests {
             bucket: "bkt".into(),
             region: "us-east-2".into(),
         });
-        let out = OutputSpec {
-            kind: "image".into(),
-            attrs: BTreeMap::new(),
-            dest: None,
-        };
+        let out = Output::image("x");
         let amd = b.arch_options("amd64", out.clone());
         let arm = b.arch_options("arm64", out);
-        assert_eq!(amd.platforms, ["linux/amd64"]);
+        assert_eq!(amd.platforms, [registry::Platform::new("linux", "amd64")]);
         assert_eq!(
-            amd.cache_exports[0].attrs["name"],
+            amd.cache_exports[0].attrs()["name"],
             "127.0.0.1:5000/team/app-amd64"
         );
         assert_eq!(
-            arm.cache_imports[0].attrs["name"],
+            arm.cache_imports[0].attrs()["name"],
             "127.0.0.1:5000/team/app-arm64"
         );
-        assert_eq!(arm.cache_exports[0].attrs["mode"], "max");
+        assert_eq!(arm.cache_exports[0].attrs()["mode"], "max");
+        let (kind, attrs) = arm.cache_imports[0].wire(crate::buildkit::CacheDirection::Import);
+        assert_eq!(kind, "s3");
+        assert_eq!(
+            (attrs["bucket"].as_str(), attrs["region"].as_str()),
+            ("bkt", "us-east-2")
+        );
     }
 }

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pf_buildkit::buildkit::progress::{FailureReport, ProgressSink, SolveStatus, TransferSummary};
-use pf_buildkit::buildkit::spec::{CacheDirection, CacheSpec};
-use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{BuildOptions, Cache, Client, Endpoint, Output, TlsOptions};
 
 use crate::hostile_peer::snapshot;
 use crate::leftovers::{self, open_under, settle, tasks_back_to};
@@ -135,21 +134,13 @@ async fn cancel_in(tier: Tier, phase: Phase) {
             None => format!("FROM {base}\nRUN echo {nonce} && sleep 120\n"),
         },
         Phase::CacheExport => {
-            options.cache_exports.push(
-                CacheSpec::parse(
-                    &format!("type=local,dest={},mode=max", out.join("cache").display()),
-                    CacheDirection::Export,
-                )
-                .unwrap(),
-            );
+            options
+                .cache_exports
+                .push(Cache::local(out.join("cache")).with_attr("mode", "max"));
             big_layer
         }
         Phase::LayoutExport => {
-            options.outputs.push(
-                format!("type=oci,tar=false,dest={}", out.join("layout").display())
-                    .parse()
-                    .unwrap(),
-            );
+            options.outputs.push(Output::oci_layout(out.join("layout")));
             big_layer
         }
     };

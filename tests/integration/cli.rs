@@ -91,6 +91,8 @@ const USAGE_ERRORS: &[(&[&str], &str)] = &[
     (&["build", "--secret", "id=a,from=x"], "unknown key \"from\""),
     (&["build", "--ssh", "x=/a,/b"], "--ssh: invalid ssh spec"),
     (&["build", "--ssh", ""], "--ssh: invalid ssh spec"),
+    (&["build", "--platform", "linux/amd64,linux/amd65"], "--platform: invalid platform \"linux/amd65\": unknown architecture \"amd65\""),
+    (&["build", "-o", "type=image,name=x,push=maybe"], "push must be true or false, not \"maybe\""),
     (&["build", "--output", "type=bogus,dest=x"], "--output: invalid output spec \"type=bogus,dest=x\": unknown type \"bogus\""),
     (&["build", "--output", "type=tar"], "type=tar needs dest=PATH"),
     (&["build", "--output", "dest=x"], "type= is missing"),

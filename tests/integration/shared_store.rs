@@ -18,8 +18,9 @@ use pf_buildkit::buildkit::oci_layout::LayoutError;
 use pf_buildkit::buildkit::progress::{
     FailureReport, ProgressSink, QuietProgress, SolveStatus, TransferSummary,
 };
-use pf_buildkit::buildkit::spec::{CacheDirection, CacheSpec};
-use pf_buildkit::buildkit::{BuildError, BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{
+    BuildError, BuildOptions, Cache, Client, Endpoint, Output, TlsOptions,
+};
 
 use crate::hostile_peer::snapshot;
 use crate::leftovers::verify_shared_layout;
@@ -151,11 +152,9 @@ async fn eight_builds_share_one_directory_some_cancelled() {
             // Half the builds export their cache, half an OCI layout: both into one directory.
             if i % 2 == 0 {
                 options.cache_exports.push(
-                    CacheSpec::parse(
-                        &format!("type=local,dest={},mode=max,tag={id}", shared.display()),
-                        CacheDirection::Export,
-                    )
-                    .unwrap(),
+                    Cache::local(&shared)
+                        .with_attr("mode", "max")
+                        .with_attr("tag", &id),
                 );
             } else {
                 options.outputs.push(
@@ -333,14 +332,7 @@ async fn a_held_layout_lock_stalls_neither_the_runtime_nor_the_progress() {
     });
 
     let nonce = format!("{}", std::process::id());
-    let layout_output = || -> pf_buildkit::buildkit::spec::OutputSpec {
-        format!(
-            "type=oci,tar=false,dest={},name=locked/app:v1",
-            layout.display()
-        )
-        .parse()
-        .unwrap()
-    };
+    let layout_output = || Output::oci_layout(&layout).with_attr("name", "locked/app:v1");
 
     // With a short deadline: one line naming the lock, and the layout as it was.
     let mut options = options_for(tier, &ctx);
