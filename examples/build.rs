@@ -2,7 +2,7 @@
 //! `cargo run --example build -- unix:///run/buildkit/buildkitd.sock ./context out.tar`.
 
 use pf_buildkit::buildkit::progress::ProgressMode;
-use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,10 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let client = Client::connect(addr.parse::<Endpoint>()?, &TlsOptions::default()).await?;
-    let mut options = BuildOptions::new(context);
-    options
-        .outputs
-        .push(format!("type=tar,dest={dest}").parse()?);
+    let options = BuildOptions::new(context).with_output(Output::tar(dest));
     let mut progress = ProgressMode::Auto.stderr_sink();
     let result = client.build(&options, progress.as_mut()).await?;
     eprintln!(

@@ -21,9 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut request = BuildRequest::new(BuildOptions::new(&context), repository, tag);
     for (name, value) in std::env::vars() {
         if let Some(arch) = name.strip_prefix("BUILDER_") {
-            request
-                .builders
-                .insert(arch.to_ascii_lowercase(), value.parse()?);
+            request = request.with_builder(arch.to_ascii_lowercase(), value.parse()?);
         }
     }
     // Registry, cluster and S3 cache come from the buildkit.json of the context's repository.

@@ -15,7 +15,7 @@ use pf_buildkit::buildkit::proto::moby::buildkit::secrets::v1::secrets_server::{
 use pf_buildkit::buildkit::proto::moby::buildkit::secrets::v1::{
     GetSecretRequest, GetSecretResponse,
 };
-use pf_buildkit::buildkit::{Attachable, BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{Attachable, BuildOptions, Client, Endpoint, Output, TlsOptions};
 use sha2::{Digest, Sha256};
 
 /// The secret store: one token, made in this process, never written anywhere.
@@ -68,18 +68,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          FROM scratch\n\
          COPY --from=work /digest /\n"
     );
-    let mut options = BuildOptions::from_memory(MemoryTree::new().file("Dockerfile", dockerfile));
-    options.attachables.push(Arc::new(vault.clone()));
-    // RUN steps get no network: a Docker Engine started without a bridge has none to give.
-    options
-        .frontend_attrs
-        .insert("force-network-mode".into(), "none".into());
-    // The token changes with each run, but the daemon caches the RUN step by its command.
-    options.no_cache = true;
     let out = tempfile::tempdir()?;
-    options
-        .outputs
-        .push(format!("type=local,dest={}", out.path().display()).parse()?);
+    let options = BuildOptions::from_memory(MemoryTree::new().file("Dockerfile", dockerfile))
+        .with_attachable(vault.clone())
+        // RUN steps get no network: a Docker Engine started without a bridge has none to give.
+        .with_frontend_attr("force-network-mode", "none")
+        // The token changes with each run, but the daemon caches the RUN step by its command.
+        .with_no_cache(true)
+        .with_output(Output::local(out.path()));
 
     let client = Client::connect(addr.parse::<Endpoint>()?, &TlsOptions::default()).await?;
     let mut progress = ProgressMode::Plain.stderr_sink();

@@ -10,7 +10,7 @@
 //! (`tests/llb-fixtures/run-mounts.json`): the same cache key Go's `client/llb` gives.
 
 use pf_buildkit::buildkit::progress::ProgressMode;
-use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
 use pf_buildkit::llb::{self, CacheSharing, MarshalOptions, Mount};
 
 #[tokio::main]
@@ -41,10 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(addr.parse::<Endpoint>()?, &TlsOptions::default()).await?;
     let dir = tempfile::tempdir()?;
     let tar = dir.path().join("out.tar");
-    let mut options = BuildOptions::for_definition(definition.into_pb());
-    options
-        .outputs
-        .push(format!("type=tar,dest={}", tar.display()).parse()?);
+    let options = BuildOptions::for_definition(definition.into_pb()).with_output(Output::tar(&tar));
     let mut progress = ProgressMode::Auto.stderr_sink();
     let result = client.build(&options, progress.as_mut()).await?;
     println!("solved as {}", result.reference);

@@ -4,7 +4,7 @@
 
 use pf_buildkit::buildkit::fsutil::MemoryTree;
 use pf_buildkit::buildkit::progress::ProgressMode;
-use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,10 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file(".dockerignore", "app/*.key\n");
 
     let out = tempfile::tempdir()?;
-    let mut options = BuildOptions::from_memory(tree);
-    options
-        .outputs
-        .push(format!("type=local,dest={}", out.path().display()).parse()?);
+    let options = BuildOptions::from_memory(tree).with_output(Output::local(out.path()));
     let client = Client::connect(addr.parse::<Endpoint>()?, &TlsOptions::default()).await?;
     let mut progress = ProgressMode::Plain.stderr_sink();
     let result = client.build(&options, progress.as_mut()).await?;

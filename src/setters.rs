@@ -3,9 +3,12 @@
 //! .with_target("app")`), and a field added later is one more line, not a breaking change.
 
 /// Defines `pub fn NAME(self, value: impl Into<TYPE>) -> Self` setting `FIELD`, for each
-/// `NAME => FIELD: TYPE` given. An `Option<T>` field takes a plain `T` too.
+/// `NAME => FIELD: TYPE` given; an `Option<T>` field listed so takes a `T` or an `Option<T>`.
+/// Those in the `optional { … }` group are `Option<TYPE>` fields whose setter takes anything
+/// that becomes a `TYPE` (`with_target("app")`) and sets it.
 macro_rules! with_setters {
-    ($ty:ident { $($name:ident => $field:ident : $t:ty),* $(,)? }) => {
+    ($ty:ident { $($name:ident => $field:ident : $t:ty),* $(,)? }
+        $(optional { $($oname:ident => $ofield:ident : $ot:ty),* $(,)? })?) => {
         impl $ty {
             $(
                 #[doc = concat!("Sets [`", stringify!($field), "`](", stringify!($ty), "::", stringify!($field), ").")]
@@ -15,6 +18,14 @@ macro_rules! with_setters {
                     self
                 }
             )*
+            $($(
+                #[doc = concat!("Sets [`", stringify!($ofield), "`](", stringify!($ty), "::", stringify!($ofield), ").")]
+                #[must_use]
+                pub fn $oname(mut self, value: impl Into<$ot>) -> Self {
+                    self.$ofield = Some(value.into());
+                    self
+                }
+            )*)?
         }
     };
 }

@@ -39,16 +39,19 @@ use crate::setters::with_setters;
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
 
 /// Everything one build needs: a Dockerfile build by default, or the solve of an LLB
-/// definition ([`BuildOptions::for_definition`]). Build it directly, or from CLI flags.
+/// definition ([`BuildOptions::for_definition`]). Start from a constructor and add what the
+/// build needs with the `with_*` methods (or set the fields).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+/// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
 /// use pf_buildkit::buildkit::progress::PlainProgress;
 ///
 /// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
-/// let mut options = BuildOptions::new("./app");
-/// options.outputs.push("type=tar,dest=app.tar".parse()?);
+/// let options = BuildOptions::new("./app")
+///     .with_target("release")
+///     .with_build_arg("VERSION", "1.2.3")
+///     .with_output(Output::tar("app.tar"));
 /// let result = client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
 /// println!("sent {} bytes of context", result.transfer.bytes);
 /// # Ok(()) }
@@ -153,14 +156,13 @@ impl BuildOptions {
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
     /// use pf_buildkit::buildkit::progress::PlainProgress;
     /// use pf_buildkit::llb::{self, MarshalOptions};
     ///
     /// let graph = llb::image("busybox").run_shlex("sh -c 'echo hi > /hi'").root();
     /// let definition = graph.marshal(&MarshalOptions::host())?;
-    /// let mut options = BuildOptions::for_definition(definition.into_pb());
-    /// options.outputs.push("type=local,dest=out".parse()?);
+    /// let options = BuildOptions::for_definition(definition.into_pb()).with_output(Output::local("out"));
     /// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
     /// client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
     /// # Ok(()) }
@@ -179,15 +181,14 @@ impl BuildOptions {
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, TlsOptions};
+    /// use pf_buildkit::buildkit::{BuildOptions, Client, Endpoint, Output, TlsOptions};
     /// use pf_buildkit::buildkit::fsutil::MemoryTree;
     /// use pf_buildkit::buildkit::progress::PlainProgress;
     ///
     /// let tree = MemoryTree::new()
     ///     .file("Dockerfile", "FROM scratch\nCOPY version /\n")
     ///     .file("version", "1.2.3\n");
-    /// let mut options = BuildOptions::from_memory(tree);
-    /// options.outputs.push("type=local,dest=out".parse()?);
+    /// let options = BuildOptions::from_memory(tree).with_output(Output::local("out"));
     /// let client = Client::connect("docker://".parse::<Endpoint>()?, &TlsOptions::default()).await?;
     /// client.build(&options, &mut PlainProgress::new(std::io::stderr())).await?;
     /// # Ok(()) }
@@ -598,13 +599,14 @@ impl BuildOptions {
 
 with_setters!(BuildOptions {
     with_context => context: PathBuf,
-    with_dockerfile => dockerfile: Option<PathBuf>,
-    with_target => target: Option<String>,
     with_no_cache => no_cache: bool,
     with_attestations => attestations: super::attest::Attestations,
     with_registry_auth => registry_auth: bool,
     with_session_via_control => session_via_control: bool,
     with_store_lock_wait => store_lock_wait: Option<Duration>,
+} optional {
+    with_dockerfile => dockerfile: PathBuf,
+    with_target => target: String,
 });
 
 /// Whether the exporter of `output` can write at `dest`: a directory output needs a directory

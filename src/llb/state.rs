@@ -329,8 +329,9 @@ pub fn diff_with(lower: &State, upper: &State, options: OpOptions) -> State {
 }
 
 with_setters!(OpOptions {
-    with_custom_name => custom_name: Option<String>,
     with_ignore_cache => ignore_cache: bool,
+} optional {
+    with_custom_name => custom_name: String,
 });
 
 #[cfg(test)]

@@ -68,17 +68,18 @@ pub struct BuildRequest {
 }
 
 with_setters!(BuildRequest {
-    with_registry => registry: Option<String>,
     with_arches => arches: Vec<String>,
     with_shared => shared: Option<Endpoint>,
     with_fallback => fallback: Option<Endpoint>,
-    with_kube_context => kube_context: Option<String>,
     with_scale_up_wait => scale_up_wait: Duration,
     with_tls => tls: TlsOptions,
     with_insecure_registry => insecure_registry: bool,
     with_push => push: PushMode,
     with_registry_credentials => registry_credentials: Option<DockerConfig>,
-    with_cache_dir => cache_dir: Option<std::path::PathBuf>,
+} optional {
+    with_registry => registry: String,
+    with_kube_context => kube_context: String,
+    with_cache_dir => cache_dir: std::path::PathBuf,
 });
 
 impl BuildRequest {

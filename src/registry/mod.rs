@@ -11,7 +11,7 @@
 //! # async fn run() -> Result<(), pf_buildkit::registry::Error> {
 //! use pf_buildkit::registry::{Client, ClientOptions, parse_reference, sources_from_template, parse_platforms};
 //!
-//! let client = Client::new(ClientOptions { insecure: true, ..ClientOptions::from_env()? })?;
+//! let client = Client::new(ClientOptions::from_env()?.with_insecure(true))?;
 //! let platforms = parse_platforms("linux/amd64,linux/arm64")?;
 //! let sources = sources_from_template("127.0.0.1:5000/app:v1-ARCH", &platforms)?;
 //! let index = client.push_index(&parse_reference("127.0.0.1:5000/app:v1")?, &sources).await?;
