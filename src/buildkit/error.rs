@@ -92,7 +92,7 @@ pub enum Error {
         /// The blob's digest as the record gives it (empty when the record names none).
         digest: String,
         /// What is wrong.
-        problem: super::history::BlobProblem,
+        problem: super::history::problem::BlobProblem,
     },
 }
 
