@@ -9,14 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
-use super::exec::{CacheSharing, ExecSpec, MountKind, NetMode, SecurityMode};
-use super::file::{Chown, FileAction, FileSpec, UserSpec};
-use super::state::{Node, OpKind, Output, SourceSpec, State};
+use super::exec_options::{CacheSharing, MountKind, NetMode, SecurityMode};
+use super::file_actions::{Chown, UserSpec};
+use super::node::{ExecSpec, FileAction, FileSpec, Node, OpKind, Output, SourceSpec, State};
 use super::{LlbError, Platform, wire};
 use crate::buildkit::proto::pb;
 use crate::setters::with_setters;
-
-pub use super::state::OpOptions;
 
 /// How a graph is marshalled.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -64,21 +64,27 @@
 
 mod dump;
 mod exec;
+mod exec_options;
 mod file;
+mod file_actions;
 mod gojson;
 mod marshal;
+mod node;
 mod shlex;
 mod source;
 mod state;
 mod wire;
 
 pub use dump::dump_json_lines;
-pub use exec::{CacheSharing, ExecState, Mount, NetMode, Run, Secret, SecurityMode, Ssh};
-pub use file::{Chown, Copy, FileActions, Mkdir, Mkfile, Rm, UserSpec, copy, mkdir, mkfile, rm};
-pub use marshal::{Definition, MarshalOptions, OpOptions};
+pub use exec::{ExecState, Run};
+pub use exec_options::{CacheSharing, Mount, NetMode, Secret, SecurityMode, Ssh};
+pub use file::{FileActions, copy};
+pub use file_actions::{Chown, Mkdir, Mkfile, Rm, UserSpec, mkdir, mkfile, rm};
+pub use marshal::{Definition, MarshalOptions};
+pub use node::{Copy, OpOptions, State};
 pub use shlex::split as shlex_split;
 pub use source::{Git, Http, Image, Local, ResolveMode, git, http, image, local};
-pub use state::{State, diff, diff_with, merge, merge_with, scratch};
+pub use state::{diff, diff_with, merge, merge_with, scratch};
 
 pub use crate::registry::Platform;
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::state::{Node, OpKind, OpOptions, SourceSpec, State};
+use super::node::{Node, OpKind, OpOptions, SourceSpec, State};
 use super::{LlbError, Platform, gojson};
 
 /// When the daemon looks an image up in its registry (Go's `llb.ResolveMode`).

@@ -62,21 +62,12 @@ const RULES: &[(&str, &[&str])] = &[
 ];
 
 /// Pairs of files that still use each other, each with the reason it is allowed for now.
-const KNOWN_CYCLES: &[(&str, &str, &str)] = &[
-    (
-        "buildkit/solve",
-        "buildkit/stores",
-        "stores prepares from BuildOptions and fails with BuildError, both in solve.rs; \
+const KNOWN_CYCLES: &[(&str, &str, &str)] = &[(
+    "buildkit/solve",
+    "buildkit/stores",
+    "stores prepares from BuildOptions and fails with BuildError, both in solve.rs; \
          they move to a file of their own once the store work in solve.rs settles",
-    ),
-    (
-        "llb/exec",
-        "llb/state",
-        "the new LLB builder: State holds the op specs and the ops build States; \
-         the shared node types are to move to a file of their own",
-    ),
-    ("llb/file", "llb/state", "as llb/exec and llb/state"),
-];
+)];
 
 /// External crates a rule may name, found as the first segment of a path.
 const EXTERNAL: &[&str] = &["kube", "k8s_openapi"];
