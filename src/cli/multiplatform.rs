@@ -160,7 +160,8 @@ pub async fn run(
     };
     let result = plan.run(&events, &make_sink).await;
     live.finish();
-    if let Err(Error::Arch { builds, .. }) = &result {
+    // `--progress quiet` asks for the result or the error alone: its one line.
+    if let (Err(Error::Arch { builds, .. }), false) = (&result, progress == ProgressMode::Quiet) {
         print_build_records(builds)?;
     }
     let result = result?;
@@ -172,7 +173,8 @@ pub async fn run(
 }
 
 /// Where each architecture's build is in its daemon's history, with the `history logs`
-/// command line to copy, before the failure's one line.
+/// command line to copy, before the failure's one line (not with `--progress quiet`, which
+/// keeps a failure to that line).
 fn print_build_records(builds: &[ArchBuild]) -> std::io::Result<()> {
     use std::io::Write as _;
     if builds.is_empty() {
