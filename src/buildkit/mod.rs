@@ -8,6 +8,7 @@
 //! checks this).
 
 pub mod attest;
+mod build_error;
 mod client;
 mod connector;
 pub mod endpoint;
@@ -17,6 +18,7 @@ pub mod fsutil;
 pub mod history;
 mod invalid;
 pub mod oci_layout;
+mod options;
 mod output;
 pub mod progress;
 pub mod proto;

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::build_error::BuildError;
 use super::invalid::{InvalidOptions, StoreRole};
 use super::oci_layout::{IndexName, LOCK_WAIT, LayoutError, LayoutStore, parse_digest};
+use super::options::{BuildOptions, OCI_LAYOUT_SCHEME, check_flags, split_reference};
 use super::output::Cache;
-use super::solve::{BuildError, BuildOptions};
 
 /// The store id of a `type=oci,tar=false` output directory (buildctl's).
 const EXPORT_STORE_ID: &str = "export";
@@ -28,8 +29,6 @@ const CACHE_MANIFEST_KEY: &str = "cache.manifest";
 const IMAGE_DESCRIPTOR_KEY: &str = "containerimage.descriptor";
 /// The exporter-response key holding the image names (comma-separated).
 const IMAGE_NAME_KEY: &str = "image.name";
-/// The prefix of a named context served from an OCI layout offered by name.
-const OCI_LAYOUT_SCHEME: &str = "oci-layout://";
 
 /// The client-side content stores (OCI layout directories) of one build, and what each is for.
 #[derive(Debug, Default)]
@@ -298,47 +297,6 @@ fn descriptor_digest(
 }
 
 /// Splits `NAME[:TAG][@DIGEST]`.
-/// The store options' checks that need no file: at most one layout output, layout names
-/// that are reference names, and an offered layout for every `oci-layout://NAME` context.
-/// [`BuildOptions::validate`] runs them too, so such options fail before anything is opened
-/// or sent.
-pub(crate) fn check_flags(options: &BuildOptions) -> Result<(), InvalidOptions> {
-    if options.outputs.iter().filter(|o| o.is_layout_dir()).count() > 1 {
-        return Err(InvalidOptions::TwoLayoutOutputs);
-    }
-    if let Some(name) = options.oci_layouts.keys().find(|name| {
-        name.is_empty() || name.contains([':', '@', ',']) || **name != name.to_ascii_lowercase()
-    }) {
-        return Err(InvalidOptions::OciLayoutName { name: name.clone() });
-    }
-    for (key, value) in &options.frontend_attrs {
-        let Some(reference) = value.strip_prefix(OCI_LAYOUT_SCHEME) else {
-            continue;
-        };
-        let (name, _, _) = split_reference(reference);
-        if !options.oci_layouts.contains_key(name) {
-            return Err(InvalidOptions::UnknownOciLayout {
-                key: key.clone(),
-                value: value.clone(),
-                name: name.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn split_reference(reference: &str) -> (&str, Option<&str>, Option<&str>) {
-    let (rest, digest) = match reference.split_once('@') {
-        Some((rest, digest)) => (rest, Some(digest)),
-        None => (reference, None),
-    };
-    let slash = rest.rfind('/').map_or(0, |i| i + 1);
-    match rest[slash..].find(':') {
-        Some(i) => (&rest[..slash + i], Some(&rest[slash + i + 1..]), digest),
-        None => (rest, None, digest),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
