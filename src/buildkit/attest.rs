@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::spec::{SpecError, parse_kv_csv};
+use crate::setters::with_setters;
 
 /// Whether a build wants one kind of attestation: not said (a caller's default applies, none
 /// for a plain build), explicitly off, or on with its settings.
@@ -43,6 +44,7 @@ impl<T> Attest<T> {
 
 /// How much the provenance records (`mode=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProvenanceMode {
     /// The materials, the frontend's inputs and the build's configuration (BuildKit's default).
     #[default]
@@ -53,6 +55,7 @@ pub enum ProvenanceMode {
 
 /// SLSA provenance settings: `type=provenance[,mode=min|max][,version=v0.2|v1][,builder-id=…]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Provenance {
     /// `mode=`; `None` leaves BuildKit's default (`min`).
     pub mode: Option<ProvenanceMode>,
@@ -64,6 +67,7 @@ pub struct Provenance {
 
 /// SBOM settings: `type=sbom[,generator=IMAGE][,scan-context=true]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Sbom {
     /// `generator=`: the scanner image BuildKit runs; `None` leaves BuildKit's default
     /// (`docker/buildkit-syft-scanner`). An air-gapped registry's copy goes here.
@@ -74,12 +78,29 @@ pub struct Sbom {
 
 /// The attestations a build asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attestations {
     /// SLSA provenance.
     pub provenance: Attest<Provenance>,
     /// A software bill of materials.
     pub sbom: Attest<Sbom>,
 }
+
+with_setters!(Provenance {} optional {
+    with_mode => mode: ProvenanceMode,
+    with_version => version: String,
+    with_builder_id => builder_id: String,
+});
+
+with_setters!(Sbom {} optional {
+    with_generator => generator: String,
+    with_scan_context => scan_context: bool,
+});
+
+with_setters!(Attestations {
+    with_provenance => provenance: Attest<Provenance>,
+    with_sbom => sbom: Attest<Sbom>,
+});
 
 /// One `--attest` value, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
