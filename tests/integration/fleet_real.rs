@@ -713,7 +713,7 @@ async fn real_api_server_certificate_rotated_reconnects_or_names_the_ca() {
 
     // A new certificate from the same CA: the running tunnel's new connections, and a new
     // process, verify it as they did the old one.
-    cp.rotate_serving_certificate(Issuer::TestenvCa).await;
+    cp.rotate_serving_certificate(Issuer::OwnCa).await;
     let after = Client::connect(endpoint.clone(), &TlsOptions::default())
         .await
         .unwrap();
@@ -737,4 +737,94 @@ async fn real_api_server_certificate_rotated_reconnects_or_names_the_ca() {
         "{e}"
     );
     tunnel.close().await;
+}
+
+/// The sandbox's control plane on its own: credentials it writes itself, its own kubelet
+/// handler, free ports. It serves a port-forward to the standalone buildkitd as `pf-admin`
+/// through its admin kubeconfig, and once dropped no process, port or file of it is left.
+#[tokio::test]
+async fn real_control_plane_of_its_own_forwards_to_buildkitd_and_leaves_nothing_when_dropped() {
+    use crate::real_kube::plane;
+    use serde_json::json;
+    if !crate::real_kube::present(module_path!()) {
+        return;
+    }
+    let parent = std::path::PathBuf::from(util::env("PF_TEST_KUBE_PRIVATE_DIR"));
+    std::fs::create_dir_all(&parent).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("own-")
+        .tempdir_in(&parent)
+        .unwrap()
+        .keep();
+    let spec = plane::Spec {
+        bin: util::env("PF_TEST_KUBE_BIN").into(),
+        dir: dir.clone(),
+        logs: dir.join("logs"),
+        ports: plane::Ports::free(plane::free_port().unwrap(), plane::free_port().unwrap())
+            .unwrap(),
+        credentials_of: None,
+        pods_reach: Some(
+            util::Tier::Standalone
+                .addr()
+                .trim_start_matches("tcp://")
+                .to_owned(),
+        ),
+        timeout: Duration::from_secs(120),
+    };
+    let cp = tokio::task::spawn_blocking(move || plane::ControlPlane::start(spec))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (pids, ports) = (cp.pids(), cp.ports());
+    assert_eq!(pids.len(), 3, "etcd, kubelet handler, API server");
+
+    // A pod on node-1, Running and Ready, as its kubelet would report it.
+    let cp = tokio::task::spawn_blocking(move || {
+        let pods = "/api/v1/namespaces/buildkit/pods";
+        cp.admin_call(
+            "POST",
+            pods,
+            Some((
+                "application/json",
+                json!({
+            "metadata": { "name": "buildkit-amd64-0" },
+            "spec": { "nodeName": "node-1", "containers": [ { "name": "buildkitd",
+                "image": "moby/buildkit", "ports": [ { "containerPort": 1234 } ] } ] } }),
+            )),
+        )?;
+        cp.admin_call(
+            "PATCH",
+            &format!("{pods}/buildkit-amd64-0/status"),
+            Some((
+                "application/merge-patch+json",
+                json!({ "status": {
+                "phase": "Running", "podIP": "10.0.0.9",
+                "conditions": [ { "type": "Ready", "status": "True" } ] } }),
+            )),
+        )?;
+        Ok::<_, plane::error::Error>(cp)
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = crate::fake_kube::kube_bin(&cp.admin_kubeconfig(), home.path());
+    cmd.args(["workers", "--addr", "kube-pod://buildkit-amd64-0"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!o.stdout.is_empty(), "buildkitd listed no workers");
+
+    drop(cp);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived the plane"
+        );
+    }
+    for port in [ports.etcd, ports.etcd_peer, ports.apiserver, ports.kubelet] {
+        assert!(!plane::listening(port), "127.0.0.1:{port} still listens");
+    }
+    assert!(!dir.exists(), "{} is left", dir.display());
 }

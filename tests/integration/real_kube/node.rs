@@ -3,20 +3,24 @@
 //! a relay standing for the pod's container. [`PrivateNode::end_containers`] ends that
 //! container's connections as a deleted pod's container ends; the shared `node-1` is untouched.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::{RealKube, call, kube_file, must};
+use crate::real_kube::plane;
 use crate::util;
+
+/// How long the handler may take to serve on a loaded machine.
+const START_WAIT: Duration = Duration::from_secs(60);
 
 /// The node's name (tests on the shared server take turns, so one name serves them all).
 pub const NAME: &str = "node-2";
 
 /// `node-2`'s kubelet handler and its pods' container.
 pub struct PrivateNode {
-    kubelet: Option<Child>,
+    /// Declared first: the handler ends before its folder goes.
+    kubelet: Option<plane::Kubelet>,
     container: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -24,10 +28,7 @@ pub struct PrivateNode {
 impl Drop for PrivateNode {
     fn drop(&mut self) {
         self.container.abort();
-        if let Some(mut child) = self.kubelet.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.kubelet.take());
     }
 }
 
@@ -62,44 +63,23 @@ impl PrivateNode {
             .prefix("node-")
             .tempdir_in(&parent)
             .expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = std::fs::File::create(dir.path().join("kubelet-portforward.log")).expect("log");
-        let kubelet = Command::new(
-            std::path::PathBuf::from(util::env("PF_TEST_KUBE_BIN"))
-                .join("kubelet-portforward-v1.36.2"),
-        )
-        .arg("--tls-cert-file")
-        .arg(kube_file("pki/kubelet.crt"))
-        .arg("--tls-private-key-file")
-        .arg(kube_file("pki/kubelet.key"))
-        .arg("--client-ca-file")
-        .arg(kube_file("pki/ca.crt"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(format!("1234=127.0.0.1:{container_port}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start kubelet-portforward");
+        let bin = std::path::PathBuf::from(util::env("PF_TEST_KUBE_BIN"));
+        let credentials = plane::Credentials::at(&kube_file(""));
+        let logs = dir.path().to_path_buf();
+        let kubelet = tokio::task::spawn_blocking(move || {
+            let port = plane::free_port()?;
+            let reach = format!("127.0.0.1:{container_port}");
+            plane::Kubelet::start(&bin, &credentials, port, &reach, &logs, START_WAIT)
+        })
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{e}"));
+        let port = kubelet.port();
         let node = PrivateNode {
             kubelet: Some(kubelet),
             container,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the private kubelet did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
 
         let admin = real.admin();
         // Made once on the shared server, then only its status changes.
