@@ -73,9 +73,11 @@ impl SharedBuildkitd {
             launch = launch.die_with_parent();
         }
         let mut daemon = launch.start()?;
-        daemon.wait_ready(&format!("gRPC answer on tcp://{tcp}"), config.timeout, || {
-            socket.exists() && http::speaks_h2(&tcp)
-        })?;
+        daemon.wait_ready(
+            &format!("gRPC answer on tcp://{tcp}"),
+            config.timeout,
+            || socket.exists() && http::speaks_h2(&tcp),
+        )?;
         Ok(SharedBuildkitd {
             daemon,
             folder,

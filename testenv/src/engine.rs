@@ -186,7 +186,10 @@ impl Drop for Engine {
 /// runs RUN steps with runc directly) and container shims. (Mounts go with the folders.)
 pub fn cleanup(dir: &Path) {
     leftovers::engine_containers(dir);
-    let shim = format!("-address {} ", dir.join("containerd/containerd.sock").display());
+    let shim = format!(
+        "-address {} ",
+        dir.join("containerd/containerd.sock").display()
+    );
     leftovers::kill_processes_matching(&shim);
 }
 
@@ -217,8 +220,15 @@ fn check(socket: &Path, dockerd: &Daemon) -> Result<()> {
 fn daemon_path(root: &Path) -> OsString {
     let mut dirs = vec![root.join("usr/sbin"), root.join("usr/bin")];
     dirs.extend(
-        ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .map(PathBuf::from),
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .map(PathBuf::from),
     );
     std::env::join_paths(dirs).unwrap_or_default()
 }

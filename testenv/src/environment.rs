@@ -107,9 +107,8 @@ impl Environment {
         let buildkitd = match settings.buildkitd_binary() {
             None => None,
             Some(binary) => {
-                std::fs::create_dir_all(settings.buildkit_private_dir()).map_err(
-                    Error::file("create", &settings.buildkit_private_dir()),
-                )?;
+                std::fs::create_dir_all(settings.buildkit_private_dir())
+                    .map_err(Error::file("create", &settings.buildkit_private_dir()))?;
                 Some(SharedBuildkitd::start(&BuildkitdConfig {
                     binary,
                     dir: settings.buildkit_dir(),

@@ -98,7 +98,8 @@ impl CachedImage {
         if http::request(target, "HEAD", &head, &[], &[]).is_ok_and(|r| r.status == 200) {
             return Ok(());
         }
-        let fail = |what: &str| Error::msg(format!("{registry}: {what} of {digest} ({})", self.what));
+        let fail =
+            |what: &str| Error::msg(format!("{registry}: {what} of {digest} ({})", self.what));
         let start = format!("/v2/{}/blobs/uploads/", self.repo);
         let r = http::request(target, "POST", &start, &[], &[])
             .map_err(Error::ctx(format!("{registry}: upload of {digest}")))?;

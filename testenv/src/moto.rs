@@ -47,7 +47,12 @@ impl Moto {
         let script = folder.join("moto-server.py");
         write(&script, SERVER_PY)?;
         let mut launch = Launch::new(name, "python3", log)
-            .args([script.as_os_str(), "-H".as_ref(), "127.0.0.1".as_ref(), "-p".as_ref()])
+            .args([
+                script.as_os_str(),
+                "-H".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+            ])
             .args([port.to_string()])
             .grace(Duration::from_secs(10));
         if enforce_iam {

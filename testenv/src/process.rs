@@ -80,25 +80,33 @@ impl Launch {
         let log = File::create(&self.log).map_err(Error::file("create", &self.log))?;
         let err = log.try_clone().map_err(Error::file("open", &self.log))?;
         self.cmd.stdin(Stdio::null()).stdout(log).stderr(err);
-        if self.die_with_parent {
-            // SAFETY: the closure runs in the child between fork and exec and calls only
-            // async-signal-safe functions (prctl, getppid, _exit) on values copied in.
-            let parent = std::process::id();
-            unsafe {
-                self.cmd.pre_exec(move || {
+        let die_with_parent = self.die_with_parent;
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (sigemptyset, pthread_sigmask, prctl, getppid, _exit)
+        // on values it owns.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                // The supervisor blocks the signals it takes synchronously, and a blocked
+                // mask survives exec (std does not reset it): a daemon must get its SIGTERM.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if die_with_parent {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
                     // The parent may have died before prctl: then nobody would stop us.
                     if libc::getppid() as u32 != parent {
                         libc::_exit(1);
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
-        let child = self
-            .cmd
-            .spawn()
-            .map_err(Error::ctx(format!("start {} ({:?})", self.name, self.cmd.get_program())))?;
+        let child = self.cmd.spawn().map_err(Error::ctx(format!(
+            "start {} ({:?})",
+            self.name,
+            self.cmd.get_program()
+        )))?;
         Ok(Daemon {
             name: self.name,
             child: Some(child),
@@ -241,7 +249,9 @@ pub fn alive(pid: u32) -> bool {
         return false;
     };
     // The state follows the command name, which is in parentheses and may hold anything.
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     !matches!(state, None | Some('Z' | 'X'))
 }
 
@@ -257,7 +267,7 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     true
 }
 
-/// The last [`LOG_TAIL`] lines of a log file.
+/// The last lines of a log file (25 of them).
 pub fn log_tail(log: &Path) -> String {
     let Ok(file) = File::open(log) else {
         return String::from("(no log)");

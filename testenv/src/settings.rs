@@ -38,6 +38,10 @@ pub struct Settings {
     pub timeout: Duration,
     /// `overlayfs` or `native` (`PF_TESTENV_SNAPSHOTTER`), else probed in the scratch folder.
     pub snapshotter: Option<String>,
+    /// The compressed buildkitd fixture (`PF_TESTENV_BUILDKIT`, default
+    /// `../shared/buildkit/buildkitd-v0.32.2-linux-amd64.xz` beside the project): the
+    /// standalone tier runs only when it exists (and `scripts/testenv` unpacked it).
+    pub buildkit_xz: PathBuf,
 }
 
 impl Settings {
@@ -47,9 +51,9 @@ impl Settings {
         let port = |name: &str, default: u16| -> Result<u16> {
             match var(name) {
                 None => Ok(default),
-                Some(v) => v.parse().map_err(|_| {
-                    Error::msg(format!("{name} must be a port number, not {v:?}"))
-                }),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| Error::msg(format!("{name} must be a port number, not {v:?}"))),
             }
         };
         let registry_port = port("PF_TEST_REGISTRY_PORT", 5000)?;
@@ -64,7 +68,9 @@ impl Settings {
         let timeout = match var("PF_TESTENV_TIMEOUT") {
             None => 60,
             Some(v) => v.parse().map_err(|_| {
-                Error::msg(format!("PF_TESTENV_TIMEOUT must be whole seconds, not {v:?}"))
+                Error::msg(format!(
+                    "PF_TESTENV_TIMEOUT must be whole seconds, not {v:?}"
+                ))
             })?,
         };
         Ok(Settings {
@@ -76,6 +82,12 @@ impl Settings {
             buildkit_port: port("PF_TEST_BUILDKIT_PORT", default_bk)?,
             timeout: Duration::from_secs(timeout),
             snapshotter: var("PF_TESTENV_SNAPSHOTTER"),
+            buildkit_xz: absolute(var("PF_TESTENV_BUILDKIT").unwrap_or_else(|| {
+                format!(
+                    "{}/../../shared/buildkit/buildkitd-{BUILDKIT_VERSION}-linux-amd64.xz",
+                    env!("CARGO_MANIFEST_DIR")
+                )
+            })),
         })
     }
 
@@ -104,13 +116,14 @@ impl Settings {
         self.cache.join("root")
     }
 
-    /// The unpacked standalone buildkitd, when `scripts/testenv` found and unpacked it.
+    /// The unpacked standalone buildkitd, when its fixture is at hand and `scripts/testenv`
+    /// unpacked it.
     pub fn buildkitd_binary(&self) -> Option<PathBuf> {
         let bin = self
             .cache
             .join("buildkit")
             .join(format!("buildkitd-{BUILDKIT_VERSION}"));
-        bin.is_file().then_some(bin)
+        (self.buildkit_xz.is_file() && bin.is_file()).then_some(bin)
     }
 
     /// The Docker Engine's socket.
@@ -135,20 +148,36 @@ impl Settings {
         let registry = self.registry();
         let moto = self.moto_port();
         let mut lines = vec![
-            format!("PF_TEST_DOCKER_HOST=unix://{}", self.docker_socket().display()),
+            format!(
+                "PF_TEST_DOCKER_HOST=unix://{}",
+                self.docker_socket().display()
+            ),
             format!("PF_TEST_REGISTRY={registry}"),
             format!("PF_TEST_BASE_IMAGE={registry}/{BASE_REPO}:{IMAGE_TAG}"),
             format!("PF_TEST_SBOM_GENERATOR={registry}/{SBOM_REPO}:{IMAGE_TAG}"),
-            format!("PF_TEST_ECR_REGISTRY={}:{}", self.ecr_name(), self.ecr_port()),
+            format!(
+                "PF_TEST_ECR_REGISTRY={}:{}",
+                self.ecr_name(),
+                self.ecr_port()
+            ),
             format!("PF_TEST_MOTO=http://127.0.0.1:{moto}"),
             format!("PF_TEST_MOTO_IAM=http://127.0.0.1:{}", moto + 1),
-            format!("PF_TEST_MOTO_IAM_KEYS={}", dir.join("moto-iam/keys").display()),
+            format!(
+                "PF_TEST_MOTO_IAM_KEYS={}",
+                dir.join("moto-iam/keys").display()
+            ),
         ];
         if let (true, Some(bin)) = (with_buildkitd, self.buildkitd_binary()) {
             let bk = self.buildkit_dir();
             lines.extend([
-                format!("PF_TEST_BUILDKIT_ADDR=tcp://127.0.0.1:{}", self.buildkit_port),
-                format!("PF_TEST_BUILDKIT_UNIX=unix://{}", bk.join("buildkitd.sock").display()),
+                format!(
+                    "PF_TEST_BUILDKIT_ADDR=tcp://127.0.0.1:{}",
+                    self.buildkit_port
+                ),
+                format!(
+                    "PF_TEST_BUILDKIT_UNIX=unix://{}",
+                    bk.join("buildkitd.sock").display()
+                ),
                 format!("PF_TEST_BUILDKITD={}", bin.display()),
                 format!(
                     "PF_TEST_BUILDKITD_PRIVATE_DIR={}",
@@ -164,5 +193,16 @@ impl Settings {
 /// may not exist yet).
 fn absolute(path: String) -> PathBuf {
     let path = Path::new(&path);
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // `..` components resolved without touching the disk (like `realpath -m`).
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

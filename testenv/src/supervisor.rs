@@ -64,7 +64,11 @@ impl Files {
 
     /// The running supervisor's pid, if one runs for this folder.
     pub fn supervisor(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid()).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.pid())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let ours = String::from_utf8_lossy(&cmdline).contains(SUPERVISE);
         (ours && process::alive(pid)).then_some(pid)
@@ -159,9 +163,10 @@ pub fn start(settings: &Settings, exe: &Path) -> Result<String> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(Error::ctx(format!("start the supervisor {}", exe.display())))?;
+    let child = cmd.spawn().map_err(Error::ctx(format!(
+        "start the supervisor {}",
+        exe.display()
+    )))?;
     let pid = child.id();
     std::fs::write(files.pid(), format!("{pid}\n")).map_err(Error::file("write", &files.pid()))?;
     // Not waited for: it lives on; once this command exits, init reaps it.
@@ -176,10 +181,18 @@ pub fn start(settings: &Settings, exe: &Path) -> Result<String> {
         None => {
             let why = std::fs::read_to_string(files.failed()).unwrap_or_else(|_| {
                 if ready {
-                    format!("the supervisor exited (log {}):\n{}", log_path.display(), process::log_tail(&log_path))
+                    format!(
+                        "the supervisor exited (log {}):\n{}",
+                        log_path.display(),
+                        process::log_tail(&log_path)
+                    )
                 } else {
                     process::signal_pid(pid, libc::SIGTERM);
-                    format!("not ready after {}s (log {})", START_LIMIT.as_secs(), log_path.display())
+                    format!(
+                        "not ready after {}s (log {})",
+                        START_LIMIT.as_secs(),
+                        log_path.display()
+                    )
                 }
             });
             Err(Error::msg(why.trim_end().to_owned()))
@@ -230,10 +243,17 @@ fn legacy_daemon(dir: &Path) -> Option<&'static str> {
 fn clean(settings: &Settings) {
     let killed = leftovers::kill_processes_naming(&settings.dir);
     if killed > 0 {
-        eprintln!("testenv: killed {killed} leftover processes of {}", settings.dir.display());
+        eprintln!(
+            "testenv: killed {killed} leftover processes of {}",
+            settings.dir.display()
+        );
     }
     leftovers::buildkit_leftovers(&settings.buildkit_dir().join("root"));
-    for private in std::fs::read_dir(settings.buildkit_private_dir()).into_iter().flatten().flatten() {
+    for private in std::fs::read_dir(settings.buildkit_private_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         leftovers::buildkit_leftovers(&private.path().join("root"));
     }
     crate::engine::cleanup(&settings.dir);
@@ -259,7 +279,10 @@ pub fn supervise(settings: &Settings) -> Result<()> {
         listing.push_str(&format!("{name} {pid}\n"));
     }
     write_atomic(&files.processes(), &listing)?;
-    write_atomic(&files.env(), &settings.env_lines(environment.has_buildkitd()))?;
+    write_atomic(
+        &files.env(),
+        &settings.env_lines(environment.has_buildkitd()),
+    )?;
     eprintln!("testenv: ready");
     let outcome = loop {
         if let Some(signal) = signals.wait(Duration::from_secs(1)) {

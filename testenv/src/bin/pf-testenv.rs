@@ -64,7 +64,9 @@ fn fail(e: &Error) -> ExitCode {
 
 fn start(settings: &Settings) -> pf_testenv::Result<()> {
     if unsafe_is_not_root() {
-        return Err(Error::msg("must run as root (the daemons mount and run containers)"));
+        return Err(Error::msg(
+            "must run as root (the daemons mount and run containers)",
+        ));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Error::msg(format!("cannot tell this program's path: {e}")))?;
@@ -99,10 +101,11 @@ fn tier_line(settings: &Settings) -> String {
     let files = Files::new(&settings.dir);
     let addr = format!("tcp://127.0.0.1:{}", settings.buildkit_port);
     match settings.buildkitd_binary() {
-        None => format!(
-            "standalone BuildKit tier: skipped (no unpacked buildkitd in {}: scripts/testenv unpacks ../shared/buildkit/buildkitd-v0.32.2-linux-amd64.xz, or the file PF_TESTENV_BUILDKIT names)",
-            settings.cache.join("buildkit").display()
+        None if !settings.buildkit_xz.is_file() => format!(
+            "standalone BuildKit tier: skipped (no {}; PF_TESTENV_BUILDKIT names another file)",
+            settings.buildkit_xz.display()
         ),
+        None => "standalone BuildKit tier: not installed (scripts/testenv start unpacks it)".into(),
         Some(_) if files.running_env().is_some_and(|e| e.contains(&addr)) => {
             format!("standalone BuildKit tier: buildkitd v0.32.2 on {addr}")
         }
