@@ -295,3 +295,6 @@ pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(POLL);
     }
 }
+
+/// Signals tests send to their daemons (a frozen daemon: SIGSTOP, then SIGCONT).
+pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};

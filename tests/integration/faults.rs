@@ -358,10 +358,10 @@ fn ctrl_c_while_the_daemon_stalls_mid_export() {
         &["--context", ctx.to_str().unwrap(), "--output", &output],
     );
     build.wait_for(|l| l.contains("exporting to client directory"));
-    daemon.signal("-STOP");
+    daemon.pause(true);
     build.interrupt();
     let (status, seen) = build.end_within(Duration::from_secs(2));
-    daemon.signal("-CONT");
+    daemon.pause(false);
     assert_eq!(status.code(), Some(130), "{}", seen.join("\n"));
     assert_no_temp_files(&dest_dir);
 }
