@@ -11,6 +11,39 @@ use std::path::{Path, PathBuf};
 /// Attributes of an exporter or cache backend, by name, sent as given.
 pub type Attrs = BTreeMap<String, String>;
 
+/// `with_attr`, `attrs` and `attrs_mut` for an enum whose every variant holds an `attrs: Attrs`
+/// beside its own fields, written once for [`Output`] and [`Cache`]. The variants are listed
+/// by name; one left out (or added later and not listed) fails the build, as the match would.
+macro_rules! attrs_in_every_variant {
+    ($ty:ident: $($variant:ident),+ $(,)?) => {
+        impl $ty {
+            /// Adds an attribute, sent as given (replacing one of the same name).
+            #[must_use]
+            pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+                self.attrs_mut().insert(key.into(), value.into());
+                self
+            }
+
+            /// The further attributes (those without a field of their own).
+            pub fn attrs(&self) -> &Attrs {
+                match self {
+                    $($ty::$variant { attrs, .. })|+ => attrs,
+                }
+            }
+
+            /// The further attributes, to change.
+            fn attrs_mut(&mut self) -> &mut Attrs {
+                match self {
+                    $($ty::$variant { attrs, .. })|+ => attrs,
+                }
+            }
+        }
+    };
+}
+
+attrs_in_every_variant!(Output: Image, Moby, Local, Tar, Oci, Docker, Raw);
+attrs_in_every_variant!(Cache: Registry, Local, Inline, S3, Gha, AzBlob, Raw);
+
 /// One output of a build.
 ///
 /// ```
@@ -167,13 +200,6 @@ impl Output {
         self
     }
 
-    /// Adds an exporter attribute, sent as given.
-    #[must_use]
-    pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.attrs_mut().insert(key.into(), value.into());
-        self
-    }
-
     /// The exporter type: `image`, `local`, `tar`, `oci`, `docker`, `moby`, or a raw one.
     pub fn kind(&self) -> &str {
         match self {
@@ -184,31 +210,6 @@ impl Output {
             Output::Oci { .. } => "oci",
             Output::Docker { .. } => "docker",
             Output::Raw { kind, .. } => kind,
-        }
-    }
-
-    /// The further attributes (those without a field of their own).
-    pub fn attrs(&self) -> &Attrs {
-        match self {
-            Output::Image { attrs, .. }
-            | Output::Moby { attrs, .. }
-            | Output::Local { attrs, .. }
-            | Output::Tar { attrs, .. }
-            | Output::Oci { attrs, .. }
-            | Output::Docker { attrs, .. }
-            | Output::Raw { attrs, .. } => attrs,
-        }
-    }
-
-    fn attrs_mut(&mut self) -> &mut Attrs {
-        match self {
-            Output::Image { attrs, .. }
-            | Output::Moby { attrs, .. }
-            | Output::Local { attrs, .. }
-            | Output::Tar { attrs, .. }
-            | Output::Oci { attrs, .. }
-            | Output::Docker { attrs, .. }
-            | Output::Raw { attrs, .. } => attrs,
         }
     }
 
@@ -393,13 +394,6 @@ impl Cache {
         }
     }
 
-    /// Adds an attribute, sent as given.
-    #[must_use]
-    pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.attrs_mut().insert(key.into(), value.into());
-        self
-    }
-
     /// The backend type: `registry`, `local`, `inline`, `s3`, `gha`, `azblob`, or a raw one.
     pub fn kind(&self) -> &str {
         match self {
@@ -410,31 +404,6 @@ impl Cache {
             Cache::Gha { .. } => "gha",
             Cache::AzBlob { .. } => "azblob",
             Cache::Raw { kind, .. } => kind,
-        }
-    }
-
-    /// The further attributes (those without a field of their own).
-    pub fn attrs(&self) -> &Attrs {
-        match self {
-            Cache::Registry { attrs, .. }
-            | Cache::Local { attrs, .. }
-            | Cache::Inline { attrs }
-            | Cache::S3 { attrs, .. }
-            | Cache::Gha { attrs }
-            | Cache::AzBlob { attrs }
-            | Cache::Raw { attrs, .. } => attrs,
-        }
-    }
-
-    pub(crate) fn attrs_mut(&mut self) -> &mut Attrs {
-        match self {
-            Cache::Registry { attrs, .. }
-            | Cache::Local { attrs, .. }
-            | Cache::Inline { attrs }
-            | Cache::S3 { attrs, .. }
-            | Cache::Gha { attrs }
-            | Cache::AzBlob { attrs }
-            | Cache::Raw { attrs, .. } => attrs,
         }
     }
 

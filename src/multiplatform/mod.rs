@@ -31,13 +31,14 @@ pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::future::try_join_all;
 
 use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::{BuildError, BuildOptions, Client, RpcCode};
 use crate::buildkit::{Cache, Output};
-use crate::registry::{self, Platform, PushedIndex, Source};
+use crate::registry::{self, CredentialsProvider, Platform, PushedIndex, Source};
 
 pub use metadata::{ImageRecord, IndexRecord, Metadata};
 pub use plan::{BuildRequest, Builders, Event, Placement, Plan};
@@ -135,8 +136,12 @@ pub struct MultiPlatformBuild {
     /// `--export-cache type=local` writes): imported when it holds a cache, exported with
     /// `mode=max` after each build. For CI runners that keep a directory between runs.
     pub cache_dir: Option<PathBuf>,
-    /// Registry client settings (credentials, retries) for the index and client-side pushes.
-    pub registry_credentials: registry::DockerConfig,
+    /// Where registry logins come from, for the index, client-side pushes and the daemons'
+    /// pushes (unless [`options`](Self::options) names its own
+    /// [`credentials`](BuildOptions::credentials)). `None` (the default) pushes the index
+    /// anonymously and leaves the daemons to the build options (the Docker config unless
+    /// [`registry_auth`](BuildOptions::registry_auth) is off).
+    pub registry_credentials: Option<Arc<dyn CredentialsProvider>>,
     /// Where client-side pushes stage their OCI tarballs (default: the system temp dir).
     pub scratch_dir: Option<PathBuf>,
 }
@@ -349,7 +354,7 @@ impl MultiPlatformBuild {
             push: PushMode::Auto,
             s3_cache: None,
             cache_dir: None,
-            registry_credentials: registry::DockerConfig::empty(),
+            registry_credentials: None,
             scratch_dir: None,
         }
     }
@@ -415,24 +420,26 @@ impl MultiPlatformBuild {
     }
 
     fn registry_client(&self) -> Result<registry::Client, registry::Error> {
-        registry::Client::new(
-            registry::ClientOptions::default()
-                .with_credentials(self.registry_credentials.clone())
-                .with_insecure(self.insecure_registry),
-        )
+        let mut options = registry::ClientOptions::default().with_insecure(self.insecure_registry);
+        options.credentials = self.registry_credentials.clone();
+        registry::Client::new(options)
     }
 
-    /// Gets the registry's login now when it comes from AWS (an ECR registry the docker
-    /// config has nothing for), so an unreachable AWS or missing credentials fail before any
-    /// builder is scaled up or any daemon starts and asks for it. Later lookups hit the cache.
+    /// Asks for an ECR registry's login now, so an unreachable AWS or missing AWS credentials
+    /// fail before any builder is scaled up or any daemon starts and asks for it. Any
+    /// [`CredentialsProvider`] is asked the same way; the [`DockerConfig`](registry::DockerConfig)
+    /// caches the ECR login, so the pushes' lookups that follow do not ask AWS again. Other
+    /// registries (and builds without the `aws` feature) are not asked before they are needed.
     ///
     /// # Errors
     /// [`Error::Registry`] naming the registry, the AWS call and the reason.
     pub async fn check_registry_login(&self) -> Result<(), Error> {
         #[cfg(feature = "aws")]
-        if crate::aws::EcrHost::parse(&self.registry).is_some() {
-            self.registry_credentials
-                .resolve(&self.registry)
+        if let Some(provider) = &self.registry_credentials
+            && crate::aws::EcrHost::parse(&self.registry).is_some()
+        {
+            provider
+                .credentials(&self.registry)
                 .await
                 .map_err(registry::Error::from)?;
         }
@@ -514,6 +521,11 @@ impl MultiPlatformBuild {
     /// The build options for one architecture, exporting as `output`.
     fn arch_options(&self, arch: &str, output: Output) -> BuildOptions {
         let mut options = self.options.clone();
+        // The daemons push with the logins the index is pushed with, unless the build brings
+        // its own (or turned registry logins off).
+        if options.credentials.is_none() && options.registry_auth {
+            options.credentials = self.registry_credentials.clone();
+        }
         options.platforms = vec![registry::Platform::new("linux", arch)];
         options.outputs = vec![output];
         if let Some(cache) = &self.s3_cache {
@@ -680,6 +692,64 @@ mod tests {
 
     fn build() -> MultiPlatformBuild {
         MultiPlatformBuild::new(BuildOptions::new("."), "127.0.0.1:5000", "team/app", "v1")
+    }
+
+    /// A login store of the caller's own that counts the lookups it answers.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl CredentialsProvider for Counting {
+        fn credentials<'a>(
+            &'a self,
+            _registry: &'a str,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<Option<registry::Credential>, registry::CredentialsError>,
+        > {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    impl Counting {
+        fn asked(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provider_of_ones_own_serves_the_daemons_and_the_ecr_check() {
+        let provider = Arc::new(Counting::default());
+        let mut b = build();
+        b.registry_credentials = Some(provider.clone());
+        // Not an ECR host: nothing is asked before the pushes need it.
+        b.check_registry_login().await.unwrap();
+        assert_eq!(provider.asked(), 0);
+        #[cfg(feature = "aws")]
+        {
+            let mut ecr = b.clone();
+            ecr.registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com".into();
+            ecr.check_registry_login().await.unwrap();
+            assert_eq!(provider.asked(), 1);
+        }
+        let asked = provider.asked();
+
+        // The daemons' sessions get the same provider ...
+        let options = b.arch_options("amd64", Output::image("r/x:v1-amd64"));
+        let given = options
+            .credentials
+            .expect("the daemons get the request's logins");
+        given.credentials("127.0.0.1:5000").await.unwrap();
+        assert_eq!(provider.asked(), asked + 1);
+        // ... unless the build options bring their own.
+        b.options = b.options.with_credentials(registry::DockerConfig::empty());
+        let own = b.arch_options("amd64", Output::image("r/x:v1-amd64"));
+        own.credentials
+            .expect("the options' own logins")
+            .credentials("127.0.0.1:5000")
+            .await
+            .unwrap();
+        assert_eq!(provider.asked(), asked + 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -24,7 +25,7 @@ use crate::buildkit::{BuildOptions, Endpoint, TlsOptions};
 use crate::config::{BuildkitConfig, ConfigError, Toggle};
 use crate::files::off_runtime;
 use crate::fleet::{Arch, Fleet, Lease, LeaseOptions, PodAddress, ReadyProgress};
-use crate::registry::DockerConfig;
+use crate::registry::{CredentialsProvider, DockerConfig};
 use crate::setters::with_setters;
 
 /// What a caller asks of a multi-platform build; what it leaves out comes from
@@ -60,8 +61,11 @@ pub struct BuildRequest {
     pub insecure_registry: bool,
     /// How each architecture's image reaches the registry.
     pub push: PushMode,
-    /// Registry credentials; `None` reads the Docker CLI's config as `docker push` would.
-    pub registry_credentials: Option<DockerConfig>,
+    /// Where registry logins come from: for the index, client-side pushes, the ECR check
+    /// before anything starts, and the daemons' pushes unless [`BuildRequest::options`] names
+    /// its own [`credentials`](BuildOptions::credentials). `None` reads the Docker CLI's
+    /// config as `docker push` would (with ECR logins from AWS under the `aws` feature).
+    pub registry_credentials: Option<Arc<dyn CredentialsProvider>>,
     /// A local cache per architecture in `DIR/ARCH`; `None` takes `cache_dir` from
     /// `buildkit.json` (relative to that file's directory).
     pub cache_dir: Option<std::path::PathBuf>,
@@ -75,7 +79,6 @@ with_setters!(BuildRequest {
     with_tls => tls: TlsOptions,
     with_insecure_registry => insecure_registry: bool,
     with_push => push: PushMode,
-    with_registry_credentials => registry_credentials: Option<DockerConfig>,
 } optional {
     with_registry => registry: String,
     with_kube_context => kube_context: String,
@@ -87,6 +90,14 @@ impl BuildRequest {
     #[must_use]
     pub fn with_builder(mut self, arch: impl Into<String>, endpoint: Endpoint) -> Self {
         self.builders.insert(arch.into(), endpoint);
+        self
+    }
+
+    /// Takes registry logins from `provider` (a [`DockerConfig`], or a store of your own)
+    /// instead of the Docker CLI's config.
+    #[must_use]
+    pub fn with_registry_credentials(mut self, provider: impl CredentialsProvider) -> Self {
+        self.registry_credentials = Some(Arc::new(provider));
         self
     }
 }
@@ -238,10 +249,10 @@ impl BuildRequest {
         build.validate(&arch_refs)?;
         let given = self.registry_credentials;
         let build = off_runtime(move || {
-            build.registry_credentials = match given {
+            build.registry_credentials = Some(match given {
                 Some(credentials) => credentials,
-                None => DockerConfig::load()?,
-            };
+                None => Arc::new(DockerConfig::load()?),
+            });
             build
                 .options
                 .validate()
@@ -480,7 +491,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
         let mut request = BuildRequest::new(BuildOptions::new(dir.path()), "team/app", "v1");
-        request.registry_credentials = Some(DockerConfig::empty());
+        request.registry_credentials = Some(Arc::new(DockerConfig::empty()));
         (dir, request)
     }
 

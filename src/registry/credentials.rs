@@ -10,7 +10,6 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-#[cfg(feature = "aws")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +145,17 @@ impl fmt::Debug for dyn CredentialsProvider {
     /// Nothing of what a provider holds: it may be secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CredentialsProvider")
+    }
+}
+
+/// A provider already shared (one store for several builds or clients) is a provider too, so
+/// the same `Arc` can go to every `with_credentials`.
+impl<P: CredentialsProvider + ?Sized> CredentialsProvider for Arc<P> {
+    fn credentials<'a>(
+        &'a self,
+        registry: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Credential>, CredentialsError>> {
+        (**self).credentials(registry)
     }
 }
 
