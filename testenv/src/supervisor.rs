@@ -15,12 +15,12 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::environment::Environment;
 use crate::error::{Error, Result};
 use crate::leftovers;
-use crate::process::{self, poll_until};
+use crate::process;
 use crate::settings::Settings;
 
 /// The argument that makes the binary the supervisor.
@@ -28,6 +28,10 @@ pub const SUPERVISE: &str = "supervise";
 
 /// The longest a start may take, whatever the daemons' own deadlines (never hang forever).
 const START_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// How long the supervisor may take to drop everything: the Engine alone may take 30 s to
+/// stop its containers, then containerd 15 s, buildkitd 15 s, …
+const STOP_LIMIT: Duration = Duration::from_secs(180);
 
 /// The supervisor's files in an environment folder.
 #[derive(Debug, Clone)]
@@ -171,32 +175,40 @@ pub fn start(settings: &Settings, exe: &Path) -> Result<String> {
     std::fs::write(files.pid(), format!("{pid}\n")).map_err(Error::file("write", &files.pid()))?;
     // Not waited for: it lives on; once this command exits, init reaps it.
     drop(child);
-    let mut env = None;
-    let ready = poll_until(START_LIMIT, || {
-        env = std::fs::read_to_string(files.env()).ok();
-        env.is_some() || !process::alive(pid)
-    });
-    match env {
-        Some(env) => Ok(env),
-        None => {
-            let why = std::fs::read_to_string(files.failed()).unwrap_or_else(|_| {
-                if ready {
-                    format!(
-                        "the supervisor exited (log {}):\n{}",
-                        log_path.display(),
-                        process::log_tail(&log_path)
-                    )
-                } else {
-                    process::signal_pid(pid, libc::SIGTERM);
-                    format!(
-                        "not ready after {}s (log {})",
-                        START_LIMIT.as_secs(),
-                        log_path.display()
-                    )
-                }
-            });
-            Err(Error::msg(why.trim_end().to_owned()))
+    // Ctrl-C or SIGTERM while waiting stops the half-started environment too: a start that
+    // was given up leaves nothing running.
+    let signals = Signals::block();
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        if let Ok(env) = std::fs::read_to_string(files.env()) {
+            return Ok(env);
         }
+        if !process::alive(pid) {
+            let why = std::fs::read_to_string(files.failed()).unwrap_or_else(|_| {
+                format!(
+                    "the supervisor exited (log {}):\n{}",
+                    log_path.display(),
+                    process::log_tail(&log_path)
+                )
+            });
+            return Err(Error::msg(why.trim_end().to_owned()));
+        }
+        let why = match signals.wait(Duration::from_millis(100)) {
+            Some(signal) => format!("interrupted by signal {signal}"),
+            None if Instant::now() >= deadline => format!(
+                "not ready after {}s (log {})",
+                START_LIMIT.as_secs(),
+                log_path.display()
+            ),
+            None => continue,
+        };
+        process::signal_pid(pid, libc::SIGTERM);
+        if !process::wait_gone(pid, STOP_LIMIT) {
+            process::signal_pid(pid, libc::SIGKILL);
+        }
+        return Err(Error::msg(format!(
+            "{why}; the half-started environment was stopped"
+        )));
     }
 }
 
@@ -211,9 +223,11 @@ pub fn stop(settings: &Settings) -> Result<()> {
     if let Some(pid) = files.supervisor() {
         eprintln!("testenv: stopping the supervisor (pid {pid})");
         process::signal_pid(pid, libc::SIGTERM);
-        // The Engine alone may take 30 s to stop its containers, then containerd 15 s, …
-        if !process::wait_gone(pid, Duration::from_secs(180)) {
-            eprintln!("testenv: the supervisor did not stop in 180s; killing it");
+        if !process::wait_gone(pid, STOP_LIMIT) {
+            eprintln!(
+                "testenv: the supervisor did not stop in {}s; killing it",
+                STOP_LIMIT.as_secs()
+            );
             process::signal_pid(pid, libc::SIGKILL);
             process::wait_gone(pid, Duration::from_secs(10));
         }

@@ -61,9 +61,11 @@ fn scratch() -> tempfile::TempDir {
         .unwrap()
 }
 
-/// Pids of processes (other than this one) whose command line names a path under `dir`.
-fn processes_naming(dir: &Path) -> Vec<u32> {
-    let needle = format!("{}/", dir.display());
+/// Pids of processes (other than this one) whose command line names `path` or a path under
+/// it.
+fn processes_naming(path: &Path) -> Vec<u32> {
+    let dir = format!("{}/", path.display());
+    let file = format!("{} ", path.display());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -71,9 +73,8 @@ fn processes_naming(dir: &Path) -> Vec<u32> {
         .filter(|pid| *pid != std::process::id() && alive(*pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(&needle)
+                let cmdline = String::from_utf8_lossy(&c).replace('\0', " ");
+                cmdline.contains(&dir) || cmdline.contains(&file)
             })
         })
         .collect()
@@ -276,18 +277,18 @@ fn racing_starts_make_one_supervisor_and_stop_leaves_nothing() {
         "the two starts print different environments"
     );
     assert!(envs[0].contains(&format!("export PF_TEST_REGISTRY=127.0.0.1:{base}\n")));
-    // One supervisor: the processes it recorded are the only ones naming the folder.
+    // One set: one registry and one dockerd run with this folder's config files, and they are
+    // the ones the supervisor recorded.
     let supervisor = supervisor_pid(&dir);
-    let mut daemons = recorded(&dir);
-    daemons.sort_unstable();
-    let mut naming = processes_naming(&dir);
-    naming.sort_unstable();
-    assert_eq!(
-        naming,
-        daemons,
-        "processes naming {} besides the recorded ones",
-        dir.display()
-    );
+    let daemons = recorded(&dir);
+    for config in ["registry/config.yml", "daemon.json"] {
+        let running = processes_naming(&dir.join(config));
+        assert_eq!(running.len(), 1, "processes with {config}: {running:?}");
+        assert!(
+            daemons.contains(&running[0]),
+            "{config}: {running:?} not in {daemons:?}"
+        );
+    }
     assert_eq!(
         http::status(Target::Tcp(&format!("127.0.0.1:{base}")), "/v2/"),
         200
@@ -336,6 +337,38 @@ fn a_killed_supervisor_takes_its_daemons_and_the_next_start_cleans_up() {
     let mut all = daemons;
     all.push(supervisor);
     assert_gone("environment", &all, &ports(base), &[]);
+    assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "processes left");
+    assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts left");
+}
+
+#[test]
+fn an_interrupted_start_stops_what_it_started() {
+    settings();
+    let tmp = scratch();
+    let base = free_ports();
+    let dir = tmp.path().to_path_buf();
+    let start = Command::new(env!("CARGO_BIN_EXE_pf-testenv"))
+        .arg("start")
+        .env("PF_TESTENV_DIR", &dir)
+        .env("PF_TEST_REGISTRY_PORT", base.to_string())
+        .env("PF_TEST_BUILDKIT_PORT", (base + 1000).to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the supervisor runs, the start is waiting for it (the Engine alone takes seconds).
+    assert!(
+        poll_until(GONE, || dir.join("supervisor.pid").exists()),
+        "no supervisor started"
+    );
+    let supervisor = supervisor_pid(&dir);
+    pf_testenv::process::signal_pid(start.id(), libc::SIGINT);
+    let out = start.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the start succeeded: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(out.stdout.is_empty(), "env lines printed");
+    assert_gone("interrupted start", &[supervisor], &ports(base), &[]);
     assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "processes left");
     assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts left");
 }
