@@ -1,6 +1,6 @@
-//! The shared environment as one value: every component the tests share except the
-//! Kubernetes tier, started in order and, when the value drops, stopped in reverse (the
-//! standalone buildkitd, the Engine, the registries, moto). The supervisor process holds one.
+//! The shared environment as one value: every component the tests share, started in order
+//! and, when the value drops, stopped in reverse (the Kubernetes tier, the standalone
+//! buildkitd, the Engine, the registries, moto). The supervisor process holds one.
 
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use crate::buildkitd::{BuildkitdConfig, SharedBuildkitd};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::images::CachedImage;
+use crate::kube::{self, ControlPlane};
 use crate::moto::Moto;
 use crate::process::Daemon;
 use crate::registry::{Registry, RegistryConfig};
@@ -18,6 +19,7 @@ use crate::snapshotter;
 /// and the Engine's containerd goes first.
 #[derive(Debug)]
 pub struct Environment {
+    kube: Option<ControlPlane>,
     buildkitd: Option<SharedBuildkitd>,
     engine: Engine,
     registry: Registry,
@@ -121,8 +123,14 @@ impl Environment {
                 })?)
             }
         };
+        step(cancelled)?;
+        let kube = match (&buildkitd, settings.kube_binaries()) {
+            (Some(_), Some(bin)) => Some(start_kube(settings, bin)?),
+            _ => None,
+        };
         write_cli_wrapper(settings)?;
         Ok(Environment {
+            kube,
             buildkitd,
             engine,
             registry,
@@ -135,6 +143,11 @@ impl Environment {
     /// Whether the standalone buildkitd runs.
     pub fn has_buildkitd(&self) -> bool {
         self.buildkitd.is_some()
+    }
+
+    /// Whether the Kubernetes tier runs.
+    pub fn has_kube(&self) -> bool {
+        self.kube.is_some()
     }
 
     /// Each process's name and pid, in start order.
@@ -156,6 +169,9 @@ impl Environment {
         if let Some(b) = self.buildkitd.as_mut() {
             daemons.push(b.daemon());
         }
+        if let Some(k) = self.kube.as_mut() {
+            daemons.extend(k.daemons());
+        }
         daemons
     }
 
@@ -165,6 +181,25 @@ impl Environment {
             .into_iter()
             .find_map(|d| (!d.running()).then(|| d.failure("exited")))
     }
+}
+
+/// The Kubernetes tier: a control plane with credentials of its own, on the settings' ports,
+/// whose kubelet handler takes every pod's port to the standalone buildkitd; and the folder
+/// for the planes tests start themselves (with this one's credentials).
+fn start_kube(settings: &Settings, bin: PathBuf) -> Result<ControlPlane> {
+    let private = settings.kube_private_dir();
+    std::fs::create_dir_all(&private).map_err(Error::file("create", &private))?;
+    ControlPlane::start(kube::Spec {
+        bin,
+        dir: settings.kube_dir(),
+        logs: settings.dir.join("logs"),
+        ports: settings.kube_ports(),
+        credentials_of: None,
+        pods_reach: Some(format!("127.0.0.1:{}", settings.buildkit_port)),
+        timeout: settings.timeout,
+        die_with_parent: true,
+    })
+    .map_err(|e| Error::msg(format!("the Kubernetes tier: {e}")))
 }
 
 /// The daemons resolve the ECR stand-in's host name themselves: one line in /etc/hosts maps

@@ -1,16 +1,26 @@
-//! Just enough HTTP for health checks and image uploads, over TCP or a unix socket: one
-//! HTTP/1.0 request per connection (so the answer ends when the server closes, never
-//! chunked), and a probe that a port speaks HTTP/2 (gRPC). The components need nothing more,
-//! and a client crate would bring a runtime or a TLS stack for it.
+//! Just enough HTTP for health checks, image uploads and the Kubernetes API, over TCP, TLS or
+//! a unix socket: one HTTP/1.0 request per connection (so the answer ends when the server
+//! closes, never chunked), and a probe that a port speaks HTTP/2 (gRPC). The components need
+//! nothing more, and a client crate would bring a runtime for it. TLS is rustls with ring,
+//! the crypto the main crate already uses.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::error::{Error, Result};
 
 /// How long one check may take before it counts as "no answer".
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS request may take: the Kubernetes API server answers writes slowly on a
+/// loaded machine, and a seed request that timed out would fail the start.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +29,14 @@ pub enum Target<'a> {
     Tcp(&'a str),
     /// A unix socket (the Host header is a placeholder).
     Unix(&'a Path),
+    /// `HOST:PORT` over TLS with these settings (see [`tls_from_files`]); the server's
+    /// certificate must name HOST.
+    Tls(&'a str, &'a Tls),
 }
+
+/// TLS settings for a [`Target::Tls`]: the CAs to trust and, optionally, the client
+/// certificate to present.
+pub type Tls = Arc<rustls::ClientConfig>;
 
 /// An answer: status, headers and body.
 #[derive(Debug)]
@@ -60,7 +77,50 @@ fn connect(target: Target<'_>) -> io::Result<Box<dyn Stream>> {
             s.set_write_timeout(Some(TIMEOUT))?;
             Box::new(s)
         }
+        Target::Tls(addr, tls) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let name = ServerName::try_from(host.to_owned()).map_err(io::Error::other)?;
+            let conn =
+                rustls::ClientConnection::new(Arc::clone(tls), name).map_err(io::Error::other)?;
+            let tcp = TcpStream::connect(addr)?;
+            tcp.set_read_timeout(Some(API_TIMEOUT))?;
+            tcp.set_write_timeout(Some(API_TIMEOUT))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
     })
+}
+
+/// TLS that trusts the CA certificates in the PEM file `ca`, presenting the certificate and
+/// key in the PEM files `client` when given.
+pub fn tls_from_files(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Tls> {
+    let certs = |path: &Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| Error::msg(format!("read the certificates in {}: {e}", path.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for root in certs(ca)? {
+        roots
+            .add(root)
+            .map_err(|e| Error::msg(format!("{} holds no usable CA: {e}", ca.display())))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::msg(format!("TLS settings: {e}")))?
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| Error::msg(format!("read the key in {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(certs(cert)?, key)
+                .map_err(|e| Error::msg(format!("{} is not usable: {e}", cert.display())))?
+        }
+    };
+    Ok(Arc::new(config))
 }
 
 /// Sends one request and reads the whole answer.
@@ -73,7 +133,7 @@ pub fn request(
 ) -> io::Result<Response> {
     let mut stream = connect(target)?;
     let host = match target {
-        Target::Tcp(addr) => addr,
+        Target::Tcp(addr) | Target::Tls(addr, _) => addr,
         Target::Unix(_) => "localhost",
     };
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
@@ -88,7 +148,13 @@ pub fn request(
     stream.write_all(body)?;
     stream.flush()?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS server that closes without close_notify: HTTP/1.0 ends at the connection's
+        // end all the same.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
     parse(&raw, method == "HEAD")
 }
 

@@ -37,6 +37,7 @@ pub mod environment;
 pub mod error;
 pub mod http;
 pub mod images;
+pub mod kube;
 pub mod leftovers;
 pub mod moto;
 pub mod private_buildkitd;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::kube;
 
 /// The account the ECR stand-in plays, and the host name its registry goes by.
 pub const ECR_ACCOUNT: &str = "123456789012";
@@ -19,6 +20,14 @@ pub const IMAGE_TAG: &str = "latest";
 
 /// The standalone daemon's version (the file name `scripts/testenv` unpacks it under).
 pub const BUILDKIT_VERSION: &str = "v0.32.2";
+
+/// The compressed binaries of the Kubernetes tier in its shared folder (with a README.md
+/// giving their sha256), as `scripts/testenv` looks for them.
+pub const KUBE_FILES: [&str; 3] = [
+    "etcd-v3.5.30-linux-amd64.xz",
+    "kube-apiserver-v1.36.2-linux-amd64.xz",
+    "kubelet-portforward-v1.36.2-linux-amd64.xz",
+];
 
 /// The environment's settings. Every path is absolute: daemons get them on their command
 /// lines.
@@ -42,6 +51,13 @@ pub struct Settings {
     /// `../shared/buildkit/buildkitd-v0.32.2-linux-amd64.xz` beside the project): the
     /// standalone tier runs only when it exists (and `scripts/testenv` unpacked it).
     pub buildkit_xz: PathBuf,
+    /// The first of the Kubernetes tier's five ports (`PF_TEST_KUBE_PORT`, default the
+    /// registry port + 1400): etcd, etcd's peers, the API server, the kubelet handler, the
+    /// token webhook a test serves.
+    pub kube_port: u16,
+    /// The folder with the tier's compressed binaries and their README (`PF_TESTENV_KUBE`,
+    /// default `../shared/kube` beside the project).
+    pub kube_shared: PathBuf,
 }
 
 impl Settings {
@@ -73,6 +89,17 @@ impl Settings {
                 ))
             })?,
         };
+        let kube_port = port(
+            "PF_TEST_KUBE_PORT",
+            registry_port
+                .checked_add(1400)
+                .unwrap_or(registry_port - 1400),
+        )?;
+        if kube_port > u16::MAX - 4 {
+            return Err(Error::msg(
+                "PF_TEST_KUBE_PORT must be a port number below 65532 (the tier takes five)",
+            ));
+        }
         Ok(Settings {
             dir: absolute(var("PF_TESTENV_DIR").unwrap_or("/tmp/pf-buildkit-testenv".into())),
             cache: absolute(
@@ -88,6 +115,11 @@ impl Settings {
                     env!("CARGO_MANIFEST_DIR")
                 )
             })),
+            kube_port,
+            kube_shared: absolute(
+                var("PF_TESTENV_KUBE")
+                    .unwrap_or_else(|| format!("{}/../../shared/kube", env!("CARGO_MANIFEST_DIR"))),
+            ),
         })
     }
 
@@ -141,9 +173,43 @@ impl Settings {
         self.dir.join("buildkit-private")
     }
 
+    /// Whether the tier's shared folder holds its binaries and README (else it is skipped).
+    pub fn kube_shared_present(&self) -> bool {
+        self.kube_shared.join("README.md").is_file()
+            && KUBE_FILES
+                .iter()
+                .all(|f| self.kube_shared.join(f).is_file())
+    }
+
+    /// The folder of the unpacked etcd, kube-apiserver and kubelet handler, when their shared
+    /// files are at hand and `scripts/testenv` unpacked them all.
+    pub fn kube_binaries(&self) -> Option<PathBuf> {
+        let bin = self.cache.join("kube");
+        let unpacked = [kube::ETCD, kube::APISERVER, kube::KUBELET]
+            .iter()
+            .all(|b| bin.join(b).is_file());
+        (self.kube_shared_present() && unpacked).then_some(bin)
+    }
+
+    /// The tier's ports.
+    pub fn kube_ports(&self) -> kube::Ports {
+        kube::Ports::from(self.kube_port).unwrap_or_else(|| unreachable!("checked when read"))
+    }
+
+    /// The tier's control plane's folder (credentials, etcd's data, audit log, kubeconfig).
+    pub fn kube_dir(&self) -> PathBuf {
+        self.dir.join("kube")
+    }
+
+    /// Where the control planes tests start themselves live (`PF_TEST_KUBE_PRIVATE_DIR`).
+    pub fn kube_private_dir(&self) -> PathBuf {
+        self.dir.join("kube-private")
+    }
+
     /// The `export NAME=VALUE` lines the tests read, for what this environment runs: the
-    /// same names and meanings `scripts/testenv` has always printed.
-    pub fn env_lines(&self, with_buildkitd: bool) -> String {
+    /// same names and meanings `scripts/testenv` has always printed. The Kubernetes tier's
+    /// lines need the standalone buildkitd's.
+    pub fn env_lines(&self, with_buildkitd: bool, with_kube: bool) -> String {
         let dir = &self.dir;
         let registry = self.registry();
         let moto = self.moto_port();
@@ -184,6 +250,27 @@ impl Settings {
                     self.buildkit_private_dir().display()
                 ),
             ]);
+            // The control plane: its address and files (`tokens.csv`, `pki/`, `audit.log`), an
+            // admin kubeconfig, the binaries and a folder for the planes tests start.
+            if let (true, Some(bin)) = (with_kube, self.kube_binaries()) {
+                let ports = self.kube_ports();
+                let kube = self.kube_dir();
+                lines.extend([
+                    format!("PF_TEST_KUBE_SERVER=https://127.0.0.1:{}", ports.apiserver),
+                    format!("PF_TEST_KUBE_DIR={}", kube.display()),
+                    format!(
+                        "PF_TEST_KUBE_KUBECONFIG={}",
+                        kube.join("admin.kubeconfig").display()
+                    ),
+                    format!("PF_TEST_KUBE_WEBHOOK_PORT={}", ports.webhook),
+                    format!("PF_TEST_KUBE_KUBELET_PORT={}", ports.kubelet),
+                    format!("PF_TEST_KUBE_BIN={}", bin.display()),
+                    format!(
+                        "PF_TEST_KUBE_PRIVATE_DIR={}",
+                        self.kube_private_dir().display()
+                    ),
+                ]);
+            }
         }
         lines.iter().map(|l| format!("export {l}\n")).collect()
     }

@@ -124,7 +124,8 @@ impl Lock {
 pub fn start(settings: &Settings, exe: &Path) -> Result<String> {
     let files = Files::new(&settings.dir);
     let _lock = Lock::take(&settings.dir)?;
-    let want = settings.env_lines(settings.buildkitd_binary().is_some());
+    let with_buildkitd = settings.buildkitd_binary().is_some();
+    let want = settings.env_lines(with_buildkitd, settings.kube_binaries().is_some());
     if let Some(pid) = files.supervisor() {
         match std::fs::read_to_string(files.env()) {
             Ok(env) if env == want => return Ok(env),
@@ -293,10 +294,8 @@ pub fn supervise(settings: &Settings) -> Result<()> {
         listing.push_str(&format!("{name} {pid}\n"));
     }
     write_atomic(&files.processes(), &listing)?;
-    write_atomic(
-        &files.env(),
-        &settings.env_lines(environment.has_buildkitd()),
-    )?;
+    let env = settings.env_lines(environment.has_buildkitd(), environment.has_kube());
+    write_atomic(&files.env(), &env)?;
     eprintln!("testenv: ready");
     let outcome = loop {
         if let Some(signal) = signals.wait(Duration::from_secs(1)) {
@@ -311,8 +310,11 @@ pub fn supervise(settings: &Settings) -> Result<()> {
     };
     let _ = std::fs::remove_file(files.env());
     drop(environment);
-    // Private daemons tests started under the folder and did not stop.
+    // Private daemons and control planes tests started under the folder and did not stop.
     leftovers::kill_processes_naming(&settings.buildkit_private_dir());
+    leftovers::kill_processes_naming(&settings.kube_private_dir());
+    // A test's own kubelet handlers name the tier's credentials, not a private folder.
+    leftovers::kill_processes_naming(&settings.kube_dir());
     eprintln!("testenv: stopped");
     outcome
 }

@@ -744,7 +744,7 @@ async fn real_api_server_certificate_rotated_reconnects_or_names_the_ca() {
 /// through its admin kubeconfig, and once dropped no process, port or file of it is left.
 #[tokio::test]
 async fn real_control_plane_of_its_own_forwards_to_buildkitd_and_leaves_nothing_when_dropped() {
-    use crate::real_kube::plane;
+    use pf_testenv::kube as plane;
     use serde_json::json;
     if !crate::real_kube::present(module_path!()) {
         return;
@@ -770,12 +770,14 @@ async fn real_control_plane_of_its_own_forwards_to_buildkitd_and_leaves_nothing_
                 .to_owned(),
         ),
         timeout: Duration::from_secs(120),
+        die_with_parent: false,
     };
-    let cp = tokio::task::spawn_blocking(move || plane::ControlPlane::start(spec))
+    let mut cp = tokio::task::spawn_blocking(move || plane::ControlPlane::start(spec))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));
-    let (pids, ports) = (cp.pids(), cp.ports());
+    let pids: Vec<u32> = cp.daemons().iter().map(|d| d.pid()).collect();
+    let ports = cp.ports();
     assert_eq!(pids.len(), 3, "etcd, kubelet handler, API server");
 
     // A pod on node-1, Running and Ready, as its kubelet would report it.
@@ -802,7 +804,7 @@ async fn real_control_plane_of_its_own_forwards_to_buildkitd_and_leaves_nothing_
                 "conditions": [ { "type": "Ready", "status": "True" } ] } }),
             )),
         )?;
-        Ok::<_, plane::error::Error>(cp)
+        Ok::<_, pf_testenv::Error>(cp)
     })
     .await
     .unwrap()
@@ -824,7 +826,10 @@ async fn real_control_plane_of_its_own_forwards_to_buildkitd_and_leaves_nothing_
         );
     }
     for port in [ports.etcd, ports.etcd_peer, ports.apiserver, ports.kubelet] {
-        assert!(!plane::listening(port), "127.0.0.1:{port} still listens");
+        assert!(
+            !pf_testenv::http::port_taken(port),
+            "127.0.0.1:{port} still listens"
+        );
     }
     assert!(!dir.exists(), "{} is left", dir.display());
 }

@@ -7,6 +7,7 @@
 //! pf-testenv env      print the env lines if running, exit 1 otherwise
 //! pf-testenv status   say what runs
 //! pf-testenv tier     one line: whether the standalone BuildKit tier runs, and why not
+//! pf-testenv kube-tier  one line: whether the Kubernetes tier runs, and why not
 //! ```
 //!
 //! Settings come from the environment (`PF_TESTENV_DIR`, `PF_TEST_REGISTRY_PORT`, …: see
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use pf_testenv::supervisor::{self, Files};
 use pf_testenv::{Error, Settings};
 
-const USAGE: &str = "usage: pf-testenv start|stop|env|status|tier";
+const USAGE: &str = "usage: pf-testenv start|stop|env|status|tier|kube-tier";
 
 fn main() -> ExitCode {
     let command = std::env::args().nth(1).unwrap_or_default();
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
         }
         "tier" => {
             println!("{}", tier_line(&settings));
+            Ok(())
+        }
+        "kube-tier" => {
+            println!("{}", kube_tier_line(&settings));
             Ok(())
         }
         supervisor::SUPERVISE => supervisor::supervise(&settings),
@@ -72,6 +77,7 @@ fn start(settings: &Settings) -> pf_testenv::Result<()> {
         .map_err(|e| Error::msg(format!("cannot tell this program's path: {e}")))?;
     let env = supervisor::start(settings, &exe)?;
     eprintln!("testenv: {}", tier_line(settings));
+    eprintln!("testenv: {}", kube_tier_line(settings));
     print!("{env}");
     Ok(())
 }
@@ -94,6 +100,7 @@ fn status(settings: &Settings) {
         }
     }
     eprintln!("testenv: {}", tier_line(settings));
+    eprintln!("testenv: {}", kube_tier_line(settings));
 }
 
 /// One line on the standalone tier, for `start` and scripts/test.
@@ -112,5 +119,30 @@ fn tier_line(settings: &Settings) -> String {
         Some(_) => {
             "standalone BuildKit tier: not running (start it with: scripts/testenv start)".into()
         }
+    }
+}
+
+/// One line on the Kubernetes tier, for `start` and scripts/test.
+fn kube_tier_line(settings: &Settings) -> String {
+    let server = format!("https://127.0.0.1:{}", settings.kube_ports().apiserver);
+    let running = || {
+        Files::new(&settings.dir)
+            .running_env()
+            .is_some_and(|e| e.contains(&format!("PF_TEST_KUBE_SERVER={server}\n")))
+    };
+    if settings.buildkitd_binary().is_none() {
+        "Kubernetes tier: skipped (it needs the standalone buildkitd, which is missing)".into()
+    } else if !settings.kube_shared_present() {
+        format!(
+            "Kubernetes tier: skipped (no {} with README.md in {}; PF_TESTENV_KUBE names another folder)",
+            pf_testenv::settings::KUBE_FILES.join(" "),
+            settings.kube_shared.display()
+        )
+    } else if settings.kube_binaries().is_none() {
+        "Kubernetes tier: not installed (scripts/testenv start unpacks it)".into()
+    } else if running() {
+        format!("Kubernetes tier: kube-apiserver v1.36.2 on {server}")
+    } else {
+        "Kubernetes tier: not running (start it with: scripts/testenv start)".into()
     }
 }

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::real_kube::plane;
 use crate::util;
+use pf_testenv::kube as plane;
 
 pub use plane::Issuer;
 
@@ -44,6 +44,8 @@ impl ControlPlane {
             credentials_of: Some(PathBuf::from(util::env("PF_TEST_KUBE_DIR"))),
             pods_reach: None,
             timeout: READY_WAIT,
+            // Started from a blocking-pool thread, which may end before the plane should.
+            die_with_parent: false,
         };
         ControlPlane(Some(
             blocking(move || plane::ControlPlane::start(spec)).await,
@@ -59,7 +61,7 @@ impl ControlPlane {
     /// Runs `f` on the plane off the runtime's threads.
     async fn with<T: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&mut plane::ControlPlane) -> plane::error::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut plane::ControlPlane) -> pf_testenv::Result<T> + Send + 'static,
     ) -> T {
         let mut plane = self.0.take().expect("the control plane is not mid-restart");
         let (plane, out) = blocking(move || {
@@ -112,7 +114,7 @@ impl ControlPlane {
 
 /// Runs `f` on a blocking thread; its error fails the test.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> plane::error::Result<T> + Send + 'static,
+    f: impl FnOnce() -> pf_testenv::Result<T> + Send + 'static,
 ) -> T {
     tokio::task::spawn_blocking(f)
         .await

@@ -15,7 +15,6 @@
 
 pub mod control_plane;
 pub mod node;
-pub mod plane;
 pub mod token_webhook;
 
 use std::path::{Path, PathBuf};

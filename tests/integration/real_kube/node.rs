@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{RealKube, call, kube_file, must};
-use crate::real_kube::plane;
 use crate::util;
+use pf_testenv::kube as plane;
 
 /// How long the handler may take to serve on a loaded machine.
 const START_WAIT: Duration = Duration::from_secs(60);
@@ -69,7 +69,7 @@ impl PrivateNode {
         let kubelet = tokio::task::spawn_blocking(move || {
             let port = plane::free_port()?;
             let reach = format!("127.0.0.1:{container_port}");
-            plane::Kubelet::start(&bin, &credentials, port, &reach, &logs, START_WAIT)
+            plane::Kubelet::start(&bin, &credentials, port, &reach, &logs, START_WAIT, false)
         })
         .await
         .expect("join")

@@ -15,7 +15,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use super::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The CA's common name (its whole subject: a signer rebuilt from its key names it so).
 pub const CA_NAME: &str = "pf-testenv-kube-ca";

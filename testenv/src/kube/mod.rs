@@ -11,9 +11,6 @@
 //! `spawn_blocking`.
 
 pub mod credentials;
-pub mod error;
-pub mod https;
-mod process;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,9 +18,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use credentials::Credentials;
-use error::{Error, Result};
-use https::{Request, Tls};
-use process::Daemon;
+
+use crate::error::{Error, Result};
+use crate::http::{self, Target, Tls};
+use crate::process::{Daemon, Launch};
 
 /// The unpacked etcd's file name (`scripts/testenv` names the binaries for their versions).
 pub const ETCD: &str = "etcd-v3.5.30";
@@ -109,6 +107,9 @@ pub struct Spec {
     /// How long etcd and the kubelet handler may take to be ready (the API server gets at
     /// least three minutes).
     pub timeout: Duration,
+    /// Whether the daemons die with the thread that starts them (see
+    /// [`Launch::die_with_parent`]): for the supervisor, not for a test's async runtime.
+    pub die_with_parent: bool,
 }
 
 /// Who signs the API server's serving certificate when it is rotated.
@@ -121,6 +122,7 @@ pub enum Issuer {
 }
 
 /// A running control plane (see the module's documentation).
+#[derive(Debug)]
 pub struct ControlPlane {
     spec: Spec,
     credentials: Credentials,
@@ -178,9 +180,9 @@ impl ControlPlane {
             ours.push(("kubelet", spec.ports.kubelet));
         }
         for (what, port) in ours {
-            if listening(port) {
+            if http::port_taken(port) {
                 return Err(Error::msg(format!(
-                    "127.0.0.1:{port} (for {what}) is already taken by another process"
+                    "127.0.0.1:{port} (for {what}) is already taken by another process; the tier's ports move with PF_TEST_KUBE_PORT"
                 )));
             }
         }
@@ -193,6 +195,7 @@ impl ControlPlane {
                 target,
                 &spec.logs,
                 spec.timeout,
+                spec.die_with_parent,
             )?);
         }
         plane.start_apiserver()?;
@@ -231,16 +234,15 @@ impl ControlPlane {
         self.spec.dir.join("admin.kubeconfig")
     }
 
-    /// The process ids of what runs now (the API server, the kubelet handler, etcd).
-    pub fn pids(&self) -> Vec<u32> {
+    /// What runs now: etcd, the kubelet handler, the API server.
+    pub fn daemons(&mut self) -> Vec<&mut Daemon> {
         [
-            self.apiserver.as_ref(),
-            self.kubelet.as_ref().map(|k| &k.daemon),
-            self.etcd.as_ref(),
+            self.etcd.as_mut(),
+            self.kubelet.as_mut().map(|k| &mut k.daemon),
+            self.apiserver.as_mut(),
         ]
         .into_iter()
         .flatten()
-        .map(Daemon::pid)
         .collect()
     }
 
@@ -265,8 +267,9 @@ impl ControlPlane {
             &format!("health on 127.0.0.1:{}", ports.etcd),
             self.spec.timeout,
             || {
-                https::send(ports.etcd, None, &Request::get("/health"))
-                    .is_ok_and(|a| a.body.contains("\"health\":\"true\""))
+                let addr = format!("127.0.0.1:{}", ports.etcd);
+                http::request(Target::Tcp(&addr), "GET", "/health", &[], &[])
+                    .is_ok_and(|a| String::from_utf8_lossy(&a.body).contains("\"health\":\"true\""))
             },
         )?;
         self.etcd = Some(etcd);
@@ -278,7 +281,9 @@ impl ControlPlane {
 
     /// Kills etcd (SIGKILL, as a crash).
     pub fn kill_etcd(&mut self) {
-        drop(self.etcd.take());
+        if let Some(mut etcd) = self.etcd.take() {
+            etcd.kill();
+        }
     }
 
     /// Starts the API server (again) and waits until `/readyz` answers `ok`.
@@ -290,7 +295,9 @@ impl ControlPlane {
 
     /// Kills the API server (SIGKILL: its connections drop without a goodbye).
     pub fn kill_apiserver(&mut self) {
-        drop(self.apiserver.take());
+        if let Some(mut apiserver) = self.apiserver.take() {
+            apiserver.kill();
+        }
     }
 
     /// Gives the API server a new serving certificate for 127.0.0.1 signed by `issuer`, and
@@ -363,7 +370,7 @@ impl ControlPlane {
             Some((_, _, ca)) => ca.clone(),
             None => self.credentials.ca(),
         };
-        https::tls_from_files(&ca, None)
+        http::tls_from_files(&ca, None)
     }
 
     /// Waits until the API server answers `/readyz` with `ok` (etcd reachable included).
@@ -379,54 +386,56 @@ impl ControlPlane {
             &format!("/readyz ok on https://127.0.0.1:{port}"),
             timeout,
             || {
-                https::send(port, Some(&tls), &Request::get("/readyz"))
-                    .is_ok_and(|a| a.body == "ok")
+                let addr = format!("127.0.0.1:{port}");
+                http::request(Target::Tls(&addr, &tls), "GET", "/readyz", &[], &[])
+                    .is_ok_and(|a| a.body == b"ok")
             },
         )
     }
 
     fn spawn(&self, name: &str, binary: &str, args: &[String]) -> Result<Daemon> {
-        Daemon::spawn(
+        launch(
             name,
             &self.spec.bin.join(binary),
             args,
-            &self.spec.logs.join(format!("{name}.log")),
+            &self.spec.logs,
+            self.spec.die_with_parent,
         )
     }
 
-    /// `method path [json]` as `pf-admin`; an error unless 2xx, or 409 when `exists_ok` (the
-    /// object is there already).
+    /// `method path [JSON body]` as `pf-admin`: the answer's JSON (`null` when it is not
+    /// JSON), or an error naming the call, the status and what the server said.
     pub fn admin_call(
         &self,
         method: &str,
         path: &str,
         body: Option<(&str, Value)>,
     ) -> Result<Value> {
-        let token = self.credentials.token(credentials::ADMIN)?;
-        let bytes = body.as_ref().map(|(_, v)| v.to_string());
-        let req = Request {
-            method,
-            path,
-            token: Some(&token),
-            body: body
-                .as_ref()
-                .zip(bytes.as_ref())
-                .map(|((ct, _), b)| (*ct, b.as_bytes())),
+        let auth = format!("Bearer {}", self.credentials.token(credentials::ADMIN)?);
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Accept", "application/json"),
+            ("User-Agent", "pf-testenv"),
+        ];
+        let bytes = match &body {
+            Some((content_type, value)) => {
+                headers.push(("Content-Type", content_type));
+                value.to_string().into_bytes()
+            }
+            None => Vec::new(),
         };
-        let answer = https::send(
-            self.spec.ports.apiserver,
-            Some(&self.apiserver_tls()?),
-            &req,
-        )
-        .map_err(|e| Error::msg(format!("{method} {} {path}: {e}", self.server())))?;
-        if answer.ok() {
-            return Ok(serde_json::from_str(&answer.body).unwrap_or(Value::Null));
+        let addr = format!("127.0.0.1:{}", self.spec.ports.apiserver);
+        let tls = self.apiserver_tls()?;
+        let answer = http::request(Target::Tls(&addr, &tls), method, path, &headers, &bytes)
+            .map_err(|e| Error::msg(format!("{method} {}{path}: {e}", self.server())))?;
+        if (200..300).contains(&answer.status) {
+            return Ok(serde_json::from_slice(&answer.body).unwrap_or(Value::Null));
         }
         Err(Error::msg(format!(
             "{method} {}{path} answered {}: {}",
             self.server(),
-            answer.code,
-            answer.body.trim()
+            answer.status,
+            String::from_utf8_lossy(&answer.body).trim()
         )))
     }
 
@@ -521,7 +530,8 @@ current-context: testenv
 /// A kubelet port-forward handler: a node's kubelet as the API server sees it, serving
 /// `/portForward/NAMESPACE/POD` (every pod's port [`POD_PORT`] leading to one address) and
 /// `/healthz`, with a serving certificate for 127.0.0.1 and client certificates checked
-/// against the credentials' CA. Dropping it kills it.
+/// against the credentials' CA. Dropping it stops it.
+#[derive(Debug)]
 pub struct Kubelet {
     daemon: Daemon,
     port: u16,
@@ -537,6 +547,7 @@ impl Kubelet {
         pods_reach: &str,
         logs: &Path,
         timeout: Duration,
+        die_with_parent: bool,
     ) -> Result<Kubelet> {
         let p = |n: &str| credentials.pki(n).display().to_string();
         let args = vec![
@@ -546,21 +557,23 @@ impl Kubelet {
             format!("127.0.0.1:{port}"),
             format!("{POD_PORT}={pods_reach}"),
         ];
-        let mut daemon = Daemon::spawn(
+        let mut daemon = launch(
             "kubelet-portforward",
             &bin.join(KUBELET),
             &args,
-            &logs.join("kubelet-portforward.log"),
+            logs,
+            die_with_parent,
         )?;
-        let tls = https::tls_from_files(
+        let tls = http::tls_from_files(
             &credentials.ca(),
             Some((
                 &credentials.pki("kubelet-client.crt"),
                 &credentials.pki("kubelet-client.key"),
             )),
         )?;
-        daemon.wait_ready(&format!("health on 127.0.0.1:{port}"), timeout, || {
-            https::send(port, Some(&tls), &Request::get("/healthz")).is_ok_and(|a| a.ok())
+        let addr = format!("127.0.0.1:{port}");
+        daemon.wait_ready(&format!("health on {addr}"), timeout, || {
+            http::status(Target::Tls(&addr, &tls), "/healthz") == 200
         })?;
         Ok(Kubelet { daemon, port })
     }
@@ -576,10 +589,21 @@ impl Kubelet {
     }
 }
 
-/// Whether something accepts connections on 127.0.0.1:`port`.
-pub fn listening(port: u16) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+/// Starts `program args…` as `name`, its output in `logs/NAME.log`.
+fn launch(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    logs: &Path,
+    die_with_parent: bool,
+) -> Result<Daemon> {
+    let mut launch = Launch::new(name, program, &logs.join(format!("{name}.log")))
+        .args(args)
+        .grace(Duration::from_secs(15));
+    if die_with_parent {
+        launch = launch.die_with_parent();
+    }
+    launch.start()
 }
 
 /// Writes `text` to `path`, readable by its owner only.
