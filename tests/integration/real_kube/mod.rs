@@ -1,6 +1,7 @@
 //! The fleet tests' real Kubernetes control plane: the kube-apiserver v1.36.2 (with etcd and
-//! the kubelet's port-forward handler as node `node-1`) that `scripts/testenv` runs when
-//! `../shared/kube/` holds it. Every pod's port 1234 reaches the standalone buildkitd.
+//! the kubelet's port-forward handler as node `node-1`) that the test environment runs
+//! (`pf_testenv::kube`) when `../shared/kube/` holds it. Every pod's port 1234 reaches the
+//! standalone buildkitd.
 //!
 //! A test states its cluster with the same [`Scenario`] as for the fake and calls
 //! [`Scenario::start_real`]: the objects are written to the real API server, with the status a
