@@ -36,8 +36,8 @@ fn settings() -> Settings {
     settings
 }
 
-/// A port base P such that P, P+100, P+200, P+201 and P+1000 are free: each test its own
-/// (the shared environment uses 5000-6404).
+/// A port base P such that P, P+100, P+200, P+201, P+1000 and the Kubernetes tier's
+/// P+1400 to P+1404 are free: each test its own (the shared environment uses 5000-6404).
 fn free_ports() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let start = 20000 + (std::process::id() % 50) as u16 * 300;
@@ -45,8 +45,9 @@ fn free_ports() -> u16 {
         let p = start + NEXT.fetch_add(1, Ordering::Relaxed) * 7;
         assert!(p < 40000, "no free block of ports");
         if [p, p + 100, p + 200, p + 201, p + 1000]
-            .iter()
-            .all(|q| !http::port_taken(*q))
+            .into_iter()
+            .chain(p + 1400..=p + 1404)
+            .all(|q| !http::port_taken(q))
         {
             return p;
         }
@@ -255,8 +256,20 @@ fn supervisor_pid(dir: &Path) -> u32 {
         .unwrap()
 }
 
-fn ports(base: u16) -> [u16; 5] {
-    [base, base + 100, base + 200, base + 201, base + 1000]
+/// The ports the environment on `base` listens on (the Kubernetes tier's too: etcd, its
+/// peers, the API server, the kubelet handler).
+fn ports(base: u16) -> [u16; 9] {
+    [
+        base,
+        base + 100,
+        base + 200,
+        base + 201,
+        base + 1000,
+        base + 1400,
+        base + 1401,
+        base + 1402,
+        base + 1403,
+    ]
 }
 
 #[test]
@@ -277,6 +290,17 @@ fn racing_starts_make_one_supervisor_and_stop_leaves_nothing() {
         "the two starts print different environments"
     );
     assert!(envs[0].contains(&format!("export PF_TEST_REGISTRY=127.0.0.1:{base}\n")));
+    // The Kubernetes tier runs beside the standalone buildkitd when its binaries are here.
+    let with_kube = settings().buildkitd_binary().is_some() && settings().kube_binaries().is_some();
+    assert_eq!(
+        envs[0].contains(&format!(
+            "export PF_TEST_KUBE_SERVER=https://127.0.0.1:{}\n",
+            base + 1402
+        )),
+        with_kube,
+        "{}",
+        envs[0]
+    );
     // One set: one registry and one dockerd run with this folder's config files, and they are
     // the ones the supervisor recorded.
     let supervisor = supervisor_pid(&dir);
