@@ -72,7 +72,14 @@ api POST /api/v1/namespaces/$NS/pods "{\"metadata\":{\"name\":\"$POD\"},\"spec\"
 cpu_of() { # pid
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
-pid_of() { cat "${PF_TESTENV_DIR:-/tmp/pf-buildkit-testenv}/pids/$1.pid"; }
+# A daemon's pid as pf-testenv's supervisor recorded it (`processes`: NAME PID lines), or as
+# an older scripts/testenv did (pids/NAME.pid).
+pid_of() { # name
+    local d=${PF_TESTENV_DIR:-/tmp/pf-buildkit-testenv} pid
+    pid=$(awk -v n="$1" '$1 == n { print $2 }' "$d/processes" 2>/dev/null) || true
+    [[ -n $pid ]] || pid=$(cat "$d/pids/$1.pid")
+    echo "$pid"
+}
 KUBELET_PID=$(pid_of kubelet-portforward)
 APISERVER_PID=$(pid_of kube-apiserver)
 

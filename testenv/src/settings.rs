@@ -193,7 +193,8 @@ impl Settings {
 
     /// The tier's ports.
     pub fn kube_ports(&self) -> kube::Ports {
-        kube::Ports::from(self.kube_port).unwrap_or_else(|| unreachable!("checked when read"))
+        kube::Ports::consecutive(self.kube_port)
+            .unwrap_or_else(|| unreachable!("checked when read"))
     }
 
     /// The tier's control plane's folder (credentials, etcd's data, audit log, kubeconfig).

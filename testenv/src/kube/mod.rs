@@ -54,7 +54,7 @@ pub struct Ports {
 
 impl Ports {
     /// Five ports from `first` on: etcd, etcd's peers, the API server, the kubelet, the webhook.
-    pub fn from(first: u16) -> Option<Ports> {
+    pub fn consecutive(first: u16) -> Option<Ports> {
         Some(Ports {
             etcd: first,
             etcd_peer: first.checked_add(1)?,
