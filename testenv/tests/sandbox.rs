@@ -1,7 +1,9 @@
 //! The sandbox's own tests, against the real daemons (the binaries `scripts/testenv` installs
 //! in the cache): each component, dropped, leaves no process, no port, no mount and no
 //! folder; the supervisor, started and stopped (or killed) in a folder and on ports of its
-//! own, leaves nothing either, and one `start` racing another starts one set.
+//! own, leaves nothing either (the Kubernetes tier included), and one `start` racing another
+//! starts one set. Without its shared files the Kubernetes tier says in one line why it is
+//! skipped.
 
 // Test code may panic on anything unexpected: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -395,4 +397,44 @@ fn an_interrupted_start_stops_what_it_started() {
     assert_gone("interrupted start", &[supervisor], &ports(base), &[]);
     assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "processes left");
     assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts left");
+}
+
+/// `pf-testenv kube-tier` in a folder where nothing runs, with `vars` set.
+fn kube_tier(vars: &[(&str, &Path)]) -> String {
+    let tmp = scratch();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pf-testenv"));
+    cmd.arg("kube-tier").env("PF_TESTENV_DIR", tmp.path());
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    ok(cmd.output().unwrap(), "kube-tier")
+}
+
+#[test]
+fn the_kubernetes_tier_says_in_one_line_why_it_is_skipped() {
+    let settings = settings();
+    let empty = scratch();
+    // No shared files: the line names the files, the folder and the variable that moves it.
+    assert_eq!(
+        kube_tier(&[("PF_TESTENV_KUBE", empty.path())]),
+        format!(
+            "Kubernetes tier: skipped (no etcd-v3.5.30-linux-amd64.xz \
+             kube-apiserver-v1.36.2-linux-amd64.xz kubelet-portforward-v1.36.2-linux-amd64.xz \
+             with README.md in {}; PF_TESTENV_KUBE names another folder)\n",
+            empty.path().display()
+        )
+    );
+    // No standalone buildkitd for the pods to reach.
+    let missing = empty.path().join("buildkitd.xz");
+    assert_eq!(
+        kube_tier(&[("PF_TESTENV_BUILDKIT", &missing)]),
+        "Kubernetes tier: skipped (it needs the standalone buildkitd, which is missing)\n"
+    );
+    // Everything at hand, nothing started in this folder.
+    if settings.buildkitd_binary().is_some() && settings.kube_binaries().is_some() {
+        assert_eq!(
+            kube_tier(&[]),
+            "Kubernetes tier: not running (start it with: scripts/testenv start)\n"
+        );
+    }
 }
