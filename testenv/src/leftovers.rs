@@ -47,18 +47,27 @@ impl Drop for Folder {
     }
 }
 
-/// Mount points at or under `dir`, deepest first.
+/// Mount points at or under `dir`, and mount points elsewhere of a tree under `dir` (BuildKit
+/// mounts a snapshot at `/tmp/buildkit-mountNNN` while it exports; a daemon killed meanwhile
+/// leaves that mount behind), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.to_string_lossy();
-    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let dir = dir.trim_end_matches('/');
+    let prefix = format!("{dir}/");
+    let inside = |p: &str| p.starts_with(&prefix) || p == dir;
     let mut mounts: Vec<String> = mountinfo
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix) || *m == dir)
-        .map(str::to_owned)
+        .filter_map(|l| {
+            // Fields: id, parent, major:minor, root (the mounted tree), mount point, …
+            let mut fields = l.split(' ').skip(3);
+            Some((fields.next()?, fields.next()?))
+        })
+        .filter(|(root, point)| inside(point) || inside(root))
+        .map(|(_, point)| point.to_owned())
         .collect();
     mounts.sort_unstable_by(|a, b| b.cmp(a));
+    mounts.dedup();
     mounts
 }
 

@@ -446,3 +446,56 @@ fn the_kubernetes_tier_says_in_one_line_why_it_is_skipped() {
         );
     }
 }
+
+#[test]
+fn a_dropped_private_buildkitd_leaves_no_process_mount_or_folder() {
+    let settings = settings();
+    let Some(binary) = settings.buildkitd_binary() else {
+        eprintln!(
+            "no standalone buildkitd: {}",
+            settings.buildkit_xz.display()
+        );
+        return;
+    };
+    let tmp = scratch();
+    let mut daemon = pf_testenv::PrivateBuildkitd::start(
+        &binary,
+        "127.0.0.1:1",
+        tmp.path(),
+        "auto",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(daemon.socket().exists());
+    let dir = daemon.root().parent().unwrap().to_path_buf();
+    // A crash, and the same daemon again on its root.
+    let first = daemon.pid();
+    daemon.restart().unwrap();
+    assert_gone("the killed private buildkitd", &[first], &[], &[]);
+    let pid = daemon.pid();
+    assert_ne!(pid, first);
+    drop(daemon);
+    assert_gone("private buildkitd", &[pid], &[], &[dir]);
+}
+
+#[test]
+fn a_mount_of_the_folder_elsewhere_goes_with_the_folder() {
+    // What a daemon killed while exporting leaves: its snapshot mounted outside its root.
+    let tmp = scratch();
+    let dir = tmp.path().join("root");
+    std::fs::create_dir_all(dir.join("snapshot")).unwrap();
+    let outside = scratch();
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .arg(dir.join("snapshot"))
+        .arg(outside.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount --bind");
+    assert_eq!(
+        mounts_under(&dir),
+        vec![outside.path().display().to_string()]
+    );
+    pf_testenv::leftovers::buildkit_leftovers(&dir);
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+}
