@@ -159,6 +159,7 @@ pub enum Toggle {
 
 /// `buildkit.json`: where images go and which cluster builds them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BuildkitConfig {
     /// The registry host, e.g. `123456789012.dkr.ecr.us-east-2.amazonaws.com`.
     #[serde(default)]

@@ -21,6 +21,7 @@ pub const CALL: &str = "ecr:GetAuthorizationToken";
 
 /// A registry host that is an ECR private registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EcrHost {
     /// The 12-digit AWS account id, the host's first label.
     pub account: String,
@@ -74,6 +75,7 @@ impl EcrHost {
 
 /// A registry login: `AWS` and a token valid for hours.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct EcrLogin {
     /// Always `AWS` for ECR, but taken from the token.
     pub username: String,

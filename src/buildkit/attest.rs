@@ -104,6 +104,7 @@ with_setters!(Attestations {
 
 /// One `--attest` value, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AttestSpec {
     /// `type=provenance,…`.
     Provenance(Attest<Provenance>),

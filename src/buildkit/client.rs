@@ -386,6 +386,7 @@ fn handshake_error(endpoint: String, err: tonic::transport::Error) -> Error {
 
 /// A BuildKit worker: where builds run, and for which platforms.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Worker {
     /// The worker's id, as the daemon reports it.
     pub id: String,
@@ -401,6 +402,7 @@ pub struct Worker {
 
 /// One garbage-collection rule of a worker.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct GcPolicy {
     /// Applies to all records, not only unused ones.
     pub all: bool,
@@ -418,6 +420,7 @@ pub struct GcPolicy {
 
 /// The daemon's version.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DaemonInfo {
     /// Package, e.g. `github.com/moby/buildkit` or `github.com/docker/docker`.
     pub package: String,
@@ -429,6 +432,7 @@ pub struct DaemonInfo {
 
 /// One record of the build cache.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CacheRecord {
     /// The record's id, as `parents` of other records name it.
     pub id: String,

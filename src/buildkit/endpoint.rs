@@ -20,6 +20,7 @@ use std::str::FromStr;
 /// assert_eq!(ep.to_string(), "unix:///run/buildkit/buildkitd.sock");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Endpoint {
     /// `tcp://HOST:PORT`: gRPC over HTTP/2 (cleartext, or TLS when TLS options are given).
     Tcp {
@@ -48,6 +49,7 @@ pub enum Endpoint {
 
 /// How to reach a Docker Engine's API.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DockerHost {
     /// A unix socket, `/var/run/docker.sock` by default.
     Unix(PathBuf),

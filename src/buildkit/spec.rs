@@ -334,6 +334,7 @@ pub fn parse_key_value(what: &'static str, s: &str) -> Result<(String, String), 
 /// A parsed secret spec, `id=ID[,src=PATH|,env=VAR]` (`source=` is accepted for `src=`). Unlike
 /// buildctl, a source is required, so nothing is sent by accident.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SecretSpec {
     /// The id `RUN --mount=type=secret,id=ID` names.
     pub id: String,
@@ -376,6 +377,7 @@ impl FromStr for SecretSpec {
 
 /// A parsed SSH agent spec, `default|ID[=SOCKET]`: `ID` alone means `$SSH_AUTH_SOCK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SshSpec {
     /// The id `RUN --mount=type=ssh,id=ID` names (`default` by default).
     pub id: String,

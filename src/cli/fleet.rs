@@ -8,8 +8,7 @@ use clap::{Args, Subcommand};
 
 use pf_buildkit::fleet::{
     Arch, BusySignal, CacheClearEvent, CacheClearOptions, Fleet, PodMetricsState, PodPrune,
-    PvcAction, ReadyProgress, ScaleDownAction, ScaleUpOptions, ScaleUpReport, TunnelOptions,
-    WaitState,
+    ReadyProgress, ScaleDownAction, ScaleUpOptions, ScaleUpReport, TunnelOptions, WaitState,
 };
 
 use super::Outcome;
@@ -370,12 +369,7 @@ async fn cache_clear(args: CacheClearArgs) -> anyhow::Result<Outcome> {
 /// A line per PVC, and a live line per pod while its cache is pruned.
 fn show_cache_clear(live: &Live, event: &CacheClearEvent<'_>) {
     match event {
-        CacheClearEvent::Pvc { name, action } => live.note(&match action {
-            PvcAction::Deleted => format!("Deleted unused PVC: {name}"),
-            PvcAction::InUse => format!("PVC in use: {name}"),
-            PvcAction::Wanted => format!("PVC of a wanted replica, kept: {name}"),
-            PvcAction::Terminating => format!("PVC already being deleted (Terminating): {name}"),
-        }),
+        CacheClearEvent::Pvc { name, action } => live.note(&format!("{action}: {name}")),
         CacheClearEvent::Pruning { pod } => live.set(pod, "pruning the build cache", ""),
         CacheClearEvent::Pruned { pod, outcome } => match outcome {
             PodPrune::Pruned {
@@ -411,6 +405,14 @@ fn show_cache_clear(live: &Live, event: &CacheClearEvent<'_>) {
                 let error = super::error::format_error(&anyhow::Error::new(error.clone()));
                 eprintln!("pf-buildkit: cannot prune pod {pod}: {error}");
             }
+            // Outcomes and signals are #[non_exhaustive]: one added to the library and not yet
+            // worded here still ends the pod's line.
+            PodPrune::Busy { signal, count } => live.done(
+                pod,
+                &format!("skipped: a build is running ({count}, by {signal})"),
+            ),
+            _ => live.done(pod, "done"),
         },
+        _ => {}
     }
 }

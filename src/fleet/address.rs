@@ -17,6 +17,7 @@ use super::{Arch, PORT};
 
 /// The pod chosen for an architecture.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PodAddress {
     /// The architecture asked for; the pod belongs to its StatefulSet.
     pub arch: Arch,
@@ -35,6 +36,7 @@ pub struct PodAddress {
 
 /// What the metrics API said.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PodMetricsState {
     /// Metrics were read; the pod with the least CPU was chosen.
     Used,

@@ -45,6 +45,7 @@ impl Default for CacheClearOptions {
 
 /// What happened to one PersistentVolumeClaim.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PvcAction {
     /// No pod mounted it; deleted.
     Deleted,
@@ -57,8 +58,21 @@ pub enum PvcAction {
     Terminating,
 }
 
+/// What was done, as a line for the user names it: `Deleted unused PVC`, `PVC in use`, …
+impl std::fmt::Display for PvcAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PvcAction::Deleted => "Deleted unused PVC",
+            PvcAction::InUse => "PVC in use",
+            PvcAction::Wanted => "PVC of a wanted replica, kept",
+            PvcAction::Terminating => "PVC already being deleted (Terminating)",
+        })
+    }
+}
+
 /// How a pod's BuildKit was judged idle or busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BusySignal {
     /// The daemon's build history listed the builds in progress.
     BuildHistory,
@@ -77,6 +91,7 @@ impl std::fmt::Display for BusySignal {
 
 /// What happened in one running pod.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PodPrune {
     /// Idle, so pruned with [`CacheClearOptions::prune`].
     Pruned {
@@ -104,6 +119,7 @@ pub enum PodPrune {
 
 /// What [`Fleet::cache_clear_with`] reports while it works, for live progress.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum CacheClearEvent<'a> {
     /// A PVC was dealt with.
     Pvc {
@@ -128,6 +144,7 @@ pub enum CacheClearEvent<'a> {
 
 /// The outcome of [`Fleet::cache_clear`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CacheClearReport {
     /// Each PVC of the namespace, by name.
     pub pvcs: Vec<(String, PvcAction)>,

@@ -14,6 +14,7 @@ use crate::buildkit::history::{BuildRecord, HistoryQuery};
 
 /// A record of the fleet's history and the pod that holds it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PodRecord {
     /// The pod, e.g. `buildkit-arm64-0`.
     pub pod: String,

@@ -15,12 +15,14 @@ use crate::buildkit::{
     Client, Connector, ConnectorError, Connectors, Dialer, Endpoint, ParseEndpointError, TlsOptions,
 };
 
+use crate::setters::with_setters;
 /// The scheme name `kube-pod` (endpoints read `kube-pod://POD?...`), as [`connectors`] offers
 /// it.
 pub const KUBE_POD_SCHEME: &str = "kube-pod";
 
 /// A pod addressed by a `kube-pod://` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KubePod {
     /// The pod's name, the endpoint's host part, e.g. `buildkit-amd64-0`.
     pub pod: String,
@@ -32,6 +34,25 @@ pub struct KubePod {
     pub port: u16,
 }
 
+impl KubePod {
+    /// The pod `pod` in the context's default namespace, BuildKit on port [`PORT`].
+    pub fn new(pod: impl Into<String>) -> Self {
+        KubePod {
+            pod: pod.into(),
+            namespace: None,
+            context: None,
+            port: PORT,
+        }
+    }
+}
+
+with_setters!(KubePod {
+    with_port => port: u16,
+} optional {
+    with_namespace => namespace: String,
+    with_context => context: String,
+});
+
 impl FromStr for KubePod {
     type Err = String;
     /// Parses what follows `kube-pod://`.
@@ -41,12 +62,7 @@ impl FromStr for KubePod {
         if pod.is_empty() {
             return Err("missing pod name (kube-pod://POD?namespace=NS)".into());
         }
-        let mut out = KubePod {
-            pod: pod.to_owned(),
-            namespace: None,
-            context: None,
-            port: PORT,
-        };
+        let mut out = KubePod::new(pod);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {

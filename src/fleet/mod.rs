@@ -110,6 +110,7 @@ impl fmt::Display for Arch {
 /// An architecture name that is not `amd64` or `arm64`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid architecture {0:?}: must be amd64 or arm64")]
+#[non_exhaustive]
 pub struct ParseArchError(pub String);
 
 impl FromStr for Arch {

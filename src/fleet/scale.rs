@@ -37,6 +37,7 @@ pub struct ScaleUpOptions {
 
 /// What [`Fleet::scale_up`] did for one architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScaleUpReport {
     /// The architecture whose StatefulSet (`buildkit-ARCH`) was looked at.
     pub arch: Arch,
@@ -48,6 +49,7 @@ pub struct ScaleUpReport {
 
 /// Progress of waiting for replicas, one per architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WaitState {
     /// The architecture whose StatefulSet is being waited for.
     pub arch: Arch,
@@ -66,6 +68,7 @@ impl WaitState {
 
 /// What [`Fleet::scale_down`] decided for one architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScaleDownReport {
     /// The architecture whose StatefulSet (`buildkit-ARCH`) was looked at.
     pub arch: Arch,
@@ -82,6 +85,7 @@ pub struct ScaleDownReport {
 
 /// A scale-down decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ScaleDownAction {
     /// Scaled to 0.
     ScaledDown,

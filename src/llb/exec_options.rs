@@ -3,6 +3,7 @@
 
 /// The container's network (BuildKit's `NetMode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NetMode {
     /// The daemon's default network.
     #[default]
@@ -15,6 +16,7 @@ pub enum NetMode {
 
 /// The container's privileges (BuildKit's `SecurityMode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SecurityMode {
     /// The default sandbox.
     #[default]
@@ -25,6 +27,7 @@ pub enum SecurityMode {
 
 /// How concurrent builds share a cache mount.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CacheSharing {
     /// Any number of writers at once.
     #[default]

@@ -34,6 +34,7 @@ impl UserSpec {
 /// # let _ = (by_name, by_id);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Chown {
     /// The owning user.
     pub user: Option<UserSpec>,

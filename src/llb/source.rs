@@ -8,6 +8,7 @@ use super::{LlbError, Platform, gojson};
 
 /// When the daemon looks an image up in its registry (Go's `llb.ResolveMode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResolveMode {
     /// The daemon's default (no attribute is written).
     #[default]

@@ -12,6 +12,7 @@ use super::{Error, MultiPlatformResult};
 /// What a multi-platform build pushed, as JSON:
 /// `{"index": {"reference", "digest", "mediaType"}, "images": {ARCH: {"reference", "digest"}}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Metadata {
     /// The image index pushed as `REGISTRY/REPO:TAG`, the tag users pull.
     pub index: IndexRecord,
@@ -21,6 +22,7 @@ pub struct Metadata {
 
 /// The index in a [`Metadata`] record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct IndexRecord {
     /// `REGISTRY/REPO:TAG`.
     pub reference: String,
@@ -33,6 +35,7 @@ pub struct IndexRecord {
 
 /// One architecture's image in a [`Metadata`] record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ImageRecord {
     /// `REGISTRY/REPO:TAG-ARCH`.
     pub reference: String,

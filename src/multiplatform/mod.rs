@@ -39,6 +39,7 @@ use crate::buildkit::progress::ProgressSink;
 use crate::buildkit::{BuildError, BuildOptions, Client, RpcCode};
 use crate::buildkit::{Cache, Output};
 use crate::registry::{self, CredentialsProvider, Platform, PushedIndex, Source};
+use crate::setters::with_setters;
 
 pub use metadata::{ImageRecord, IndexRecord, Metadata};
 pub use plan::{BuildRequest, Builders, Event, Placement, Plan};
@@ -53,6 +54,7 @@ pub const KNOWN_ARCHES: [&str; 7] = [
 
 /// One architecture's BuildKit.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Builder {
     /// The architecture it builds, one of [`KNOWN_ARCHES`], e.g. `amd64`.
     pub arch: String,
@@ -62,6 +64,7 @@ pub struct Builder {
 
 /// One architecture's build on its daemon: where its record is in the build history.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ArchBuild {
     /// The architecture, e.g. `arm64`.
     pub arch: String,
@@ -75,6 +78,7 @@ pub struct ArchBuild {
 
 /// How each architecture's image reaches the registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PushMode {
     /// The daemon pushes (`type=image,push=true`); when that fails for a reason the client can
     /// route around (no image exporter, no route to the registry), the client pushes instead.
@@ -86,6 +90,7 @@ pub enum PushMode {
 
 /// An S3 layer cache, as Panfactum's `buildkit.json` configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct S3Cache {
     /// The bucket's name (not an `s3://` URL), as BuildKit's `s3` cache backend takes it.
     pub bucket: String,
@@ -106,8 +111,8 @@ pub struct S3Cache {
 /// let arm64 = Client::connect("tcp://buildkit-arm64:1234".parse::<Endpoint>()?, &TlsOptions::default()).await?;
 /// let build = MultiPlatformBuild::new(BuildOptions::new("./app"), "registry.example.com", "team/app", "v1.2.3");
 /// let builders = vec![
-///     Builder { arch: "amd64".into(), client: amd64 },
-///     Builder { arch: "arm64".into(), client: arm64 },
+///     Builder::new("amd64", amd64),
+///     Builder::new("arm64", arm64),
 /// ];
 /// let result = build.run(&builders, &|_arch: &str| Box::new(QuietProgress)).await?;
 /// println!("{}", result.index.digest);
@@ -148,6 +153,7 @@ pub struct MultiPlatformBuild {
 
 /// What one architecture produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ArchImage {
     /// The image's whole reference, `REGISTRY/REPO:TAG-ARCH`.
     pub reference: String,
@@ -337,7 +343,44 @@ pub enum InvalidRequest {
     },
 }
 
+impl Builder {
+    /// `arch` built on the daemon `client` is connected to.
+    pub fn new(arch: impl Into<String>, client: Client) -> Self {
+        Builder {
+            arch: arch.into(),
+            client,
+        }
+    }
+}
+
+impl S3Cache {
+    /// The bucket `bucket` in `region`.
+    pub fn new(bucket: impl Into<String>, region: impl Into<String>) -> Self {
+        S3Cache {
+            bucket: bucket.into(),
+            region: region.into(),
+        }
+    }
+}
+
+with_setters!(MultiPlatformBuild {
+    with_insecure_registry => insecure_registry: bool,
+    with_push => push: PushMode,
+} optional {
+    with_s3_cache => s3_cache: S3Cache,
+    with_cache_dir => cache_dir: PathBuf,
+    with_scratch_dir => scratch_dir: PathBuf,
+});
+
 impl MultiPlatformBuild {
+    /// Takes registry logins from `provider` (a [`DockerConfig`](registry::DockerConfig), or a
+    /// store of your own).
+    #[must_use]
+    pub fn with_registry_credentials(mut self, provider: impl CredentialsProvider) -> Self {
+        self.registry_credentials = Some(Arc::new(provider));
+        self
+    }
+
     /// A build of `options` pushed to `registry/repository:tag`, daemons pushing.
     pub fn new(
         options: BuildOptions,

@@ -311,6 +311,7 @@ impl BuildRequest {
 
 /// Where one architecture builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Placement {
     /// A BuildKit at this endpoint (`kube-pod://` ones through a port-forward).
     Endpoint(Endpoint),

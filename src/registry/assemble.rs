@@ -90,6 +90,7 @@ pub fn verify_digest(what: &str, expected: &str, bytes: &[u8]) -> Result<(), Err
 
 /// A content descriptor: what a manifest or blob is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Descriptor {
     /// The media type, e.g. [`OCI_MANIFEST`]; empty when the document declared none.
     #[serde(rename = "mediaType", default)]
@@ -102,6 +103,7 @@ pub struct Descriptor {
 
 /// One entry of an index or manifest list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct IndexEntry {
     /// The child's media type (an image manifest, or an attestation's); empty when absent.
     #[serde(rename = "mediaType", default)]
@@ -154,6 +156,7 @@ pub(crate) struct ManifestDoc {
 
 /// What a source reference turned out to be.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ResolvedContent {
     /// A single image manifest, with the platform its config declares.
     Image {
@@ -171,6 +174,7 @@ pub enum ResolvedContent {
 
 /// A reference resolved in its registry.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Resolved {
     /// The reference as the caller gave it (a tag or a digest), not rewritten to the digest it
     /// resolved to.
@@ -183,6 +187,7 @@ pub struct Resolved {
 
 /// One requested platform and the source that should provide it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ResolvedSource {
     /// The platform the user asked this source to provide.
     pub requested: Platform,
@@ -192,6 +197,7 @@ pub struct ResolvedSource {
 
 /// A child of the assembled index, and where it currently lives.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Child {
     /// The entry as written into the index.
     pub entry: IndexEntry,
@@ -203,6 +209,7 @@ pub struct Child {
 
 /// The index to push, assembled and serialised but not yet sent.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AssembledIndex {
     /// [`OCI_INDEX`] or [`DOCKER_MANIFEST_LIST`].
     pub media_type: String,

@@ -72,8 +72,9 @@ with_setters!(ClientOptions {
     with_retry => retry: RetryPolicy,
 });
 
-/// One source of an index: a reference and the platform it must provide.
+/// One source of an index: a reference and the platform it must provide ([`Source::new`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Source {
     /// The source image, or an index holding an image for `platform`.
     pub reference: Reference,
@@ -81,8 +82,19 @@ pub struct Source {
     pub platform: Platform,
 }
 
+impl Source {
+    /// The image (or index) `reference`, which must provide `platform`.
+    pub fn new(reference: Reference, platform: Platform) -> Self {
+        Source {
+            reference,
+            platform,
+        }
+    }
+}
+
 /// An index as the registry accepted it: what the target tag now points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PushedIndex {
     /// `sha256:...` of the index.
     pub digest: String,
@@ -94,6 +106,7 @@ pub struct PushedIndex {
 
 /// A manifest as fetched, digest-verified.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FetchedManifest {
     /// Media type (from `Content-Type`, else the document's `mediaType`).
     pub media_type: String,
@@ -187,8 +200,8 @@ fn reindent(json: &str) -> String {
 ///
 /// let client = Client::new(ClientOptions::from_env()?)?;
 /// let sources = vec![
-///     Source { reference: parse_reference("registry.example/app:v1-amd64")?, platform: "linux/amd64".parse()? },
-///     Source { reference: parse_reference("registry.example/app:v1-arm64")?, platform: "linux/arm64".parse()? },
+///     Source::new(parse_reference("registry.example/app:v1-amd64")?, "linux/amd64".parse()?),
+///     Source::new(parse_reference("registry.example/app:v1-arm64")?, "linux/arm64".parse()?),
 /// ];
 /// let index = client.push_index(&parse_reference("registry.example/app:v1")?, &sources).await?;
 /// println!("{}", index.digest);

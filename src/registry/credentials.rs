@@ -170,6 +170,7 @@ impl CredentialsProvider for DockerConfig {
 
 /// Credentials for one registry. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Credential {
     /// A user name and password (HTTP Basic, or the password grant of a token server).
     Basic {

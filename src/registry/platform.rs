@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::Error;
+use crate::setters::with_setters;
 
 /// Operating systems Go (and so BuildKit and the registries' clients) knows.
 const KNOWN_OS: &[&str] = &[
@@ -38,6 +39,7 @@ const KNOWN_ARCH: &[&str] = &[
 ///
 /// Serialises in the field order of the OCI spec and Docker's manifest list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Platform {
     /// CPU architecture (`amd64`, `arm64`, ...).
     pub architecture: String,
@@ -63,11 +65,18 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// `os/architecture` with no variant.
-    pub fn new(os: &str, architecture: &str) -> Self {
+    /// `os/architecture` with no variant; `"linux/arm64/v8".parse()` reads one from text.
+    ///
+    /// ```
+    /// use pf_buildkit::registry::Platform;
+    ///
+    /// let armv7 = Platform::new("linux", "arm").with_variant("v7");
+    /// assert_eq!(armv7, "linux/arm/v7".parse().unwrap());
+    /// ```
+    pub fn new(os: impl Into<String>, architecture: impl Into<String>) -> Self {
         Self {
-            architecture: architecture.to_owned(),
-            os: os.to_owned(),
+            architecture: architecture.into(),
+            os: os.into(),
             os_version: None,
             os_features: None,
             variant: None,
@@ -109,6 +118,13 @@ impl Platform {
         self.os == "unknown" && self.architecture == "unknown"
     }
 }
+
+with_setters!(Platform {
+    with_os_features => os_features: Option<Vec<String>>,
+} optional {
+    with_variant => variant: String,
+    with_os_version => os_version: String,
+});
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -63,6 +63,7 @@ pub const SEND_CONCURRENCY: usize = 2;
 
 /// Counters shared with the caller, for progress reporting and tests.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct TransferStats {
     /// Entries (STAT packets) sent or received, the end-of-stats marker excluded.
     pub entries: AtomicU64,

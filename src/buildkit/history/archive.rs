@@ -38,6 +38,7 @@ pub const INDEX_ENTRY: &str = "pf-buildkit-history.json";
 
 /// The archive's first entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ArchiveIndex {
     /// [`FORMAT`].
     pub format: String,
@@ -87,6 +88,7 @@ pub enum ArchiveError {
 
 /// What [`export`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExportSummary {
     /// Blobs written.
     pub blobs: usize,

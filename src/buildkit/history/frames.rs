@@ -14,6 +14,7 @@ pub const LOGS_MEDIA_TYPE: &str = "application/vnd.buildkit.status.v0";
 
 /// What is wrong with a logs blob's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// A frame claims more than any status update can be.
     #[error("a frame at byte {offset} claims {length} bytes, more than a status update can be")]

@@ -22,7 +22,7 @@
 //!
 //! let client = Client::connect("tcp://127.0.0.1:1234".parse::<Endpoint>()?, &TlsOptions::default()).await?;
 //! let failed = client
-//!     .build_history(&HistoryQuery { status: Some(BuildStatus::Failed), ..Default::default() })
+//!     .build_history(&HistoryQuery::default().with_status(BuildStatus::Failed))
 //!     .await?;
 //! if let Some(record) = failed.first() {
 //!     // Its progress, as `--progress plain` showed it live.
@@ -59,6 +59,7 @@ use super::proto::control::{
     BuildHistoryEventType, BuildHistoryRequest, UpdateBuildHistoryRequest,
 };
 use super::proto::google::rpc::Status as GoogleStatus;
+use crate::setters::with_setters;
 
 use frames::StatusFrames;
 pub use frames::{FrameError, LOGS_MEDIA_TYPE};
@@ -71,6 +72,7 @@ pub use select::{RefSelector, SelectError, select};
 
 /// Which records [`Client::build_history`] returns.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct HistoryQuery {
     /// Only the record of this full ref.
     pub reference: Option<String>,
@@ -79,6 +81,13 @@ pub struct HistoryQuery {
     /// Only builds still running.
     pub active_only: bool,
 }
+
+with_setters!(HistoryQuery {
+    with_active_only => active_only: bool,
+} optional {
+    with_reference => reference: String,
+    with_status => status: BuildStatus,
+});
 
 impl Client {
     /// The builds of the daemon's history (finished and running), newest first.

@@ -53,6 +53,7 @@ pub struct BuildRecord {
 
 /// One exporter of a build: its type and attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ExporterRecord {
     /// `image`, `local`, `tar`, `oci`, …
     #[serde(rename = "type")]
@@ -63,6 +64,7 @@ pub struct ExporterRecord {
 
 /// The error a record keeps: the gRPC code and message of the failed Solve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RecordError {
     /// The gRPC status code, as a number (2: unknown, 1: cancelled).
     pub code: i32,
@@ -84,6 +86,7 @@ impl RecordError {
 
 /// A blob of the daemon's content store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BlobDescriptor {
     /// What the blob holds, e.g. `application/vnd.buildkit.status.v0`.
     pub media_type: String,
@@ -99,6 +102,7 @@ pub struct BlobDescriptor {
 /// A blob a build produced beside its result: an attestation (provenance, SBOM) or a result
 /// manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Attachment {
     /// The platform it belongs to (`linux/arm64`), for a build of several.
     pub platform: Option<String>,
@@ -112,6 +116,7 @@ pub struct Attachment {
 
 /// How many steps a build had, and how they ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepCounts {
     /// Steps the cache answered.
     pub cached: i32,
@@ -124,6 +129,7 @@ pub struct StepCounts {
 /// Where a build stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BuildStatus {
     /// Still building.
     Running,

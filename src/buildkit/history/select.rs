@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// Which record a user means.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RefSelector {
     /// A whole ref, or the start of one that no other ref shares.
     Prefix(String),
@@ -41,6 +42,7 @@ impl fmt::Display for RefSelector {
 
 /// Why no single record matches.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SelectError {
     /// No record has such a ref.
     #[error("no build record with ref {0} (history ls lists them)")]

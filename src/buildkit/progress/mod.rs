@@ -29,6 +29,7 @@ pub use tty::TtyProgress;
 
 /// Counters of the build context sent to the daemon (this client's side of the transfer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct TransferSummary {
     /// Entries (files, directories, links) described to the daemon.
     pub entries: u64,
@@ -40,6 +41,7 @@ pub struct TransferSummary {
 
 /// Why a solve failed, as far as the renderers need it.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct FailureReport {
     /// What failed, one line: the daemon's gRPC status message (or, for a local failure, what the
     /// connection or store did).
@@ -53,6 +55,7 @@ pub struct FailureReport {
 
 /// Lines of a source file (a Dockerfile) around the ones an error or warning points at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SourceSnippet {
     /// The file's name as the daemon gave it (`Dockerfile`).
     pub filename: String,
@@ -136,6 +139,7 @@ impl ProgressSink for QuietProgress {
 
 /// buildctl's `--progress` modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProgressMode {
     /// `tty` when stderr is a terminal, else `plain`.
     #[default]

@@ -96,6 +96,7 @@ fn claimed_services(attachables: &[Arc<dyn Attachable>]) -> BTreeSet<String> {
 
 /// Where a secret's value comes from. Values are read when the daemon asks, never logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SecretSource {
     /// The whole contents of the file at this path, read when the daemon asks (at most
     /// [`MAX_SECRET_SIZE`]).
@@ -171,6 +172,7 @@ pub enum SecretError {
 
 /// Where the client writes what one exporter sends back over the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExportTarget {
     /// The exporter sends nothing to the client (`image`, `moby`).
     None,
