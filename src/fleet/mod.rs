@@ -30,6 +30,8 @@ mod history;
 mod kube_client;
 mod kube_pod;
 mod portforward;
+mod portforward_spdy;
+mod portforward_websocket;
 pub mod quantity;
 mod scale;
 mod tunnel;

@@ -545,18 +545,25 @@ async fn workers_through_a_kube_pod_endpoint_reach_the_real_buildkit() {
         .into_iter()
         .filter(|r| r.path.ends_with("/portforward"))
         .collect();
-    assert!(!pf.is_empty());
-    assert_eq!(
-        pf[0].path,
-        "/api/v1/namespaces/buildkit/pods/buildkit-amd64-0/portforward"
-    );
-    assert!(pf[0].query.contains("ports=1234"), "{}", pf[0].query);
+    // SPDY first (a POST); the fake, like a proxy that does not pass SPDY, refuses it, and
+    // the WebSocket follows (a GET): once, as the dialer then keeps to the WebSocket.
+    assert_eq!(pf[0].method, "POST", "{pf:?}");
+    let ws: Vec<_> = pf.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(pf.len(), ws.len() + 1, "one SPDY attempt: {pf:?}");
+    assert!(!ws.is_empty(), "{pf:?}");
+    for r in &pf {
+        assert_eq!(
+            r.path,
+            "/api/v1/namespaces/buildkit/pods/buildkit-amd64-0/portforward"
+        );
+        assert_eq!(r.authorization, format!("Bearer {EXEC_TOKEN}"));
+    }
+    assert!(ws[0].query.contains("ports=1234"), "{}", ws[0].query);
     assert!(
-        pf[0].ws_protocol.contains("v4.channel.k8s.io"),
+        ws[0].ws_protocol.contains("v4.channel.k8s.io"),
         "{}",
-        pf[0].ws_protocol
+        ws[0].ws_protocol
     );
-    assert_eq!(pf[0].authorization, format!("Bearer {EXEC_TOKEN}"));
     assert!(
         std::fs::read_to_string(fake.dir().join("exec-info.json"))
             .unwrap()
