@@ -18,6 +18,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::arena::{Chunked, Runs, Strings};
 use super::filter::{Filter, ResolveError};
 use super::walk::{self, WalkError};
 use super::{
@@ -111,30 +112,23 @@ impl From<WalkError> for SendError {
 }
 
 /// Every entry sent so far, by id (its index among the STATs), with what serving a REQ
-/// needs: for a regular file, its directory and name. Records are fixed-size and names share
-/// one buffer, so a million-file context costs about 8 bytes a file plus its name, kept to
-/// the end: a warm rebuild asks for nothing, and any entry may be asked for until the FIN.
+/// needs: for a regular file, its directory and name. It lives in fixed-size chunks that are
+/// never moved or copied (see [`arena`](super::arena)): a name and 4 bytes per entry, a
+/// directory per run of files, a bit per entry for the REQs. A million-file context costs
+/// about 4 bytes a file plus its name, kept to the end: a warm rebuild asks for nothing, and
+/// any entry may be asked for until the FIN.
 #[derive(Debug, Default)]
 struct FileTable {
-    /// One per id, in id order.
-    records: Vec<Record>,
-    /// File names (the last path component), one after another in id order: an entry's name
-    /// ends where the next entry's begins; entries that are not regular files have none.
-    names: String,
-    /// Where each directory path begins in `dir_paths` (it ends where the next begins).
-    dirs: Vec<u32>,
-    /// Directory paths relative to the root; the root itself is the empty one.
-    dir_paths: String,
+    /// One per id: the name (last path component) of a regular file, empty for any other
+    /// entry.
+    names: Strings,
+    /// The directory of each id, an index in `dirs`.
+    runs: Runs,
+    /// Directory paths relative to the root (the root itself is the empty one), in the order
+    /// the walk met them; a directory whose files resume after a subdirectory's is there again.
+    dirs: Strings,
     /// One bit per id: the receiver has asked for it (a second REQ is refused).
-    requested: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    /// Where the name begins in [`FileTable::names`].
-    name_start: u32,
-    /// The index of the directory in [`FileTable::dirs`].
-    dir: u32,
+    requested: Chunked<u64>,
 }
 
 /// A record or name past what 32-bit ids and offsets can address.
@@ -147,58 +141,37 @@ impl FileTable {
     /// Records the next entry (its id is the number of entries before it), with its path
     /// when it is a regular file.
     fn push(&mut self, path: &str, regular: bool) -> Result<(), TableFull> {
-        let id = self.records.len();
-        if u32::try_from(id).is_err() {
-            return Err(TableFull);
-        }
-        let name_start = u32::try_from(self.names.len()).map_err(|_| TableFull)?;
-        let mut dir = 0;
+        let id = u32::try_from(self.names.len()).map_err(|_| TableFull)?;
+        let mut name = "";
         if regular {
-            let (dir_path, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let (dir_path, file) = path.rsplit_once('/').unwrap_or(("", path));
             // Walk order keeps a directory's files together (a subdirectory's entries only
             // interrupt them once), so comparing with the last directory finds nearly all.
-            if self.dirs.is_empty() || self.dir_path(self.dirs.len() - 1) != Some(dir_path) {
-                let start = u32::try_from(self.dir_paths.len()).map_err(|_| TableFull)?;
-                u32::try_from(self.dir_paths.len() + dir_path.len()).map_err(|_| TableFull)?;
-                u32::try_from(self.dirs.len()).map_err(|_| TableFull)?;
-                self.dirs.push(start);
-                self.dir_paths.push_str(dir_path);
+            if self.dirs.last() != Some(dir_path) {
+                self.dirs.push(dir_path).ok_or(TableFull)?;
             }
-            u32::try_from(self.names.len() + name.len()).map_err(|_| TableFull)?;
-            self.names.push_str(name);
-            dir = (self.dirs.len() - 1) as u32;
+            name = file;
         }
-        self.records.push(Record { name_start, dir });
+        // Entries other than files stay in the current directory's run.
+        let dir = self.dirs.len().saturating_sub(1) as u32;
+        self.names.push(name).ok_or(TableFull)?;
+        self.runs.push(id, dir).ok_or(TableFull)?;
         if id.is_multiple_of(64) {
             self.requested.push(0);
         }
         Ok(())
     }
 
-    fn dir_path(&self, dir: usize) -> Option<&str> {
-        let start = *self.dirs.get(dir)? as usize;
-        let end = self
-            .dirs
-            .get(dir + 1)
-            .map_or(self.dir_paths.len(), |&e| e as usize);
-        self.dir_paths.get(start..end)
-    }
-
-    /// The name of entry `id`: empty for an entry that is not a regular file.
-    fn name(&self, id: usize) -> Option<&str> {
-        let start = self.records.get(id)?.name_start as usize;
-        let end = self
-            .records
-            .get(id + 1)
-            .map_or(self.names.len(), |r| r.name_start as usize);
-        self.names.get(start..end)
+    /// How many entries were recorded.
+    fn len(&self) -> usize {
+        self.names.len()
     }
 
     /// Marks regular file `id` as asked for; false if there is no such file or it was
     /// asked for before.
     fn request(&mut self, id: u32) -> bool {
         let id = id as usize;
-        if self.name(id).is_none_or(str::is_empty) {
+        if self.names.get(id).is_none_or(str::is_empty) {
             return false;
         }
         let (word, bit) = (id / 64, 1u64 << (id % 64));
@@ -213,12 +186,11 @@ impl FileTable {
 
     /// The path (relative to the root) of regular file `id`.
     fn path(&self, id: u32) -> Option<String> {
-        let name = self.name(id as usize).filter(|n| !n.is_empty())?;
-        let dir = self.dir_path(self.records.get(id as usize)?.dir as usize)?;
-        Some(if dir.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{dir}/{name}")
+        let name = self.names.get(id as usize).filter(|n| !n.is_empty())?;
+        let (_, dir) = self.runs.get(id as usize)?;
+        Some(match self.dirs.get(dir as usize)? {
+            "" => name.to_owned(),
+            dir => format!("{dir}/{name}"),
         })
     }
 }
@@ -570,7 +542,7 @@ fn send_stats(
         for stat in outbox.packets.iter().filter_map(|p| p.stat.as_ref()) {
             table
                 .push(&stat.path, stat.mode & mode::TYPE == 0)
-                .map_err(|TableFull| SendError::TooManyEntries(table.records.len()))?;
+                .map_err(|TableFull| SendError::TooManyEntries(table.len()))?;
             entries += 1;
         }
     }
@@ -744,12 +716,6 @@ fn send_file(
 mod tests {
     use super::*;
 
-    /// Records stay 8 bytes: with the name, that is all a million-file context keeps per file.
-    #[test]
-    fn table_records_are_compact() {
-        assert_eq!(std::mem::size_of::<Record>(), 8);
-    }
-
     /// Paths come back whole, directories are shared, and only regular files not asked for
     /// before can be asked for.
     #[test]
@@ -779,7 +745,10 @@ mod tests {
                 None,
             ]
         );
-        assert_eq!(table.dir_paths, "aa/ba", "'' then a, a/b, and a again");
+        let dirs: Vec<&str> = (0..table.dirs.len())
+            .filter_map(|d| table.dirs.get(d))
+            .collect();
+        assert_eq!(dirs, ["", "a", "a/b", "a"], "a again after a/b");
         assert!(!table.request(1), "a directory has no data");
         assert!(!table.request(6), "no such id");
         assert!(!table.request(u32::MAX));
