@@ -140,6 +140,25 @@ impl Environment {
         })
     }
 
+    /// Stops everything in the order the fields drop, saying on stderr how long each part
+    /// took (what a slow `stop` spent its time on).
+    pub fn shutdown(self) {
+        let Environment {
+            kube,
+            buildkitd,
+            engine,
+            registry,
+            ecr_registry,
+            moto,
+            moto_iam,
+        } = self;
+        timed("the Kubernetes tier", || drop(kube));
+        timed("buildkitd", || drop(buildkitd));
+        timed("the Engine", || drop(engine));
+        timed("the registries", || drop((registry, ecr_registry)));
+        timed("moto", || drop((moto, moto_iam)));
+    }
+
     /// Whether the standalone buildkitd runs.
     pub fn has_buildkitd(&self) -> bool {
         self.buildkitd.is_some()
@@ -200,6 +219,12 @@ fn start_kube(settings: &Settings, bin: PathBuf) -> Result<ControlPlane> {
         die_with_parent: true,
     })
     .map_err(|e| Error::msg(format!("the Kubernetes tier: {e}")))
+}
+
+fn timed(what: &str, stop: impl FnOnce()) {
+    let t0 = std::time::Instant::now();
+    stop();
+    eprintln!("testenv: stopped {what} in {:.1?}", t0.elapsed());
 }
 
 /// The daemons resolve the ECR stand-in's host name themselves: one line in /etc/hosts maps

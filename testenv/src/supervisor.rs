@@ -30,8 +30,10 @@ pub const SUPERVISE: &str = "supervise";
 const START_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// How long the supervisor may take to drop everything: the Engine alone may take 30 s to
-/// stop its containers, then containerd 15 s, buildkitd 15 s, …
-const STOP_LIMIT: Duration = Duration::from_secs(180);
+/// stop its containers, then containerd 15 s, buildkitd 15 s, … and removing the daemons'
+/// folders (snapshots of every build the suite ran) took 90 s each on a busy machine's disk.
+/// Past this, it is killed: its daemons die with it and `clean` removes what is left.
+const STOP_LIMIT: Duration = Duration::from_secs(600);
 
 /// The supervisor's files in an environment folder.
 #[derive(Debug, Clone)]
@@ -224,7 +226,16 @@ pub fn stop(settings: &Settings) -> Result<()> {
     if let Some(pid) = files.supervisor() {
         eprintln!("testenv: stopping the supervisor (pid {pid})");
         process::signal_pid(pid, libc::SIGTERM);
-        if !process::wait_gone(pid, STOP_LIMIT) {
+        let log = files.log();
+        let gone = process::wait_gone(pid, Duration::from_secs(15))
+            || {
+                eprintln!(
+                    "testenv: the supervisor is still stopping its daemons and removing their folders (log {})",
+                    log.display()
+                );
+                process::wait_gone(pid, STOP_LIMIT)
+            };
+        if !gone {
             eprintln!(
                 "testenv: the supervisor did not stop in {}s; killing it",
                 STOP_LIMIT.as_secs()
@@ -309,7 +320,7 @@ pub fn supervise(settings: &Settings) -> Result<()> {
         }
     };
     let _ = std::fs::remove_file(files.env());
-    drop(environment);
+    environment.shutdown();
     // Private daemons and control planes tests started under the folder and did not stop.
     leftovers::kill_processes_naming(&settings.buildkit_private_dir());
     leftovers::kill_processes_naming(&settings.kube_private_dir());

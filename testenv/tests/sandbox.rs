@@ -46,6 +46,19 @@ fn settings() -> Settings {
     settings
 }
 
+/// The standalone buildkitd, or none (the tier is optional: its tests then say so and pass,
+/// and the supervisor tests check the tier's skip line).
+fn buildkitd(settings: &Settings) -> Option<PathBuf> {
+    let binary = settings.buildkitd_binary();
+    if binary.is_none() {
+        eprintln!(
+            "no standalone buildkitd: {}",
+            settings.buildkit_xz.display()
+        );
+    }
+    binary
+}
+
 /// A port base P such that P, P+100, P+200, P+201, P+1000 and the Kubernetes tier's
 /// P+1400 to P+1404 are free: each test its own (the shared environment uses 5000-6404).
 fn free_ports() -> u16 {
@@ -174,12 +187,7 @@ fn a_dropped_moto_with_iam_leaves_no_process_port_or_folder() {
 #[test]
 fn a_dropped_buildkitd_leaves_no_process_port_mount_or_folder() {
     let settings = settings();
-    let Some(binary) = settings.buildkitd_binary() else {
-        // The tier is optional; the supervisor test says it is skipped.
-        eprintln!(
-            "no standalone buildkitd: {}",
-            settings.buildkit_xz.display()
-        );
+    let Some(binary) = buildkitd(&settings) else {
         return;
     };
     let tmp = scratch();
@@ -450,11 +458,7 @@ fn the_kubernetes_tier_says_in_one_line_why_it_is_skipped() {
 #[test]
 fn a_dropped_private_buildkitd_leaves_no_process_mount_or_folder() {
     let settings = settings();
-    let Some(binary) = settings.buildkitd_binary() else {
-        eprintln!(
-            "no standalone buildkitd: {}",
-            settings.buildkit_xz.display()
-        );
+    let Some(binary) = buildkitd(&settings) else {
         return;
     };
     let tmp = scratch();
