@@ -17,6 +17,7 @@ use super::proto::control::{self as pb_control, InfoRequest, ListWorkersRequest}
 use super::proto::moby::buildkit::v1::types::WorkerRecord;
 use super::tls::TlsOptions;
 use super::transport::{Dialer, EndpointDialer, read_ahead};
+use crate::registry::Platform;
 use crate::setters::with_setters;
 
 /// BuildKit's message size limit in both directions (containerd's defaults, 16 MiB).
@@ -69,7 +70,9 @@ impl Client {
     /// let endpoint: Endpoint = "unix:///run/buildkit/buildkitd.sock".parse()?;
     /// let client = Client::connect(endpoint, &TlsOptions::default()).await?;
     /// for worker in client.workers().await? {
-    ///     println!("{} {:?}", worker.id, worker.platforms);
+    ///     for platform in &worker.platforms {
+    ///         println!("{} builds {platform}", worker.id);
+    ///     }
     /// }
     /// # Ok(()) }
     /// ```
@@ -390,8 +393,10 @@ fn handshake_error(endpoint: String, err: tonic::transport::Error) -> Error {
 pub struct Worker {
     /// The worker's id, as the daemon reports it.
     pub id: String,
-    /// Platforms it can build for, as `os/arch[/variant]`.
-    pub platforms: Vec<String>,
+    /// Platforms it can build for (in JSON, as `os/arch[/variant]` strings, as buildctl
+    /// prints them).
+    #[serde(serialize_with = "platforms_as_text")]
+    pub platforms: Vec<Platform>,
     /// Worker labels (executor, snapshotter, hostname, …).
     pub labels: BTreeMap<String, String>,
     /// The worker's garbage-collection rules, as the daemon reports them; empty when it has none.
@@ -476,7 +481,7 @@ impl From<WorkerRecord> for Worker {
     fn from(r: WorkerRecord) -> Self {
         Worker {
             id: r.id,
-            platforms: r.platforms.iter().map(format_platform).collect(),
+            platforms: r.platforms.iter().map(platform_of).collect(),
             labels: r.labels.into_iter().collect(),
             gc_policies: r
                 .gc_policy
@@ -517,14 +522,23 @@ impl From<pb_control::UsageRecord> for CacheRecord {
     }
 }
 
-/// Formats a platform as `os/arch[/variant]`.
-pub fn format_platform(p: &super::proto::pb::Platform) -> String {
-    let mut s = format!("{}/{}", p.os, p.architecture);
-    if !p.variant.is_empty() {
-        s.push('/');
-        s.push_str(&p.variant);
-    }
-    s
+/// A platform the daemon names, as the crate's own type.
+fn platform_of(p: &super::proto::pb::Platform) -> Platform {
+    let given = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+    let mut platform = Platform::new(&p.os, &p.architecture);
+    platform.variant = given(&p.variant);
+    platform.os_version = given(&p.os_version);
+    platform.os_features = Some(p.os_features.clone()).filter(|f| !f.is_empty());
+    platform
+}
+
+/// Serialises platforms as `os/arch[/variant]` strings, the shape `workers --format json`
+/// has always had.
+fn platforms_as_text<S: serde::Serializer>(
+    platforms: &[Platform],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(platforms.iter().map(ToString::to_string))
 }
 
 with_setters!(PruneOptions {
@@ -533,3 +547,41 @@ with_setters!(PruneOptions {
     with_keep_storage => keep_storage: Option<u64>,
     with_filters => filters: Vec<String>,
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_platforms_are_the_crates_own_and_print_as_buildctl_does() {
+        let wire = |os: &str, arch: &str, variant: &str| super::super::proto::pb::Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: variant.into(),
+            ..Default::default()
+        };
+        let worker = Worker {
+            id: "w".into(),
+            platforms: [wire("linux", "amd64", ""), wire("linux", "arm", "v7")]
+                .iter()
+                .map(platform_of)
+                .collect(),
+            labels: BTreeMap::new(),
+            gc_policies: Vec::new(),
+            buildkit_version: None,
+        };
+        assert_eq!(
+            worker.platforms,
+            [
+                Platform::new("linux", "amd64"),
+                Platform::new("linux", "arm").with_variant("v7")
+            ]
+        );
+        // `workers --format json` keeps its strings.
+        let json = serde_json::to_value(&worker).unwrap();
+        assert_eq!(
+            json["platforms"],
+            serde_json::json!(["linux/amd64", "linux/arm/v7"])
+        );
+    }
+}

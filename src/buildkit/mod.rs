@@ -33,7 +33,7 @@ mod transport;
 
 pub use client::{
     CONNECT_TIMEOUT, CacheRecord, Client, DaemonInfo, GcPolicy, MAX_MESSAGE_SIZE, PruneOptions,
-    Worker, format_platform,
+    Worker,
 };
 pub use connector::{Connector, ConnectorError, Connectors};
 pub use endpoint::{DEFAULT_BUILDKIT_PORT, DockerHost, Endpoint, ParseEndpointError};

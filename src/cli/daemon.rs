@@ -60,11 +60,10 @@ pub async fn workers(global: &GlobalArgs, args: &WorkersArgs) -> anyhow::Result<
         Format::Json => write_json(&mut out, &workers)?,
         Format::Table => {
             let mut rows = vec![vec!["ID".to_owned(), "PLATFORMS".to_owned()]];
-            rows.extend(
-                workers
-                    .iter()
-                    .map(|w| vec![w.id.clone(), w.platforms.join(",")]),
-            );
+            rows.extend(workers.iter().map(|w| {
+                let platforms: Vec<String> = w.platforms.iter().map(ToString::to_string).collect();
+                vec![w.id.clone(), platforms.join(",")]
+            }));
             write_table(&mut out, &rows)?;
             if args.verbose {
                 for w in &workers {
