@@ -42,9 +42,7 @@ pub use error::{Error, Result};
 pub use invalid::{DestinationProblem, InvalidOptions, StoreRole};
 pub use output::{Attrs, Cache, CacheDirection, Output};
 pub use session::Attachable;
-pub use solve::{
-    BuildError, BuildOptions, BuildResult, failure_report, new_build_ref, write_metadata_file,
-};
+pub use solve::{BuildError, BuildOptions, BuildResult, new_build_ref, write_metadata_file};
 pub use status::{RpcCode, RpcStatus};
 pub use tls::{Pem, TlsConfigError, TlsFile, TlsOptions, TlsProblem};
 pub use transport::{BoxedIo, Dialer, EndpointDialer, Io};

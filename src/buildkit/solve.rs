@@ -254,7 +254,7 @@ struct VertexDetail {
 
 /// Reads BuildKit's error details: the failing step (`errdefs.Vertex`) and the Dockerfile
 /// lines (`errdefs.Source`), whose values are JSON despite the protobuf envelope.
-pub fn failure_report(status: &tonic::Status) -> FailureReport {
+pub(crate) fn failure_report(status: &tonic::Status) -> FailureReport {
     let message = super::error::describe_status(status);
     match GoogleStatus::decode(status.details()) {
         Ok(details) => report_from_details(message, &details.details),
