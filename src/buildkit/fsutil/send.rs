@@ -202,6 +202,13 @@ const STAT_BATCH: usize = 32 * 1024;
 /// What a packet costs on the wire beyond its payload (gRPC prefix, tag and length bytes, id).
 const PACKET_OVERHEAD: usize = 16;
 
+/// What a queued DATA packet costs in memory beyond its data: the `Packet` itself (with room
+/// for a STAT it does not carry) and the data buffer's allocation. Batches of file data are
+/// counted by this, not by their size on the wire: a batch of 256 KiB of small files' data
+/// and EOFs held ~650 KB (two ~200-byte packets a file beside ~225 bytes of data), so a full
+/// queue held 20 MB rather than the 8 MiB [`SEND_QUEUE`](super::SEND_QUEUE) promises.
+const DATA_PACKET_MEMORY: usize = std::mem::size_of::<Packet>() + 16;
+
 /// Packets gathered to go on the outgoing queue together, up to `limit` bytes: the queue then
 /// holds batches, and the encoder on its other end finds a whole batch ready at once.
 struct Outbox<'a> {
@@ -687,7 +694,7 @@ fn send_file(
                     // It grew: go on in whole chunks.
                     None => CHUNK_SIZE as u64,
                 };
-                let size = chunk.len() + PACKET_OVERHEAD;
+                let size = chunk.len() + DATA_PACKET_MEMORY;
                 if outbox.full_for(size) {
                     outbox.send()?;
                 }
@@ -704,10 +711,10 @@ fn send_file(
             );
         }
     }
-    if outbox.full_for(PACKET_OVERHEAD) {
+    if outbox.full_for(DATA_PACKET_MEMORY) {
         outbox.send()?;
     }
-    outbox.push(data_packet(Bytes::new()), PACKET_OVERHEAD);
+    outbox.push(data_packet(Bytes::new()), DATA_PACKET_MEMORY);
     Ok(())
 }
 
