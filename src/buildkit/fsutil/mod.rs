@@ -32,6 +32,9 @@ mod tests;
 use std::io;
 use std::sync::atomic::AtomicU64;
 
+// The DiffCopy packets a `Source` reads and writes: this crate's own definitions of fsutil's
+// wire messages (vendor-protos/fsutil/), shaped by the protocol, not by a library. Stream
+// failures reach a `Source` as the crate's `RpcStatus`, never as a gRPC library's type.
 pub use crate::buildkit::proto::fsutil::types::{Packet, Stat, packet::PacketType};
 pub use filter::Filter;
 pub use memory::MemoryTree;

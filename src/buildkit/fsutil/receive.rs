@@ -29,6 +29,8 @@ use rustix::fs::FileType;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
+
+use crate::buildkit::status::RpcStatus;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::arena::{Chunked, Runs, Strings};
@@ -78,8 +80,8 @@ pub enum ReceiveError {
     #[error("the sender reported an error: {0}")]
     Sender(String),
     /// The incoming stream failed.
-    #[error("the file transfer stream failed: {}", .0.message())]
-    Transport(tonic::Status),
+    #[error("the file transfer stream failed: {}", .0.message)]
+    Transport(RpcStatus),
     /// The sender ended its stream before the transfer finished.
     #[error("the sender closed the transfer before it finished")]
     SenderClosed,
@@ -114,7 +116,7 @@ pub async fn receive<S>(
     stats: Arc<TransferStats>,
 ) -> Result<(), ReceiveError>
 where
-    S: Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Packet, RpcStatus>> + Send + Unpin + 'static,
 {
     tokio::fs::create_dir_all(&dest)
         .await
@@ -127,7 +129,7 @@ where
     // on the sender); this side's REQs and FIN go out unbounded.
     // Both tasks are aborted when this future is dropped (a cancelled build): they belong
     // to the transfer, not to their streams.
-    let (in_tx, in_rx) = mpsc::channel::<Result<Packet, tonic::Status>>(64);
+    let (in_tx, in_rx) = mpsc::channel::<Result<Packet, RpcStatus>>(64);
     let pump = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(item) = incoming.next().await {
             if in_tx.send(item).await.is_err() {
@@ -388,7 +390,7 @@ impl Receiver {
 
     fn run(
         &mut self,
-        mut incoming: mpsc::Receiver<Result<Packet, tonic::Status>>,
+        mut incoming: mpsc::Receiver<Result<Packet, RpcStatus>>,
     ) -> Result<(), ReceiveError> {
         let mut finished = false;
         while let Some(item) = incoming.blocking_recv() {

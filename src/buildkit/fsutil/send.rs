@@ -16,6 +16,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
+
+use crate::buildkit::status::RpcStatus;
 use tokio::task::JoinSet;
 
 use super::arena::{Chunked, Runs, Strings};
@@ -83,8 +85,8 @@ pub enum SendError {
     #[error("the receiver reported an error: {0}")]
     Receiver(String),
     /// The incoming stream failed.
-    #[error("the file transfer stream failed: {}", .0.message())]
-    Transport(tonic::Status),
+    #[error("the file transfer stream failed: {}", .0.message)]
+    Transport(RpcStatus),
     /// The receiver ended its stream before finishing the transfer.
     #[error("the receiver closed the transfer before it finished")]
     ReceiverClosed,
@@ -277,7 +279,7 @@ pub async fn send<S>(
     stats: Arc<TransferStats>,
 ) -> Result<(), SendError>
 where
-    S: Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Packet, RpcStatus>> + Send + Unpin + 'static,
 {
     let root = tokio::fs::canonicalize(&root)
         .await
@@ -347,7 +349,7 @@ async fn run<S>(
     stop: Arc<AtomicBool>,
 ) -> Result<(), SendError>
 where
-    S: Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Packet, RpcStatus>> + Send + Unpin + 'static,
 {
     let root = Arc::new(root);
     let mut walker = {

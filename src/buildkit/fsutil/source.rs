@@ -10,10 +10,12 @@ use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::buildkit::status::RpcStatus;
+
 use super::{Filter, Packet, SendError, TransferStats};
 
 /// The receiver's packets (REQ, FIN, ERR) of one DiffCopy call.
-pub type Incoming = Pin<Box<dyn Stream<Item = Result<Packet, tonic::Status>> + Send>>;
+pub type Incoming = Pin<Box<dyn Stream<Item = Result<Packet, RpcStatus>> + Send>>;
 
 /// One DiffCopy call the daemon made for a local directory: what it asked to see, and the two
 /// directions of the stream.

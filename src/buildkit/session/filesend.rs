@@ -21,6 +21,7 @@ use crate::buildkit::MAX_MESSAGE_SIZE;
 use crate::buildkit::fsutil;
 use crate::buildkit::proto::control::BytesMessage;
 use crate::buildkit::proto::fsutil::types::Packet;
+use crate::buildkit::status::{RpcCode, RpcStatus};
 
 pub(super) fn service(
     exports: Vec<ExportTarget>,
@@ -306,11 +307,11 @@ impl Drop for TempFile {
 /// Runs the fsutil receiver into `dest`, translating frames to and from Packets; its tasks
 /// are the session's.
 fn receive_dir(dest: PathBuf, incoming: tonic::Streaming<Bytes>, tasks: &Tasks) -> RawStream {
-    let packets = incoming.map(|frame| {
-        frame.and_then(|bytes| {
-            Packet::decode(bytes)
-                .map_err(|e| tonic::Status::invalid_argument(format!("bad fsutil packet: {e}")))
-        })
+    let packets = incoming.map(|frame| match frame {
+        Ok(bytes) => Packet::decode(bytes).map_err(|e| {
+            RpcStatus::new(RpcCode::InvalidArgument, format!("bad fsutil packet: {e}"))
+        }),
+        Err(status) => Err(RpcStatus::from(&status)),
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(64);
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, tonic::Status>>(64);

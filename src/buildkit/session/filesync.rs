@@ -11,6 +11,7 @@ use crate::buildkit::MAX_MESSAGE_SIZE;
 use crate::buildkit::fsutil;
 use crate::buildkit::proto::fsutil::types::Packet;
 use crate::buildkit::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
+use crate::buildkit::status::RpcStatus;
 
 use super::tasks::Tasks;
 
@@ -64,7 +65,9 @@ impl FileSync for FileSyncService {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<tonic::Status>();
         let transfer = fsutil::Transfer {
             filter,
-            incoming: Box::pin(incoming),
+            incoming: Box::pin(
+                incoming.map(|item| item.map_err(|status| RpcStatus::from(&status))),
+            ),
             outgoing: tx,
             stats,
         };
