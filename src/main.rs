@@ -15,10 +15,17 @@ fn main() -> ExitCode {
         Err(err) => return usage_error(&err, &argv),
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // TOKIO_WORKER_THREADS, when set, is the user's choice and wins (the builder reads it).
+    if let (Some(workers), None) = (
+        args.worker_threads(),
+        std::env::var_os("TOKIO_WORKER_THREADS"),
+    ) {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        builder.worker_threads(workers.clamp(1, cpus));
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("pf-buildkit: cannot start the async runtime: {err}");

@@ -95,6 +95,14 @@ pub struct BuildArgs {
     multi: super::multiplatform::MultiArgs,
 }
 
+impl BuildArgs {
+    /// How many builds this command runs at once: one per architecture with `--repo`, else
+    /// one.
+    pub fn concurrent_builds(&self) -> usize {
+        self.multi.concurrent_builds()
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Progress {
     /// tty on a terminal, else plain

@@ -46,6 +46,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Worker threads of the async runtime, when the command has a better number than one per
+    /// CPU: one per build it runs at once.
+    ///
+    /// Why: a build's transfer is a chain of tasks (file reads, the session's two HTTP/2
+    /// layers, the tunnel, TLS), each waking the next. With a worker per CPU, tokio hands
+    /// woken tasks to whichever worker is idle, so every hop of the chain crosses threads (a
+    /// futex wake and cold caches each time). A single cold build of 383 MB and 20,004 files
+    /// used about 25% less client CPU on one worker (2.35 s against 3.1 s through a
+    /// port-forward, 1.7 s against 2.1 s direct) and was no slower; file I/O still runs on
+    /// the blocking pool. Builds of several architectures run side by side, a worker each.
+    /// Other commands (a tunnel serving many connections, the fleet's calls) keep the
+    /// default.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Build(args) => Some(args.concurrent_builds()),
+            _ => None,
+        }
+    }
+}
+
 /// BuildKit's default socket (buildctl's default on Linux).
 pub const DEFAULT_ADDR: &str = "unix:///run/buildkit/buildkitd.sock";
 
@@ -177,5 +198,54 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn workers(args: &[&str]) -> Option<usize> {
+        let argv = std::iter::once("pf-buildkit").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().worker_threads()
+    }
+
+    #[test]
+    fn a_build_gets_a_worker_per_build_it_runs_at_once() {
+        assert_eq!(workers(&["build"]), Some(1));
+        assert_eq!(
+            workers(&["build", "--platform", "linux/amd64,linux/arm64"]),
+            Some(1)
+        );
+        assert_eq!(workers(&["build", "--repo", "r", "--tag", "t"]), Some(2));
+        assert_eq!(
+            workers(&["build", "--repo", "r", "--tag", "t", "--arch", "amd64"]),
+            Some(1)
+        );
+        assert_eq!(
+            workers(&[
+                "build",
+                "--repo",
+                "r",
+                "--tag",
+                "t",
+                "--arch",
+                "amd64,arm64,riscv64"
+            ]),
+            Some(3)
+        );
+        assert_eq!(
+            workers(&[
+                "build",
+                "--repo",
+                "r",
+                "--tag",
+                "t",
+                "--builder",
+                "arm64=tcp://h:1"
+            ]),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn other_commands_keep_a_worker_per_cpu() {
+        assert_eq!(workers(&["tunnel", "--arch", "amd64"]), None);
+        assert_eq!(workers(&["workers"]), None);
     }
 }

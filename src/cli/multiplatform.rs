@@ -65,6 +65,22 @@ pub struct MultiArgs {
 }
 
 /// `ARCH=ENDPOINT`; clap reports a malformed one as a usage error (exit 2).
+impl MultiArgs {
+    /// Builds run at once: every architecture's with `--repo` (those of `--arch`, else of
+    /// `--builder`, else the default ones), else the one build.
+    pub fn concurrent_builds(&self) -> usize {
+        if self.repo.is_none() {
+            1
+        } else if !self.arches.is_empty() {
+            self.arches.len()
+        } else if !self.builders.is_empty() {
+            self.builders.len()
+        } else {
+            pf_buildkit::multiplatform::DEFAULT_ARCHES.len()
+        }
+    }
+}
+
 fn parse_builder(spec: &str) -> Result<(String, Endpoint), String> {
     let (arch, addr) = spec
         .split_once('=')
