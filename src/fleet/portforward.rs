@@ -199,6 +199,16 @@ enum Transport {
 }
 
 impl PortForwardStream {
+    /// Lets flushes wait for the next read, for users that always read while they wait:
+    /// an HTTP/2 connection and a copy in both directions (see the SPDY stream's
+    /// `poll_flush`). A WebSocket sends each flushed write as it comes.
+    pub(crate) fn coalesce_flushes(mut self) -> Self {
+        if let Transport::Spdy(s) = &mut self.inner {
+            s.coalesce_flushes();
+        }
+        self
+    }
+
     /// Reads until data is waiting (`true`) or the stream has ended (`false`).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         match &mut self.inner {
@@ -302,7 +312,7 @@ impl Dialer for PodDialer {
         let this = self.clone();
         Box::pin(async move {
             match this.open_checked().await {
-                Ok(stream) => Ok(Box::pin(stream) as BoxedIo),
+                Ok(stream) => Ok(Box::pin(stream.coalesce_flushes()) as BoxedIo),
                 // `Other`, so the BuildKit client reports our error rather than a generic
                 // kind; the fleet error itself is kept as the source, not flattened to text.
                 Err(err) => Err(io::Error::other(err)),

@@ -286,7 +286,8 @@ async fn accept_loop(listener: TcpListener, dialer: PodDialer) {
 async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodDialer) {
     let _ = socket.set_nodelay(true);
     let mut upstream = match dialer.open().await {
-        Ok(stream) => stream,
+        // copy_bidirectional polls both ways in one task: its reads pay a flush put off.
+        Ok(stream) => stream.coalesce_flushes(),
         Err(err) => {
             tracing::warn!("tunnel: connection from {peer}: {err}");
             return;
