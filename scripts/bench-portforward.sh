@@ -35,7 +35,9 @@
 # "direct kube-pod kubectl relay", plus "before" when PF_BENCH_BEFORE is set; `kubectl` is
 # dropped when there is no kubectl), PF_BENCH_KUBECTL (the kubectl), PF_BENCH_NO_BUILD (set:
 # use the release builds as they are), PF_BENCH_BIN (the pf-buildkit binary to measure),
-# PF_BENCH_RELAY (the relay binary), PF_BENCH_BEFORE (an older pf-buildkit, adds path `before`).
+# PF_BENCH_RELAY (the relay binary), PF_BENCH_BEFORE (an older pf-buildkit, adds path `before`),
+# PF_BENCH_LOAD (a number N: N busy loops run beside every round, in a session of their own as
+# another job on a CI runner would be; default 0).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -113,7 +115,13 @@ stop_forwarders() {
     for pid in "${FWD_PID[@]}"; do kill "$pid" 2>/dev/null || true; done
     FWD_PID=()
 }
-trap stop_forwarders EXIT
+LOAD_PIDS=()
+stop_load() {
+    local pid
+    for pid in "${LOAD_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    LOAD_PIDS=()
+}
+trap 'stop_forwarders; stop_load' EXIT
 start_forwarder() { # path
     local out=$WORK/$1.out i port
     rm -f "$out"
@@ -149,6 +157,9 @@ run() { # path
     esac
     state=$(mktemp -d "$WORK/state.XXXX")
     out=$(mktemp)
+    # Nothing of the previous run's tar is left to be written back during this one.
+    rm -f "$WORK/out-pf.tar"
+    sync
     k0=$(cpu_of "$KUBELET_PID") a0=$(cpu_of "$APISERVER_PID") b0=$(cpu_of "$BUILDKITD_PID")
     KUBECONFIG=$PF_TEST_KUBE_KUBECONFIG XDG_CACHE_HOME=$state /usr/bin/time -f '%e %U %S %M' -o "$out" \
         "$bin" --addr "$addr" build --context "$CTX" --file "$WORK/df/Dockerfile" --progress plain \
@@ -175,6 +186,15 @@ echo "load: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 for path in relay kubectl; do
     [[ " $PATHS " != *" $path "* ]] || start_forwarder "$path"
 done
+for ((i = 0; i < ${PF_BENCH_LOAD:-0}; i++)); do
+    setsid sh -c 'while :; do :; done' &
+    LOAD_PIDS+=($!)
+done
+[[ ${PF_BENCH_LOAD:-0} == 0 ]] || echo "load: ${PF_BENCH_LOAD} busy loops beside the builds"
+# One unmeasured build first: the first build of the context also runs its COPY, and every
+# later one (a new session, so the context is still sent whole) finds that step cached. Without
+# it the first path measured would do more of the daemon's work than the others.
+run direct >/dev/null
 declare -A lines=()
 for round in $(seq 1 "$RUNS"); do
     for path in $PATHS; do
@@ -184,6 +204,7 @@ for round in $(seq 1 "$RUNS"); do
     done
 done
 stop_forwarders
+stop_load
 for path in $PATHS; do
     col() { printf '%s' "${lines[$path]}" | awk -v c="$1" 'NF { print $c }' | median; }
     cpu=$(col 2)
