@@ -199,9 +199,9 @@ enum Transport {
 }
 
 impl PortForwardStream {
-    /// Lets flushes wait for the next read, for users that always read while they wait:
-    /// an HTTP/2 connection and a copy in both directions (see the SPDY stream's
-    /// `poll_flush`). A WebSocket sends each flushed write as it comes.
+    /// Lets flushes wait for the next read, for a user that always reads while it waits: an
+    /// HTTP/2 connection (see the SPDY stream's `poll_flush`). A WebSocket sends each flushed
+    /// write as it comes.
     pub(crate) fn coalesce_flushes(mut self) -> Self {
         if let Transport::Spdy(s) = &mut self.inner {
             s.coalesce_flushes();

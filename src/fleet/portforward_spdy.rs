@@ -146,8 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SpdyStream<S> {
     }
 
     /// Lets flushes be put off until the next read, for a user that always reads while it
-    /// waits (an HTTP/2 connection, a copy in both directions); see
-    /// [`SpdyStream::poll_flush`].
+    /// waits (an HTTP/2 connection); see [`SpdyStream::poll_flush`].
     pub(super) fn coalesce_flushes(&mut self) {
         self.coalesce = true;
     }

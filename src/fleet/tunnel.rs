@@ -285,9 +285,12 @@ async fn accept_loop(listener: TcpListener, dialer: PodDialer) {
 
 async fn relay(mut socket: tokio::net::TcpStream, peer: SocketAddr, dialer: PodDialer) {
     let _ = socket.set_nodelay(true);
+    // Strict flushes here (no `coalesce_flushes`): the copy flushes only once the local
+    // socket has nothing more to read, so its frames are already gathered, and a flush put
+    // off would wait for the other way's next read, which a client that is not reading
+    // would hold up.
     let mut upstream = match dialer.open().await {
-        // copy_bidirectional polls both ways in one task: its reads pay a flush put off.
-        Ok(stream) => stream.coalesce_flushes(),
+        Ok(stream) => stream,
         Err(err) => {
             tracing::warn!("tunnel: connection from {peer}: {err}");
             return;
