@@ -64,7 +64,6 @@ pub struct MultiArgs {
     pub timeout: Duration,
 }
 
-/// `ARCH=ENDPOINT`; clap reports a malformed one as a usage error (exit 2).
 impl MultiArgs {
     /// Builds run at once: every architecture's with `--repo` (those of `--arch`, else of
     /// `--builder`, else the default ones), else the one build.
@@ -81,6 +80,7 @@ impl MultiArgs {
     }
 }
 
+/// `ARCH=ENDPOINT`; clap reports a malformed one as a usage error (exit 2).
 fn parse_builder(spec: &str) -> Result<(String, Endpoint), String> {
     let (arch, addr) = spec
         .split_once('=')
